@@ -1,0 +1,155 @@
+//! The HTTP faces. Each face is a thin module that translates its wire format to calls
+//! on the [`Gateway`]; this module assembles them with the middleware stack and the
+//! OpenAPI document.
+
+pub mod request_id;
+
+mod catalog;
+mod files;
+mod forms;
+mod models;
+mod openapi;
+mod ops;
+pub mod sse;
+mod tasks;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderValue, Method, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use tokio_util::sync::CancellationToken;
+use tower_http::{
+    cors::{AllowOrigin, Any, CorsLayer},
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use tracing::Level;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{
+    error::{ApiError, Code},
+    gateway::Gateway,
+    queue::Scheduler,
+};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub scheduler: Arc<Scheduler>,
+    pub readiness: Arc<Readiness>,
+    /// Fires at shutdown; live streams end with it.
+    pub shutdown: CancellationToken,
+}
+
+/// Whether the server takes traffic: false until start-up is done and again from the
+/// first shutdown signal.
+#[derive(Default)]
+pub struct Readiness {
+    started: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
+    }
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+    pub fn serving(&self) -> bool {
+        self.started.load(Ordering::SeqCst) && !self.stopping()
+    }
+}
+
+/// The OpenAPI-documented routes of every face.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(tasks::routes())
+        .merge(models::routes())
+        .merge(catalog::routes())
+        .merge(files::routes())
+        .merge(ops::routes())
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    documented().into_openapi()
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let config = &state.gateway.config;
+    let body_limit = (config.upload.max_bytes as usize).saturating_add(forms::ENVELOPE_ALLOWANCE);
+    let (api, spec) = documented().split_for_parts();
+    api.merge(openapi::routes(spec))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(cors(&config.server.cors_origins))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let id = request.headers().get(request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                })
+                .on_request(|request: &Request, _span: &tracing::Span| {
+                    let length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::debug!(content_length = length, "request received")
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO))
+                // Errors are logged once, where they are turned into responses.
+                .on_failure(()),
+        )
+        .layer(middleware::from_fn(request_id::middleware))
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let layer = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::HEAD, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers([request_id::HEADER, header::LOCATION, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(3600));
+    if origins.iter().any(|o| o == "*") {
+        layer.allow_origin(Any)
+    } else {
+        let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        layer.allow_origin(AllowOrigin::list(list))
+    }
+}
+
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    state.gateway.metrics.request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    response
+}
+
+async fn not_found() -> Response {
+    ApiError::new(Code::NotFound).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(Code::MethodNotAllowed).into_response()
+}

@@ -1,0 +1,101 @@
+//! `GET /files/{key}`: stored inputs and outputs, with `Content-Type`, `Content-Length`,
+//! `ETag` (the sha256), single `Range` requests, `nosniff` and cache headers. Only keys
+//! kiln recorded are served; a file deleted by retention answers 410 Gone.
+
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{
+    api::AppState,
+    db::StoredFile,
+    error::{ApiError, ApiResult, Code},
+    gateway::Gateway,
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().route("/files/{*key}", get(serve_file).head(serve_file))
+}
+
+/// Get a stored file.
+///
+/// Supports `Range: bytes=…` (one range), `If-None-Match`, and HEAD.
+#[utoipa::path(
+    get, path = "/files/{key}", tag = "files",
+    params(("key" = String, Path, description = "The file's key, as in the URLs kiln hands out"),
+        ("Range" = Option<String>, Header, description = "One byte range")),
+    responses(
+        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "Part of the file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 304, description = "Unchanged (If-None-Match)"),
+        (status = 404, description = "No such file", body = crate::error::ErrorBody),
+        (status = 410, description = "Deleted after the retention period", body = crate::error::ErrorBody),
+        (status = 416, description = "Range outside the file", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn serve_file(
+    State(state): State<AppState>,
+    method: Method,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let file = state.gateway.db.find_file(&key).await?.ok_or_else(|| ApiError::new(Code::FileNotFound))?;
+    serve(&state.gateway, &file, &method, &headers).await
+}
+
+/// Serves a recorded file; shared by every face that hands out file URLs.
+pub async fn serve(gateway: &Gateway, file: &StoredFile, method: &Method, headers: &HeaderMap) -> ApiResult<Response> {
+    if file.expired {
+        return Err(ApiError::new(Code::ArtifactExpired));
+    }
+    let etag = format!("\"{}\"", file.sha256);
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, &file.content_type)
+        .header(header::ETAG, &etag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        // Content never changes under a key; it only disappears at retention.
+        .header(header::CACHE_CONTROL, "public, max-age=86400, immutable")
+        .header(header::LAST_MODIFIED, httpdate::fmt_http_date(file.created_at.into()));
+    let matches_etag = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if matches_etag {
+        return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).map_err(ApiError::internal);
+    }
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(text) => match http_range_header::parse_range_header(text).and_then(|r| r.validate(file.size)) {
+            Ok(ranges) if ranges.len() == 1 => Some(ranges[0].clone()),
+            // Several ranges: answering with the whole file is allowed and simpler.
+            Ok(_) => None,
+            Err(_) => {
+                let mut response = ApiError::new(Code::RangeNotSatisfiable).into_response();
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{}", file.size)) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return Ok(response);
+            }
+        },
+    };
+    let (status, start, end) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, *r.start(), *r.end() + 1),
+        None => (StatusCode::OK, 0, file.size),
+    };
+    builder = builder.status(status).header(header::CONTENT_LENGTH, end - start);
+    if range.is_some() {
+        builder =
+            builder.header(header::CONTENT_RANGE, format!("bytes {start}-{}/{}", end.saturating_sub(1), file.size));
+    }
+    if method == Method::HEAD || start == end {
+        return builder.body(Body::empty()).map_err(ApiError::internal);
+    }
+    let stream = gateway.storage.stream(&file.key, start..end).await?;
+    builder.body(Body::from_stream(stream)).map_err(ApiError::internal)
+}

@@ -1,0 +1,225 @@
+//! Reading a task submission from a request: `multipart/form-data` with a picture
+//! (field `image`, or `file`) and text fields, or JSON with a prompt. The picture is
+//! counted as it streams in and refused with 413 the moment it crosses the limit; the
+//! rest of the body is never read.
+
+use std::collections::HashMap;
+
+use axum::{
+    extract::{FromRequest, Multipart, Request},
+    http::header,
+};
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::{
+    error::{ApiError, ApiResult, Code},
+    gateway::{Input, Submission},
+    input::too_large,
+    tasks::TaskKind,
+};
+
+/// Room for multipart boundaries and small text fields on top of the picture limit.
+pub const ENVELOPE_ALLOWANCE: usize = 256 * 1024;
+const MAX_TEXT_FIELD: usize = 64 * 1024;
+const MAX_FIELDS: usize = 32;
+
+/// A JSON submission.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSubmission {
+    /// What to generate, for text kinds.
+    pub prompt: Option<String>,
+    /// A picture stored earlier (instead of uploading one).
+    pub picture_id: Option<Uuid>,
+    /// The model to use; default: the default model for the kind.
+    pub model: Option<String>,
+    /// `image_to_3d`, `text_to_3d` or `text_to_image`; default: inferred.
+    pub kind: Option<TaskKind>,
+    /// Provider-specific options.
+    #[schema(value_type = Object)]
+    pub params: Option<Value>,
+}
+
+/// A multipart submission, as documented (the picture is streamed, not buffered twice).
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct MultipartSubmission {
+    /// The picture (JPEG, PNG or WebP). The field may also be called `file`.
+    #[schema(value_type = String, format = Binary)]
+    pub image: Vec<u8>,
+    pub prompt: Option<String>,
+    pub model: Option<String>,
+    pub kind: Option<TaskKind>,
+    /// JSON object with provider-specific options.
+    pub params: Option<String>,
+}
+
+/// A picture and the text fields of a multipart form.
+pub struct Form {
+    pub image: Option<(Bytes, Option<String>)>,
+    pub fields: HashMap<String, String>,
+}
+
+fn is_multipart(request: &Request) -> bool {
+    content_type(request).starts_with("multipart/form-data")
+}
+
+fn content_type(request: &Request) -> String {
+    request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase()
+}
+
+/// Refuses a body whose declared length is already over the limit, before reading it.
+pub fn check_declared_length(request: &Request, max_bytes: u64) -> ApiResult<()> {
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(length) if length > max_bytes + ENVELOPE_ALLOWANCE as u64 => Err(too_large(max_bytes)),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a multipart form, streaming the picture under the byte limit.
+pub async fn read_form(request: Request, max_bytes: u64) -> ApiResult<Form> {
+    check_declared_length(&request, max_bytes)?;
+    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
+        ApiError::with_message(Code::InvalidRequest, format!("Cannot read the form: {}", e.body_text()))
+    })?;
+    let mut form = Form { image: None, fields: HashMap::new() };
+    let mut count = 0;
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(err) => return Err(multipart_error(err, max_bytes)),
+        };
+        count += 1;
+        if count > MAX_FIELDS {
+            return Err(ApiError::with_message(Code::InvalidRequest, "The form has too many fields."));
+        }
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "image" || name == "file" {
+            if form.image.is_some() {
+                return Err(ApiError::with_message(Code::InvalidRequest, "Send one picture per request."));
+            }
+            let filename = field.file_name().map(str::to_owned);
+            let mut field = field;
+            let mut buffer = BytesMut::new();
+            loop {
+                match field.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if (buffer.len() + chunk.len()) as u64 > max_bytes {
+                            return Err(too_large(max_bytes));
+                        }
+                        buffer.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => break,
+                    Err(err) => return Err(multipart_error(err, max_bytes)),
+                }
+            }
+            form.image = Some((buffer.freeze(), filename));
+        } else {
+            let mut field = field;
+            let mut text = BytesMut::new();
+            loop {
+                match field.chunk().await {
+                    Ok(Some(chunk)) => {
+                        if text.len() + chunk.len() > MAX_TEXT_FIELD {
+                            return Err(ApiError::with_message(
+                                Code::InvalidRequest,
+                                format!("The form field `{name}` is too long."),
+                            ));
+                        }
+                        text.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => break,
+                    Err(err) => return Err(multipart_error(err, max_bytes)),
+                }
+            }
+            let text = String::from_utf8(text.to_vec()).map_err(|_| {
+                ApiError::with_message(Code::InvalidRequest, format!("The form field `{name}` is not UTF-8 text."))
+            })?;
+            form.fields.insert(name, text);
+        }
+    }
+    Ok(form)
+}
+
+fn multipart_error(err: axum::extract::multipart::MultipartError, max_bytes: u64) -> ApiError {
+    if err.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        too_large(max_bytes)
+    } else {
+        ApiError::with_message(Code::InvalidRequest, format!("Cannot read the form: {}", err.body_text()))
+    }
+}
+
+/// Reads a submission in either encoding.
+pub async fn read_submission(request: Request, max_bytes: u64) -> ApiResult<Submission> {
+    let idempotency_key = request
+        .headers()
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).map(str::to_owned).ok_or_else(|| {
+                ApiError::with_message(Code::InvalidRequest, "Idempotency-Key must be 1–255 visible characters.")
+            })
+        })
+        .transpose()?;
+    let mut submission = if is_multipart(&request) {
+        let form = read_form(request, max_bytes).await?;
+        from_form(form)?
+    } else if content_type(&request).starts_with("application/json") {
+        let body = axum::body::to_bytes(request.into_body(), MAX_TEXT_FIELD * 2)
+            .await
+            .map_err(|_| ApiError::with_message(Code::InvalidRequest, "The JSON body is too large."))?;
+        let json: JsonSubmission = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::with_message(Code::MalformedJson, format!("The JSON body is not valid: {e}")))?;
+        from_json(json)
+    } else {
+        return Err(ApiError::new(Code::UnsupportedMediaType));
+    };
+    submission.idempotency_key = idempotency_key;
+    Ok(submission)
+}
+
+fn from_json(json: JsonSubmission) -> Submission {
+    let input = match json.picture_id {
+        Some(id) => Input::Picture(id),
+        None => Input::Prompt,
+    };
+    let mut submission = Submission::new(input);
+    submission.prompt = json.prompt;
+    submission.model = json.model.filter(|m| !m.is_empty());
+    submission.kind = json.kind;
+    submission.params = json.params.unwrap_or_else(|| Value::Object(Default::default()));
+    submission
+}
+
+fn from_form(mut form: Form) -> ApiResult<Submission> {
+    let input = match form.image.take() {
+        Some((bytes, filename)) => Input::Image { bytes, filename },
+        None => match form.fields.remove("picture_id") {
+            Some(id) => Input::Picture(Uuid::parse_str(id.trim()).map_err(|_| ApiError::new(Code::PictureNotFound))?),
+            None => Input::Prompt,
+        },
+    };
+    let mut submission = Submission::new(input);
+    submission.prompt = form.fields.remove("prompt").filter(|p| !p.is_empty() || submission_has_no_image(&submission));
+    submission.model = form.fields.remove("model").filter(|m| !m.trim().is_empty()).map(|m| m.trim().to_owned());
+    if let Some(kind) = form.fields.remove("kind").filter(|k| !k.is_empty()) {
+        submission.kind = Some(TaskKind::parse(kind.trim()).ok_or_else(|| {
+            ApiError::with_message(Code::InvalidRequest, "`kind` must be image_to_3d, text_to_3d or text_to_image.")
+        })?);
+    }
+    if let Some(params) = form.fields.remove("params").filter(|p| !p.trim().is_empty()) {
+        submission.params = serde_json::from_str(&params)
+            .map_err(|e| ApiError::with_message(Code::InvalidParams, format!("`params` is not valid JSON: {e}")))?;
+    }
+    Ok(submission)
+}
+
+fn submission_has_no_image(submission: &Submission) -> bool {
+    matches!(submission.input, Input::Prompt)
+}

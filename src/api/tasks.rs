@@ -1,0 +1,427 @@
+//! The native face: `/api/v1/tasks`.
+
+use axum::{
+    Json,
+    extract::{Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    api::{AppState, forms, sse},
+    db::TaskFilter,
+    error::{ApiError, ApiResult, Code, ErrorBody},
+    gateway::Gateway,
+    tasks::{Artifact, Task, TaskId, TaskKind, TaskStatus},
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_task, list_tasks))
+        .routes(routes!(get_task, cancel_task))
+        .routes(routes!(task_status))
+        .routes(routes!(task_result))
+        .routes(routes!(task_events))
+}
+
+/// Parses a task id from a path; a malformed id is simply not found.
+pub fn parse_id(text: &str) -> ApiResult<TaskId> {
+    text.parse().map_err(|_| ApiError::new(Code::TaskNotFound))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskLinks {
+    #[serde(rename = "self")]
+    pub this: String,
+    pub status: String,
+    pub result: String,
+    pub events: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskError {
+    /// Stable code, e.g. `generation_timeout`.
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PictureRef {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: uuid::Uuid,
+    pub url: String,
+}
+
+/// A task as the native API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskView {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: TaskId,
+    pub kind: TaskKind,
+    pub model: String,
+    pub channel: String,
+    pub status: TaskStatus,
+    /// 0–100.
+    pub progress: u8,
+    pub stage: Option<String>,
+    /// 1-based position in the channel's queue while queued.
+    pub queue_position: Option<u32>,
+    pub prompt: Option<String>,
+    pub picture: Option<PictureRef>,
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub error: Option<TaskError>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Seconds from start of running to the end.
+    pub generation_time: Option<f64>,
+    pub links: TaskLinks,
+}
+
+pub fn links(gateway: &Gateway, id: TaskId) -> TaskLinks {
+    let base = format!("api/v1/tasks/{id}");
+    TaskLinks {
+        this: gateway.url(&base),
+        status: gateway.url(&format!("{base}/status")),
+        result: gateway.url(&format!("{base}/result")),
+        events: gateway.url(&format!("{base}/events")),
+    }
+}
+
+fn task_error(task: &Task) -> Option<TaskError> {
+    task.error_code
+        .as_ref()
+        .map(|code| TaskError { code: code.clone(), message: task.error_message.clone().unwrap_or_default() })
+}
+
+pub async fn view(gateway: &Gateway, task: Task) -> ApiResult<TaskView> {
+    let queue_position = gateway.queue_position(&task).await?;
+    let picture = match task.picture_id {
+        Some(id) => gateway.db.get_picture(id).await?.map(|p| PictureRef { id: p.id, url: gateway.file_url(&p.key) }),
+        None => None,
+    };
+    Ok(TaskView {
+        id: task.id,
+        kind: task.kind,
+        model: task.model.clone(),
+        channel: task.channel.clone(),
+        status: task.status,
+        progress: task.progress,
+        stage: task.stage.clone(),
+        queue_position,
+        prompt: task.prompt.clone(),
+        picture,
+        params: task.params.clone(),
+        error: task_error(&task),
+        created_at: task.created_at.to_rfc3339(),
+        started_at: task.started_at.map(|t| t.to_rfc3339()),
+        finished_at: task.finished_at.map(|t| t.to_rfc3339()),
+        generation_time: task.generation_seconds(),
+        links: links(gateway, task.id),
+    })
+}
+
+/// Create a task.
+///
+/// Send `multipart/form-data` with a picture in the field `image` (or `file`), or JSON
+/// with a `prompt` (or the `picture_id` of a stored picture). The task is queued and
+/// answered at once with 202; follow it through its `events` link. An `Idempotency-Key`
+/// header makes retries safe: the same key and request return the same task.
+#[utoipa::path(
+    post, path = "/api/v1/tasks", tag = "tasks",
+    request_body(content(
+        (forms::MultipartSubmission = "multipart/form-data"),
+        (forms::JsonSubmission = "application/json"),
+    )),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first task")),
+    responses(
+        (status = 202, description = "Queued", body = TaskView, headers(("Location" = String, description = "The task's URL"))),
+        (status = 400, description = "Invalid input (format, corrupt picture, prompt, params, model)", body = ErrorBody),
+        (status = 413, description = "File too large", body = ErrorBody),
+        (status = 415, description = "Neither multipart nor JSON", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody),
+        (status = 503, description = "Queue full or no provider available; see Retry-After", body = ErrorBody),
+    )
+)]
+async fn create_task(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
+    if state.readiness.stopping() {
+        return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
+    }
+    let gateway = &state.gateway;
+    let submission = forms::read_submission(request, gateway.config.upload.max_bytes).await?;
+    let submitted = gateway.submit(submission).await?;
+    let view = view(gateway, submitted.task).await?;
+    let mut response = (StatusCode::ACCEPTED, Json(&view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/tasks/{}", view.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    if submitted.replayed {
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// Only tasks with this status.
+    status: Option<TaskStatus>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1–100 (default 20).
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct TaskPage {
+    items: Vec<TaskView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+fn encode_cursor(id: TaskId) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.to_string())
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<TaskId> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ApiError::with_message(Code::InvalidRequest, "The cursor is not valid."))
+}
+
+/// List tasks, newest first.
+#[utoipa::path(
+    get, path = "/api/v1/tasks", tag = "tasks", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks", body = TaskPage),
+        (status = 400, description = "Bad cursor or status", body = ErrorBody),
+    )
+)]
+async fn list_tasks(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<TaskPage>> {
+    let Query(query) = query.map_err(|e| ApiError::with_message(Code::InvalidRequest, e.body_text()))?;
+    let limit = query.limit.unwrap_or(20).clamp(1, 100);
+    let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
+    let filter = TaskFilter { status: query.status, before, limit: limit + 1 };
+    let mut tasks = state.gateway.db.list_tasks(&filter).await?;
+    let next_cursor = if tasks.len() > limit as usize {
+        tasks.truncate(limit as usize);
+        tasks.last().map(|t| encode_cursor(t.id))
+    } else {
+        None
+    };
+    let mut items = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        items.push(view(&state.gateway, task).await?);
+    }
+    Ok(Json(TaskPage { items, next_cursor }))
+}
+
+/// Get a task.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+    )
+)]
+async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
+    let task = state.gateway.task(parse_id(&id)?).await?;
+    Ok(Json(view(&state.gateway, task).await?))
+}
+
+/// Cancel a task.
+///
+/// A queued task is removed from its queue; a running one is stopped.
+#[utoipa::path(
+    delete, path = "/api/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Canceled", body = TaskView),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Already finished", body = ErrorBody),
+    )
+)]
+async fn cancel_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
+    let task = state.gateway.cancel(parse_id(&id)?).await?;
+    Ok(Json(view(&state.gateway, task).await?))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct StatusView {
+    #[schema(value_type = String, format = Uuid)]
+    id: TaskId,
+    status: TaskStatus,
+    progress: u8,
+    stage: Option<String>,
+    queue_position: Option<u32>,
+    error: Option<TaskError>,
+}
+
+/// Get a task's status, progress and queue position.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}/status", tag = "tasks",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Status", body = StatusView),
+        (status = 404, description = "No such task", body = ErrorBody),
+    )
+)]
+async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<StatusView>> {
+    let task = state.gateway.task(parse_id(&id)?).await?;
+    let queue_position = state.gateway.queue_position(&task).await?;
+    Ok(Json(StatusView {
+        id: task.id,
+        status: task.status,
+        progress: task.progress,
+        stage: task.stage.clone(),
+        queue_position,
+        error: task_error(&task),
+    }))
+}
+
+/// One stored output.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OutputView {
+    pub name: String,
+    /// `model`, `preview`, `archive`, `image` …
+    pub role: String,
+    pub url: String,
+    /// File format, from the name's extension, e.g. `glb`.
+    pub format: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Deleted after the retention period; the URL answers 410.
+    pub expired: bool,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+}
+
+pub fn output_view(gateway: &Gateway, artifact: &Artifact) -> OutputView {
+    OutputView {
+        name: artifact.name.clone(),
+        role: artifact.role.clone(),
+        url: gateway.file_url(&artifact.key),
+        format: artifact.name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()).unwrap_or_default(),
+        content_type: artifact.content_type.clone(),
+        size: artifact.size,
+        sha256: artifact.sha256.clone(),
+        expired: artifact.expired_at.is_some(),
+        metadata: artifact.metadata.clone(),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ResultMetadata {
+    /// Format of the main output, e.g. `glb`.
+    format: Option<String>,
+    /// Size of the main output in bytes.
+    size: Option<u64>,
+    /// Seconds from start of running to the end.
+    generation_time: Option<f64>,
+    created_at: String,
+    finished_at: Option<String>,
+    /// What the provider reported (vertex counts, seeds …).
+    #[schema(value_type = Object)]
+    provider: Value,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ResultView {
+    #[schema(value_type = String, format = Uuid)]
+    id: TaskId,
+    status: TaskStatus,
+    outputs: Vec<OutputView>,
+    metadata: ResultMetadata,
+    /// Whether the outputs were deleted after the retention period.
+    expired: bool,
+    /// Why the task failed, when it did.
+    error: Option<TaskError>,
+}
+
+/// Get a finished task's outputs and metadata.
+///
+/// 409 while the task is queued or running. A failed task answers with its error.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}/result", tag = "tasks",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The result (or the error of a failed task)", body = ResultView),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 409, description = "Not finished yet", body = ErrorBody),
+    )
+)]
+async fn task_result(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ResultView>> {
+    let gateway = &state.gateway;
+    let task = gateway.task(parse_id(&id)?).await?;
+    if !task.status.is_terminal() {
+        return Err(ApiError::with_message(
+            Code::TaskNotFinished,
+            format!("The task is {}; its result is not ready yet.", task.status.as_str()),
+        ));
+    }
+    let artifacts = gateway.artifacts(task.id).await?;
+    let outputs: Vec<OutputView> = artifacts.iter().map(|a| output_view(gateway, a)).collect();
+    let main = outputs.iter().find(|o| o.role == "model" || o.role == "image").or(outputs.first());
+    Ok(Json(ResultView {
+        id: task.id,
+        status: task.status,
+        metadata: ResultMetadata {
+            format: main.map(|o| o.format.clone()),
+            size: main.map(|o| o.size),
+            generation_time: task.generation_seconds(),
+            created_at: task.created_at.to_rfc3339(),
+            finished_at: task.finished_at.map(|t| t.to_rfc3339()),
+            provider: task.metadata.clone(),
+        },
+        expired: !outputs.is_empty() && outputs.iter().all(|o| o.expired),
+        outputs,
+        error: task_error(&task),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EventsQuery {
+    /// Resume after this sequence number (`Last-Event-ID` wins when both are sent).
+    after: Option<i64>,
+}
+
+/// Stream a task's events (SSE).
+///
+/// Events: `queued` (position), `processing` (progress, stage), `result` (an output
+/// with its URL), `completed`, `failed`, `canceled`. Each has `id:` = its sequence
+/// number; reconnect with `Last-Event-ID` to resume. A comment is sent at least every
+/// 15 s; the stream closes after the terminal event.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}/events", tag = "tasks",
+    params(("id" = String, Path, description = "Task id"), EventsQuery,
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such task", body = ErrorBody),
+    )
+)]
+async fn task_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    let task = state.gateway.task(parse_id(&id)?).await?;
+    let after = sse::resume_point(&headers, query.after);
+    Ok(sse::stream(&state, task.id, after, sse::native_event))
+}

@@ -1,0 +1,161 @@
+//! Building and running the server: load every part once, bind the listener (port 0
+//! allowed, so tests and side-by-side instances get their own), start the background
+//! work, and shut it all down from one token.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, AppState, Readiness},
+    channels::Router,
+    config::{Config, ConfigErrors},
+    db,
+    gateway::Gateway,
+    metrics::Metrics,
+    providers::Registry,
+    queue::Scheduler,
+    retention,
+    storage::Storage,
+};
+
+/// Why the server could not start. Configuration problems exit with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Opens the database and storage, builds the channels, and binds the listener.
+    pub async fn build(mut config: Config, registry: &Registry) -> Result<Self, StartupError> {
+        let router = Router::build(&config, registry)?;
+        let listener = TcpListener::bind(config.server.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.bind))?;
+        let local = listener.local_addr().map_err(anyhow::Error::from)?;
+        // Links must carry the real port when the configured one was 0.
+        config.server.bind = local;
+        std::fs::create_dir_all(&config.server.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", config.server.data_dir.display()))?;
+        let db = db::connect(&config.database_url(), config.database.max_connections)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("cannot open the database"))?;
+        if !db.shared() {
+            let released = db.release_leases().await.map_err(anyhow::Error::from)?;
+            if released > 0 {
+                tracing::info!(released, "tasks interrupted by the last stop will run again");
+            }
+        }
+        let storage =
+            Storage::from_config(&config).map_err(|e| anyhow::Error::new(e).context("cannot open storage"))?;
+        let gateway = Arc::new(Gateway::new(Arc::new(config), db, storage, router, Arc::new(Metrics::new())));
+        let scheduler = Scheduler::new(Arc::clone(&gateway));
+        let state = AppState {
+            gateway,
+            scheduler,
+            readiness: Arc::new(Readiness::default()),
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.state.gateway.config.server.bind
+    }
+
+    /// Cancel it to shut the server down as a signal would.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    pub fn gateway(&self) -> Arc<Gateway> {
+        Arc::clone(&self.state.gateway)
+    }
+
+    /// Serves until the shutdown token fires (or SIGINT/SIGTERM, when `signals`), then
+    /// drains within the grace period.
+    pub async fn run_until_stopped(self, signals: bool) -> anyhow::Result<()> {
+        let Self { listener, state } = self;
+        let shutdown = state.shutdown.clone();
+        if signals {
+            tokio::spawn(listen_for_signals(shutdown.clone()));
+        }
+        let config = Arc::clone(&state.gateway.config);
+        let dispatch_stop = CancellationToken::new();
+        let background = state.scheduler.start(dispatch_stop.clone());
+        let retention = tokio::spawn(retention::run_daily(Arc::clone(&state.gateway), dispatch_stop.clone()));
+        let app = api::router(state.clone());
+        let server = {
+            let shutdown = shutdown.clone();
+            axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await })
+        };
+        let mut server = tokio::spawn(async move { server.await });
+        state.readiness.set_started();
+        tracing::info!(url = %config.public_url(), "kiln is listening");
+
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            result = &mut server => {
+                dispatch_stop.cancel();
+                return result.map_err(anyhow::Error::from)?.map_err(anyhow::Error::from);
+            }
+        }
+        let began = Instant::now();
+        state.readiness.set_stopping();
+        dispatch_stop.cancel();
+        tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections or dispatch");
+        let grace = config.server.shutdown_grace;
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(result) => result.map_err(anyhow::Error::from)?.map_err(anyhow::Error::from)?,
+            Err(_) => {
+                tracing::warn!("requests still open after the grace period; closing them");
+                server.abort();
+            }
+        }
+        state.scheduler.drain(grace.saturating_sub(began.elapsed())).await;
+        for handle in background {
+            handle.abort();
+        }
+        retention.abort();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn listen_for_signals(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

@@ -1,0 +1,357 @@
+//! Typed configuration in layers: compiled defaults < `kiln.toml` < `KILN_…` environment
+//! variables (nested keys joined by `__`) < command-line overrides.
+//!
+//! Loading never stops at the first mistake: every bad key is collected and reported at
+//! once, each with the key that holds it and where its value came from, so an operator
+//! fixes a file in one pass instead of one restart per typo.
+
+mod secret;
+mod validate;
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+pub use secret::Secret;
+pub use validate::{ConfigErrors, parse_time_of_day as validate_time_of_day};
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upload: UploadConfig,
+    pub database: DatabaseConfig,
+    pub storage: StorageConfig,
+    pub tasks: TasksConfig,
+    pub retention: RetentionConfig,
+    pub log: LogConfig,
+    /// Provider instances. The embedded default is the `relief` CPU engine.
+    pub channels: Vec<ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub bind: SocketAddr,
+    /// Base URL clients use to reach this server; links and file URLs are built from it.
+    /// Empty: derived from `bind`.
+    pub public_url: Option<url::Url>,
+    /// Origins allowed by CORS. Empty: same-origin only. `["*"]`: any origin.
+    pub cors_origins: Vec<String>,
+    /// Directory for the embedded defaults (SQLite file, local storage).
+    pub data_dir: PathBuf,
+    /// How long in-flight requests and tasks get to finish after SIGTERM/SIGINT.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadConfig {
+    /// Largest accepted image file, in bytes.
+    pub max_bytes: u64,
+    /// Accepted image formats, detected from the bytes.
+    pub formats: Vec<ImageFormatName>,
+    /// Largest accepted width × height, checked from the header before decoding.
+    pub max_pixels: u64,
+    /// Inputs whose longest side exceeds this are scaled down to it.
+    pub max_side: u32,
+    /// Longest accepted prompt, in characters.
+    pub max_prompt_chars: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormatName {
+    Jpeg,
+    Png,
+    Webp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` (the default, under `data_dir`). Empty: `{data_dir}/kiln.db`.
+    pub url: Option<Secret>,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
+pub enum StorageConfig {
+    /// Local directory. Empty `root`: `{data_dir}/files`.
+    Fs {
+        #[serde(default)]
+        root: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// How long a task may run before it fails with `generation_timeout`. Time spent
+    /// waiting in the queue does not count.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// How long a claim on a running task lasts without a heartbeat before another
+    /// dispatcher may take it over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often dispatchers look for work when no wake-up arrives.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Queue positions are re-announced to the first this many waiting tasks of a channel.
+    pub position_window: u32,
+    /// The model used when a request names none, per task kind.
+    pub default_models: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    pub enabled: bool,
+    /// Stored inputs and outputs older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Local time of day (HH:MM) at which the daily cleanup runs.
+    pub run_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `kiln=debug,tower_http=info`.
+    pub level: String,
+    /// Console format.
+    pub format: LogFormat,
+    /// Directory for the daily-rotated log file. Empty string: no file.
+    pub dir: PathBuf,
+    /// How many daily files are kept.
+    pub keep_files: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One configured provider instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Unique name, used in logs, metrics and the catalog.
+    pub name: String,
+    /// Provider type, e.g. `relief`.
+    #[serde(rename = "type")]
+    pub provider: String,
+    /// Models this channel serves.
+    pub models: Vec<ModelConfig>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Tasks run at once on this channel.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Tasks allowed to wait; one more is refused with 503 and `Retry-After`.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+    /// Higher wins when several channels serve one model.
+    #[serde(default)]
+    pub priority: i32,
+    /// Provider-specific settings.
+    #[serde(default)]
+    pub options: toml::Table,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The name clients ask for.
+    pub name: String,
+    /// `image_to_3d`, `text_to_3d` or `text_to_image`.
+    pub kind: String,
+    /// The provider's own name for the model. Empty: same as `name`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// One line for the catalog.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_concurrency() -> u32 {
+    1
+}
+fn default_max_queue() -> u32 {
+    5
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            upload: UploadConfig::default(),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::Fs { root: None },
+            tasks: TasksConfig::default(),
+            retention: RetentionConfig::default(),
+            log: LogConfig::default(),
+            channels: Vec::new(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            cors_origins: Vec::new(),
+            data_dir: PathBuf::from("./data"),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for UploadConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            formats: vec![ImageFormatName::Jpeg, ImageFormatName::Png, ImageFormatName::Webp],
+            max_pixels: 40_000_000,
+            max_side: 2048,
+            max_prompt_chars: 1024,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self { url: None, max_connections: 8 }
+    }
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(180),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            position_window: 100,
+            default_models: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self { enabled: true, max_age: Duration::from_secs(48 * 3600), run_at: "03:00".to_owned() }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".to_owned(), format: LogFormat::Text, dir: PathBuf::from("./logs"), keep_files: 7 }
+    }
+}
+
+/// Command-line values that win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub bind: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Where the configuration file is looked for.
+pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("KILN_CONFIG").map(PathBuf::from)).or_else(|| {
+        let default = PathBuf::from("kiln.toml");
+        default.exists().then_some(default)
+    })
+}
+
+impl Config {
+    /// Loads the layers and validates the result, reporting every problem at once.
+    pub fn load(file: Option<&std::path::Path>, overrides: &Overrides) -> Result<Self, ConfigErrors> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(file, env, overrides)
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (for tests).
+    pub fn load_from(
+        file: Option<&std::path::Path>,
+        env: Vec<(String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigErrors> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut problems = ConfigErrors::default();
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => figment = figment.merge(Toml::string(&text)),
+                Err(err) => problems.push("--config", format!("cannot read {}: {err}", path.display())),
+            }
+        }
+        let env_map: BTreeMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("KILN_") && k != "KILN_CONFIG" && k != "KILN_LOG").collect();
+        let env_for_figment = env_map.clone();
+        figment = figment.merge(
+            Env::prefixed("KILN_")
+                .filter(move |key| env_for_figment.contains_key(&format!("KILN_{}", key.as_str().to_uppercase())))
+                .split("__")
+                .map(|key| key.as_str().to_lowercase().into()),
+        );
+        if let Some(bind) = overrides.bind {
+            figment = figment.merge(Serialized::default("server.bind", bind));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("server.data_dir", dir));
+        }
+        validate::extract(figment, &env_map, problems)
+    }
+
+    /// The base URL used to build absolute links.
+    pub fn public_url(&self) -> url::Url {
+        match &self.server.public_url {
+            Some(url) => url.clone(),
+            None => {
+                let host = match self.server.bind.ip() {
+                    ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                };
+                url::Url::parse(&format!("http://{host}:{}/", self.server.bind.port()))
+                    .unwrap_or_else(|_| url::Url::parse("http://127.0.0.1:8080/").expect("static URL parses"))
+            }
+        }
+    }
+
+    /// The database URL, defaulting to a SQLite file under the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.expose().to_owned(),
+            None => format!("sqlite://{}", self.server.data_dir.join("kiln.db").display()),
+        }
+    }
+
+    /// The local storage root, when storage is local.
+    pub fn storage_root(&self) -> PathBuf {
+        match &self.storage {
+            StorageConfig::Fs { root } => root.clone().unwrap_or_else(|| self.server.data_dir.join("files")),
+        }
+    }
+
+    /// The effective configuration as TOML with every secret masked.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render configuration: {err}\n"))
+    }
+}

@@ -1,0 +1,218 @@
+//! Turns the merged layers into a [`Config`], collecting every problem instead of
+//! stopping at the first: a bad key is reported, set aside, and extraction retried.
+
+use std::collections::BTreeMap;
+
+use figment::{
+    Figment,
+    error::Kind,
+    providers::Serialized,
+    value::{Dict, Value},
+};
+
+use super::Config;
+
+/// Every problem found in the configuration, each with the key that holds it.
+#[derive(Debug, Default)]
+pub struct ConfigErrors {
+    problems: Vec<(String, String)>,
+}
+
+impl ConfigErrors {
+    pub fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push((key.into(), message.into()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    pub fn problems(&self) -> &[(String, String)] {
+        &self.problems
+    }
+}
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration ({} problem(s)):", self.problems.len())?;
+        for (key, message) in &self.problems {
+            writeln!(f, "  - {key}: {message}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+pub(super) fn extract(
+    figment: Figment,
+    env: &BTreeMap<String, String>,
+    mut problems: ConfigErrors,
+) -> Result<Config, ConfigErrors> {
+    let mut value: Value = match figment.extract() {
+        Ok(value) => value,
+        Err(errors) => {
+            for error in errors {
+                problems.push(key_of(&error.path), error.kind.to_string());
+            }
+            return Err(problems);
+        }
+    };
+    // Each round reports the errors serde found and drops the offending keys, so the
+    // defaults stand in for them and the next round can find the errors behind them.
+    for _ in 0..64 {
+        match Figment::from(Serialized::defaults(&value)).extract::<Config>() {
+            Ok(config) => {
+                check(&config, &mut problems);
+                return if problems.is_empty() { Ok(config) } else { Err(problems) };
+            }
+            Err(errors) => {
+                let mut changed = false;
+                for error in errors {
+                    let mut path = error.path.clone();
+                    if let Kind::UnknownField(field, _) = &error.kind {
+                        path.push(field.clone());
+                    }
+                    let key = key_of(&path);
+                    let source = env_source(&path, env);
+                    problems.push(key, format!("{}{source}", error.kind));
+                    changed |= remove(&mut value, &path);
+                }
+                if !changed {
+                    return Err(problems);
+                }
+            }
+        }
+    }
+    Err(problems)
+}
+
+fn key_of(path: &[String]) -> String {
+    if path.is_empty() { "(root)".to_owned() } else { path.join(".") }
+}
+
+fn env_source(path: &[String], env: &BTreeMap<String, String>) -> String {
+    let name = format!("KILN_{}", path.join("__").to_uppercase());
+    if env.contains_key(&name) { format!(" (set by {name})") } else { String::new() }
+}
+
+fn remove(value: &mut Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else { return false };
+    let mut dict: &mut Dict = match value {
+        Value::Dict(_, dict) => dict,
+        _ => return false,
+    };
+    for key in parents {
+        match dict.get_mut(key) {
+            Some(Value::Dict(_, inner)) => dict = inner,
+            _ => return false,
+        }
+    }
+    dict.remove(last).is_some()
+}
+
+/// Checks that types alone cannot express.
+fn check(config: &Config, problems: &mut ConfigErrors) {
+    let upload = &config.upload;
+    if upload.max_bytes == 0 {
+        problems.push("upload.max_bytes", "must be greater than 0");
+    }
+    if upload.formats.is_empty() {
+        problems.push("upload.formats", "must name at least one of jpeg, png, webp");
+    }
+    if upload.max_pixels == 0 {
+        problems.push("upload.max_pixels", "must be greater than 0");
+    }
+    if upload.max_side < 16 {
+        problems.push("upload.max_side", "must be at least 16");
+    }
+    if upload.max_prompt_chars == 0 {
+        problems.push("upload.max_prompt_chars", "must be greater than 0");
+    }
+    let tasks = &config.tasks;
+    if tasks.deadline.is_zero() {
+        problems.push("tasks.deadline", "must be longer than 0s");
+    }
+    if tasks.lease < std::time::Duration::from_millis(100) {
+        problems.push("tasks.lease", "must be at least 100ms");
+    }
+    if tasks.poll_interval.is_zero() {
+        problems.push("tasks.poll_interval", "must be longer than 0s");
+    }
+    if parse_time_of_day(&config.retention.run_at).is_none() {
+        problems.push("retention.run_at", format!("`{}` is not a time of day like 03:00", config.retention.run_at));
+    }
+    if config.retention.max_age.is_zero() {
+        problems.push("retention.max_age", "must be longer than 0s");
+    }
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        problems.push("log.level", format!("not a valid filter: {err}"));
+    }
+    if config.log.keep_files == 0 {
+        problems.push("log.keep_files", "must be at least 1");
+    }
+    if config.server.shutdown_grace > std::time::Duration::from_secs(600) {
+        problems.push("server.shutdown_grace", "must be at most 10m");
+    }
+    if let Some(url) = &config.server.public_url
+        && !matches!(url.scheme(), "http" | "https")
+    {
+        problems.push("server.public_url", "must be an http or https URL");
+    }
+    let db = config.database_url();
+    if !db.starts_with("sqlite:") {
+        problems.push("database.url", "only sqlite: URLs are supported by this build");
+    }
+    if config.database.max_connections == 0 {
+        problems.push("database.max_connections", "must be at least 1");
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, channel) in config.channels.iter().enumerate() {
+        let key = |field: &str| format!("channels[{i}].{field}");
+        if channel.name.trim().is_empty() {
+            problems.push(key("name"), "must not be empty");
+        } else if !names.insert(channel.name.as_str()) {
+            problems.push(key("name"), format!("`{}` is used by another channel", channel.name));
+        }
+        if channel.max_concurrency == 0 {
+            problems.push(key("max_concurrency"), "must be at least 1");
+        }
+        if channel.models.is_empty() {
+            problems.push(key("models"), "must list at least one model");
+        }
+        for (j, model) in channel.models.iter().enumerate() {
+            if crate::tasks::TaskKind::parse(&model.kind).is_none() {
+                problems.push(
+                    format!("channels[{i}].models[{j}].kind"),
+                    format!("`{}` is not one of image_to_3d, text_to_3d, text_to_image", model.kind),
+                );
+            }
+        }
+    }
+    for (kind, model) in &config.tasks.default_models {
+        match crate::tasks::TaskKind::parse(kind) {
+            None => problems
+                .push(format!("tasks.default_models.{kind}"), "is not one of image_to_3d, text_to_3d, text_to_image"),
+            Some(kind) => {
+                let served = config
+                    .channels
+                    .iter()
+                    .flat_map(|c| &c.models)
+                    .any(|m| &m.name == model && crate::tasks::TaskKind::parse(&m.kind) == Some(kind));
+                if !served {
+                    problems.push(
+                        format!("tasks.default_models.{}", kind.as_str()),
+                        format!("no channel serves model `{model}` for {}", kind.as_str()),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Parses `HH:MM` into (hour, minute).
+pub fn parse_time_of_day(text: &str) -> Option<(u32, u32)> {
+    let (h, m) = text.split_once(':')?;
+    let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
+    (h < 24 && m < 60 && text.len() <= 5).then_some((h, m))
+}

@@ -1,0 +1,222 @@
+//! Persistence behind repository traits. Handlers and the scheduler speak these traits;
+//! each database backend is one implementation of them (SQLite now, PostgreSQL next),
+//! and no SQL lives anywhere else.
+//!
+//! Every status change is written together with its event in one transaction, and the
+//! caller publishes the returned events only after that transaction committed.
+
+mod sqlite;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
+
+pub use sqlite::SqliteDatabase;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database query failed")]
+    Query(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("unsupported database URL `{0}`")]
+    UnsupportedUrl(String),
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// The result of trying to add a task to a channel's queue.
+#[derive(Debug)]
+pub enum Enqueued {
+    /// A new task, and its `queued` event.
+    Created(Task, TaskEvent),
+    /// The same Idempotency-Key with the same request: the task made the first time.
+    Replayed(Task),
+    /// The same Idempotency-Key with a different request.
+    KeyConflict,
+    /// The channel already holds `max_queue` waiting tasks.
+    QueueFull { waiting: u32 },
+}
+
+/// A task taken off a channel's queue under a lease.
+#[derive(Debug)]
+pub struct Claimed {
+    pub task: Task,
+    /// The `processing` event of the claim, then the re-announced positions of the
+    /// tasks still waiting.
+    pub events: Vec<TaskEvent>,
+}
+
+/// How a task ends.
+#[derive(Debug, Clone)]
+pub enum Finish {
+    Succeeded { metadata: serde_json::Value },
+    Failed { code: String, message: String },
+    Canceled,
+}
+
+impl Finish {
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Finish::Succeeded { .. } => TaskStatus::Succeeded,
+            Finish::Failed { .. } => TaskStatus::Failed,
+            Finish::Canceled => TaskStatus::Canceled,
+        }
+    }
+}
+
+/// The result of a conditional status change.
+#[derive(Debug)]
+pub enum Transition {
+    /// Done; the events written, to be published.
+    Done(Task, Vec<TaskEvent>),
+    /// The task was not in a state from which this change is allowed.
+    Refused(Task),
+    NotFound,
+}
+
+/// A page of tasks, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    /// Only tasks older than this one (the cursor).
+    pub before: Option<TaskId>,
+    pub limit: u32,
+}
+
+/// A file that may be served under `/files/{key}`.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    pub key: String,
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+    pub created_at: DateTime<Utc>,
+    pub expired: bool,
+}
+
+/// Per-channel queue depth.
+#[derive(Debug, Clone)]
+pub struct ChannelLoad {
+    pub channel: String,
+    pub queued: u64,
+    pub running: u64,
+}
+
+/// Tasks, their event log and their artifacts: one aggregate, since a task's status,
+/// events and outputs change together.
+#[async_trait]
+pub trait TaskRepo: Send + Sync {
+    /// Admits a task to its channel's queue (refusing it when `max_queue` are waiting),
+    /// records it with its `queued` event, and binds the Idempotency-Key, atomically.
+    async fn enqueue(&self, task: &NewTask, max_queue: u32, idempotency: Option<(&str, &str)>) -> DbResult<Enqueued>;
+
+    async fn get_task(&self, id: TaskId) -> DbResult<Option<Task>>;
+    async fn list_tasks(&self, filter: &TaskFilter) -> DbResult<Vec<Task>>;
+    /// 1-based position among the channel's waiting tasks; `None` unless queued.
+    async fn queue_position(&self, id: TaskId) -> DbResult<Option<u32>>;
+
+    /// Takes the oldest waiting task of `channel` (or a running one whose lease expired)
+    /// in one short transaction, and leases it to `owner`.
+    async fn claim(
+        &self,
+        channel: &str,
+        owner: &str,
+        lease: Duration,
+        deadline: Duration,
+        window: u32,
+    ) -> DbResult<Option<Claimed>>;
+    /// Extends a lease; false when the task is no longer ours or no longer running.
+    async fn renew_lease(&self, id: TaskId, owner: &str, lease: Duration) -> DbResult<bool>;
+    /// Makes the leases of running tasks claimable again at once. Called at start-up
+    /// by a backend that only one process may use.
+    async fn release_leases(&self) -> DbResult<u64>;
+
+    /// Appends a `processing` event while the task runs; `None` when it no longer runs.
+    async fn record_progress(&self, id: TaskId, progress: u8, stage: &str) -> DbResult<Option<TaskEvent>>;
+    /// Records a stored output and its `result` event while the task runs. `None`
+    /// when the task no longer runs or already has an output of that name.
+    async fn add_artifact(&self, artifact: &Artifact, event: serde_json::Value) -> DbResult<Option<TaskEvent>>;
+    /// Remembers the provider's own id for the job.
+    async fn set_provider_job(&self, id: TaskId, job_id: &str) -> DbResult<()>;
+    /// Ends a task if its status allows it, with its terminal event.
+    async fn finish(&self, id: TaskId, finish: &Finish, window: u32) -> DbResult<Transition>;
+
+    async fn list_events(&self, id: TaskId, after: i64) -> DbResult<Vec<TaskEvent>>;
+    async fn list_artifacts(&self, id: TaskId) -> DbResult<Vec<Artifact>>;
+    /// Running tasks whose deadline has passed.
+    async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<TaskId>>;
+
+    async fn channel_loads(&self) -> DbResult<Vec<ChannelLoad>>;
+    async fn count_by_status(&self) -> DbResult<Vec<(TaskStatus, u64)>>;
+}
+
+/// Stored input pictures and the lookup of any stored file by key.
+#[async_trait]
+pub trait FileRepo: Send + Sync {
+    async fn insert_picture(&self, picture: &Picture) -> DbResult<()>;
+    async fn get_picture(&self, id: Uuid) -> DbResult<Option<Picture>>;
+    /// Newest first; `offset`/`limit` paging.
+    async fn list_pictures(&self, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)>;
+    async fn find_file(&self, key: &str) -> DbResult<Option<StoredFile>>;
+    /// Marks pictures and artifacts created before `cutoff` as expired and returns
+    /// their storage keys, for deletion.
+    async fn expire_files_before(&self, cutoff: DateTime<Utc>) -> DbResult<Vec<String>>;
+}
+
+/// The whole database.
+#[async_trait]
+pub trait Database: TaskRepo + FileRepo {
+    async fn ping(&self) -> DbResult<()>;
+    /// Whether several kiln processes may share this database (leases then expire on
+    /// their own instead of being released at start-up).
+    fn shared(&self) -> bool;
+}
+
+pub type Db = Arc<dyn Database>;
+
+/// Opens the database named by `url` and runs the embedded migrations.
+pub async fn connect(url: &str, max_connections: u32) -> DbResult<Db> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteDatabase::connect(url, max_connections).await?))
+    } else {
+        Err(DbError::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_owned()))
+    }
+}
+
+/// Event payloads shared by every backend.
+pub(crate) mod payload {
+    use serde_json::{Value, json};
+
+    use super::Finish;
+
+    pub fn queued(position: u32) -> Value {
+        json!({ "status": "queued", "position": position })
+    }
+
+    pub fn processing(progress: u8, stage: &str) -> Value {
+        json!({ "status": "running", "progress": progress, "stage": stage })
+    }
+
+    pub fn finish(finish: &Finish, outputs: Value, generation_time: Option<f64>) -> Value {
+        match finish {
+            Finish::Succeeded { metadata } => json!({
+                "status": "succeeded",
+                "outputs": outputs,
+                "metadata": metadata,
+                "generation_time": generation_time,
+            }),
+            Finish::Failed { code, message } => json!({
+                "status": "failed",
+                "error": { "code": code, "message": message },
+            }),
+            Finish::Canceled => json!({ "status": "canceled" }),
+        }
+    }
+}

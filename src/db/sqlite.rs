@@ -1,0 +1,651 @@
+//! The SQLite implementation of the repositories: kiln's embedded default.
+//!
+//! SQLite has one writer. Writes go through a pool of exactly one connection, so they
+//! queue in-process instead of fighting over the file lock, and every write transaction
+//! is a few short statements; reads use a separate pool and never wait for writes (WAL).
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{
+    Row, Sqlite, SqliteConnection, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+use super::{
+    ChannelLoad, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, StoredFile, TaskFilter, TaskRepo,
+    Transition, payload,
+};
+use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteDatabase {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteDatabase {
+    pub async fn connect(url: &str, max_connections: u32) -> DbResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        if let Some(parent) = options.get_filename().parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| DbError::Query(sqlx::Error::Io(e)))?;
+        }
+        let writer = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+fn opt_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
+    ms.map(to_time)
+}
+
+fn parse_json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+fn parse_uuid(text: &str) -> DbResult<Uuid> {
+    Uuid::parse_str(text).map_err(|_| DbError::Corrupt(format!("bad uuid `{text}`")))
+}
+
+fn task_from_row(row: &SqliteRow) -> DbResult<Task> {
+    let kind: String = row.try_get("kind")?;
+    let status: String = row.try_get("status")?;
+    let id: String = row.try_get("id")?;
+    let picture: Option<String> = row.try_get("picture_id")?;
+    let params: String = row.try_get("params")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(Task {
+        id: TaskId(parse_uuid(&id)?),
+        kind: TaskKind::parse(&kind).ok_or_else(|| DbError::Corrupt(format!("bad kind `{kind}`")))?,
+        model: row.try_get("model")?,
+        channel: row.try_get("channel")?,
+        status: TaskStatus::parse(&status).ok_or_else(|| DbError::Corrupt(format!("bad status `{status}`")))?,
+        prompt: row.try_get("prompt")?,
+        picture_id: picture.as_deref().map(parse_uuid).transpose()?,
+        params: parse_json(&params),
+        progress: row.try_get::<i64, _>("progress")?.clamp(0, 100) as u8,
+        stage: row.try_get("stage")?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+        metadata: parse_json(&metadata),
+        provider_job_id: row.try_get("provider_job_id")?,
+        attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
+        created_at: to_time(row.try_get("created_at")?),
+        started_at: opt_time(row.try_get("started_at")?),
+        finished_at: opt_time(row.try_get("finished_at")?),
+        deadline_at: opt_time(row.try_get("deadline_at")?),
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> DbResult<TaskEvent> {
+    let id: String = row.try_get("task_id")?;
+    let kind: String = row.try_get("kind")?;
+    let data: String = row.try_get("data")?;
+    Ok(TaskEvent {
+        task_id: TaskId(parse_uuid(&id)?),
+        seq: row.try_get("seq")?,
+        kind: EventKind::parse(&kind).ok_or_else(|| DbError::Corrupt(format!("bad event kind `{kind}`")))?,
+        data: parse_json(&data),
+        created_at: to_time(row.try_get("created_at")?),
+    })
+}
+
+fn artifact_from_row(row: &SqliteRow) -> DbResult<Artifact> {
+    let id: String = row.try_get("id")?;
+    let task: String = row.try_get("task_id")?;
+    let metadata: String = row.try_get("metadata")?;
+    Ok(Artifact {
+        id: parse_uuid(&id)?,
+        task_id: TaskId(parse_uuid(&task)?),
+        name: row.try_get("name")?,
+        role: row.try_get("role")?,
+        key: row.try_get("key")?,
+        content_type: row.try_get("content_type")?,
+        size: row.try_get::<i64, _>("size")?.max(0) as u64,
+        sha256: row.try_get("sha256")?,
+        metadata: parse_json(&metadata),
+        created_at: to_time(row.try_get("created_at")?),
+        expired_at: opt_time(row.try_get("expired_at")?),
+    })
+}
+
+fn picture_from_row(row: &SqliteRow) -> DbResult<Picture> {
+    let id: String = row.try_get("id")?;
+    Ok(Picture {
+        id: parse_uuid(&id)?,
+        key: row.try_get("key")?,
+        content_type: row.try_get("content_type")?,
+        format: row.try_get("format")?,
+        width: row.try_get::<i64, _>("width")?.max(0) as u32,
+        height: row.try_get::<i64, _>("height")?.max(0) as u32,
+        size: row.try_get::<i64, _>("size")?.max(0) as u64,
+        sha256: row.try_get("sha256")?,
+        original_name: row.try_get("original_name")?,
+        created_at: to_time(row.try_get("created_at")?),
+        expired_at: opt_time(row.try_get("expired_at")?),
+    })
+}
+
+/// Appends one event, taking the next sequence number from the task row.
+async fn append_event(conn: &mut SqliteConnection, id: TaskId, kind: EventKind, data: Value) -> DbResult<TaskEvent> {
+    let seq: i64 = sqlx::query_scalar("UPDATE tasks SET last_seq = last_seq + 1 WHERE id = ?1 RETURNING last_seq")
+        .bind(id.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
+    insert_event(conn, id, seq, kind, data).await
+}
+
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    id: TaskId,
+    seq: i64,
+    kind: EventKind,
+    data: Value,
+) -> DbResult<TaskEvent> {
+    let now = now_ms();
+    sqlx::query("INSERT INTO task_events (task_id, seq, kind, data, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        .bind(id.to_string())
+        .bind(seq)
+        .bind(kind.as_str())
+        .bind(data.to_string())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    Ok(TaskEvent { task_id: id, seq, kind, data, created_at: to_time(now) })
+}
+
+/// Re-announces the positions of the first `window` waiting tasks of a channel whose
+/// position changed.
+async fn announce_positions(conn: &mut SqliteConnection, channel: &str, window: u32) -> DbResult<Vec<TaskEvent>> {
+    let rows = sqlx::query(
+        "SELECT id, last_position FROM tasks WHERE channel = ?1 AND status = 'queued' ORDER BY rowid LIMIT ?2",
+    )
+    .bind(channel)
+    .bind(i64::from(window))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut events = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let position = index as i64 + 1;
+        let last: Option<i64> = row.try_get("last_position")?;
+        if last == Some(position) {
+            continue;
+        }
+        let id: String = row.try_get("id")?;
+        let id = TaskId(parse_uuid(&id)?);
+        sqlx::query("UPDATE tasks SET last_position = ?1 WHERE id = ?2")
+            .bind(position)
+            .bind(id.to_string())
+            .execute(&mut *conn)
+            .await?;
+        events.push(append_event(conn, id, EventKind::Queued, payload::queued(position as u32)).await?);
+    }
+    Ok(events)
+}
+
+async fn task_in(conn: &mut SqliteConnection, id: TaskId) -> DbResult<Option<Task>> {
+    let row = sqlx::query("SELECT * FROM tasks WHERE id = ?1").bind(id.to_string()).fetch_optional(&mut *conn).await?;
+    row.as_ref().map(task_from_row).transpose()
+}
+
+fn outputs_json(artifacts: &[Artifact]) -> Value {
+    Value::Array(
+        artifacts
+            .iter()
+            .map(|a| {
+                json!({
+                    "name": a.name, "role": a.role, "key": a.key, "content_type": a.content_type,
+                    "size": a.size, "sha256": a.sha256,
+                })
+            })
+            .collect(),
+    )
+}
+
+async fn begin(pool: &SqlitePool) -> DbResult<Transaction<'static, Sqlite>> {
+    Ok(pool.begin().await?)
+}
+
+#[async_trait]
+impl TaskRepo for SqliteDatabase {
+    async fn enqueue(&self, task: &NewTask, capacity: u32, idempotency: Option<(&str, &str)>) -> DbResult<Enqueued> {
+        let mut tx = begin(&self.writer).await?;
+        if let Some((key, hash)) = idempotency {
+            let existing = sqlx::query("SELECT request_hash, task_id FROM idempotency_keys WHERE key = ?1")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if let Some(row) = existing {
+                let stored: String = row.try_get("request_hash")?;
+                if stored != hash {
+                    return Ok(Enqueued::KeyConflict);
+                }
+                let id: String = row.try_get("task_id")?;
+                let task = task_in(&mut tx, TaskId(parse_uuid(&id)?))
+                    .await?
+                    .ok_or_else(|| DbError::Corrupt("idempotency key without task".into()))?;
+                return Ok(Enqueued::Replayed(task));
+            }
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) FILTER (WHERE status = 'queued') AS queued, COUNT(*) AS active \
+             FROM tasks WHERE channel = ?1 AND status IN ('queued', 'running')",
+        )
+        .bind(&task.channel)
+        .fetch_one(&mut *tx)
+        .await?;
+        let queued: i64 = row.try_get("queued")?;
+        let active: i64 = row.try_get("active")?;
+        if active >= i64::from(capacity) {
+            return Ok(Enqueued::QueueFull { waiting: queued.max(0) as u32 });
+        }
+        let position = queued + 1;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO tasks (id, kind, model, channel, status, prompt, picture_id, params, last_seq, last_position, created_at) \
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9)",
+        )
+        .bind(task.id.to_string())
+        .bind(task.kind.as_str())
+        .bind(&task.model)
+        .bind(&task.channel)
+        .bind(&task.prompt)
+        .bind(task.picture_id.map(|p| p.to_string()))
+        .bind(task.params.to_string())
+        .bind(position)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let event = insert_event(&mut tx, task.id, 1, EventKind::Queued, payload::queued(position as u32)).await?;
+        if let Some((key, hash)) = idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (key, request_hash, task_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(key)
+            .bind(hash)
+            .bind(task.id.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let stored =
+            task_in(&mut tx, task.id).await?.ok_or_else(|| DbError::Corrupt("inserted task vanished".into()))?;
+        tx.commit().await?;
+        Ok(Enqueued::Created(stored, event))
+    }
+
+    async fn get_task(&self, id: TaskId) -> DbResult<Option<Task>> {
+        let row =
+            sqlx::query("SELECT * FROM tasks WHERE id = ?1").bind(id.to_string()).fetch_optional(&self.reader).await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> DbResult<Vec<Task>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.before.map(|b| b.to_string()))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn queue_position(&self, id: TaskId) -> DbResult<Option<u32>> {
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM tasks q WHERE q.channel = t.channel AND q.status = 'queued' AND q.rowid <= t.rowid) \
+             FROM tasks t WHERE t.id = ?1 AND t.status = 'queued'",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(position.map(|p| p.max(1) as u32))
+    }
+
+    async fn claim(
+        &self,
+        channel: &str,
+        owner: &str,
+        lease: Duration,
+        deadline: Duration,
+        window: u32,
+    ) -> DbResult<Option<Claimed>> {
+        let now = now_ms();
+        let mut tx = begin(&self.writer).await?;
+        let row = sqlx::query(
+            "UPDATE tasks SET status = 'running', lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, \
+                 started_at = COALESCE(started_at, ?3), deadline_at = ?4, progress = 0, \
+                 stage = CASE WHEN status = 'running' THEN 'restarting' ELSE 'starting' END, \
+                 last_seq = last_seq + 1, last_position = NULL \
+             WHERE rowid = (SELECT rowid FROM tasks WHERE channel = ?5 \
+                 AND (status = 'queued' OR (status = 'running' AND lease_expires_at < ?3)) \
+                 ORDER BY status = 'running' DESC, rowid LIMIT 1) \
+             RETURNING *",
+        )
+        .bind(owner)
+        .bind(now + lease.as_millis() as i64)
+        .bind(now)
+        .bind(now + deadline.as_millis() as i64)
+        .bind(channel)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let task = task_from_row(&row)?;
+        let seq: i64 = row.try_get("last_seq")?;
+        let stage = task.stage.clone().unwrap_or_else(|| "starting".into());
+        let mut events =
+            vec![insert_event(&mut tx, task.id, seq, EventKind::Processing, payload::processing(0, &stage)).await?];
+        events.extend(announce_positions(&mut tx, channel, window).await?);
+        tx.commit().await?;
+        Ok(Some(Claimed { task, events }))
+    }
+
+    async fn renew_lease(&self, id: TaskId, owner: &str, lease: Duration) -> DbResult<bool> {
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND status = 'running'",
+        )
+        .bind(now_ms() + lease.as_millis() as i64)
+        .bind(id.to_string())
+        .bind(owner)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release_leases(&self) -> DbResult<u64> {
+        let done =
+            sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.writer).await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn record_progress(&self, id: TaskId, progress: u8, stage: &str) -> DbResult<Option<TaskEvent>> {
+        let mut tx = begin(&self.writer).await?;
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE tasks SET progress = ?1, stage = ?2, last_seq = last_seq + 1 WHERE id = ?3 AND status = 'running' \
+             RETURNING last_seq",
+        )
+        .bind(i64::from(progress.min(100)))
+        .bind(stage)
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(seq) = seq else { return Ok(None) };
+        let event =
+            insert_event(&mut tx, id, seq, EventKind::Processing, payload::processing(progress.min(100), stage))
+                .await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn add_artifact(&self, artifact: &Artifact, event: Value) -> DbResult<Option<TaskEvent>> {
+        let mut tx = begin(&self.writer).await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = ?1")
+            .bind(artifact.task_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if status.as_deref() != Some("running") {
+            return Ok(None);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO artifacts (id, task_id, name, role, key, content_type, size, sha256, metadata, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
+        )
+        .bind(artifact.id.to_string())
+        .bind(artifact.task_id.to_string())
+        .bind(&artifact.name)
+        .bind(&artifact.role)
+        .bind(&artifact.key)
+        .bind(&artifact.content_type)
+        .bind(artifact.size as i64)
+        .bind(&artifact.sha256)
+        .bind(artifact.metadata.to_string())
+        .bind(artifact.created_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(None);
+        }
+        let event = append_event(&mut tx, artifact.task_id, EventKind::Result, event).await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn set_provider_job(&self, id: TaskId, job_id: &str) -> DbResult<()> {
+        sqlx::query("UPDATE tasks SET provider_job_id = ?1 WHERE id = ?2")
+            .bind(job_id)
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(&self, id: TaskId, finish: &Finish, window: u32) -> DbResult<Transition> {
+        let mut tx = begin(&self.writer).await?;
+        let Some(task) = task_in(&mut tx, id).await? else { return Ok(Transition::NotFound) };
+        let next = finish.status();
+        if !task.status.can_become(next) {
+            return Ok(Transition::Refused(task));
+        }
+        let now = now_ms();
+        let artifacts = if matches!(finish, Finish::Succeeded { .. }) {
+            let rows = sqlx::query("SELECT * FROM artifacts WHERE task_id = ?1 ORDER BY created_at, name")
+                .bind(id.to_string())
+                .fetch_all(&mut *tx)
+                .await?;
+            rows.iter().map(artifact_from_row).collect::<DbResult<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        let generation = task.started_at.map(|s| (now - s.timestamp_millis()).max(0) as f64 / 1000.0);
+        let (code, message, metadata) = match finish {
+            Finish::Succeeded { metadata } => (None, None, metadata.clone()),
+            Finish::Failed { code, message } => {
+                (Some(code.clone()), Some(message.clone()), Value::Object(Default::default()))
+            }
+            Finish::Canceled => (None, None, Value::Object(Default::default())),
+        };
+        sqlx::query(
+            "UPDATE tasks SET status = ?1, finished_at = ?2, error_code = ?3, error_message = ?4, metadata = ?5, \
+                 progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, \
+                 lease_owner = NULL, lease_expires_at = NULL, last_position = NULL WHERE id = ?6",
+        )
+        .bind(next.as_str())
+        .bind(now)
+        .bind(code)
+        .bind(message)
+        .bind(metadata.to_string())
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        let data = payload::finish(finish, outputs_json(&artifacts), generation);
+        let mut events = vec![append_event(&mut tx, id, EventKind::for_status(next), data).await?];
+        if task.status == TaskStatus::Queued {
+            events.extend(announce_positions(&mut tx, &task.channel, window).await?);
+        }
+        let task = task_in(&mut tx, id).await?.ok_or_else(|| DbError::Corrupt("finished task vanished".into()))?;
+        tx.commit().await?;
+        Ok(Transition::Done(task, events))
+    }
+
+    async fn list_events(&self, id: TaskId, after: i64) -> DbResult<Vec<TaskEvent>> {
+        let rows = sqlx::query("SELECT * FROM task_events WHERE task_id = ?1 AND seq > ?2 ORDER BY seq")
+            .bind(id.to_string())
+            .bind(after)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn list_artifacts(&self, id: TaskId) -> DbResult<Vec<Artifact>> {
+        let rows = sqlx::query("SELECT * FROM artifacts WHERE task_id = ?1 ORDER BY created_at, name")
+            .bind(id.to_string())
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(artifact_from_row).collect()
+    }
+
+    async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<TaskId>> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM tasks WHERE status = 'running' AND deadline_at < ?1")
+            .bind(now.timestamp_millis())
+            .fetch_all(&self.reader)
+            .await?;
+        ids.iter().map(|id| parse_uuid(id).map(TaskId)).collect()
+    }
+
+    async fn channel_loads(&self) -> DbResult<Vec<ChannelLoad>> {
+        let rows = sqlx::query(
+            "SELECT channel, COUNT(*) FILTER (WHERE status = 'queued') AS queued, \
+                    COUNT(*) FILTER (WHERE status = 'running') AS running \
+             FROM tasks WHERE status IN ('queued', 'running') GROUP BY channel",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ChannelLoad {
+                    channel: row.try_get("channel")?,
+                    queued: row.try_get::<i64, _>("queued")?.max(0) as u64,
+                    running: row.try_get::<i64, _>("running")?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn count_by_status(&self) -> DbResult<Vec<(TaskStatus, u64)>> {
+        let rows =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status").fetch_all(&self.reader).await?;
+        let mut counts = Vec::new();
+        for row in &rows {
+            let status: String = row.try_get("status")?;
+            if let Some(status) = TaskStatus::parse(&status) {
+                counts.push((status, row.try_get::<i64, _>("n")?.max(0) as u64));
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[async_trait]
+impl FileRepo for SqliteDatabase {
+    async fn insert_picture(&self, picture: &Picture) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO pictures (id, key, content_type, format, width, height, size, sha256, original_name, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .bind(picture.id.to_string())
+        .bind(&picture.key)
+        .bind(&picture.content_type)
+        .bind(&picture.format)
+        .bind(i64::from(picture.width))
+        .bind(i64::from(picture.height))
+        .bind(picture.size as i64)
+        .bind(&picture.sha256)
+        .bind(&picture.original_name)
+        .bind(picture.created_at.timestamp_millis())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_picture(&self, id: Uuid) -> DbResult<Option<Picture>> {
+        let row = sqlx::query("SELECT * FROM pictures WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(picture_from_row).transpose()
+    }
+
+    async fn list_pictures(&self, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)> {
+        let rows = sqlx::query("SELECT * FROM pictures ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2")
+            .bind(i64::from(limit))
+            .bind(offset as i64)
+            .fetch_all(&self.reader)
+            .await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pictures").fetch_one(&self.reader).await?;
+        Ok((rows.iter().map(picture_from_row).collect::<DbResult<_>>()?, total.max(0) as u64))
+    }
+
+    async fn find_file(&self, key: &str) -> DbResult<Option<StoredFile>> {
+        let row = sqlx::query(
+            "SELECT key, content_type, size, sha256, created_at, expired_at FROM artifacts WHERE key = ?1 \
+             UNION ALL SELECT key, content_type, size, sha256, created_at, expired_at FROM pictures WHERE key = ?1 LIMIT 1",
+        )
+        .bind(key)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|row| {
+            Ok(StoredFile {
+                key: row.try_get("key")?,
+                content_type: row.try_get("content_type")?,
+                size: row.try_get::<i64, _>("size")?.max(0) as u64,
+                sha256: row.try_get("sha256")?,
+                created_at: to_time(row.try_get("created_at")?),
+                expired: row.try_get::<Option<i64>, _>("expired_at")?.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    async fn expire_files_before(&self, cutoff: DateTime<Utc>) -> DbResult<Vec<String>> {
+        let now = now_ms();
+        let cutoff = cutoff.timestamp_millis();
+        let mut tx = begin(&self.writer).await?;
+        let mut keys: Vec<String> = sqlx::query_scalar(
+            "UPDATE artifacts SET expired_at = ?1 WHERE created_at < ?2 AND expired_at IS NULL RETURNING key",
+        )
+        .bind(now)
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        let pictures: Vec<String> = sqlx::query_scalar(
+            "UPDATE pictures SET expired_at = ?1 WHERE created_at < ?2 AND expired_at IS NULL RETURNING key",
+        )
+        .bind(now)
+        .bind(cutoff)
+        .fetch_all(&mut *tx)
+        .await?;
+        keys.extend(pictures);
+        tx.commit().await?;
+        Ok(keys)
+    }
+}
+
+#[async_trait]
+impl Database for SqliteDatabase {
+    async fn ping(&self) -> DbResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+}

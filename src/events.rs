@@ -1,0 +1,138 @@
+//! Live fan-out of task events. The database log is the truth; this bus only tells
+//! subscribers that new entries exist. A follower replays the log from where its client
+//! stopped, then takes live events, filling any gap from the log again, so a reconnect
+//! with `Last-Event-ID` misses nothing and a late subscriber gets the whole history.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::Stream;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    db::Db,
+    tasks::{TaskEvent, TaskId},
+};
+
+const CHANNEL_CAPACITY: usize = 256;
+/// A follower re-reads the log this often even without a wake-up, so a lost
+/// notification costs latency, never an event.
+const POLL_FALLBACK: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+pub struct EventBus {
+    topics: Mutex<HashMap<TaskId, broadcast::Sender<Arc<TaskEvent>>>>,
+}
+
+impl EventBus {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Publishes committed events. Call only after the transaction that wrote them.
+    pub fn publish(&self, events: &[TaskEvent]) {
+        let Ok(mut topics) = self.topics.lock() else { return };
+        for event in events {
+            if let Some(sender) = topics.get(&event.task_id) {
+                let _ = sender.send(Arc::new(event.clone()));
+                if event.kind.is_terminal() {
+                    topics.remove(&event.task_id);
+                }
+            }
+        }
+    }
+
+    fn subscribe(self: &Arc<Self>, id: TaskId) -> Subscription {
+        let receiver = match self.topics.lock() {
+            Ok(mut topics) => topics.entry(id).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe(),
+            Err(_) => broadcast::channel(1).1,
+        };
+        Subscription { bus: Arc::clone(self), id, receiver }
+    }
+
+    /// Number of tasks with live subscribers (for metrics and tests).
+    pub fn topics(&self) -> usize {
+        self.topics.lock().map(|t| t.len()).unwrap_or(0)
+    }
+}
+
+struct Subscription {
+    bus: Arc<EventBus>,
+    id: TaskId,
+    receiver: broadcast::Receiver<Arc<TaskEvent>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut topics) = self.bus.topics.lock()
+            && let Some(sender) = topics.get(&self.id)
+            && sender.receiver_count() <= 1
+        {
+            topics.remove(&self.id);
+        }
+    }
+}
+
+/// The events of a task after `after`, in order, ending after the terminal event or
+/// when `stop` fires.
+pub fn follow(
+    db: Db,
+    bus: Arc<EventBus>,
+    id: TaskId,
+    after: i64,
+    stop: CancellationToken,
+) -> impl Stream<Item = TaskEvent> + Send + 'static {
+    async_stream::stream! {
+        // Subscribe before reading the log, so nothing falls between the two.
+        let mut sub = bus.subscribe(id);
+        let mut last = after;
+        let mut catch_up = true;
+        loop {
+            if catch_up {
+                catch_up = false;
+                match db.list_events(id, last).await {
+                    Ok(events) => {
+                        for event in events {
+                            last = event.seq;
+                            let terminal = event.kind.is_terminal();
+                            yield event;
+                            if terminal {
+                                return;
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(task_id = %id, error = %err, "cannot read the event log; ending the stream");
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(POLL_FALLBACK) => catch_up = true,
+                received = sub.receiver.recv() => match received {
+                    Ok(event) if event.seq <= last => {}
+                    Ok(event) if event.seq == last + 1 => {
+                        last = event.seq;
+                        let terminal = event.kind.is_terminal();
+                        yield (*event).clone();
+                        if terminal {
+                            return;
+                        }
+                    }
+                    // A gap (events published out of order) or a lag: the log has them.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        drop(sub);
+                        sub = bus.subscribe(id);
+                        catch_up = true;
+                    }
+                },
+            }
+        }
+    }
+}

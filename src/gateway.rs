@@ -1,0 +1,339 @@
+//! The core operations every API face calls: store a picture, submit a task, read it,
+//! cancel it. Faces translate wire formats; the rules live here, once.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    channels::{RouteError, Router},
+    config::Config,
+    db::{Db, Enqueued, Finish, Transition},
+    error::{ApiError, ApiResult, Code},
+    events::EventBus,
+    input,
+    metrics::Metrics,
+    storage::Storage,
+    tasks::{Artifact, NewTask, Picture, Task, TaskId, TaskKind, TaskStatus},
+};
+
+/// What a client sends as the task's input.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A new picture, not yet validated.
+    Image { bytes: Bytes, filename: Option<String> },
+    /// A picture stored earlier.
+    Picture(Uuid),
+    /// Only a prompt.
+    Prompt,
+}
+
+/// A request for a task, as every face hands it over.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub input: Input,
+    pub prompt: Option<String>,
+    pub model: Option<String>,
+    pub kind: Option<TaskKind>,
+    pub params: Value,
+    pub idempotency_key: Option<String>,
+}
+
+impl Submission {
+    pub fn new(input: Input) -> Self {
+        Self { input, prompt: None, model: None, kind: None, params: json!({}), idempotency_key: None }
+    }
+}
+
+/// A submitted task; `replayed` when an Idempotency-Key returned an earlier one.
+#[derive(Debug)]
+pub struct Submitted {
+    pub task: Task,
+    pub replayed: bool,
+}
+
+pub struct Gateway {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub storage: Storage,
+    pub bus: Arc<EventBus>,
+    pub router: Router,
+    pub metrics: Arc<Metrics>,
+    /// Jobs running in this process, so ending a task stops its run at once.
+    pub runs: Runs,
+    public_url: url::Url,
+}
+
+/// The cancellation tokens of the jobs running in this process.
+#[derive(Default)]
+pub struct Runs(Mutex<HashMap<TaskId, CancellationToken>>);
+
+impl Runs {
+    pub fn register(&self, id: TaskId) -> CancellationToken {
+        let token = CancellationToken::new();
+        if let Ok(mut runs) = self.0.lock() {
+            runs.insert(id, token.clone());
+        }
+        token
+    }
+
+    pub fn unregister(&self, id: TaskId) {
+        if let Ok(mut runs) = self.0.lock() {
+            runs.remove(&id);
+        }
+    }
+
+    /// Stops the local run of a task, if there is one.
+    pub fn interrupt(&self, id: TaskId) {
+        if let Ok(runs) = self.0.lock()
+            && let Some(token) = runs.get(&id)
+        {
+            token.cancel();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Gateway {
+    pub fn new(config: Arc<Config>, db: Db, storage: Storage, router: Router, metrics: Arc<Metrics>) -> Self {
+        let public_url = config.public_url();
+        Self { config, db, storage, bus: EventBus::new(), router, metrics, runs: Runs::default(), public_url }
+    }
+
+    /// The absolute URL of a stored file.
+    pub fn file_url(&self, key: &str) -> String {
+        self.url(&format!("files/{key}"))
+    }
+
+    /// An absolute URL for a path on this server.
+    pub fn url(&self, path: &str) -> String {
+        let base = self.public_url.as_str().trim_end_matches('/');
+        format!("{base}/{}", path.trim_start_matches('/'))
+    }
+
+    /// Validates, stores and records a picture.
+    pub async fn store_picture(&self, bytes: Bytes, filename: Option<String>) -> ApiResult<Picture> {
+        let received = bytes.len();
+        let upload = self.config.upload.clone();
+        let valid = tokio::task::spawn_blocking(move || input::validate_image(bytes, &upload))
+            .await
+            .map_err(ApiError::internal)??;
+        tracing::info!(
+            bytes = received,
+            format = input::format_name(valid.format),
+            width = valid.original_width,
+            height = valid.original_height,
+            scaled = valid.width != valid.original_width,
+            "picture received"
+        );
+        let id = Uuid::new_v4();
+        let key = format!("pictures/{id}.{}", valid.extension());
+        let sha256 = hex::encode(Sha256::digest(&valid.bytes));
+        let picture = Picture {
+            id,
+            key: key.clone(),
+            content_type: valid.content_type().to_owned(),
+            format: input::format_name(valid.format).to_owned(),
+            width: valid.width,
+            height: valid.height,
+            size: valid.bytes.len() as u64,
+            sha256,
+            original_name: filename.map(|n| n.chars().filter(|c| !c.is_control()).take(255).collect()),
+            created_at: Utc::now(),
+            expired_at: None,
+        };
+        let content_type = valid.content_type();
+        self.storage.put(&key, valid.bytes, content_type).await?;
+        self.db.insert_picture(&picture).await?;
+        Ok(picture)
+    }
+
+    pub async fn picture(&self, id: Uuid) -> ApiResult<Picture> {
+        self.db.get_picture(id).await?.ok_or_else(|| ApiError::new(Code::PictureNotFound))
+    }
+
+    /// Validates a submission, routes it to a channel and queues it.
+    pub async fn submit(&self, sub: Submission) -> ApiResult<Submitted> {
+        let takes_image = !matches!(sub.input, Input::Prompt);
+        let kind = self.kind_of(&sub, takes_image)?;
+        if !sub.params.is_object() {
+            return Err(ApiError::with_message(Code::InvalidParams, "`params` must be a JSON object."));
+        }
+        let prompt = match &sub.prompt {
+            Some(p) => Some(input::validate_prompt(p, self.config.upload.max_prompt_chars)?),
+            None if !takes_image => return Err(ApiError::new(Code::MissingInput)),
+            None => None,
+        };
+        let (model, channels) = self.router.candidates(sub.model.as_deref(), kind).map_err(route_error)?;
+        channels[0]
+            .provider
+            .check_params(kind, &sub.params)
+            .map_err(|m| ApiError::with_message(Code::InvalidParams, m))?;
+        let picture = match sub.input {
+            Input::Image { bytes, filename } => Some(self.store_picture(bytes, filename).await?),
+            Input::Picture(id) => {
+                let picture = self.picture(id).await?;
+                if picture.expired_at.is_some() {
+                    return Err(ApiError::with_message(
+                        Code::ArtifactExpired,
+                        "This picture was deleted after the retention period.",
+                    ));
+                }
+                Some(picture)
+            }
+            Input::Prompt => None,
+        };
+        let hash = sub.idempotency_key.as_ref().map(|_| {
+            let canonical = json!({
+                "kind": kind.as_str(), "model": model, "prompt": prompt,
+                "picture": picture.as_ref().map(|p| &p.sha256), "params": sub.params,
+            });
+            hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+        });
+        let idempotency = sub.idempotency_key.as_deref().zip(hash.as_deref());
+        let mut waiting = 0;
+        for channel in &channels {
+            let new = NewTask {
+                id: TaskId::new(),
+                kind,
+                model: model.clone(),
+                channel: channel.name.clone(),
+                prompt: prompt.clone(),
+                picture_id: picture.as_ref().map(|p| p.id),
+                params: sub.params.clone(),
+            };
+            match self.db.enqueue(&new, channel.capacity(), idempotency).await? {
+                Enqueued::Created(task, event) => {
+                    self.bus.publish(std::slice::from_ref(&event));
+                    channel.wake.notify_one();
+                    self.metrics.task_created(&channel.name);
+                    tracing::info!(task_id = %task.id, model = %task.model, channel = %task.channel, "task queued");
+                    return Ok(Submitted { task, replayed: false });
+                }
+                Enqueued::Replayed(task) => return Ok(Submitted { task, replayed: true }),
+                Enqueued::KeyConflict => return Err(ApiError::new(Code::IdempotencyKeyReused)),
+                Enqueued::QueueFull { waiting: w } => waiting = w,
+            }
+        }
+        self.metrics.queue_full(&channels[0].name);
+        Err(ApiError::with_message(
+            Code::QueueFull,
+            format!("The queue for `{model}` is full ({waiting} waiting); retry later."),
+        )
+        .retry_after(self.retry_after_seconds()))
+    }
+
+    fn kind_of(&self, sub: &Submission, takes_image: bool) -> ApiResult<TaskKind> {
+        let model_kind = sub.model.as_deref().and_then(|m| self.router.kind_of(m));
+        let kind = match (sub.kind, takes_image) {
+            (Some(kind), _) => kind,
+            (None, true) => TaskKind::ImageTo3d,
+            (None, false) => match model_kind {
+                Some(kind) => kind,
+                None if self.router.default_model(TaskKind::TextTo3d).is_some() => TaskKind::TextTo3d,
+                None => TaskKind::TextToImage,
+            },
+        };
+        if kind.takes_image() != takes_image {
+            let message = if takes_image {
+                format!("{} tasks take a prompt, not a picture.", kind.as_str())
+            } else {
+                format!("{} tasks take a picture (field `image`).", kind.as_str())
+            };
+            return Err(ApiError::with_message(
+                if takes_image { Code::ModelKindMismatch } else { Code::MissingInput },
+                message,
+            ));
+        }
+        Ok(kind)
+    }
+
+    /// A hint for clients refused because a queue is full.
+    fn retry_after_seconds(&self) -> u64 {
+        10
+    }
+
+    pub async fn task(&self, id: TaskId) -> ApiResult<Task> {
+        self.db.get_task(id).await?.ok_or_else(|| ApiError::new(Code::TaskNotFound))
+    }
+
+    pub async fn artifacts(&self, id: TaskId) -> ApiResult<Vec<Artifact>> {
+        Ok(self.db.list_artifacts(id).await?)
+    }
+
+    pub async fn queue_position(&self, task: &Task) -> ApiResult<Option<u32>> {
+        if task.status != TaskStatus::Queued {
+            return Ok(None);
+        }
+        Ok(self.db.queue_position(task.id).await?)
+    }
+
+    /// Ends a task with `finish` if its state allows it, publishes the events, and
+    /// wakes the channel's dispatcher (a place may have freed up).
+    pub async fn finish(&self, id: TaskId, finish: Finish) -> ApiResult<Transition> {
+        let transition = self.db.finish(id, &finish, self.config.tasks.position_window).await?;
+        if let Transition::Done(task, events) = &transition {
+            self.bus.publish(events);
+            self.runs.interrupt(id);
+            self.metrics.task_finished(task);
+            if let Some(channel) = self.router.channel(&task.channel) {
+                channel.wake.notify_one();
+            }
+            match &finish {
+                Finish::Failed { code, message } => {
+                    tracing::warn!(task_id = %id, code = %code, message = %message, duration = ?task.generation_seconds(), "task failed")
+                }
+                _ => {
+                    tracing::info!(task_id = %id, status = task.status.as_str(), duration = ?task.generation_seconds(), "task ended")
+                }
+            }
+        }
+        Ok(transition)
+    }
+
+    /// Cancels a queued or running task.
+    pub async fn cancel(&self, id: TaskId) -> ApiResult<Task> {
+        match self.finish(id, Finish::Canceled).await? {
+            Transition::Done(task, _) => Ok(task),
+            Transition::Refused(_) => Err(ApiError::new(Code::TaskAlreadyFinished)),
+            Transition::NotFound => Err(ApiError::new(Code::TaskNotFound)),
+        }
+    }
+}
+
+fn route_error(err: RouteError) -> ApiError {
+    match err {
+        RouteError::UnknownModel(model) => ApiError::with_message(
+            Code::UnknownModel,
+            format!("No model named `{model}`; GET /api/v1/catalog lists the models."),
+        ),
+        RouteError::KindMismatch { model, kind } => ApiError::with_message(
+            Code::ModelKindMismatch,
+            format!("The model `{model}` does not do {}.", kind.as_str()),
+        ),
+        RouteError::NoDefault(kind) => ApiError::with_message(
+            Code::UnknownModel,
+            format!("No model for {} is configured on this server.", kind.as_str()),
+        ),
+        RouteError::Unavailable(model) => ApiError::with_message(
+            Code::ChannelUnavailable,
+            format!("No provider for `{model}` is available right now; retry later."),
+        )
+        .retry_after(30),
+    }
+}

@@ -1,0 +1,20 @@
+//! kiln: a self-hostable gateway for generative jobs. See `docs/architecture.md` for
+//! how the modules fit together.
+
+pub mod api;
+pub mod app;
+pub mod channels;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod gateway;
+pub mod input;
+pub mod metrics;
+pub mod providers;
+pub mod queue;
+pub mod retention;
+pub mod storage;
+pub mod tasks;
+pub mod telemetry;

@@ -1,0 +1,146 @@
+//! Prometheus metrics. Counters and histograms are updated as things happen; the task
+//! and queue gauges are read from the database at scrape time, so they are right across
+//! replicas and restarts.
+
+use std::sync::Mutex;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{
+    db::ChannelLoad,
+    tasks::{Task, TaskStatus},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FinishLabels {
+    channel: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Family<RequestLabels, Histogram>,
+    created: Family<ChannelLabels, Counter>,
+    refused_full: Family<ChannelLabels, Counter>,
+    finished: Family<FinishLabels, Counter>,
+    task_seconds: Family<FinishLabels, Histogram>,
+    tasks: Family<StatusLabels, Gauge>,
+    queued: Family<ChannelLabels, Gauge>,
+    running: Family<ChannelLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kiln");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_seconds = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.5, 12))
+        });
+        let created = Family::<ChannelLabels, Counter>::default();
+        let refused_full = Family::<ChannelLabels, Counter>::default();
+        let finished = Family::<FinishLabels, Counter>::default();
+        let task_seconds = Family::<FinishLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.05, 2.0, 14))
+        });
+        let tasks = Family::<StatusLabels, Gauge>::default();
+        let queued = Family::<ChannelLabels, Gauge>::default();
+        let running = Family::<ChannelLabels, Gauge>::default();
+        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request duration", request_seconds.clone());
+        registry.register("tasks_created", "Tasks accepted, by channel", created.clone());
+        registry.register("tasks_refused_queue_full", "Tasks refused because the queue was full", refused_full.clone());
+        registry.register("tasks_finished", "Tasks ended, by channel and status", finished.clone());
+        registry.register("task_duration_seconds", "Time from start of running to the end", task_seconds.clone());
+        registry.register("tasks", "Tasks by status", tasks.clone());
+        registry.register("queue_depth", "Tasks waiting, by channel", queued.clone());
+        registry.register("tasks_running", "Tasks running, by channel", running.clone());
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            request_seconds,
+            created,
+            refused_full,
+            finished,
+            task_seconds,
+            tasks,
+            queued,
+            running,
+        }
+    }
+
+    pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let labels = RequestLabels { route: route.to_owned(), method: method.to_owned(), status };
+        self.requests.get_or_create(&labels).inc();
+        self.request_seconds.get_or_create(&labels).observe(seconds);
+    }
+
+    pub fn task_created(&self, channel: &str) {
+        self.created.get_or_create(&ChannelLabels { channel: channel.to_owned() }).inc();
+    }
+
+    pub fn queue_full(&self, channel: &str) {
+        self.refused_full.get_or_create(&ChannelLabels { channel: channel.to_owned() }).inc();
+    }
+
+    pub fn task_finished(&self, task: &Task) {
+        let labels = FinishLabels { channel: task.channel.clone(), status: task.status.as_str().to_owned() };
+        self.finished.get_or_create(&labels).inc();
+        if let Some(seconds) = task.generation_seconds() {
+            self.task_seconds.get_or_create(&labels).observe(seconds);
+        }
+    }
+
+    /// Renders the text exposition, after setting the gauges from fresh counts.
+    pub fn render(&self, counts: &[(TaskStatus, u64)], loads: &[ChannelLoad], channels: &[String]) -> String {
+        for status in TaskStatus::ALL {
+            let n = counts.iter().find(|(s, _)| *s == status).map(|(_, n)| *n).unwrap_or(0);
+            self.tasks.get_or_create(&StatusLabels { status: status.as_str().to_owned() }).set(n as i64);
+        }
+        for channel in channels {
+            let load = loads.iter().find(|l| &l.channel == channel);
+            let labels = ChannelLabels { channel: channel.clone() };
+            self.queued.get_or_create(&labels).set(load.map(|l| l.queued).unwrap_or(0) as i64);
+            self.running.get_or_create(&labels).set(load.map(|l| l.running).unwrap_or(0) as i64);
+        }
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock()
+            && encode(&mut out, &registry).is_err()
+        {
+            out.clear();
+        }
+        out
+    }
+}

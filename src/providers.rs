@@ -1,0 +1,179 @@
+//! The provider trait: the adaptor behind a channel type. A provider receives a job,
+//! reports progress and outputs through its [`JobContext`], and returns how the job
+//! ended. Each provider lives in its own module and is added to [`Registry::builtin`]
+//! with one line; nothing else in kiln changes to add one.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::ChannelConfig,
+    tasks::{TaskId, TaskKind},
+};
+
+/// A decoded-and-validated input picture, as stored.
+#[derive(Debug, Clone)]
+pub struct InputImage {
+    pub bytes: Bytes,
+    /// `jpeg`, `png` or `webp`.
+    pub format: String,
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// One unit of work handed to a provider.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub task_id: TaskId,
+    pub kind: TaskKind,
+    /// The model the client asked for.
+    pub model: String,
+    /// The provider's own name for it.
+    pub upstream_model: String,
+    pub prompt: Option<String>,
+    pub image: Option<InputImage>,
+    pub params: Value,
+    /// 1 for the first run; more when a run was interrupted and restarted.
+    pub attempt: u32,
+}
+
+/// A file a provider produced.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// File name, e.g. `model.glb`: letters, digits, `.`, `-`, `_` only.
+    pub name: String,
+    /// `model`, `preview`, `archive`, `image` …
+    pub role: String,
+    pub content_type: String,
+    pub bytes: Bytes,
+    pub metadata: Value,
+}
+
+/// Where a running job reports to. Implemented by the scheduler.
+#[async_trait]
+pub trait JobSink: Send + Sync {
+    async fn progress(&self, progress: u8, stage: &str) -> anyhow::Result<()>;
+    async fn output(&self, output: Output) -> anyhow::Result<()>;
+    async fn provider_job(&self, job_id: &str) -> anyhow::Result<()>;
+}
+
+/// A running job's link to kiln.
+#[derive(Clone)]
+pub struct JobContext {
+    sink: Arc<dyn JobSink>,
+    cancel: CancellationToken,
+}
+
+impl JobContext {
+    pub fn new(sink: Arc<dyn JobSink>, cancel: CancellationToken) -> Self {
+        Self { sink, cancel }
+    }
+
+    /// Reports progress (0–100) and the current stage's name.
+    pub async fn progress(&self, progress: u8, stage: &str) -> anyhow::Result<()> {
+        self.sink.progress(progress, stage).await
+    }
+
+    /// Stores an output; its `result` event goes out at once.
+    pub async fn output(&self, output: Output) -> anyhow::Result<()> {
+        self.sink.output(output).await
+    }
+
+    /// Records the provider's own id for the job.
+    pub async fn provider_job(&self, job_id: &str) -> anyhow::Result<()> {
+        self.sink.provider_job(job_id).await
+    }
+
+    /// Fires when the task is canceled or overdue; long work should stop.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+/// How a job ended from the provider's side.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Done; the outputs were reported through the context.
+    Completed { metadata: Value },
+    /// Handed to an external worker; its callbacks will end the task.
+    Detached,
+}
+
+/// Why a job failed: a stable code, a sentence for people, and the internal cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ProviderError {
+    pub code: String,
+    pub message: String,
+    #[source]
+    pub cause: Option<anyhow::Error>,
+}
+
+impl ProviderError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { code: code.into(), message: message.into(), cause: None }
+    }
+
+    /// A failure whose details are for the logs only.
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        Self { code: "provider_error".into(), message: "The generation failed.".into(), cause: Some(cause.into()) }
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// One line for the catalog: what this provider is.
+    fn describe(&self) -> String;
+
+    /// Checks a task's parameters when it is submitted, so bad ones are refused before
+    /// the task is queued. The message is shown to the client.
+    fn check_params(&self, _kind: TaskKind, _params: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs one job.
+    async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError>;
+
+    /// Whether the provider can take work now; the message says why not.
+    async fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+type Factory = Arc<dyn Fn(&ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> + Send + Sync>;
+
+/// Provider types by name, as `type = "…"` in a channel's configuration.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: BTreeMap<String, Factory>,
+}
+
+impl Registry {
+    /// The providers shipped in the binary.
+    pub fn builtin() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a provider type.
+    pub fn register(
+        &mut self,
+        name: &str,
+        factory: impl Fn(&ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.factories.insert(name.to_owned(), Arc::new(factory));
+        self
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.factories.keys().map(String::as_str)
+    }
+
+    pub fn build(&self, channel: &ChannelConfig) -> Option<anyhow::Result<Arc<dyn Provider>>> {
+        self.factories.get(&channel.provider).map(|factory| factory(channel))
+    }
+}

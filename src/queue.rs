@@ -1,0 +1,368 @@
+//! The scheduler: one dispatcher per channel claims queued tasks under a lease (one short
+//! transaction, never held across provider work), runs them on the channel's provider
+//! with at most `max_concurrency` at once, renews the lease while they run, and enforces
+//! deadlines. A task whose lease lapses (its process died) is claimed again.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
+
+use crate::{
+    channels::Channel,
+    db::{Claimed, Finish},
+    gateway::Gateway,
+    providers::{InputImage, Job, JobContext, JobSink, Outcome, Output},
+    tasks::{Artifact, Task, TaskId},
+};
+
+/// A run interrupted this many times (its process died each time) is failed rather
+/// than tried again: it may be what kills the process.
+const MAX_ATTEMPTS: u32 = 3;
+
+pub struct Scheduler {
+    gateway: Arc<Gateway>,
+    /// Identifies this process's leases.
+    owner: String,
+    tracker: TaskTracker,
+}
+
+impl Scheduler {
+    pub fn new(gateway: Arc<Gateway>) -> Arc<Self> {
+        Arc::new(Self { gateway, owner: format!("kiln-{}", Uuid::new_v4()), tracker: TaskTracker::new() })
+    }
+
+    /// Starts a dispatcher per channel and the deadline sweeper. They stop claiming
+    /// when `stop` fires; running jobs go on until [`Scheduler::drain`].
+    pub fn start(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut handles = Vec::new();
+        for channel in self.gateway.router.channels() {
+            if !channel.enabled {
+                continue;
+            }
+            let me = Arc::clone(self);
+            let channel = Arc::clone(channel);
+            let stop = stop.clone();
+            handles.push(tokio::spawn(async move { me.dispatch(channel, stop).await }));
+        }
+        let me = Arc::clone(self);
+        handles.push(tokio::spawn(async move { me.sweep_deadlines(stop).await }));
+        handles
+    }
+
+    async fn dispatch(self: Arc<Self>, channel: Arc<Channel>, stop: CancellationToken) {
+        let cfg = self.gateway.config.tasks.clone();
+        let slots = Arc::new(Semaphore::new(channel.max_concurrency as usize));
+        let mut backoff = Duration::from_millis(100);
+        'outer: loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&slots).acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                _ = stop.cancelled() => break,
+            };
+            loop {
+                if stop.is_cancelled() {
+                    break 'outer;
+                }
+                match self
+                    .gateway
+                    .db
+                    .claim(&channel.name, &self.owner, cfg.lease, cfg.deadline, cfg.position_window)
+                    .await
+                {
+                    Ok(Some(claimed)) => {
+                        backoff = Duration::from_millis(100);
+                        let me = Arc::clone(&self);
+                        let channel = Arc::clone(&channel);
+                        self.tracker.spawn(async move {
+                            me.run(channel, claimed).await;
+                            drop(permit);
+                        });
+                        break;
+                    }
+                    Ok(None) => {
+                        tokio::select! {
+                            _ = channel.wake.notified() => {}
+                            _ = tokio::time::sleep(cfg.poll_interval) => {}
+                            _ = stop.cancelled() => break 'outer,
+                        }
+                    }
+                    Err(err) => {
+                        tracing::error!(channel = %channel.name, error = %err, "cannot claim work; backing off");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.cancelled() => break 'outer,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        }
+        tracing::debug!(channel = %channel.name, "dispatcher stopped");
+    }
+
+    async fn run(self: Arc<Self>, channel: Arc<Channel>, claimed: Claimed) {
+        let gw = &self.gateway;
+        gw.bus.publish(&claimed.events);
+        let task = claimed.task;
+        let id = task.id;
+        if task.attempts > MAX_ATTEMPTS {
+            let finish = Finish::Failed {
+                code: "interrupted".into(),
+                message: format!("The task was interrupted {MAX_ATTEMPTS} times and was given up."),
+            };
+            if let Err(err) = gw.finish(id, finish).await {
+                tracing::error!(task_id = %id, error = %err, "cannot fail an interrupted task");
+            }
+            return;
+        }
+        tracing::info!(task_id = %id, channel = %channel.name, attempt = task.attempts, "task started");
+        let cancel = gw.runs.register(id);
+        let heartbeat = self.spawn_heartbeat(id, cancel.clone());
+        let outcome = self.execute(&channel, &task, cancel.clone()).await;
+        heartbeat.abort();
+        gw.runs.unregister(id);
+        let finish = match outcome {
+            RunEnd::Provider(Ok(Outcome::Completed { metadata })) => Some(Finish::Succeeded { metadata }),
+            RunEnd::Provider(Ok(Outcome::Detached)) => None,
+            RunEnd::Provider(Err(err)) => {
+                if let Some(cause) = &err.cause {
+                    tracing::error!(task_id = %id, code = %err.code, error = format!("{cause:#}"), "provider failed");
+                }
+                Some(Finish::Failed { code: err.code, message: err.message })
+            }
+            RunEnd::Timeout => Some(timeout_finish(gw.config.tasks.deadline)),
+            RunEnd::Canceled => None,
+            RunEnd::Panicked(message) => {
+                tracing::error!(task_id = %id, panic = %message, "provider panicked");
+                Some(Finish::Failed {
+                    code: "internal_error".into(),
+                    message: "The generation failed unexpectedly.".into(),
+                })
+            }
+            RunEnd::InputMissing => Some(Finish::Failed {
+                code: "input_expired".into(),
+                message: "The input picture is no longer stored.".into(),
+            }),
+        };
+        if let Some(finish) = finish
+            && let Err(err) = gw.finish(id, finish).await
+        {
+            // The lease lapses and the task is claimed again: nothing is lost.
+            tracing::error!(task_id = %id, error = %err, "cannot record the end of a task");
+        }
+    }
+
+    async fn execute(&self, channel: &Arc<Channel>, task: &Task, cancel: CancellationToken) -> RunEnd {
+        let gw = &self.gateway;
+        let image = match task.picture_id {
+            None => None,
+            Some(picture_id) => match load_picture(gw, picture_id).await {
+                Some(image) => Some(image),
+                None => return RunEnd::InputMissing,
+            },
+        };
+        let upstream = channel.model(&task.model).map(|m| m.upstream.clone()).unwrap_or_else(|| task.model.clone());
+        let job = Job {
+            task_id: task.id,
+            kind: task.kind,
+            model: task.model.clone(),
+            upstream_model: upstream,
+            prompt: task.prompt.clone(),
+            image,
+            params: task.params.clone(),
+            attempt: task.attempts,
+        };
+        let sink = Arc::new(TaskSink { gateway: Arc::clone(gw), task_id: task.id });
+        let ctx = JobContext::new(sink, cancel.clone());
+        let provider = Arc::clone(&channel.provider);
+        let mut handle = tokio::spawn(async move { provider.run(job, ctx).await });
+        let deadline = task
+            .deadline_at
+            .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+            .unwrap_or(gw.config.tasks.deadline);
+        let end = tokio::select! {
+            joined = &mut handle => match joined {
+                Ok(result) => RunEnd::Provider(result),
+                Err(err) if err.is_panic() => RunEnd::Panicked(panic_message(err.into_panic())),
+                Err(_) => RunEnd::Canceled,
+            },
+            _ = tokio::time::sleep(deadline) => RunEnd::Timeout,
+            _ = cancel.cancelled() => RunEnd::Canceled,
+        };
+        if !handle.is_finished() {
+            cancel.cancel();
+            handle.abort();
+        }
+        end
+    }
+
+    fn spawn_heartbeat(self: &Arc<Self>, id: TaskId, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let lease = me.gateway.config.tasks.lease;
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match me.gateway.db.renew_lease(id, &me.owner, lease).await {
+                    Ok(true) => {}
+                    // Canceled, failed by the sweeper, or taken over: stop working on it.
+                    Ok(false) => {
+                        cancel.cancel();
+                        return;
+                    }
+                    Err(err) => tracing::warn!(task_id = %id, error = %err, "cannot renew a lease"),
+                }
+            }
+        })
+    }
+
+    /// Fails running tasks whose deadline passed, whichever process runs them.
+    async fn sweep_deadlines(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.gateway.config.tasks.poll_interval.min(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            let overdue = match self.gateway.db.overdue(Utc::now()).await {
+                Ok(ids) => ids,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot look for overdue tasks");
+                    continue;
+                }
+            };
+            for id in overdue {
+                if let Err(err) = self.gateway.finish(id, timeout_finish(self.gateway.config.tasks.deadline)).await {
+                    tracing::error!(task_id = %id, error = %err, "cannot fail an overdue task");
+                }
+            }
+        }
+    }
+
+    /// Waits for running jobs up to `grace`, then abandons the rest: their leases lapse
+    /// and the next start runs them again.
+    pub async fn drain(&self, grace: Duration) {
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
+            let left = self.gateway.runs.len();
+            tracing::warn!(left, "grace period over; unfinished tasks stay claimed and run again at the next start");
+        }
+    }
+}
+
+enum RunEnd {
+    Provider(Result<Outcome, crate::providers::ProviderError>),
+    Timeout,
+    Canceled,
+    Panicked(String),
+    InputMissing,
+}
+
+pub fn timeout_finish(deadline: Duration) -> Finish {
+    Finish::Failed {
+        code: "generation_timeout".into(),
+        message: format!("Generation timeout: the task did not finish within {} s.", deadline.as_secs()),
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+async fn load_picture(gw: &Gateway, id: Uuid) -> Option<InputImage> {
+    let picture = match gw.db.get_picture(id).await {
+        Ok(Some(p)) if p.expired_at.is_none() => p,
+        Ok(_) => return None,
+        Err(err) => {
+            tracing::error!(picture_id = %id, error = %err, "cannot read a picture record");
+            return None;
+        }
+    };
+    match gw.storage.get(&picture.key).await {
+        Ok(bytes) => Some(InputImage {
+            bytes,
+            format: picture.format,
+            content_type: picture.content_type,
+            width: picture.width,
+            height: picture.height,
+        }),
+        Err(err) => {
+            tracing::error!(picture_id = %id, error = %err, "cannot read a stored picture");
+            None
+        }
+    }
+}
+
+/// Records what a running job reports: progress events and stored outputs.
+pub struct TaskSink {
+    gateway: Arc<Gateway>,
+    task_id: TaskId,
+}
+
+impl TaskSink {
+    pub fn new(gateway: Arc<Gateway>, task_id: TaskId) -> Self {
+        Self { gateway, task_id }
+    }
+}
+
+/// Whether a provider-chosen file name is safe to use in a storage key.
+pub fn valid_output_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+#[async_trait]
+impl JobSink for TaskSink {
+    async fn progress(&self, progress: u8, stage: &str) -> anyhow::Result<()> {
+        if let Some(event) = self.gateway.db.record_progress(self.task_id, progress, stage).await? {
+            self.gateway.bus.publish(&[event]);
+        }
+        Ok(())
+    }
+
+    async fn output(&self, output: Output) -> anyhow::Result<()> {
+        anyhow::ensure!(valid_output_name(&output.name), "invalid output name `{}`", output.name);
+        let key = format!("outputs/{}/{}", self.task_id, output.name);
+        let sha256 = hex::encode(Sha256::digest(&output.bytes));
+        let size = output.bytes.len() as u64;
+        self.gateway.storage.put(&key, Bytes::clone(&output.bytes), &output.content_type).await?;
+        let artifact = Artifact {
+            id: Uuid::new_v4(),
+            task_id: self.task_id,
+            name: output.name.clone(),
+            role: output.role.clone(),
+            key: key.clone(),
+            content_type: output.content_type.clone(),
+            size,
+            sha256: sha256.clone(),
+            metadata: output.metadata.clone(),
+            created_at: Utc::now(),
+            expired_at: None,
+        };
+        let data = json!({
+            "name": output.name, "role": output.role, "key": key, "content_type": output.content_type,
+            "size": size, "sha256": sha256, "metadata": output.metadata,
+        });
+        if let Some(event) = self.gateway.db.add_artifact(&artifact, data).await? {
+            self.gateway.bus.publish(&[event]);
+        }
+        Ok(())
+    }
+
+    async fn provider_job(&self, job_id: &str) -> anyhow::Result<()> {
+        Ok(self.gateway.db.set_provider_job(self.task_id, job_id).await?)
+    }
+}
