@@ -41,7 +41,9 @@ impl std::str::FromStr for TaskId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
+    #[serde(rename = "image_to_3d")]
     ImageTo3d,
+    #[serde(rename = "text_to_3d")]
     TextTo3d,
     TextToImage,
 }

@@ -1,0 +1,112 @@
+//! The `kiln` binary's commands: configuration checks and the `generate` client.
+
+use std::process::Command;
+
+use crate::helpers::TestApp;
+
+const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+#[test]
+fn config_check_lists_every_problem_with_its_key_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.toml");
+    std::fs::write(
+        &path,
+        "[server]\nbind = \"not an address\"\n\n[upload]\nmax_bytes = -1\nmax_side = 4\n\n[retention]\nrun_at = \"25:99\"\n",
+    )
+    .unwrap();
+    let output = Command::new(KILN)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .env("KILN_TASKS__DEADLINE", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for key in ["server.bind", "upload.max_bytes", "upload.max_side", "retention.run_at", "tasks.deadline"] {
+        assert!(stderr.contains(key), "{key} not reported:\n{stderr}");
+    }
+    assert!(stderr.contains("KILN_TASKS__DEADLINE"), "the env var is named:\n{stderr}");
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_with_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(KILN)
+        .args(["config", "check", "--data-dir"])
+        .arg(dir.path())
+        .env("KILN_DATABASE__URL", "sqlite://kiln:hunter2@localhost/kiln.db")
+        .env("KILN_SERVER__BIND", "127.0.0.1:9999")
+        .env_remove("KILN_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("bind = \"127.0.0.1:9999\""), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(stdout.contains("kiln:********@localhost"), "{stdout}");
+}
+
+#[test]
+fn unknown_keys_and_unknown_provider_types_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.toml");
+    std::fs::write(
+        &path,
+        "[server]\nbindd = \"127.0.0.1:1\"\n\n[[channels]]\nname = \"x\"\ntype = \"warp-drive\"\nmodels = [{ name = \"m\", kind = \"image_to_3d\" }]\n",
+    )
+    .unwrap();
+    let output = Command::new(KILN).args(["config", "check", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.bindd"), "{stderr}");
+    let output = {
+        std::fs::write(
+            &path,
+            "[[channels]]\nname = \"x\"\ntype = \"warp-drive\"\nmodels = [{ name = \"m\", kind = \"image_to_3d\" }]\n",
+        )
+        .unwrap();
+        Command::new(KILN).args(["config", "check", "--config"]).arg(&path).output().unwrap()
+    };
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("channels[0].type"));
+}
+
+#[tokio::test]
+async fn generate_submits_follows_and_downloads_the_result() {
+    let app = TestApp::spawn().await;
+    let out = app.dir.path().join("model.glb");
+    let image = format!("{}/mug.jpg", crate::helpers::FIXTURES);
+    let output = tokio::process::Command::new(KILN)
+        .args(["generate", &image, "--quiet", "--server", &app.base, "-o"])
+        .arg(&out)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(std::fs::read(&out).unwrap(), crate::helpers::fixture("mug.jpg"));
+
+    let output = tokio::process::Command::new(KILN)
+        .args([
+            "generate",
+            &format!("{}/invalid/truncated.png", crate::helpers::FIXTURES),
+            "--quiet",
+            "--server",
+            &app.base,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("corrupt_image"));
+
+    let output = tokio::process::Command::new(KILN)
+        .args(["generate", &image, "--quiet", "--params", r#"{"fail": "no_foreground_object"}"#, "--server", &app.base])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no_foreground_object"));
+    app.stop().await;
+}

@@ -1,0 +1,222 @@
+//! Spawning the real server (in this process, or as a child process for crash tests)
+//! and talking to it.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use kiln::{app::Application, config::Config, gateway::Gateway};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/images");
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(FIXTURES).join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+/// The test configuration: the echo provider on one channel.
+pub fn config_toml(dir: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+data_dir = "{data}"
+shutdown_grace = "5s"
+
+[log]
+dir = ""
+level = "warn"
+
+[tasks]
+lease = "1s"
+poll_interval = "200ms"
+
+{extra}
+"#,
+        data = dir.join("data").display(),
+    )
+}
+
+pub const ECHO_CHANNEL: &str = r#"
+[[channels]]
+name = "echo"
+type = "echo"
+max_concurrency = 2
+max_queue = 50
+models = [
+  { name = "echo", kind = "image_to_3d" },
+  { name = "echo-text", kind = "text_to_3d" },
+]
+"#;
+
+pub fn load_config(dir: &Path, extra: &str) -> Config {
+    let path = dir.join("kiln.toml");
+    std::fs::write(&path, config_toml(dir, extra)).expect("write config");
+    Config::load_from(Some(&path), Vec::new(), &Default::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub shutdown: CancellationToken,
+    pub gateway: std::sync::Arc<Gateway>,
+    pub server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub dir: TempDir,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(ECHO_CHANNEL).await
+    }
+
+    pub async fn spawn_with(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = load_config(dir.path(), extra);
+        let app = Application::build(config, &crate::provider::registry()).await.expect("build app");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = app.shutdown_token();
+        let gateway = app.gateway();
+        let server = tokio::spawn(app.run_until_stopped(false));
+        let client = reqwest::Client::new();
+        Self { base, client, shutdown, gateway, server, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self.get(path).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Uploads a picture with optional text fields.
+    pub async fn upload(&self, path: &str, bytes: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new()
+            .part("image", reqwest::multipart::Part::bytes(bytes).file_name("picture.png"));
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        self.client.post(self.url(path)).multipart(form).send().await.expect("POST")
+    }
+
+    pub async fn submit_image(&self, fields: &[(&str, &str)]) -> Value {
+        let response = self.upload("/api/v1/tasks", fixture("vase.png"), fields).await;
+        assert_eq!(response.status().as_u16(), 202, "submit failed");
+        response.json().await.expect("task json")
+    }
+
+    pub async fn submit_prompt(&self, body: Value) -> reqwest::Response {
+        self.client.post(self.url("/api/v1/tasks")).json(&body).send().await.expect("POST")
+    }
+
+    /// Reads the task's SSE stream to its end (or `limit` events).
+    pub async fn events(&self, id: &str, last_event_id: Option<i64>, limit: usize) -> Vec<(i64, String, Value)> {
+        read_events(&self.client, &self.url(&format!("/api/v1/tasks/{id}/events")), last_event_id, limit).await
+    }
+
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        for _ in 0..400 {
+            let (_, task) = self.get_json(&format!("/api/v1/tasks/{id}")).await;
+            if matches!(task["status"].as_str(), Some("succeeded" | "failed" | "canceled")) {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("task {id} did not end");
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(15), self.server).await;
+        assert!(matches!(result, Ok(Ok(Ok(())))), "server did not stop cleanly: {result:?}");
+    }
+}
+
+pub async fn read_events(
+    client: &reqwest::Client,
+    url: &str,
+    last_event_id: Option<i64>,
+    limit: usize,
+) -> Vec<(i64, String, Value)> {
+    let mut request = client.get(url);
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id.to_string());
+    }
+    let response = request.send().await.expect("events");
+    assert_eq!(response.status().as_u16(), 200);
+    let mut stream = response.bytes_stream().eventsource();
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(Ok(event)) = stream.next().await {
+            let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+            out.push((event.id.parse().unwrap_or(-1), event.event, data));
+            if out.len() >= limit {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("event stream timed out");
+    out
+}
+
+/// A kiln server in a child process (this test binary re-run in server mode), so it
+/// can be killed with SIGKILL.
+pub struct ChildServer {
+    pub child: Child,
+    pub base: String,
+}
+
+pub const CHILD_ENV: &str = "KILN_TEST_CHILD_CONFIG";
+
+impl ChildServer {
+    pub fn start(config: &Path) -> Self {
+        let exe = std::env::current_exe().expect("test binary");
+        let mut child = Command::new(exe)
+            .args(["--exact", "helpers::child_server", "--include-ignored", "--nocapture", "--test-threads", "1"])
+            .env(CHILD_ENV, config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child server");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("child ended before listening").expect("read line");
+            if let Some(rest) = line.split("kiln is running at ").nth(1) {
+                break rest.trim().trim_end_matches('/').to_owned();
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, base }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Server mode of this test binary: runs kiln with the echo provider.
+#[test]
+#[ignore = "entry point for ChildServer, not a test"]
+fn child_server() {
+    let Some(path) = std::env::var_os(CHILD_ENV) else { return };
+    let path = PathBuf::from(path);
+    let config = Config::load_from(Some(&path), Vec::new(), &Default::default()).expect("config");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let _exit = runtime.block_on(kiln::cli::serve(config, crate::provider::registry()));
+}

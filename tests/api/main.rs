@@ -1,0 +1,14 @@
+//! Integration tests: the real kiln server on a random port in a temporary directory,
+//! with a small test-only provider (`provider.rs`), talked to over HTTP.
+
+mod helpers;
+mod provider;
+
+mod cli;
+mod crash;
+mod files;
+mod lifecycle;
+mod operations;
+mod sse;
+mod submit;
+mod validation;

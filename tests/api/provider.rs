@@ -1,0 +1,69 @@
+//! `echo`: a test-only provider. It reports a few progress steps, writes one output that
+//! echoes its input, and can be told through `params` to be slow, to fail or to panic.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kiln::{
+    providers::{Job, JobContext, Outcome, Output, Provider, ProviderError, Registry},
+    tasks::TaskKind,
+};
+use serde_json::{Value, json};
+
+pub struct Echo;
+
+pub fn registry() -> Registry {
+    let mut registry = Registry::builtin();
+    registry.register("echo", |_channel| Ok(Arc::new(Echo) as Arc<dyn Provider>));
+    registry
+}
+
+#[async_trait]
+impl Provider for Echo {
+    fn describe(&self) -> String {
+        "Test provider that echoes its input".into()
+    }
+
+    fn check_params(&self, _kind: TaskKind, params: &Value) -> Result<(), String> {
+        match params.get("steps") {
+            Some(v) if v.as_u64().is_none_or(|n| n > 100) => Err("`steps` must be an integer from 0 to 100".into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError> {
+        let steps = job.params["steps"].as_u64().unwrap_or(3);
+        let step_ms = job.params["step_ms"].as_u64().unwrap_or(10);
+        for i in 1..=steps {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(step_ms)) => {}
+                _ = ctx.cancelled().cancelled() => return Err(ProviderError::new("canceled", "canceled")),
+            }
+            let progress = (i * 100 / (steps + 1)) as u8;
+            ctx.progress(progress, &format!("step-{i}")).await.map_err(ProviderError::internal)?;
+        }
+        if let Some(code) = job.params["fail"].as_str() {
+            return Err(ProviderError::new(code, "The echo provider was told to fail."));
+        }
+        if job.params["panic"].as_bool() == Some(true) {
+            panic!("told to panic");
+        }
+        let body = match (&job.image, &job.prompt) {
+            (Some(image), _) => image.bytes.clone(),
+            (None, Some(prompt)) => Bytes::from(prompt.clone().into_bytes()),
+            (None, None) => Bytes::new(),
+        };
+        let size = body.len();
+        ctx.output(Output {
+            name: "model.glb".into(),
+            role: "model".into(),
+            content_type: "model/gltf-binary".into(),
+            bytes: body,
+            metadata: json!({ "echoed_bytes": size }),
+        })
+        .await
+        .map_err(ProviderError::internal)?;
+        Ok(Outcome::Completed { metadata: json!({ "attempt": job.attempt, "model": job.upstream_model }) })
+    }
+}
