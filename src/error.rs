@@ -287,15 +287,28 @@ mod tests {
         }
     }
 
+    fn body(response: Response) -> serde_json::Value {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let bytes = runtime.block_on(axum::body::to_bytes(response.into_body(), 1 << 20)).expect("body");
+        serde_json::from_slice(&bytes).expect("json body")
+    }
+
     proptest! {
         #[test]
-        fn envelope_never_leaks_internal_text(secret in "[a-zA-Z0-9 ]{1,40}", idx in 0usize..Code::ALL.len()) {
+        fn envelope_never_leaks_internal_text(secret in "[a-zA-Z0-9]{8,40}", idx in 0usize..Code::ALL.len()) {
             let internal = ApiError::internal(anyhow::anyhow!("db password {secret}"));
             let response = internal.into_response();
             prop_assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            let json = body(response);
+            prop_assert!(!json.to_string().contains(&secret));
+            prop_assert_eq!(json["error"]["code"].as_str(), Some("internal_error"));
+
             let code = Code::ALL[idx];
-            let err = ApiError::new(code);
-            prop_assert_eq!(err.into_response().status(), code.status());
+            let response = ApiError::new(code).into_response();
+            prop_assert_eq!(response.status(), code.status());
+            let json = body(response);
+            prop_assert_eq!(json["error"]["code"].as_str(), Some(code.as_str()));
+            prop_assert_eq!(json["error"]["message"].as_str(), Some(code.default_message()));
         }
     }
 }

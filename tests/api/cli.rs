@@ -110,3 +110,25 @@ async fn generate_submits_follows_and_downloads_the_result() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_foreground_object"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn cleanup_deletes_old_files_on_demand() {
+    let app = TestApp::spawn().await;
+    let task = app.submit_image(&[]).await;
+    let id = task["id"].as_str().unwrap();
+    app.wait_terminal(id).await;
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+    let url = result["outputs"][0]["url"].as_str().unwrap().to_owned();
+    assert_eq!(app.client.get(&url).send().await.unwrap().status().as_u16(), 200);
+
+    let output = tokio::process::Command::new(KILN)
+        .args(["cleanup", "--older-than", "0s", "--config"])
+        .arg(app.dir.path().join("kiln.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("expired 2 file(s)"));
+    assert_eq!(app.client.get(&url).send().await.unwrap().status().as_u16(), 410);
+    app.stop().await;
+}

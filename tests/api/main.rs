@@ -3,6 +3,7 @@
 
 mod helpers;
 mod provider;
+mod repo;
 
 mod cli;
 mod crash;
