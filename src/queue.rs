@@ -129,7 +129,16 @@ impl Scheduler {
         gw.runs.unregister(id);
         let finish = match outcome {
             RunEnd::Provider(Ok(Outcome::Completed { metadata })) => Some(Finish::Succeeded { metadata }),
-            RunEnd::Provider(Ok(Outcome::Detached)) => None,
+            RunEnd::Provider(Ok(Outcome::Detached)) => {
+                // An external worker finishes it through callbacks. Keep the claim until
+                // the deadline so no dispatcher runs it again; the sweeper fails it if
+                // nothing arrives by then.
+                let until = task.deadline_at.map(|d| (d - Utc::now()).to_std().unwrap_or_default()).unwrap_or_default();
+                if let Err(err) = gw.db.renew_lease(id, &self.owner, until + Duration::from_secs(60)).await {
+                    tracing::error!(task_id = %id, error = %err, "cannot keep the claim on a detached task");
+                }
+                None
+            }
             RunEnd::Provider(Err(err)) => {
                 if let Some(cause) = &err.cause {
                     tracing::error!(task_id = %id, code = %err.code, error = format!("{cause:#}"), "provider failed");

@@ -21,8 +21,14 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(Path::new(FIXTURES).join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
 }
 
-/// The test configuration: the echo provider on one channel.
+pub const TASKS: &str = "lease = \"1s\"\npoll_interval = \"200ms\"";
+
+/// The test configuration: `tasks` settings and `extra` sections (channels).
 pub fn config_toml(dir: &Path, extra: &str) -> String {
+    config_toml_with(dir, TASKS, extra)
+}
+
+pub fn config_toml_with(dir: &Path, tasks: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -35,8 +41,7 @@ dir = ""
 level = "warn"
 
 [tasks]
-lease = "1s"
-poll_interval = "200ms"
+{tasks}
 
 {extra}
 "#,
@@ -56,9 +61,9 @@ models = [
 ]
 "#;
 
-pub fn load_config(dir: &Path, extra: &str) -> Config {
+pub fn load_config(dir: &Path, tasks: &str, extra: &str) -> Config {
     let path = dir.join("kiln.toml");
-    std::fs::write(&path, config_toml(dir, extra)).expect("write config");
+    std::fs::write(&path, config_toml_with(dir, tasks, extra)).expect("write config");
     Config::load_from(Some(&path), Vec::new(), &Default::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -77,8 +82,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with(extra: &str) -> Self {
+        Self::spawn_configured(TASKS, extra).await
+    }
+
+    pub async fn spawn_configured(tasks: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = load_config(dir.path(), extra);
+        let config = load_config(dir.path(), tasks, extra);
         let app = Application::build(config, &crate::provider::registry()).await.expect("build app");
         let base = format!("http://{}", app.local_addr());
         let shutdown = app.shutdown_token();

@@ -93,39 +93,33 @@ async fn a_running_task_is_stopped_when_canceled() {
     app.stop().await;
 }
 
+const SHORT_DEADLINE: &str = "deadline = \"1s\"\nlease = \"1s\"\npoll_interval = \"200ms\"";
+
 #[tokio::test]
 async fn a_task_past_its_deadline_fails_with_generation_timeout() {
-    let extra = format!(
-        "{}\n{}",
-        "[tasks]\ndeadline = \"1s\"\nlease = \"1s\"\npoll_interval = \"200ms\"",
-        crate::helpers::ECHO_CHANNEL
-    );
-    // The harness already has a [tasks] table; build the config by hand.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("kiln.toml");
-    let toml = crate::helpers::config_toml(dir.path(), "")
-        .replace("[tasks]\nlease = \"1s\"\npoll_interval = \"200ms\"", "")
-        + &extra;
-    std::fs::write(&path, toml).unwrap();
-    let config = kiln::config::Config::load_from(Some(&path), Vec::new(), &Default::default()).unwrap();
-    assert_eq!(config.tasks.deadline, Duration::from_secs(1));
-    let app = kiln::app::Application::build(config, &crate::provider::registry()).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped(false));
-    let client = reqwest::Client::new();
-    let form = reqwest::multipart::Form::new()
-        .part("image", reqwest::multipart::Part::bytes(crate::helpers::fixture("vase.png")).file_name("v.png"))
-        .text("params", r#"{"steps": 100, "step_ms": 100}"#);
-    let task: Value =
-        client.post(format!("{base}/api/v1/tasks")).multipart(form).send().await.unwrap().json().await.unwrap();
+    let app = TestApp::spawn_configured(SHORT_DEADLINE, crate::helpers::ECHO_CHANNEL).await;
+    assert_eq!(app.gateway.config.tasks.deadline, Duration::from_secs(1));
+    let task = app.submit_image(&[("params", r#"{"steps": 100, "step_ms": 100}"#)]).await;
     let id = task["id"].as_str().unwrap();
-    let events = crate::helpers::read_events(&client, &format!("{base}/api/v1/tasks/{id}/events"), None, 1000).await;
+    let events = app.events(id, None, 1000).await;
     let (_, kind, data) = events.last().unwrap();
     assert_eq!(kind, "failed");
     assert_eq!(data["error"]["code"], "generation_timeout");
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_detached_task_is_not_run_again_and_times_out_without_its_callbacks() {
+    let app = TestApp::spawn_configured(SHORT_DEADLINE, crate::helpers::ECHO_CHANNEL).await;
+    let task = app.submit_image(&[("params", r#"{"steps": 0, "detach": true}"#)]).await;
+    let id = task["id"].as_str().unwrap();
+    let events = app.events(id, None, 1000).await;
+    let (_, kind, data) = events.last().unwrap();
+    assert_eq!(kind, "failed");
+    assert_eq!(data["error"]["code"], "generation_timeout");
+    let starts = events.iter().filter(|(_, k, d)| k == "processing" && d["progress"] == 0).count();
+    assert_eq!(starts, 1, "dispatched once: {events:?}");
+    app.stop().await;
 }
 
 #[tokio::test]

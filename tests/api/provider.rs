@@ -46,6 +46,9 @@ impl Provider for Echo {
         if let Some(code) = job.params["fail"].as_str() {
             return Err(ProviderError::new(code, "The echo provider was told to fail."));
         }
+        if job.params["detach"].as_bool() == Some(true) {
+            return Ok(Outcome::Detached);
+        }
         if job.params["panic"].as_bool() == Some(true) {
             panic!("told to panic");
         }
