@@ -1,0 +1,1043 @@
+//! Core benchmarks of kiln, against the real server built in-process on port 0:
+//!
+//! 1. task creation throughput (JSON prompt tasks, N concurrent clients) and the time
+//!    until every one of them has run on an instant provider;
+//! 2. SSE fan-out: one task emitting progress on a schedule, many subscribers, delivery
+//!    latency per event per subscriber, and resident memory per subscriber (once with
+//!    server and subscribers in one process, once with the server in its own);
+//! 3. peak memory of concurrent ~10 MiB picture uploads, per upload, as a multiple of the
+//!    file size (with a validation-only run and a refused-bytes run as a breakdown).
+//!
+//! Run: `cargo bench --bench core` (all), or name sections: `cargo bench --bench core --
+//! create sse upload`. Each measurement runs in its own child process (this binary re-run
+//! with `KILN_BENCH_CHILD`), so memory readings of one do not carry the heap of another.
+//! Client and server share that process: their CPU and memory are counted together.
+//!
+//! Knobs (environment): `KILN_BENCH_TASKS` (5000), `KILN_BENCH_CLIENTS` (32),
+//! `KILN_BENCH_SUBSCRIBERS` (1000), `KILN_BENCH_TICKS` (50), `KILN_BENCH_TICK_MS` (20),
+//! `KILN_BENCH_POSITION_WINDOW` (kiln's default when unset), `KILN_BENCH_REPEAT` (3 runs
+//! of each upload measurement; the median is reported).
+
+use std::{
+    collections::BTreeMap,
+    io::Cursor,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use kiln::{
+    app::Application,
+    config::{Config, UploadConfig},
+    providers::{Job, JobContext, Outcome, Provider, ProviderError, Registry},
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const CHILD_ENV: &str = "KILN_BENCH_CHILD";
+const DIR_ENV: &str = "KILN_BENCH_DIR";
+const RESULT_PREFIX: &str = "KILN_BENCH_RESULT ";
+/// kiln's default upload limit (10 MiB); the test pictures stay under it.
+const MAX_UPLOAD: usize = 10 * 1024 * 1024;
+const MIB: f64 = 1024.0 * 1024.0;
+
+// ---------------------------------------------------------------------------------------
+// Bench-only providers.
+
+/// Completes every job at once, without outputs. Jobs for the model `hold` wait until
+/// `hold` fires: one of them occupies a channel's only slot so nothing else runs.
+struct InstantProvider {
+    hold: CancellationToken,
+}
+
+#[async_trait]
+impl Provider for InstantProvider {
+    fn describe(&self) -> String {
+        "bench: completes at once".into()
+    }
+
+    async fn run(&self, job: Job, _ctx: JobContext) -> Result<Outcome, ProviderError> {
+        if job.model == "hold" {
+            self.hold.cancelled().await;
+        }
+        Ok(Outcome::Completed { metadata: json!({}) })
+    }
+}
+
+/// Wall-clock microseconds: comparable between the server and subscriber processes of
+/// the split SSE run (same machine, same clock).
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as u64
+}
+
+/// The ticker provider's schedule and what it recorded.
+struct TickerShared {
+    gate: CancellationToken,
+    ticks: usize,
+    every: Duration,
+    /// Per tick: [`now_us`] just before and just after `ctx.progress`.
+    calls: Mutex<Vec<(u64, u64)>>,
+}
+
+/// Waits for the gate, then reports `ticks` progress events `every` apart; each stage
+/// name carries the time ([`now_us`]) at which it was reported.
+struct TickerProvider {
+    shared: Arc<TickerShared>,
+}
+
+#[async_trait]
+impl Provider for TickerProvider {
+    fn describe(&self) -> String {
+        "bench: progress on a schedule".into()
+    }
+
+    async fn run(&self, _job: Job, ctx: JobContext) -> Result<Outcome, ProviderError> {
+        let s = &self.shared;
+        s.gate.cancelled().await;
+        let start = tokio::time::Instant::now();
+        for i in 1..=s.ticks {
+            tokio::time::sleep_until(start + s.every * i as u32).await;
+            let before = now_us();
+            let progress = (i * 100 / (s.ticks + 1)) as u8;
+            ctx.progress(progress, &format!("tick-{i}-{before}")).await.map_err(ProviderError::internal)?;
+            let after = now_us();
+            s.calls.lock().expect("calls").push((before, after));
+        }
+        Ok(Outcome::Completed { metadata: json!({}) })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers.
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A field of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(field: &str) -> u64 {
+    status_kib("/proc/self/status", field)
+}
+
+/// A field of a /proc/…/status file in KiB.
+fn status_kib(path: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resets VmHWM to the current RSS (Linux ≥ 4.0).
+fn reset_hwm() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Samples VmRSS every millisecond on a thread and keeps the peak.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(proc_kib("VmRSS")));
+        let handle = {
+            let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(proc_kib("VmRSS"), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        Self { stop, peak, handle }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+        self.peak.load(Ordering::Relaxed).max(proc_kib("VmRSS"))
+    }
+}
+
+/// Percentile of sorted values (nearest rank).
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A tiny deterministic PRNG (xorshift64*), so no extra dependency is needed.
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, out: &mut [u8]) {
+        for chunk in out.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let v = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+fn noise_rgb(width: u32, height: u32, seed: u64) -> image::RgbImage {
+    let mut pixels = vec![0u8; width as usize * height as usize * 3];
+    Noise(seed | 1).fill(&mut pixels);
+    image::RgbImage::from_raw(width, height, pixels).expect("buffer size")
+}
+
+fn encode_png(img: &image::RgbImage) -> Vec<u8> {
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png).expect("png");
+    out
+}
+
+fn encode_jpeg(img: &image::RgbImage, quality: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(img).expect("jpeg");
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The server under test.
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(registry: &Registry, tasks: &str, channels: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = format!(
+            r#"
+[server]
+bind = "127.0.0.1:0"
+data_dir = "{data}"
+shutdown_grace = "5s"
+
+[log]
+dir = ""
+level = "warn"
+
+[tasks]
+{tasks}
+
+{channels}
+"#,
+            data = dir.path().join("data").display(),
+        );
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let config = Config::load_from(Some(&path), Vec::new(), &Default::default()).unwrap_or_else(|e| panic!("{e}"));
+        let app = Application::build(config, registry).await.expect("build app");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = app.shutdown_token();
+        let handle = tokio::spawn(app.run_until_stopped(false));
+        Self { base, client: reqwest::Client::new(), shutdown, handle, _dir: dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn get_json(&self, path: &str) -> Value {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        response.json().await.unwrap_or(Value::Null)
+    }
+
+    async fn is_empty(&self, status: &str) -> bool {
+        let page = self.get_json(&format!("/api/v1/tasks?status={status}&limit=1")).await;
+        page["items"].as_array().is_some_and(|items| items.is_empty())
+    }
+
+    /// Waits until no task is queued or running.
+    async fn drained(&self, poll: Duration) {
+        loop {
+            if self.is_empty("queued").await && self.is_empty("running").await {
+                return;
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// `kiln_tasks{status="…"}` from /metrics.
+    async fn tasks_with_status(&self, status: &str) -> u64 {
+        let text =
+            self.client.get(self.url("/metrics")).send().await.expect("metrics").text().await.unwrap_or_default();
+        let key = format!("kiln_tasks{{status=\"{status}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    }
+
+    async fn wait_status(&self, id: &str, status: &str) {
+        for _ in 0..2000 {
+            if self.get_json(&format!("/api/v1/tasks/{id}")).await["status"] == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("task {id} never became {status}");
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.handle).await;
+    }
+}
+
+fn instant_registry(hold: CancellationToken) -> Registry {
+    let mut registry = Registry::builtin();
+    registry.register("instant", move |_| Ok(Arc::new(InstantProvider { hold: hold.clone() }) as Arc<dyn Provider>));
+    registry
+}
+
+/// `[tasks]` settings: `position_window` from the argument, else from
+/// `KILN_BENCH_POSITION_WINDOW`, else kiln's default.
+fn tasks_toml(window: Option<u32>) -> String {
+    let from_env = std::env::var("KILN_BENCH_POSITION_WINDOW").ok().map(|w| w.parse::<u32>().expect("window"));
+    match window.or(from_env) {
+        Some(window) => format!("position_window = {window}"),
+        None => String::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Task creation throughput.
+
+async fn bench_create(window: Option<u32>) -> Value {
+    let tasks = env_usize("KILN_BENCH_TASKS", 5000);
+    let clients = env_usize("KILN_BENCH_CLIENTS", 32);
+    let channels = r#"
+[[channels]]
+name = "bench"
+type = "instant"
+max_concurrency = 2
+max_queue = 1000000
+models = [{ name = "instant", kind = "text_to_3d" }]
+"#;
+    let registry = instant_registry(CancellationToken::new());
+    let server = Arc::new(Server::start(&registry, &tasks_toml(window), channels).await);
+
+    // Warm-up: open the client connections and touch every code path once.
+    let warmup = clients * 2;
+    run_creations(&server, warmup, clients).await;
+    server.drained(Duration::from_millis(20)).await;
+    let before = server.tasks_with_status("succeeded").await;
+
+    let started = Instant::now();
+    let (mut latencies, statuses) = run_creations(&server, tasks, clients).await;
+    let created_in = started.elapsed();
+    let succeeded_at_creation_end = server.tasks_with_status("succeeded").await.saturating_sub(before);
+    server.drained(Duration::from_millis(50)).await;
+    let completed_in = started.elapsed();
+    let succeeded = server.tasks_with_status("succeeded").await.saturating_sub(before);
+    latencies.sort_unstable();
+    let accepted = statuses.get(&202).copied().unwrap_or(0);
+    let Ok(server) = Arc::try_unwrap(server) else { panic!("server still shared") };
+    server.stop().await;
+    json!({
+        "tasks": tasks,
+        "clients": clients,
+        "position_window": window,
+        "accepted": accepted,
+        "statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "create_secs": created_in.as_secs_f64(),
+        "creations_per_s": accepted as f64 / created_in.as_secs_f64(),
+        "post_p50_ms": pct(&latencies, 50.0) as f64 / 1000.0,
+        "post_p99_ms": pct(&latencies, 99.0) as f64 / 1000.0,
+        "post_max_ms": pct(&latencies, 100.0) as f64 / 1000.0,
+        "succeeded_at_creation_end": succeeded_at_creation_end,
+        "complete_secs": completed_in.as_secs_f64(),
+        "succeeded": succeeded,
+        "completed_per_s": succeeded as f64 / completed_in.as_secs_f64(),
+        "drain_per_s": succeeded.saturating_sub(succeeded_at_creation_end) as f64
+            / (completed_in - created_in).as_secs_f64().max(1e-9),
+    })
+}
+
+/// `count` POSTs of `{"prompt": "x"}` from `clients` concurrent loops; per-request
+/// latencies in µs and the count of each status code.
+async fn run_creations(server: &Arc<Server>, count: usize, clients: usize) -> (Vec<u64>, BTreeMap<u16, usize>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let (server, next) = (Arc::clone(server), Arc::clone(&next));
+        handles.push(tokio::spawn(async move {
+            let url = server.url("/api/v1/tasks");
+            let mut latencies = Vec::new();
+            let mut statuses = BTreeMap::<u16, usize>::new();
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let sent = Instant::now();
+                let response = server.client.post(&url).json(&json!({ "prompt": "x" })).send().await.expect("POST");
+                let status = response.status().as_u16();
+                let _ = response.bytes().await;
+                latencies.push(sent.elapsed().as_micros() as u64);
+                *statuses.entry(status).or_default() += 1;
+            }
+            (latencies, statuses)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    let mut statuses = BTreeMap::new();
+    for handle in handles {
+        let (l, s) = handle.await.expect("client");
+        latencies.extend(l);
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+    }
+    (latencies, statuses)
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. SSE fan-out.
+
+struct Received {
+    latencies_us: Vec<u64>,
+    ended: bool,
+}
+
+/// Starts a server whose only channel runs the ticker provider, submits one task and
+/// waits until it runs (the provider then waits for the gate).
+async fn start_ticker() -> (Server, Arc<TickerShared>, String) {
+    let shared = Arc::new(TickerShared {
+        gate: CancellationToken::new(),
+        ticks: env_usize("KILN_BENCH_TICKS", 50),
+        every: Duration::from_millis(env_usize("KILN_BENCH_TICK_MS", 20) as u64),
+        calls: Mutex::new(Vec::new()),
+    });
+    let mut registry = Registry::builtin();
+    let provider_shared = Arc::clone(&shared);
+    registry.register("ticker", move |_| {
+        Ok(Arc::new(TickerProvider { shared: Arc::clone(&provider_shared) }) as Arc<dyn Provider>)
+    });
+    let channels = r#"
+[[channels]]
+name = "ticker"
+type = "ticker"
+max_concurrency = 1
+max_queue = 10
+models = [{ name = "ticker", kind = "text_to_3d" }]
+"#;
+    let server = Server::start(&registry, &tasks_toml(None), channels).await;
+    let response =
+        server.client.post(server.url("/api/v1/tasks")).json(&json!({ "prompt": "x" })).send().await.expect("POST");
+    assert_eq!(response.status().as_u16(), 202, "submit");
+    let task: Value = response.json().await.expect("task");
+    let id = task["id"].as_str().expect("id").to_owned();
+    server.wait_status(&id, "running").await;
+    (server, shared, id)
+}
+
+/// Durations (ms) of the provider's `ctx.progress` calls: the database write and publish.
+fn progress_calls(shared: &TickerShared) -> Value {
+    let mut calls: Vec<u64> = shared.calls.lock().expect("calls").iter().map(|(b, a)| a - b).collect();
+    calls.sort_unstable();
+    json!({ "p50_ms": pct(&calls, 50.0) as f64 / 1000.0, "max_ms": pct(&calls, 100.0) as f64 / 1000.0 })
+}
+
+type Subscriber = tokio::task::JoinHandle<anyhow::Result<Received>>;
+
+/// Opens `n` event streams and waits until each has had its first event (the replayed
+/// log, which comes after its live subscription exists). Returns them and the time taken.
+async fn connect_subscribers(client: &reqwest::Client, url: &str, n: usize, ticks: usize) -> (Vec<Subscriber>, f64) {
+    let connected = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut handles = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (client, url, connected) = (client.clone(), url.to_owned(), Arc::clone(&connected));
+        handles.push(tokio::spawn(async move { subscribe(client, url, ticks, connected).await }));
+    }
+    while connected.load(Ordering::Relaxed) < n {
+        assert!(started.elapsed() < Duration::from_secs(120), "subscribers did not all connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (handles, started.elapsed().as_secs_f64())
+}
+
+/// Waits for every subscriber; latency percentiles over every event of every one.
+async fn collect_subscribers(handles: Vec<Subscriber>, expected: usize) -> Value {
+    let mut latencies = Vec::with_capacity(expected);
+    let (mut ended, mut failed) = (0, 0);
+    for handle in handles {
+        match handle.await.expect("subscriber") {
+            Ok(received) => {
+                ended += usize::from(received.ended);
+                latencies.extend(received.latencies_us);
+            }
+            Err(err) => {
+                failed += 1;
+                eprintln!("subscriber failed: {err:#}");
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let ms = |us: u64| us as f64 / 1000.0;
+    json!({
+        "expected": expected,
+        "received": latencies.len(),
+        "ended": ended,
+        "failed": failed,
+        "p50_ms": ms(pct(&latencies, 50.0)),
+        "p90_ms": ms(pct(&latencies, 90.0)),
+        "p99_ms": ms(pct(&latencies, 99.0)),
+        "max_ms": ms(pct(&latencies, 100.0)),
+    })
+}
+
+/// Server and subscribers in this one process.
+async fn bench_sse() -> Value {
+    let subscribers = env_usize("KILN_BENCH_SUBSCRIBERS", 1000);
+    let (server, shared, id) = start_ticker().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = proc_kib("VmRSS");
+    let url = server.url(&format!("/api/v1/tasks/{id}/events"));
+    let (handles, connect_secs) = connect_subscribers(&server.client, &url, subscribers, shared.ticks).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = proc_kib("VmRSS");
+
+    let sampler = RssSampler::start();
+    shared.gate.cancel();
+    let delivery = collect_subscribers(handles, subscribers * shared.ticks).await;
+    let rss_peak = sampler.finish();
+    server.stop().await;
+    json!({
+        "subscribers": subscribers,
+        "ticks": shared.ticks,
+        "tick_ms": shared.every.as_millis() as u64,
+        "connect_secs": connect_secs,
+        "delivery": delivery,
+        "progress_call": progress_calls(&shared),
+        "rss_before_kib": rss_before,
+        "rss_connected_kib": rss_connected,
+        "rss_peak_kib": rss_peak,
+        "per_subscriber_kib": rss_connected.saturating_sub(rss_before) as f64 / subscribers as f64,
+    })
+}
+
+const READY_PREFIX: &str = "KILN_BENCH_READY ";
+
+/// The server half of the split SSE run: prints the events URL, opens the gate at a
+/// line on stdin, and reports when the task has ended.
+async fn sse_server() -> Value {
+    let (server, shared, id) = start_ticker().await;
+    println!("{READY_PREFIX}{}", server.url(&format!("/api/v1/tasks/{id}/events")));
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await.expect("stdin").ok();
+    shared.gate.cancel();
+    server.wait_status(&id, "succeeded").await;
+    server.stop().await;
+    json!({ "progress_call": progress_calls(&shared) })
+}
+
+/// Server in a child process, subscribers here: memory of each side on its own.
+async fn bench_sse_split() -> Value {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let subscribers = env_usize("KILN_BENCH_SUBSCRIBERS", 1000);
+    let ticks = env_usize("KILN_BENCH_TICKS", 50);
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("bench binary"))
+        .env(CHILD_ENV, "sse-server")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn server");
+    let status_path = format!("/proc/{}/status", child.id().expect("pid"));
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let url = loop {
+        let line = lines.next_line().await.expect("read").expect("server ended before it was ready");
+        if let Some(url) = line.strip_prefix(READY_PREFIX) {
+            break url.to_owned();
+        }
+    };
+    let client = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (server_before, client_before) = (status_kib(&status_path, "VmRSS"), proc_kib("VmRSS"));
+    let (handles, connect_secs) = connect_subscribers(&client, &url, subscribers, ticks).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (server_connected, client_connected) = (status_kib(&status_path, "VmRSS"), proc_kib("VmRSS"));
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").await.expect("open the gate");
+    stdin.flush().await.expect("flush");
+    let delivery = collect_subscribers(handles, subscribers * ticks).await;
+    let mut server_result = Value::Null;
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(result) = line.strip_prefix(RESULT_PREFIX) {
+            server_result = serde_json::from_str(result).unwrap_or(Value::Null);
+        }
+    }
+    let _ = child.wait().await;
+    let per = |before: u64, after: u64| after.saturating_sub(before) as f64 / subscribers as f64;
+    json!({
+        "subscribers": subscribers,
+        "ticks": ticks,
+        "connect_secs": connect_secs,
+        "delivery": delivery,
+        "server": server_result,
+        "server_rss_before_kib": server_before,
+        "server_rss_connected_kib": server_connected,
+        "client_rss_before_kib": client_before,
+        "client_rss_connected_kib": client_connected,
+        "server_per_subscriber_kib": per(server_before, server_connected),
+        "client_per_subscriber_kib": per(client_before, client_connected),
+    })
+}
+
+async fn subscribe(
+    client: reqwest::Client,
+    url: String,
+    ticks: usize,
+    connected: Arc<AtomicUsize>,
+) -> anyhow::Result<Received> {
+    let response = client.get(&url).send().await?;
+    anyhow::ensure!(response.status().as_u16() == 200, "status {}", response.status());
+    let mut stream = response.bytes_stream().eventsource();
+    let mut received = Received { latencies_us: Vec::with_capacity(ticks), ended: false };
+    let mut first = true;
+    while let Some(event) = stream.next().await {
+        let now = now_us();
+        let event = event?;
+        if first {
+            first = false;
+            connected.fetch_add(1, Ordering::Relaxed);
+        }
+        match event.event.as_str() {
+            "processing" => {
+                let data: Value = serde_json::from_str(&event.data)?;
+                let sent = data["stage"]
+                    .as_str()
+                    .and_then(|s| s.strip_prefix("tick-"))
+                    .and_then(|s| s.rsplit_once('-'))
+                    .and_then(|(_, t)| t.parse::<u64>().ok());
+                if let Some(sent) = sent {
+                    received.latencies_us.push(now.saturating_sub(sent));
+                }
+            }
+            "completed" | "failed" | "canceled" => {
+                received.ended = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(received)
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Upload memory.
+
+/// `uploads` concurrent multipart uploads of one file; peak RSS growth while they run.
+async fn bench_upload(file: &Path, uploads: usize) -> Value {
+    let bytes = Bytes::from(std::fs::read(file).expect("read picture"));
+    let hold = CancellationToken::new();
+    let channels = r#"
+[[channels]]
+name = "bench"
+type = "instant"
+max_concurrency = 1
+max_queue = 1000
+models = [{ name = "instant-image", kind = "image_to_3d" }, { name = "hold", kind = "text_to_3d" }]
+"#;
+    let server = Server::start(&instant_registry(hold.clone()), &tasks_toml(None), channels).await;
+    let url = server.url("/api/v1/tasks");
+
+    // Warm-up with a small picture, then take the channel's only slot with a `hold` job so
+    // no job runs (and reads a picture back from storage) while uploads are measured.
+    let small = Bytes::from(encode_png(&noise_rgb(64, 64, 7)));
+    for _ in 0..2 {
+        assert_eq!(upload(&server.client, &url, small.clone()).await, 202, "warm-up upload");
+    }
+    server.drained(Duration::from_millis(10)).await;
+    let response =
+        server.client.post(&url).json(&json!({ "prompt": "hold", "model": "hold" })).send().await.expect("POST hold");
+    let held: Value = response.json().await.expect("hold task");
+    server.wait_status(held["id"].as_str().expect("id"), "running").await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let baseline = proc_kib("VmRSS");
+    let hwm_reset = reset_hwm();
+    let sampler = RssSampler::start();
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..uploads {
+        let (client, url, bytes) = (server.client.clone(), url.clone(), bytes.clone());
+        handles.push(tokio::spawn(async move { upload(&client, &url, bytes).await }));
+    }
+    let mut statuses = BTreeMap::<u16, usize>::new();
+    for handle in handles {
+        *statuses.entry(handle.await.expect("upload")).or_default() += 1;
+    }
+    let elapsed = started.elapsed();
+    let sampled = sampler.finish();
+    let hwm = if hwm_reset { proc_kib("VmHWM") } else { 0 };
+    let peak = sampled.max(hwm);
+    hold.cancel();
+    server.stop().await;
+    let growth = peak.saturating_sub(baseline) as f64 * 1024.0;
+    json!({
+        "file": file.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "file_bytes": bytes.len(),
+        "uploads": uploads,
+        "statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "secs": elapsed.as_secs_f64(),
+        "baseline_kib": baseline,
+        "peak_kib": peak,
+        "hwm_reset": hwm_reset,
+        "per_upload_mib": growth / uploads as f64 / MIB,
+        "ratio": growth / uploads as f64 / bytes.len() as f64,
+    })
+}
+
+async fn upload(client: &reqwest::Client, url: &str, bytes: Bytes) -> u16 {
+    let length = bytes.len() as u64;
+    // A streamed part over shared `Bytes`: the client adds no copy of the file.
+    let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(bytes), length).file_name("picture");
+    let form = reqwest::multipart::Form::new().part("image", part);
+    let response = client.post(url).multipart(form).send().await.expect("upload");
+    let status = response.status().as_u16();
+    let _ = response.bytes().await;
+    status
+}
+
+/// `kiln::input::validate_image` alone (what the server does to a picture), no HTTP.
+fn bench_validate(file: &Path) -> Value {
+    let bytes = Bytes::from(std::fs::read(file).expect("read picture"));
+    let config = UploadConfig::default();
+    // Warm-up on a small picture.
+    kiln::input::validate_image(Bytes::from(encode_png(&noise_rgb(64, 64, 7))), &config).expect("warm-up");
+    std::thread::sleep(Duration::from_millis(100));
+    let baseline = proc_kib("VmRSS");
+    let hwm_reset = reset_hwm();
+    let sampler = RssSampler::start();
+    let started = Instant::now();
+    let valid = kiln::input::validate_image(bytes.clone(), &config).map(|v| (v.width, v.height, v.bytes.len()));
+    let elapsed = started.elapsed();
+    let sampled = sampler.finish();
+    let hwm = if hwm_reset { proc_kib("VmHWM") } else { 0 };
+    let peak = sampled.max(hwm);
+    let growth = peak.saturating_sub(baseline) as f64 * 1024.0;
+    json!({
+        "file": file.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "file_bytes": bytes.len(),
+        "valid": valid.as_ref().map(|(w, h, n)| json!({ "width": w, "height": h, "stored_bytes": n })).unwrap_or(Value::Null),
+        "error": valid.err().map(|e| format!("{e:?}")),
+        "secs": elapsed.as_secs_f64(),
+        "hwm_reset": hwm_reset,
+        "per_upload_mib": growth / MIB,
+        "ratio": growth / bytes.len() as f64,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Child and parent.
+
+fn run_child(spec: &str) -> Value {
+    let dir = PathBuf::from(std::env::var(DIR_ENV).unwrap_or_default());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let parts: Vec<&str> = spec.split(':').collect();
+    match parts.as_slice() {
+        ["create"] => runtime.block_on(bench_create(None)),
+        ["create", window] => runtime.block_on(bench_create(Some(window.parse().expect("window")))),
+        ["sse"] => runtime.block_on(bench_sse()),
+        ["sse-split"] => runtime.block_on(bench_sse_split()),
+        ["sse-server"] => runtime.block_on(sse_server()),
+        ["upload", file, k] => runtime.block_on(bench_upload(&dir.join(file), k.parse().expect("uploads"))),
+        ["validate", file] => bench_validate(&dir.join(file)),
+        _ => panic!("unknown child spec `{spec}`"),
+    }
+}
+
+/// Runs one measurement in a fresh process and returns its result.
+fn child(spec: &str, dir: &Path) -> Value {
+    eprintln!("… {spec}");
+    let exe = std::env::current_exe().expect("bench binary");
+    let output = Command::new(exe)
+        .env(CHILD_ENV, spec)
+        .env(DIR_ENV, dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result = stdout.lines().find_map(|l| l.strip_prefix(RESULT_PREFIX)).map(serde_json::from_str::<Value>);
+    match result {
+        Some(Ok(value)) => value,
+        _ => panic!("child `{spec}` failed ({}):\n{stdout}", output.status),
+    }
+}
+
+/// Writes the test pictures: a noise PNG and a noise JPEG just under 10 MiB (JPEG
+/// sides capped at kiln's `max_side`, 2048, so it is not rescaled), and random bytes of
+/// the PNG's length.
+fn write_pictures(dir: &Path) -> Vec<(String, usize, String)> {
+    let mut out = Vec::new();
+    // Noise PNG: ~3 bytes per pixel, so ~1870² pixels.
+    let mut side = 1880;
+    let png = loop {
+        let bytes = encode_png(&noise_rgb(side, side, 42));
+        if bytes.len() <= MAX_UPLOAD {
+            break bytes;
+        }
+        side -= 10;
+    };
+    std::fs::write(dir.join("noise.png"), &png).expect("write png");
+    out.push(("noise.png".to_owned(), png.len(), format!("PNG {side}×{side} RGB noise")));
+
+    // Noise JPEG at q100: estimate the side from a small one, then step down to fit.
+    let quality = 100;
+    let per_pixel = encode_jpeg(&noise_rgb(512, 512, 43), quality).len() as f64 / (512.0 * 512.0);
+    let mut side = ((MAX_UPLOAD as f64 / per_pixel).sqrt() as u32 + 32).min(2048);
+    let jpeg = loop {
+        let bytes = encode_jpeg(&noise_rgb(side, side, 43), quality);
+        if bytes.len() <= MAX_UPLOAD {
+            break bytes;
+        }
+        side -= 8;
+    };
+    std::fs::write(dir.join("noise.jpg"), &jpeg).expect("write jpeg");
+    out.push(("noise.jpg".to_owned(), jpeg.len(), format!("JPEG {side}×{side} RGB noise, q{quality}")));
+
+    let mut raw = vec![0u8; png.len()];
+    Noise(44).fill(&mut raw);
+    raw[..4].copy_from_slice(b"RAW!");
+    std::fs::write(dir.join("noise.bin"), &raw).expect("write bytes");
+    out.push(("noise.bin".to_owned(), raw.len(), "random bytes (refused as unsupported format)".to_owned()));
+
+    // A smooth 36-megapixel PNG: small file, many pixels (under kiln's 40 MP limit), and
+    // over `max_side`, so kiln also scales it down and re-encodes it.
+    let (width, height) = (6000, 6000);
+    let mut pixels = Vec::with_capacity(width as usize * height as usize * 3);
+    for y in 0..height {
+        for x in 0..width {
+            pixels.extend_from_slice(&[(x * 255 / width) as u8, (y * 255 / height) as u8, 128]);
+        }
+    }
+    let smooth = encode_png(&image::RgbImage::from_raw(width, height, pixels).expect("buffer size"));
+    std::fs::write(dir.join("smooth.png"), &smooth).expect("write smooth png");
+    out.push(("smooth.png".to_owned(), smooth.len(), format!("PNG {width}×{height} RGB gradient (36 MP)")));
+    out
+}
+
+fn f(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(f64::NAN)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "**met**" } else { "**missed**" }
+}
+
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        let result = run_child(&spec);
+        println!("{RESULT_PREFIX}{result}");
+        return;
+    }
+    let sections: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let wanted = |name: &str| sections.is_empty() || sections.iter().any(|s| s == name);
+    let subscribers = env_usize("KILN_BENCH_SUBSCRIBERS", 1000) as u64;
+    if wanted("sse")
+        && let Some(limit) = open_files_limit()
+        && limit < 2 * subscribers + 256
+    {
+        eprintln!(
+            "warning: the open-files limit is {limit}; {subscribers} subscribers need about {} (client and server \
+             ends in one process). Raise it first: `ulimit -n 4096`.",
+            2 * subscribers + 256
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut details = Vec::new();
+
+    if wanted("create") {
+        let r = child("create", dir.path());
+        let window = |r: &Value| match r["position_window"].as_u64() {
+            Some(w) => format!("position_window = {w}"),
+            None => "default config".to_owned(),
+        };
+        let rate = f(&r["creations_per_s"]);
+        rows.push([
+            format!("Task creation, {} clients × {} tasks, {} (202/s)", r["clients"], r["tasks"], window(&r)),
+            format!(
+                "{rate:.0} /s (POST p50 {:.1} ms, p99 {:.1} ms; statuses {})",
+                f(&r["post_p50_ms"]),
+                f(&r["post_p99_ms"]),
+                r["statuses"]
+            ),
+            "≥ 2,000 /s".into(),
+            met(rate >= 2000.0).into(),
+        ]);
+        rows.push([
+            format!("Submit → all succeeded (same tasks, {})", window(&r)),
+            format!(
+                "{:.0} tasks/s ({} in {:.2} s; {} done when creation ended, then {:.0} /s)",
+                f(&r["completed_per_s"]),
+                r["succeeded"],
+                f(&r["complete_secs"]),
+                r["succeeded_at_creation_end"],
+                f(&r["drain_per_s"])
+            ),
+            "—".into(),
+            "—".into(),
+        ]);
+        details.push(("create", r));
+        // Diagnostic: the same run without queue-position announcements.
+        let r = child("create:0", dir.path());
+        rows.push([
+            format!("  diagnostic: same, {}", window(&r)),
+            format!(
+                "{:.0} creations/s (POST p50 {:.1} ms); {:.0} tasks/s submit → succeeded; then {:.0} /s",
+                f(&r["creations_per_s"]),
+                f(&r["post_p50_ms"]),
+                f(&r["completed_per_s"]),
+                f(&r["drain_per_s"])
+            ),
+            "(breakdown)".into(),
+            "—".into(),
+        ]);
+        details.push(("create:0", r));
+    }
+
+    if wanted("sse") {
+        let r = child("sse", dir.path());
+        let d = &r["delivery"];
+        let p99 = f(&d["p99_ms"]);
+        let complete = d["received"] == d["expected"] && d["failed"] == 0;
+        rows.push([
+            format!("SSE delivery latency, {} subscribers × {} events, one process", r["subscribers"], r["ticks"]),
+            format!(
+                "p50 {:.2} ms, p99 {p99:.2} ms, max {:.2} ms ({}/{} delivered; progress() p50 {:.2} ms)",
+                f(&d["p50_ms"]),
+                f(&d["max_ms"]),
+                d["received"],
+                d["expected"],
+                f(&r["progress_call"]["p50_ms"])
+            ),
+            "p99 < 20 ms".into(),
+            met(p99 < 20.0 && complete).into(),
+        ]);
+        rows.push([
+            "Memory per SSE subscriber, client + server in one process".into(),
+            format!(
+                "{:.1} KiB (RSS {:.1} → {:.1} MiB)",
+                f(&r["per_subscriber_kib"]),
+                f(&r["rss_before_kib"]) / 1024.0,
+                f(&r["rss_connected_kib"]) / 1024.0
+            ),
+            "—".into(),
+            "—".into(),
+        ]);
+        details.push(("sse", r));
+        let r = child("sse-split", dir.path());
+        let d = &r["delivery"];
+        rows.push([
+            "  split run: server in its own process".into(),
+            format!(
+                "server {:.1} KiB + client {:.1} KiB per subscriber (server RSS {:.1} → {:.1} MiB); \
+                 latency p50 {:.2} / p99 {:.2} / max {:.2} ms ({}/{})",
+                f(&r["server_per_subscriber_kib"]),
+                f(&r["client_per_subscriber_kib"]),
+                f(&r["server_rss_before_kib"]) / 1024.0,
+                f(&r["server_rss_connected_kib"]) / 1024.0,
+                f(&d["p50_ms"]),
+                f(&d["p99_ms"]),
+                f(&d["max_ms"]),
+                d["received"],
+                d["expected"]
+            ),
+            "(breakdown)".into(),
+            "—".into(),
+        ]);
+        details.push(("sse-split", r));
+    }
+
+    if wanted("upload") {
+        let repeat = env_usize("KILN_BENCH_REPEAT", 3).max(1);
+        let pictures = write_pictures(dir.path());
+        for (file, size, what) in &pictures {
+            eprintln!("picture {file}: {size} bytes, {what}");
+        }
+        for (file, size, what) in &pictures {
+            if file.ends_with(".bin") {
+                continue;
+            }
+            let r = child(&format!("validate:{file}"), dir.path());
+            rows.push([
+                format!("Validation only, no HTTP: {what}, {:.2} MiB", *size as f64 / MIB),
+                format!("{:.2}× file size ({:.1} MiB)", f(&r["ratio"]), f(&r["per_upload_mib"])),
+                "(breakdown)".into(),
+                "—".into(),
+            ]);
+            details.push(("validate", r));
+        }
+        for (file, size, what) in &pictures {
+            let (counts, target): (&[usize], bool) = match file.as_str() {
+                "noise.bin" => (&[1, 8], false),
+                "smooth.png" => (&[1], false),
+                _ => (&[1, 4, 8], true),
+            };
+            for &k in counts {
+                // Peaks depend on how the uploads overlap: repeat, report the median.
+                let mut runs: Vec<Value> =
+                    (0..repeat).map(|_| child(&format!("upload:{file}:{k}"), dir.path())).collect();
+                runs.sort_by(|a, b| f(&a["ratio"]).total_cmp(&f(&b["ratio"])));
+                let all: Vec<String> = runs.iter().map(|r| format!("{:.2}", f(&r["ratio"]))).collect();
+                let r = runs.swap_remove(runs.len() / 2);
+                let ratio = f(&r["ratio"]);
+                rows.push([
+                    format!("Upload peak memory per upload, K={k}: {what}, {:.2} MiB", *size as f64 / MIB),
+                    format!(
+                        "{ratio:.2}× file size, median of {repeat} runs ({}); {:.1} MiB per upload; statuses {}",
+                        all.join(" / "),
+                        f(&r["per_upload_mib"]),
+                        r["statuses"]
+                    ),
+                    if target { "< 2×".into() } else { "(breakdown)".into() },
+                    if target { met(ratio < 2.0).into() } else { "—".into() },
+                ]);
+                details.push(("upload", r));
+            }
+        }
+    }
+
+    println!("\n| Benchmark | Result | Target | |");
+    println!("|---|---|---|---|");
+    for [name, result, target, verdict] in &rows {
+        println!("| {name} | {result} | {target} | {verdict} |");
+    }
+    println!("\nRaw results:");
+    for (name, r) in &details {
+        println!("- {name}: {r}");
+    }
+}
