@@ -1,2 +1,156 @@
 //! relief: turns one picture into a textured, watertight 3D model by inflating the
 //! object's silhouette. Picture bytes and options in, GLB bytes and statistics out.
+//!
+//! This is an honest 2.5D reconstruction, not a learnt model: it finds the object's
+//! outline, raises a rounded surface over it (thick where the object is wide, thin
+//! where it is narrow), mirrors that surface behind, and paints the picture on it.
+//!
+//! The pipeline, one module per step:
+//! - `picture`: decode within limits, upright, plus a reduced working copy;
+//! - `segment` and `cleanup`: the object's mask, from alpha or from the border's
+//!   background colour, without specks or pinholes but with its real holes;
+//! - `grid`: the mask averaged onto a padded lattice, a smooth coverage field;
+//! - `contour`: marching squares on that field, the outline at sub-cell precision;
+//! - `field`: distance to the outline and the rounded height profile;
+//! - `mesh`: front and back sheets sharing the rim, closed, with normals;
+//! - `texture`: the picture under the object with colours bled past the outline;
+//! - `glb`: the binary glTF file.
+//!
+//! ```no_run
+//! let bytes = std::fs::read("mug.jpg").expect("read");
+//! let model = relief::reconstruct(&bytes, &relief::Options::default(), &mut |_, _| {})
+//!     .expect("reconstruct");
+//! std::fs::write("mug.glb", &model.glb).expect("write");
+//! ```
+
+mod cleanup;
+mod contour;
+mod error;
+mod field;
+mod glb;
+mod grid;
+mod mesh;
+mod options;
+mod picture;
+mod segment;
+mod texture;
+
+pub use error::ReliefError;
+pub use options::Options;
+
+use grid::Grid;
+use segment::Mask;
+use texture::Crop;
+
+/// The steps of a reconstruction, reported through the progress callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Segmenting,
+    Meshing,
+    Texturing,
+    Encoding,
+}
+
+/// Facts about the produced model, for the caller's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stats {
+    pub vertices: u32,
+    pub triangles: u32,
+    pub bbox_min: [f32; 3],
+    pub bbox_max: [f32; 3],
+    pub texture_width: u32,
+    pub texture_height: u32,
+    /// "png" or "jpeg".
+    pub texture_format: &'static str,
+}
+
+/// A finished model: a binary glTF 2.0 file and its statistics.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub glb: Vec<u8>,
+    pub stats: Stats,
+}
+
+/// The grid never gets coarser than this while fitting the triangle budget; even the
+/// smallest budget fits a grid this coarse.
+const MIN_CELLS: u32 = 4;
+/// Budget fitting aims a little under the budget so one lowering usually suffices.
+const BUDGET_MARGIN: f64 = 0.97;
+
+/// Reconstructs a model from a picture (PNG, JPEG or WebP bytes).
+///
+/// `progress` is called as each stage starts, with the overall percentage (0-100),
+/// and with 100 when the model is ready. The same bytes and options always give
+/// byte-identical output.
+pub fn reconstruct(
+    image_bytes: &[u8],
+    options: &Options,
+    progress: &mut dyn FnMut(Stage, u8),
+) -> Result<Model, ReliefError> {
+    options.validate()?;
+
+    progress(Stage::Segmenting, 0);
+    // A working copy a few times finer than the grid keeps the outline's position
+    // precise while making segmentation cost independent of the picture's size.
+    let work_side = options.resolution.saturating_mul(4).clamp(1024, 2048);
+    let picture = picture::load(image_bytes, work_side)?;
+    let mask = segment::find_object(&picture.work, picture.has_alpha)?;
+    let bounds = mask.bounds().ok_or(ReliefError::NoForegroundObject)?;
+
+    progress(Stage::Meshing, 25);
+    let grid = fit_grid(&mask, bounds, options)?;
+    let heights = field::heights(&grid, options.depth);
+    let crop = Crop::around(&grid, &picture);
+    let mesh = mesh::build(&grid, &heights, |point| crop.uv(&picture, grid.to_picture(point)));
+
+    progress(Stage::Texturing, 60);
+    let texture = texture::build(&picture, &mask, crop, options.texture_size)?;
+
+    progress(Stage::Encoding, 85);
+    let glb = glb::encode(&mesh, &texture)?;
+    let (bbox_min, bbox_max) = mesh.bounds();
+    let stats = Stats {
+        vertices: count_u32(mesh.positions.len())?,
+        triangles: count_u32(mesh.triangle_count())?,
+        bbox_min,
+        bbox_max,
+        texture_width: texture.width,
+        texture_height: texture.height,
+        texture_format: texture.format,
+    };
+    progress(Stage::Encoding, 100);
+    Ok(Model { glb, stats })
+}
+
+/// Samples the mask at the requested resolution, lowering it until the mesh fits the
+/// triangle budget. Triangles grow with the square of the resolution, so each retry
+/// scales the resolution by the square root of the overshoot.
+fn fit_grid(mask: &Mask, bounds: [usize; 4], options: &Options) -> Result<Grid, ReliefError> {
+    let [x0, y0, x1, y1] = bounds;
+    let longest = u32::try_from((x1 - x0).max(y1 - y0)).unwrap_or(u32::MAX);
+    let budget = options.max_triangles as usize;
+    let mut cells = options.resolution.min(longest).max(1);
+    loop {
+        let grid = Grid::sample(mask, bounds, cells);
+        let triangles = mesh::count_triangles(&grid);
+        if triangles == 0 {
+            // The object is thinner than the grid can see.
+            return Err(ReliefError::NoForegroundObject);
+        }
+        if triangles <= budget {
+            return Ok(grid);
+        }
+        if cells <= MIN_CELLS {
+            return Err(ReliefError::Encode(format!(
+                "the object needs {triangles} triangles even on the coarsest grid, over the budget of {budget}"
+            )));
+        }
+        let ratio = (budget as f64 / triangles as f64).sqrt() * BUDGET_MARGIN;
+        let next = (f64::from(cells) * ratio).floor() as u32;
+        cells = next.clamp(MIN_CELLS, cells - 1);
+    }
+}
+
+fn count_u32(count: usize) -> Result<u32, ReliefError> {
+    u32::try_from(count).map_err(|_| ReliefError::Encode(format!("{count} is too many to count")))
+}
