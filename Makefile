@@ -24,5 +24,5 @@ unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
 	else \
-		$(CARGO) test --locked --no-fail-fast; \
+		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
