@@ -723,18 +723,21 @@ async fn upload(client: &reqwest::Client, url: &str, bytes: Bytes) -> u16 {
     status
 }
 
-/// `kiln::input::validate_image` alone (what the server does to a picture), no HTTP.
+/// `kiln::input::validate_image` alone (what the server does to a spooled picture),
+/// reading from the file, no HTTP.
 fn bench_validate(file: &Path) -> Value {
-    let bytes = Bytes::from(std::fs::read(file).expect("read picture"));
+    let len = std::fs::metadata(file).expect("picture size").len();
     let config = UploadConfig::default();
     // Warm-up on a small picture.
-    kiln::input::validate_image(Bytes::from(encode_png(&noise_rgb(64, 64, 7))), &config).expect("warm-up");
+    kiln::input::validate_bytes(&encode_png(&noise_rgb(64, 64, 7)), &config).expect("warm-up");
     std::thread::sleep(Duration::from_millis(100));
     let baseline = proc_kib("VmRSS");
     let hwm_reset = reset_hwm();
     let sampler = RssSampler::start();
     let started = Instant::now();
-    let valid = kiln::input::validate_image(bytes.clone(), &config).map(|v| (v.width, v.height, v.bytes.len()));
+    let reader = std::io::BufReader::new(std::fs::File::open(file).expect("open picture"));
+    let valid = kiln::input::validate_image(reader, len, &config)
+        .map(|v| (v.width, v.height, v.scaled.as_ref().map_or(len as usize, |b| b.len())));
     let elapsed = started.elapsed();
     let sampled = sampler.finish();
     let hwm = if hwm_reset { proc_kib("VmHWM") } else { 0 };
@@ -742,13 +745,13 @@ fn bench_validate(file: &Path) -> Value {
     let growth = peak.saturating_sub(baseline) as f64 * 1024.0;
     json!({
         "file": file.file_name().map(|n| n.to_string_lossy().into_owned()),
-        "file_bytes": bytes.len(),
+        "file_bytes": len,
         "valid": valid.as_ref().map(|(w, h, n)| json!({ "width": w, "height": h, "stored_bytes": n })).unwrap_or(Value::Null),
         "error": valid.err().map(|e| format!("{e:?}")),
         "secs": elapsed.as_secs_f64(),
         "hwm_reset": hwm_reset,
         "per_upload_mib": growth / MIB,
-        "ratio": growth / bytes.len() as f64,
+        "ratio": growth / len as f64,
     })
 }
 

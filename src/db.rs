@@ -85,6 +85,8 @@ pub enum Transition {
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     pub status: Option<TaskStatus>,
+    /// Only tasks made from this stored picture.
+    pub picture_id: Option<Uuid>,
     /// Only tasks older than this one (the cursor).
     pub before: Option<TaskId>,
     pub limit: u32,

@@ -6,7 +6,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use bytes::Bytes;
 use chrono::Utc;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -19,17 +18,17 @@ use crate::{
     db::{Db, Enqueued, Finish, Transition},
     error::{ApiError, ApiResult, Code},
     events::EventBus,
-    input,
+    input::{self, Upload},
     metrics::Metrics,
     storage::Storage,
     tasks::{Artifact, NewTask, Picture, Task, TaskId, TaskKind, TaskStatus},
 };
 
 /// What a client sends as the task's input.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Input {
-    /// A new picture, not yet validated.
-    Image { bytes: Bytes, filename: Option<String> },
+    /// A new picture, received but not yet validated.
+    Image { upload: Upload, filename: Option<String> },
     /// A picture stored earlier.
     Picture(Uuid),
     /// Only a prompt.
@@ -37,7 +36,7 @@ pub enum Input {
 }
 
 /// A request for a task, as every face hands it over.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Submission {
     pub input: Input,
     pub prompt: Option<String>,
@@ -58,6 +57,8 @@ impl Submission {
 pub struct Submitted {
     pub task: Task,
     pub replayed: bool,
+    /// The queue position at admission, for a new task.
+    pub position: Option<u32>,
 }
 
 pub struct Gateway {
@@ -69,6 +70,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Jobs running in this process, so ending a task stops its run at once.
     pub runs: Runs,
+    /// Permits for decoding pictures, one per core.
+    decodes: tokio::sync::Semaphore,
     public_url: url::Url,
 }
 
@@ -112,7 +115,18 @@ impl Runs {
 impl Gateway {
     pub fn new(config: Arc<Config>, db: Db, storage: Storage, router: Router, metrics: Arc<Metrics>) -> Self {
         let public_url = config.public_url();
-        Self { config, db, storage, bus: EventBus::new(), router, metrics, runs: Runs::default(), public_url }
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Self {
+            config,
+            db,
+            storage,
+            bus: EventBus::new(),
+            router,
+            metrics,
+            runs: Runs::default(),
+            decodes: tokio::sync::Semaphore::new(cores),
+            public_url,
+        }
     }
 
     /// The absolute URL of a stored file.
@@ -126,39 +140,67 @@ impl Gateway {
         format!("{base}/{}", path.trim_start_matches('/'))
     }
 
+    /// Where uploads are spooled while they stream in.
+    pub fn spool_dir(&self) -> std::path::PathBuf {
+        self.config.server.data_dir.join("tmp")
+    }
+
     /// Validates, stores and records a picture.
-    pub async fn store_picture(&self, bytes: Bytes, filename: Option<String>) -> ApiResult<Picture> {
-        let received = bytes.len();
-        let upload = self.config.upload.clone();
-        let valid = tokio::task::spawn_blocking(move || input::validate_image(bytes, &upload))
-            .await
-            .map_err(ApiError::internal)??;
+    pub async fn store_picture(&self, upload: Upload, filename: Option<String>) -> ApiResult<Picture> {
+        let received = upload.len;
+        let limits = self.config.upload.clone();
+        // Decoding holds the picture's pixels; a permit per core bounds how many sets of
+        // pixels are in memory at once, however many uploads arrive together.
+        let permit = self.decodes.acquire().await.map_err(ApiError::internal)?;
+        let (upload, valid) = tokio::task::spawn_blocking(move || {
+            let valid =
+                input::validate_image(std::io::BufReader::new(&upload.file), upload.len, &limits).and_then(|valid| {
+                    // Validation read the file; storing it reads it again from the start.
+                    std::io::Seek::rewind(&mut &upload.file).map_err(ApiError::internal)?;
+                    Ok(valid)
+                });
+            (upload, valid)
+        })
+        .await
+        .map_err(ApiError::internal)?;
+        drop(permit);
+        let valid = valid?;
         tracing::info!(
             bytes = received,
             format = input::format_name(valid.format),
             width = valid.original_width,
             height = valid.original_height,
-            scaled = valid.width != valid.original_width,
+            scaled = valid.scaled.is_some(),
             "picture received"
         );
         let id = Uuid::new_v4();
         let key = format!("pictures/{id}.{}", valid.extension());
-        let sha256 = hex::encode(Sha256::digest(&valid.bytes));
+        let content_type = valid.content_type();
+        let (size, sha256) = match valid.scaled {
+            Some(bytes) => {
+                let digest = hex::encode(Sha256::digest(&bytes));
+                let size = bytes.len() as u64;
+                self.storage.put(&key, bytes, content_type).await?;
+                (size, digest)
+            }
+            None => {
+                self.storage.put_file(&key, upload.file, content_type).await?;
+                (upload.len, upload.sha256)
+            }
+        };
         let picture = Picture {
             id,
-            key: key.clone(),
-            content_type: valid.content_type().to_owned(),
+            key,
+            content_type: content_type.to_owned(),
             format: input::format_name(valid.format).to_owned(),
             width: valid.width,
             height: valid.height,
-            size: valid.bytes.len() as u64,
+            size,
             sha256,
             original_name: filename.map(|n| n.chars().filter(|c| !c.is_control()).take(255).collect()),
             created_at: Utc::now(),
             expired_at: None,
         };
-        let content_type = valid.content_type();
-        self.storage.put(&key, valid.bytes, content_type).await?;
         self.db.insert_picture(&picture).await?;
         Ok(picture)
     }
@@ -185,7 +227,7 @@ impl Gateway {
             .check_params(kind, &sub.params)
             .map_err(|m| ApiError::with_message(Code::InvalidParams, m))?;
         let picture = match sub.input {
-            Input::Image { bytes, filename } => Some(self.store_picture(bytes, filename).await?),
+            Input::Image { upload, filename } => Some(self.store_picture(upload, filename).await?),
             Input::Picture(id) => {
                 let picture = self.picture(id).await?;
                 if picture.expired_at.is_some() {
@@ -223,9 +265,10 @@ impl Gateway {
                     channel.wake.notify_one();
                     self.metrics.task_created(&channel.name);
                     tracing::info!(task_id = %task.id, model = %task.model, channel = %task.channel, "task queued");
-                    return Ok(Submitted { task, replayed: false });
+                    let position = event.data["position"].as_u64().and_then(|p| u32::try_from(p).ok());
+                    return Ok(Submitted { task, replayed: false, position });
                 }
-                Enqueued::Replayed(task) => return Ok(Submitted { task, replayed: true }),
+                Enqueued::Replayed(task) => return Ok(Submitted { task, replayed: true, position: None }),
                 Enqueued::KeyConflict => return Err(ApiError::new(Code::IdempotencyKeyReused)),
                 Enqueued::QueueFull { waiting: w } => waiting = w,
             }

@@ -2,21 +2,93 @@
 //! before decoding, integrity, scaling down) and prompts. Pure functions, so every face
 //! refuses the same things with the same codes.
 
-use std::io::Cursor;
+use std::{
+    io::{BufRead, Cursor, Read, Seek, SeekFrom},
+    path::Path,
+};
 
 use bytes::Bytes;
-use image::{DynamicImage, ImageFormat, ImageReader, Limits, imageops::FilterType};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
 
 use crate::{
     config::{ImageFormatName, UploadConfig},
     error::{ApiError, Code},
 };
 
+/// A picture as received, spooled to an unnamed temporary file while it streams in, so
+/// an upload costs disk rather than memory whatever its size and however many arrive at
+/// once. The operating system removes the file when it is closed, even after a crash.
+#[derive(Debug)]
+pub struct Upload {
+    pub file: std::fs::File,
+    pub len: u64,
+    /// Hex SHA-256 of the bytes as received.
+    pub sha256: String,
+}
+
+/// Why a picture could not be spooled.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the picture is over the byte limit of {0} bytes")]
+    TooLarge(u64),
+    #[error("cannot write the upload to a temporary file")]
+    Io(#[from] std::io::Error),
+}
+
+/// Receives a picture chunk by chunk, counting it against the byte limit.
+pub struct Spooler {
+    file: tokio::io::BufWriter<tokio::fs::File>,
+    len: u64,
+    max_bytes: u64,
+    hasher: Sha256,
+}
+
+impl Spooler {
+    /// Opens an unnamed temporary file in `dir` (on the data disk: `/tmp` may be kept in
+    /// memory, which would defeat the point).
+    pub async fn new(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
+        let dir = dir.to_owned();
+        let file = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            tempfile::tempfile_in(&dir)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok(Self {
+            file: tokio::io::BufWriter::with_capacity(256 * 1024, tokio::fs::File::from_std(file)),
+            len: 0,
+            max_bytes,
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// Appends a chunk; refuses the one that crosses the limit before writing it.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
+        if self.len + chunk.len() as u64 > self.max_bytes {
+            return Err(SpoolError::TooLarge(self.max_bytes));
+        }
+        self.hasher.update(chunk);
+        self.file.write_all(chunk).await?;
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> Result<Upload, SpoolError> {
+        self.file.flush().await?;
+        let mut file = self.file.into_inner().into_std().await;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Upload { file, len: self.len, sha256: hex::encode(self.hasher.finalize()) })
+    }
+}
+
 /// A picture that passed every check, ready to store.
 #[derive(Debug, Clone)]
 pub struct ValidImage {
-    /// The bytes to store: the original, or the scaled-down re-encoding.
-    pub bytes: Bytes,
+    /// The scaled-down re-encoding to store instead of the original, when the picture
+    /// was over the longest-side limit.
+    pub scaled: Option<Bytes>,
     pub format: ImageFormatName,
     pub width: u32,
     pub height: u32,
@@ -90,15 +162,17 @@ pub fn sniff(bytes: &[u8], accepted: &[ImageFormatName]) -> Option<ImageFormatNa
 }
 
 /// Checks a picture and scales it down when its longest side is over the limit.
-/// CPU-bound: call it from a blocking thread.
-pub fn validate_image(raw: Bytes, cfg: &UploadConfig) -> Result<ValidImage, ApiError> {
-    if raw.is_empty() {
+/// CPU-bound: call it from a blocking thread. `len` is the picture's size in bytes.
+pub fn validate_image<R: BufRead + Seek>(mut raw: R, len: u64, cfg: &UploadConfig) -> Result<ValidImage, ApiError> {
+    if len == 0 {
         return Err(ApiError::new(Code::EmptyFile));
     }
-    if raw.len() as u64 > cfg.max_bytes {
+    if len > cfg.max_bytes {
         return Err(too_large(cfg.max_bytes));
     }
-    let format = sniff(&raw, &cfg.formats).ok_or_else(|| {
+    let mut head = [0u8; 32];
+    let read = read_head(&mut raw, &mut head).map_err(ApiError::internal)?;
+    let format = sniff(&head[..read], &cfg.formats).ok_or_else(|| {
         let names: Vec<_> = cfg.formats.iter().map(|f| format_name(*f).to_uppercase()).collect();
         ApiError::with_message(
             Code::UnsupportedImageFormat,
@@ -107,7 +181,8 @@ pub fn validate_image(raw: Bytes, cfg: &UploadConfig) -> Result<ValidImage, ApiE
     })?;
     // The header alone tells the size; a decompression bomb is refused here, before a
     // single pixel is allocated.
-    let (width, height) = ImageReader::with_format(Cursor::new(&raw[..]), to_image_format(format))
+    raw.seek(SeekFrom::Start(0)).map_err(ApiError::internal)?;
+    let (width, height) = ImageReader::with_format(&mut raw, to_image_format(format))
         .into_dimensions()
         .map_err(|_| ApiError::new(Code::CorruptImage))?;
     let pixels = u64::from(width) * u64::from(height);
@@ -123,7 +198,8 @@ pub fn validate_image(raw: Bytes, cfg: &UploadConfig) -> Result<ValidImage, ApiE
             ),
         ));
     }
-    let mut reader = ImageReader::with_format(Cursor::new(&raw[..]), to_image_format(format));
+    raw.seek(SeekFrom::Start(0)).map_err(ApiError::internal)?;
+    let mut reader = ImageReader::with_format(raw, to_image_format(format));
     let mut limits = Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
@@ -133,18 +209,48 @@ pub fn validate_image(raw: Bytes, cfg: &UploadConfig) -> Result<ValidImage, ApiE
 
     let longest = width.max(height);
     if longest <= cfg.max_side {
-        return Ok(ValidImage { bytes: raw, format, width, height, original_width: width, original_height: height });
+        return Ok(ValidImage { scaled: None, format, width, height, original_width: width, original_height: height });
     }
-    let scaled = decoded.resize(cfg.max_side, cfg.max_side, FilterType::Triangle);
+    // `thumbnail` averages whole source pixels in integer arithmetic: no floating-point
+    // copy of the picture, unlike `resize`, and a box filter is what shrinking wants.
+    let (w, h) = fit_within(width, height, cfg.max_side);
+    let scaled = decoded.thumbnail_exact(w, h);
+    drop(decoded);
     let (bytes, format) = encode(&scaled)?;
     Ok(ValidImage {
-        bytes,
+        scaled: Some(bytes),
         format,
         width: scaled.width(),
         height: scaled.height(),
         original_width: width,
         original_height: height,
     })
+}
+
+/// Checks a picture held in memory.
+pub fn validate_bytes(raw: &[u8], cfg: &UploadConfig) -> Result<ValidImage, ApiError> {
+    validate_image(Cursor::new(raw), raw.len() as u64, cfg)
+}
+
+/// The size that fits within `max_side`, keeping the aspect ratio (never 0).
+fn fit_within(width: u32, height: u32, max_side: u32) -> (u32, u32) {
+    let longest = width.max(height);
+    let scale = |side: u32| {
+        ((u64::from(side) * u64::from(max_side) + u64::from(longest) / 2) / u64::from(longest)).max(1) as u32
+    };
+    (scale(width).min(max_side), scale(height).min(max_side))
+}
+
+/// Reads up to `buf.len()` bytes from the start (fewer only at the end of the input).
+fn read_head<R: Read>(raw: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match raw.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// Re-encodes a scaled picture: PNG when it has transparency, JPEG otherwise.
@@ -197,7 +303,7 @@ mod tests {
     #[test]
     fn scales_down_keeping_aspect_ratio() {
         let cfg = UploadConfig { max_side: 64, ..UploadConfig::default() };
-        let valid = validate_image(png(200, 100), &cfg).expect("valid");
+        let valid = validate_bytes(&png(200, 100), &cfg).expect("valid");
         assert_eq!((valid.width, valid.height), (64, 32));
         assert_eq!((valid.original_width, valid.original_height), (200, 100));
         assert_eq!(valid.format, ImageFormatName::Png);
@@ -206,7 +312,7 @@ mod tests {
     #[test]
     fn refuses_declared_pixels_over_the_limit_before_decoding() {
         let cfg = UploadConfig { max_pixels: 100, ..UploadConfig::default() };
-        let err = validate_image(png(20, 20), &cfg).expect_err("too many pixels");
+        let err = validate_bytes(&png(20, 20), &cfg).expect_err("too many pixels");
         assert_eq!(err.code, Code::ImageTooManyPixels);
     }
 
@@ -215,16 +321,16 @@ mod tests {
         let cfg = UploadConfig::default();
         let full = png(64, 64);
         let cut = full.slice(..full.len() / 2);
-        assert_eq!(validate_image(cut, &cfg).expect_err("truncated").code, Code::CorruptImage);
+        assert_eq!(validate_bytes(&cut, &cfg).expect_err("truncated").code, Code::CorruptImage);
         let gif = Bytes::from_static(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;");
-        assert_eq!(validate_image(gif, &cfg).expect_err("gif").code, Code::UnsupportedImageFormat);
-        assert_eq!(validate_image(Bytes::new(), &cfg).expect_err("empty").code, Code::EmptyFile);
+        assert_eq!(validate_bytes(&gif, &cfg).expect_err("gif").code, Code::UnsupportedImageFormat);
+        assert_eq!(validate_bytes(&[], &cfg).expect_err("empty").code, Code::EmptyFile);
     }
 
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = validate_image(Bytes::from(bytes), &UploadConfig::default());
+            let _ = validate_bytes(&bytes, &UploadConfig::default());
         }
 
         #[test]

@@ -19,6 +19,9 @@ pub enum StorageError {
 
 pub type StorageResult<T> = Result<T, StorageError>;
 
+/// Files move through memory in pieces of this size.
+const CHUNK: usize = 256 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct Storage {
     op: Operator,
@@ -49,6 +52,26 @@ impl Storage {
         self.op.write_with(key, bytes).content_type(content_type).await.map(|_| ()).map_err(|e| classify(key, e))
     }
 
+    /// Stores a local file by streaming it in chunks, never holding it whole in memory.
+    pub async fn put_file(&self, key: &str, file: std::fs::File, content_type: &str) -> StorageResult<()> {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut writer = self.op.writer_with(key).content_type(content_type).await.map_err(|e| classify(key, e))?;
+        loop {
+            let mut chunk = bytes::BytesMut::with_capacity(CHUNK);
+            let read = file.read_buf(&mut chunk).await.map_err(|e| {
+                StorageError::Backend(
+                    opendal::Error::new(ErrorKind::Unexpected, "cannot read the upload").set_source(e),
+                )
+            })?;
+            if read == 0 {
+                break;
+            }
+            writer.write(chunk.freeze()).await.map_err(|e| classify(key, e))?;
+        }
+        writer.close().await.map(|_| ()).map_err(|e| classify(key, e))
+    }
+
     pub async fn get(&self, key: &str) -> StorageResult<Bytes> {
         self.op.read(key).await.map(|b| b.to_bytes()).map_err(|e| classify(key, e))
     }
@@ -59,7 +82,7 @@ impl Storage {
         key: &str,
         range: Range<u64>,
     ) -> StorageResult<impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static> {
-        let reader = self.op.reader_with(key).chunk(256 * 1024).await.map_err(|e| classify(key, e))?;
+        let reader = self.op.reader_with(key).chunk(CHUNK).await.map_err(|e| classify(key, e))?;
         reader.into_bytes_stream(range).await.map_err(|e| classify(key, e))
     }
 

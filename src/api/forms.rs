@@ -9,7 +9,7 @@ use axum::{
     extract::{FromRequest, Multipart, Request},
     http::header,
 };
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::{
     error::{ApiError, ApiResult, Code},
-    gateway::{Input, Submission},
-    input::too_large,
+    gateway::{Gateway, Input, Submission},
+    input::{SpoolError, Spooler, Upload, too_large},
     tasks::TaskKind,
 };
 
@@ -60,7 +60,7 @@ pub struct MultipartSubmission {
 
 /// A picture and the text fields of a multipart form.
 pub struct Form {
-    pub image: Option<(Bytes, Option<String>)>,
+    pub image: Option<(Upload, Option<String>)>,
     pub fields: HashMap<String, String>,
 }
 
@@ -82,8 +82,10 @@ pub fn check_declared_length(request: &Request, max_bytes: u64) -> ApiResult<()>
     }
 }
 
-/// Reads a multipart form, streaming the picture under the byte limit.
-pub async fn read_form(request: Request, max_bytes: u64) -> ApiResult<Form> {
+/// Reads a multipart form, streaming the picture to a temporary file under the byte
+/// limit.
+pub async fn read_form(request: Request, gateway: &Gateway) -> ApiResult<Form> {
+    let max_bytes = gateway.config.upload.max_bytes;
     check_declared_length(&request, max_bytes)?;
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
         ApiError::with_message(Code::InvalidRequest, format!("Cannot read the form: {}", e.body_text()))
@@ -107,20 +109,16 @@ pub async fn read_form(request: Request, max_bytes: u64) -> ApiResult<Form> {
             }
             let filename = field.file_name().map(str::to_owned);
             let mut field = field;
-            let mut buffer = BytesMut::new();
+            let mut spool = Spooler::new(&gateway.spool_dir(), max_bytes).await.map_err(spool_error)?;
             loop {
                 match field.chunk().await {
-                    Ok(Some(chunk)) => {
-                        if (buffer.len() + chunk.len()) as u64 > max_bytes {
-                            return Err(too_large(max_bytes));
-                        }
-                        buffer.extend_from_slice(&chunk);
-                    }
+                    Ok(Some(chunk)) => spool.write(&chunk).await.map_err(spool_error)?,
                     Ok(None) => break,
                     Err(err) => return Err(multipart_error(err, max_bytes)),
                 }
             }
-            form.image = Some((buffer.freeze(), filename));
+            let upload = spool.finish().await.map_err(spool_error)?;
+            form.image = Some((upload, filename));
         } else {
             let mut field = field;
             let mut text = BytesMut::new();
@@ -148,6 +146,13 @@ pub async fn read_form(request: Request, max_bytes: u64) -> ApiResult<Form> {
     Ok(form)
 }
 
+fn spool_error(err: SpoolError) -> ApiError {
+    match err {
+        SpoolError::TooLarge(max_bytes) => too_large(max_bytes),
+        SpoolError::Io(err) => ApiError::internal(err),
+    }
+}
+
 fn multipart_error(err: axum::extract::multipart::MultipartError, max_bytes: u64) -> ApiError {
     if err.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         too_large(max_bytes)
@@ -157,7 +162,7 @@ fn multipart_error(err: axum::extract::multipart::MultipartError, max_bytes: u64
 }
 
 /// Reads a submission in either encoding.
-pub async fn read_submission(request: Request, max_bytes: u64) -> ApiResult<Submission> {
+pub async fn read_submission(request: Request, gateway: &Gateway) -> ApiResult<Submission> {
     let idempotency_key = request
         .headers()
         .get("idempotency-key")
@@ -168,7 +173,7 @@ pub async fn read_submission(request: Request, max_bytes: u64) -> ApiResult<Subm
         })
         .transpose()?;
     let mut submission = if is_multipart(&request) {
-        let form = read_form(request, max_bytes).await?;
+        let form = read_form(request, gateway).await?;
         from_form(form)?
     } else if content_type(&request).starts_with("application/json") {
         let body = axum::body::to_bytes(request.into_body(), MAX_TEXT_FIELD * 2)
@@ -199,7 +204,7 @@ fn from_json(json: JsonSubmission) -> Submission {
 
 fn from_form(mut form: Form) -> ApiResult<Submission> {
     let input = match form.image.take() {
-        Some((bytes, filename)) => Input::Image { bytes, filename },
+        Some((upload, filename)) => Input::Image { upload, filename },
         None => match form.fields.remove("picture_id") {
             Some(id) => Input::Picture(Uuid::parse_str(id.trim()).map_err(|_| ApiError::new(Code::PictureNotFound))?),
             None => Input::Prompt,

@@ -68,7 +68,7 @@ async fn create_model(State(state): State<AppState>, request: Request) -> ApiRes
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
     }
     let gateway = &state.gateway;
-    let submission = forms::read_submission(request, gateway.config.upload.max_bytes).await?;
+    let submission = forms::read_submission(request, gateway).await?;
     let task = gateway.submit(submission).await?.task;
     let id = task.id;
     let body = JobCreated {

@@ -102,6 +102,11 @@ fn task_error(task: &Task) -> Option<TaskError> {
 
 pub async fn view(gateway: &Gateway, task: Task) -> ApiResult<TaskView> {
     let queue_position = gateway.queue_position(&task).await?;
+    view_at(gateway, task, queue_position).await
+}
+
+/// Like [`view`], with the queue position already known.
+pub async fn view_at(gateway: &Gateway, task: Task, queue_position: Option<u32>) -> ApiResult<TaskView> {
     let picture = match task.picture_id {
         Some(id) => gateway.db.get_picture(id).await?.map(|p| PictureRef { id: p.id, url: gateway.file_url(&p.key) }),
         None => None,
@@ -154,9 +159,12 @@ async fn create_task(State(state): State<AppState>, request: Request) -> ApiResu
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
     }
     let gateway = &state.gateway;
-    let submission = forms::read_submission(request, gateway.config.upload.max_bytes).await?;
+    let submission = forms::read_submission(request, gateway).await?;
     let submitted = gateway.submit(submission).await?;
-    let view = view(gateway, submitted.task).await?;
+    let view = match submitted.position {
+        Some(position) => view_at(gateway, submitted.task, Some(position)).await?,
+        None => view(gateway, submitted.task).await?,
+    };
     let mut response = (StatusCode::ACCEPTED, Json(&view)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/tasks/{}", view.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -176,6 +184,8 @@ struct ListQuery {
     cursor: Option<String>,
     /// Page size, 1–100 (default 20).
     limit: Option<u32>,
+    /// Only tasks made from this stored picture.
+    picture_id: Option<uuid::Uuid>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -213,7 +223,7 @@ async fn list_tasks(
     let Query(query) = query.map_err(|e| ApiError::with_message(Code::InvalidRequest, e.body_text()))?;
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let filter = TaskFilter { status: query.status, before, limit: limit + 1 };
+    let filter = TaskFilter { status: query.status, picture_id: query.picture_id, before, limit: limit + 1 };
     let mut tasks = state.gateway.db.list_tasks(&filter).await?;
     let next_cursor = if tasks.len() > limit as usize {
         tasks.truncate(limit as usize);

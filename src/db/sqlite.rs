@@ -179,32 +179,62 @@ async fn insert_event(
 }
 
 /// Re-announces the positions of the first `window` waiting tasks of a channel whose
-/// position changed.
+/// position changed. Two statements whatever the window: one update numbers the waiting
+/// tasks and takes each changed one's next sequence number, one insert writes all their
+/// events, because on SQLite the statement count, not the SQL, is what costs.
 async fn announce_positions(conn: &mut SqliteConnection, channel: &str, window: u32) -> DbResult<Vec<TaskEvent>> {
+    if window == 0 {
+        return Ok(Vec::new());
+    }
     let rows = sqlx::query(
-        "SELECT id, last_position FROM tasks WHERE channel = ?1 AND status = 'queued' ORDER BY rowid LIMIT ?2",
+        "WITH w AS (SELECT id, ROW_NUMBER() OVER (ORDER BY rowid) AS pos FROM tasks \
+             WHERE channel = ?1 AND status = 'queued' ORDER BY rowid LIMIT ?2) \
+         UPDATE tasks SET last_position = w.pos, last_seq = last_seq + 1 FROM w \
+         WHERE tasks.id = w.id AND tasks.last_position IS NOT w.pos \
+         RETURNING tasks.id AS id, tasks.last_seq AS seq, tasks.last_position AS pos",
     )
     .bind(channel)
     .bind(i64::from(window))
     .fetch_all(&mut *conn)
     .await?;
-    let mut events = Vec::new();
-    for (index, row) in rows.iter().enumerate() {
-        let position = index as i64 + 1;
-        let last: Option<i64> = row.try_get("last_position")?;
-        if last == Some(position) {
-            continue;
-        }
-        let id: String = row.try_get("id")?;
-        let id = TaskId(parse_uuid(&id)?);
-        sqlx::query("UPDATE tasks SET last_position = ?1 WHERE id = ?2")
-            .bind(position)
-            .bind(id.to_string())
-            .execute(&mut *conn)
-            .await?;
-        events.push(append_event(conn, id, EventKind::Queued, payload::queued(position as u32)).await?);
+    if rows.is_empty() {
+        return Ok(Vec::new());
     }
+    let now = now_ms();
+    let mut events = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let id: String = row.try_get("id")?;
+        let position: i64 = row.try_get("pos")?;
+        events.push(TaskEvent {
+            task_id: TaskId(parse_uuid(&id)?),
+            seq: row.try_get("seq")?,
+            kind: EventKind::Queued,
+            data: payload::queued(position.clamp(1, i64::from(u32::MAX)) as u32),
+            created_at: to_time(now),
+        });
+    }
+    insert_events(conn, &events).await?;
+    // RETURNING gives no order; subscribers of one task only need its own in order.
+    events.sort_by_key(|e| e.seq);
     Ok(events)
+}
+
+/// Writes several events in one statement.
+async fn insert_events(conn: &mut SqliteConnection, events: &[TaskEvent]) -> DbResult<()> {
+    let rows: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!([e.task_id.to_string(), e.seq, e.kind.as_str(), e.data.to_string(), e.created_at.timestamp_millis()])
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO task_events (task_id, seq, kind, data, created_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?1)",
+    )
+    .bind(Value::Array(rows).to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn task_in(conn: &mut SqliteConnection, id: TaskId) -> DbResult<Option<Task>> {
@@ -251,23 +281,22 @@ impl TaskRepo for SqliteDatabase {
                 return Ok(Enqueued::Replayed(task));
             }
         }
-        let row = sqlx::query(
-            "SELECT COUNT(*) FILTER (WHERE status = 'queued') AS queued, COUNT(*) AS active \
-             FROM tasks WHERE channel = ?1 AND status IN ('queued', 'running')",
-        )
-        .bind(&task.channel)
-        .fetch_one(&mut *tx)
-        .await?;
-        let queued: i64 = row.try_get("queued")?;
-        let active: i64 = row.try_get("active")?;
-        if active >= i64::from(capacity) {
+        let counts = sqlx::query("SELECT queued, running FROM channel_queues WHERE channel = ?1")
+            .bind(&task.channel)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (queued, running): (i64, i64) = match counts {
+            Some(row) => (row.try_get("queued")?, row.try_get("running")?),
+            None => (0, 0),
+        };
+        if queued + running >= i64::from(capacity) {
             return Ok(Enqueued::QueueFull { waiting: queued.max(0) as u32 });
         }
         let position = queued + 1;
         let now = now_ms();
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO tasks (id, kind, model, channel, status, prompt, picture_id, params, last_seq, last_position, created_at) \
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9)",
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9) RETURNING *",
         )
         .bind(task.id.to_string())
         .bind(task.kind.as_str())
@@ -278,8 +307,9 @@ impl TaskRepo for SqliteDatabase {
         .bind(task.params.to_string())
         .bind(position)
         .bind(now)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+        let stored = task_from_row(&row)?;
         let event = insert_event(&mut tx, task.id, 1, EventKind::Queued, payload::queued(position as u32)).await?;
         if let Some((key, hash)) = idempotency {
             sqlx::query(
@@ -292,8 +322,6 @@ impl TaskRepo for SqliteDatabase {
             .execute(&mut *tx)
             .await?;
         }
-        let stored =
-            task_in(&mut tx, task.id).await?.ok_or_else(|| DbError::Corrupt("inserted task vanished".into()))?;
         tx.commit().await?;
         Ok(Enqueued::Created(stored, event))
     }
@@ -305,14 +333,20 @@ impl TaskRepo for SqliteDatabase {
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> DbResult<Vec<Task>> {
-        let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
-        )
-        .bind(filter.status.map(|s| s.as_str()))
-        .bind(filter.before.map(|b| b.to_string()))
-        .bind(i64::from(filter.limit))
-        .fetch_all(&self.reader)
-        .await?;
+        // The WHERE clause is built per filter so each filter can use its index; a
+        // catch-all `(?1 IS NULL OR status = ?1)` would scan the whole table.
+        let mut query = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE 1 = 1");
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(picture) = filter.picture_id {
+            query.push(" AND picture_id = ").push_bind(picture.to_string());
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND id < ").push_bind(before.to_string());
+        }
+        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+        let rows = query.build().fetch_all(&self.reader).await?;
         rows.iter().map(task_from_row).collect()
     }
 
@@ -342,9 +376,10 @@ impl TaskRepo for SqliteDatabase {
                  started_at = COALESCE(started_at, ?3), deadline_at = ?4, progress = 0, \
                  stage = CASE WHEN status = 'running' THEN 'restarting' ELSE 'starting' END, \
                  last_seq = last_seq + 1, last_position = NULL \
-             WHERE rowid = (SELECT rowid FROM tasks WHERE channel = ?5 \
-                 AND (status = 'queued' OR (status = 'running' AND lease_expires_at < ?3)) \
-                 ORDER BY status = 'running' DESC, rowid LIMIT 1) \
+             WHERE rowid = COALESCE( \
+                 (SELECT rowid FROM tasks WHERE channel = ?5 AND status = 'running' AND lease_expires_at < ?3 \
+                     ORDER BY rowid LIMIT 1), \
+                 (SELECT rowid FROM tasks WHERE channel = ?5 AND status = 'queued' ORDER BY rowid LIMIT 1)) \
              RETURNING *",
         )
         .bind(owner)
@@ -472,10 +507,10 @@ impl TaskRepo for SqliteDatabase {
             }
             Finish::Canceled => (None, None, Value::Object(Default::default())),
         };
-        sqlx::query(
+        let row = sqlx::query(
             "UPDATE tasks SET status = ?1, finished_at = ?2, error_code = ?3, error_message = ?4, metadata = ?5, \
-                 progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, \
-                 lease_owner = NULL, lease_expires_at = NULL, last_position = NULL WHERE id = ?6",
+                 progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, last_seq = last_seq + 1, \
+                 lease_owner = NULL, lease_expires_at = NULL, last_position = NULL WHERE id = ?6 RETURNING *",
         )
         .bind(next.as_str())
         .bind(now)
@@ -483,16 +518,17 @@ impl TaskRepo for SqliteDatabase {
         .bind(message)
         .bind(metadata.to_string())
         .bind(id.to_string())
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+        let finished = task_from_row(&row)?;
+        let seq: i64 = row.try_get("last_seq")?;
         let data = payload::finish(finish, outputs_json(&artifacts), generation);
-        let mut events = vec![append_event(&mut tx, id, EventKind::for_status(next), data).await?];
+        let mut events = vec![insert_event(&mut tx, id, seq, EventKind::for_status(next), data).await?];
         if task.status == TaskStatus::Queued {
             events.extend(announce_positions(&mut tx, &task.channel, window).await?);
         }
-        let task = task_in(&mut tx, id).await?.ok_or_else(|| DbError::Corrupt("finished task vanished".into()))?;
         tx.commit().await?;
-        Ok(Transition::Done(task, events))
+        Ok(Transition::Done(finished, events))
     }
 
     async fn list_events(&self, id: TaskId, after: i64) -> DbResult<Vec<TaskEvent>> {
@@ -521,13 +557,9 @@ impl TaskRepo for SqliteDatabase {
     }
 
     async fn channel_loads(&self) -> DbResult<Vec<ChannelLoad>> {
-        let rows = sqlx::query(
-            "SELECT channel, COUNT(*) FILTER (WHERE status = 'queued') AS queued, \
-                    COUNT(*) FILTER (WHERE status = 'running') AS running \
-             FROM tasks WHERE status IN ('queued', 'running') GROUP BY channel",
-        )
-        .fetch_all(&self.reader)
-        .await?;
+        let rows = sqlx::query("SELECT channel, queued, running FROM channel_queues WHERE queued > 0 OR running > 0")
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(ChannelLoad {
