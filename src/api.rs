@@ -10,6 +10,7 @@ mod forms;
 mod models;
 mod openapi;
 mod ops;
+mod pictures;
 pub mod sse;
 mod tasks;
 
@@ -79,6 +80,7 @@ impl Readiness {
 fn documented() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(tasks::routes())
+        .merge(pictures::routes())
         .merge(models::routes())
         .merge(catalog::routes())
         .merge(files::routes())

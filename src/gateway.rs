@@ -173,7 +173,8 @@ impl Gateway {
             scaled = valid.scaled.is_some(),
             "picture received"
         );
-        let id = Uuid::new_v4();
+        // Time-ordered, so pictures made in the same millisecond still list in order.
+        let id = Uuid::now_v7();
         let key = format!("pictures/{id}.{}", valid.extension());
         let content_type = valid.content_type();
         let (size, sha256) = match valid.scaled {

@@ -58,6 +58,15 @@ pub struct MultipartSubmission {
     pub params: Option<String>,
 }
 
+/// A picture upload on its own, as documented.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct PictureUpload {
+    /// The picture (JPEG, PNG or WebP). The field may also be called `file`.
+    #[schema(value_type = String, format = Binary)]
+    pub image: Vec<u8>,
+}
+
 /// A picture and the text fields of a multipart form.
 pub struct Form {
     pub image: Option<(Upload, Option<String>)>,
@@ -159,6 +168,20 @@ fn multipart_error(err: axum::extract::multipart::MultipartError, max_bytes: u64
     } else {
         ApiError::with_message(Code::InvalidRequest, format!("Cannot read the form: {}", err.body_text()))
     }
+}
+
+/// Reads a form that must carry a picture, and only that matters.
+pub async fn read_picture(request: Request, gateway: &Gateway) -> ApiResult<(Upload, Option<String>)> {
+    if !is_multipart(&request) {
+        return Err(ApiError::with_message(
+            Code::UnsupportedMediaType,
+            "Send multipart/form-data with the picture in the field `image`.",
+        ));
+    }
+    read_form(request, gateway)
+        .await?
+        .image
+        .ok_or_else(|| ApiError::with_message(Code::MissingInput, "Send a picture in the field `image`."))
 }
 
 /// Reads a submission in either encoding.

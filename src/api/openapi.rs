@@ -19,6 +19,7 @@ use crate::api::AppState;
     components(schemas(crate::error::ErrorBody)),
     tags(
         (name = "tasks", description = "The native API: create, follow and fetch tasks"),
+        (name = "pictures", description = "The native picture library: upload once, make tasks from it"),
         (name = "models (seed 000)", description = "Seed 000/001's model-generation face"),
         (name = "catalog", description = "Models and their availability"),
         (name = "files", description = "Stored inputs and outputs"),

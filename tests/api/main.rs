@@ -10,6 +10,7 @@ mod crash;
 mod files;
 mod lifecycle;
 mod operations;
+mod pictures;
 mod sse;
 mod submit;
 mod validation;
