@@ -199,22 +199,28 @@ pub fn validate_image<R: BufRead + Seek>(mut raw: R, len: u64, cfg: &UploadConfi
         ));
     }
     raw.seek(SeekFrom::Start(0)).map_err(ApiError::internal)?;
-    let mut reader = ImageReader::with_format(raw, to_image_format(format));
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(width);
-    limits.max_image_height = Some(height);
-    limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
-    reader.limits(limits);
-    let decoded = reader.decode().map_err(|_| ApiError::new(Code::CorruptImage))?;
-
     let longest = width.max(height);
+    let (target_width, target_height) = fit_within(width, height, cfg.max_side);
+    let decoded = match format {
+        // Only checked, not kept: the smallest scale proves the whole file decodes.
+        ImageFormatName::Jpeg if longest <= cfg.max_side => decode_jpeg(raw, (width, height), (1, 1))?,
+        ImageFormatName::Jpeg => decode_jpeg(raw, (width, height), (target_width, target_height))?,
+        _ => {
+            let mut reader = ImageReader::with_format(raw, to_image_format(format));
+            let mut limits = Limits::default();
+            limits.max_image_width = Some(width);
+            limits.max_image_height = Some(height);
+            limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
+            reader.limits(limits);
+            reader.decode().map_err(|_| ApiError::new(Code::CorruptImage))?
+        }
+    };
     if longest <= cfg.max_side {
         return Ok(ValidImage { scaled: None, format, width, height, original_width: width, original_height: height });
     }
     // `thumbnail` averages whole source pixels in integer arithmetic: no floating-point
     // copy of the picture, unlike `resize`, and a box filter is what shrinking wants.
-    let (w, h) = fit_within(width, height, cfg.max_side);
-    let scaled = decoded.thumbnail_exact(w, h);
+    let scaled = decoded.thumbnail_exact(target_width, target_height);
     drop(decoded);
     let (bytes, format) = encode(&scaled)?;
     Ok(ValidImage {
@@ -225,6 +231,47 @@ pub fn validate_image<R: BufRead + Seek>(mut raw: R, len: u64, cfg: &UploadConfi
         original_width: width,
         original_height: height,
     })
+}
+
+/// Decodes a JPEG at the smallest scale its DCT allows that still covers `target`
+/// (1/8 of the size when the picture is only checked), so a 12-megapixel phone photo
+/// never sits in memory at full size. `jpeg-decoder` rather than the `image` crate's
+/// decoder, because that one fills a truncated file with grey instead of refusing it.
+fn decode_jpeg<R: Read>(raw: R, size: (u32, u32), target: (u32, u32)) -> Result<DynamicImage, ApiError> {
+    let corrupt = |_| ApiError::new(Code::CorruptImage);
+    let mut decoder = jpeg_decoder::Decoder::new(raw);
+    decoder.read_info().map_err(corrupt)?;
+    let info = decoder.info().ok_or_else(|| ApiError::new(Code::CorruptImage))?;
+    if (u32::from(info.width), u32::from(info.height)) != size {
+        return Err(ApiError::new(Code::CorruptImage));
+    }
+    // The decoder picks the smallest of 1/8 … 8/8 at least this large.
+    let request = |side: u32| u16::try_from(side).unwrap_or(u16::MAX).max(1);
+    let (w, h) = decoder.scale(request(target.0), request(target.1)).map_err(corrupt)?;
+    let pixels = decoder.decode().map_err(corrupt)?;
+    let (w, h) = (u32::from(w), u32::from(h));
+    let image = match decoder.info().map(|i| i.pixel_format) {
+        Some(jpeg_decoder::PixelFormat::RGB24) => image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
+        Some(jpeg_decoder::PixelFormat::L8) => image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
+        Some(jpeg_decoder::PixelFormat::L16) => {
+            let wide = pixels.chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])).collect();
+            image::ImageBuffer::from_raw(w, h, wide).map(DynamicImage::ImageLuma16)
+        }
+        Some(jpeg_decoder::PixelFormat::CMYK32) => {
+            // Ink amounts (the decoder undoes Adobe's inverted storage): what light
+            // is left after the colour ink and after the black ink.
+            let rgb = pixels
+                .chunks_exact(4)
+                .flat_map(|p| {
+                    let white = 255 - u16::from(p[3]);
+                    [p[0], p[1], p[2]].map(|ink| (((255 - u16::from(ink)) * white + 127) / 255) as u8)
+                })
+                .collect();
+            image::RgbImage::from_raw(w, h, rgb).map(DynamicImage::ImageRgb8)
+        }
+        None => None,
+    };
+    image.ok_or_else(|| ApiError::new(Code::CorruptImage))
 }
 
 /// Checks a picture held in memory.
@@ -300,6 +347,37 @@ mod tests {
         Bytes::from(out)
     }
 
+    fn jpeg(width: u32, height: u32, gray: bool) -> Vec<u8> {
+        let rgb =
+            image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, (x ^ y) as u8]));
+        let img = if gray { DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(rgb).to_luma8()) } else { rgb.into() };
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg).expect("encode");
+        out
+    }
+
+    #[test]
+    fn jpegs_are_checked_whole_and_scaled_from_a_reduced_decode() {
+        let cfg = UploadConfig { max_side: 100, ..UploadConfig::default() };
+        for gray in [false, true] {
+            let small = validate_bytes(&jpeg(90, 60, gray), &cfg).expect("small jpeg");
+            assert!(small.scaled.is_none(), "kept as sent");
+            assert_eq!((small.width, small.height), (90, 60));
+
+            let big = validate_bytes(&jpeg(300, 200, gray), &cfg).expect("big jpeg");
+            assert_eq!((big.width, big.height), (100, 67));
+            let stored = image::load_from_memory(big.scaled.as_ref().expect("re-encoded")).expect("decodes");
+            assert_eq!((stored.width(), stored.height()), (100, 67));
+
+            // A cut file is refused, not filled with grey.
+            let full = jpeg(300, 200, gray);
+            for keep in [0.3, 0.7, 0.95] {
+                let cut = &full[..(full.len() as f64 * keep) as usize];
+                assert_eq!(validate_bytes(cut, &cfg).expect_err("truncated").code, Code::CorruptImage, "{keep}");
+            }
+        }
+    }
+
     #[test]
     fn scales_down_keeping_aspect_ratio() {
         let cfg = UploadConfig { max_side: 64, ..UploadConfig::default() };
@@ -331,6 +409,18 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = validate_bytes(&bytes, &UploadConfig::default());
+        }
+
+        #[test]
+        fn damaged_jpegs_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..12), cut in 0.2f64..1.0) {
+            let cfg = UploadConfig { max_side: 16, ..UploadConfig::default() };
+            let mut bytes = jpeg(40, 24, false);
+            for (at, value) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            bytes.truncate(((bytes.len() as f64) * cut) as usize);
+            let _ = validate_bytes(&bytes, &cfg);
         }
 
         #[test]
