@@ -15,6 +15,9 @@ pub enum ReliefError {
     /// The bytes are not a picture this engine can read.
     #[error("invalid image: {0}")]
     InvalidImage(String),
+    /// The caller asked the engine to stop before the model was finished.
+    #[error("the reconstruction was cancelled")]
+    Cancelled,
     /// Producing the output failed; this is the engine's fault, not the caller's.
     #[error("could not encode the model: {0}")]
     Encode(String),
@@ -27,6 +30,7 @@ impl ReliefError {
             ReliefError::NoForegroundObject => "no_foreground_object",
             ReliefError::InvalidOption { .. } => "invalid_params",
             ReliefError::InvalidImage(_) => "invalid_image",
+            ReliefError::Cancelled => "canceled",
             ReliefError::Encode(_) => "internal_error",
         }
     }
@@ -43,6 +47,7 @@ mod tests {
         assert_eq!(invalid.code(), "invalid_params");
         assert_eq!(invalid.to_string(), "invalid option `depth`: too deep");
         assert_eq!(ReliefError::InvalidImage("x".into()).code(), "invalid_image");
+        assert_eq!(ReliefError::Cancelled.code(), "canceled");
         assert_eq!(ReliefError::Encode("x".into()).code(), "internal_error");
     }
 }

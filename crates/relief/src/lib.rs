@@ -87,24 +87,44 @@ pub fn reconstruct(
     options: &Options,
     progress: &mut dyn FnMut(Stage, u8),
 ) -> Result<Model, ReliefError> {
+    reconstruct_cancellable(image_bytes, options, progress, &|| false)
+}
+
+/// Like [`reconstruct`], but gives up with [`ReliefError::Cancelled`] as soon as it
+/// sees `cancelled()` return true. It looks between steps (the longest step without a
+/// look is a few tenths of a second on a large picture), so a caller that no longer
+/// wants the model gets its thread back without waiting for the whole run.
+pub fn reconstruct_cancellable(
+    image_bytes: &[u8],
+    options: &Options,
+    progress: &mut dyn FnMut(Stage, u8),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Model, ReliefError> {
+    let check = || if cancelled() { Err(ReliefError::Cancelled) } else { Ok(()) };
     options.validate()?;
+    check()?;
 
     progress(Stage::Segmenting, 0);
     // A working copy a few times finer than the grid keeps the outline's position
     // precise while making segmentation cost independent of the picture's size.
     let work_side = options.resolution.saturating_mul(4).clamp(1024, 2048);
     let picture = picture::load(image_bytes, work_side)?;
+    check()?;
     let mask = segment::find_object(&picture.work, picture.has_alpha)?;
     let bounds = mask.bounds().ok_or(ReliefError::NoForegroundObject)?;
+    check()?;
 
     progress(Stage::Meshing, 25);
     let grid = fit_grid(&mask, bounds, options)?;
+    check()?;
     let heights = field::heights(&grid, options.depth);
     let crop = Crop::around(&grid, &picture);
     let mesh = mesh::build(&grid, &heights, |point| crop.uv(&picture, grid.to_picture(point)));
+    check()?;
 
     progress(Stage::Texturing, 60);
     let texture = texture::build(&picture, &mask, crop, options.texture_size)?;
+    check()?;
 
     progress(Stage::Encoding, 85);
     let glb = glb::encode(&mesh, &texture)?;

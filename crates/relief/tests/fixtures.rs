@@ -254,3 +254,23 @@ fn progress_covers_every_stage_in_order() {
         ]
     );
 }
+
+#[test]
+fn cancelling_stops_at_the_next_step() {
+    let wanted = std::cell::Cell::new(true);
+    let mut seen = Vec::new();
+    let result = relief::reconstruct_cancellable(
+        &fixture("toy.webp"),
+        &Options::default(),
+        &mut |stage, _| {
+            seen.push(stage);
+            if stage == Stage::Meshing {
+                wanted.set(false);
+            }
+        },
+        &|| !wanted.get(),
+    );
+    assert!(matches!(result, Err(ReliefError::Cancelled)), "{result:?}");
+    assert_eq!(result.err().map(|e| e.code()), Some("canceled"));
+    assert_eq!(seen, vec![Stage::Segmenting, Stage::Meshing], "no stage after the cancellation");
+}
