@@ -3,7 +3,7 @@
 CARGO ?= cargo
 KILN_BIND ?= 127.0.0.1:8080
 
-.PHONY: run test build lint unit deps
+.PHONY: run test build lint unit deps test-deps
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
 run: deps
@@ -11,14 +11,18 @@ run: deps
 	./target/release/kiln serve --bind $(KILN_BIND)
 
 ## Run every check and test.
-test: deps lint unit
+test: test-deps lint unit
 
 deps:
 	@./scripts/deps.sh
 
+## What the tests need on top: also the glTF validator (Node.js and npm required).
+test-deps:
+	@./scripts/deps.sh --test
+
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --locked --all-targets -- -D warnings
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
