@@ -30,7 +30,9 @@ pub struct Config {
     pub tasks: TasksConfig,
     pub retention: RetentionConfig,
     pub log: LogConfig,
-    /// Provider instances. The embedded default is the `relief` CPU engine.
+    /// Provider instances. The embedded default is one channel, the `relief` CPU engine
+    /// ([`ChannelConfig::relief`]). A `channels` list in a file or the environment
+    /// replaces that default as a whole; it is not added to it.
     pub channels: Vec<ChannelConfig>,
 }
 
@@ -186,6 +188,38 @@ pub struct ModelConfig {
     pub description: Option<String>,
 }
 
+impl ChannelConfig {
+    /// The embedded default channel: the in-process `relief` engine serving the model
+    /// `relief` for `image_to_3d`, so a server started without configuration can turn a
+    /// picture into a model.
+    ///
+    /// A relief run keeps one core busy for its whole length, and nothing else, so the
+    /// channel runs as many at once as the machine has cores (counted at start-up); more
+    /// would only make each slower. The queue holds 32 more: at a second or less per
+    /// run, that is a wait of seconds, not minutes.
+    pub fn relief() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Self {
+            name: "relief".to_owned(),
+            provider: "relief".to_owned(),
+            models: vec![ModelConfig {
+                name: "relief".to_owned(),
+                kind: "image_to_3d".to_owned(),
+                upstream: None,
+                description: None,
+            }],
+            enabled: true,
+            max_concurrency: u32::try_from(cores).unwrap_or(u32::MAX).max(1),
+            max_queue: RELIEF_MAX_QUEUE,
+            priority: 0,
+            options: toml::Table::new(),
+        }
+    }
+}
+
+/// Tasks the default relief channel lets wait.
+const RELIEF_MAX_QUEUE: u32 = 32;
+
 fn default_true() -> bool {
     true
 }
@@ -206,7 +240,7 @@ impl Default for Config {
             tasks: TasksConfig::default(),
             retention: RetentionConfig::default(),
             log: LogConfig::default(),
-            channels: Vec::new(),
+            channels: vec![ChannelConfig::relief()],
         }
     }
 }
@@ -353,5 +387,44 @@ impl Config {
     /// The effective configuration as TOML with every secret masked.
     pub fn to_masked_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render configuration: {err}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: Option<&str>) -> Config {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kiln.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).expect("write config");
+        }
+        Config::load_from(file.map(|_| path.as_path()), Vec::new(), &Overrides::default()).expect("valid config")
+    }
+
+    #[test]
+    fn the_default_is_one_relief_channel() {
+        let config = load(None);
+        assert_eq!(config.channels.len(), 1);
+        let relief = &config.channels[0];
+        assert_eq!((relief.name.as_str(), relief.provider.as_str()), ("relief", "relief"));
+        assert_eq!(relief.models[0].name, "relief");
+        assert_eq!(relief.models[0].kind, "image_to_3d");
+        assert!(relief.max_concurrency >= 1);
+        assert_eq!(relief.max_queue, RELIEF_MAX_QUEUE);
+    }
+
+    #[test]
+    fn configured_channels_replace_the_default_rather_than_adding_to_it() {
+        // figment's `merge` replaces arrays (only `admerge` would append).
+        let config = load(Some(
+            "[[channels]]\nname = \"other\"\ntype = \"echo\"\nmodels = [{ name = \"m\", kind = \"image_to_3d\" }]\n",
+        ));
+        let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["other"]);
+        assert!(load(Some("channels = []\n")).channels.is_empty());
+        // A file that does not mention channels keeps the default.
+        assert_eq!(load(Some("[server]\nbind = \"127.0.0.1:0\"\n")).channels.len(), 1);
     }
 }

@@ -3,6 +3,8 @@
 //! ended. Each provider lives in its own module and is added to [`Registry::builtin`]
 //! with one line; nothing else in kiln changes to add one.
 
+pub mod relief;
+
 use std::{collections::BTreeMap, sync::Arc};
 
 use async_trait::async_trait;
@@ -156,7 +158,9 @@ pub struct Registry {
 impl Registry {
     /// The providers shipped in the binary.
     pub fn builtin() -> Self {
-        Self::default()
+        let mut registry = Self::default();
+        registry.register("relief", relief::factory);
+        registry
     }
 
     /// Adds (or replaces) a provider type.

@@ -11,6 +11,7 @@ mod files;
 mod lifecycle;
 mod operations;
 mod pictures;
+mod relief;
 mod sse;
 mod submit;
 mod validation;

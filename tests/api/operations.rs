@@ -18,7 +18,18 @@ async fn health_and_readiness_report_the_service_state() {
 
 #[tokio::test]
 async fn readiness_is_503_without_a_usable_channel() {
-    let app = TestApp::spawn_with("").await;
+    // Only a disabled channel: a configuration without any `[[channels]]` would get the
+    // default relief channel, which is usable.
+    let app = TestApp::spawn_with(
+        r#"
+[[channels]]
+name = "echo"
+type = "echo"
+enabled = false
+models = [{ name = "echo", kind = "image_to_3d" }]
+"#,
+    )
+    .await;
     let (status, body) = app.get_json("/ready").await;
     assert_eq!(status, 503);
     let channels = body["checks"].as_array().unwrap().iter().find(|c| c["name"] == "channels").unwrap().clone();
