@@ -111,6 +111,10 @@ pub struct TasksConfig {
     pub poll_interval: Duration,
     /// Queue positions are re-announced to the first this many waiting tasks of a channel.
     pub position_window: u32,
+    /// Positions are re-announced at most this often per channel: when tasks start faster
+    /// than that, waiting clients get the newest position instead of every step.
+    #[serde(with = "humantime_serde")]
+    pub position_interval: Duration,
     /// The model used when a request names none, per task kind.
     pub default_models: BTreeMap<String, String>,
 }
@@ -282,6 +286,7 @@ impl Default for TasksConfig {
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             position_window: 100,
+            position_interval: Duration::from_millis(200),
             default_models: BTreeMap::new(),
         }
     }

@@ -134,6 +134,9 @@ pub trait TaskRepo: Send + Sync {
         deadline: Duration,
         window: u32,
     ) -> DbResult<Option<Claimed>>;
+    /// Re-announces the positions of the first `window` waiting tasks of `channel` whose
+    /// position changed since they were last told.
+    async fn announce_positions(&self, channel: &str, window: u32) -> DbResult<Vec<TaskEvent>>;
     /// Extends a lease; false when the task is no longer ours or no longer running.
     async fn renew_lease(&self, id: TaskId, owner: &str, lease: Duration) -> DbResult<bool>;
     /// Makes the leases of running tasks claimable again at once. Called at start-up

@@ -60,21 +60,24 @@ impl Scheduler {
         let cfg = self.gateway.config.tasks.clone();
         let slots = Arc::new(Semaphore::new(channel.max_concurrency as usize));
         let mut backoff = Duration::from_millis(100);
+        let mut positions = Announcer::new(cfg.position_window, cfg.position_interval);
         'outer: loop {
-            let permit = tokio::select! {
-                permit = Arc::clone(&slots).acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-                _ = stop.cancelled() => break,
+            let permit = loop {
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(p) => break p,
+                        Err(_) => break 'outer,
+                    },
+                    _ = positions.due() => positions.flush(&self.gateway, &channel.name).await,
+                    _ = stop.cancelled() => break 'outer,
+                }
             };
             loop {
                 if stop.is_cancelled() {
                     break 'outer;
                 }
-                match self
-                    .gateway
-                    .db
-                    .claim(&channel.name, &self.owner, cfg.lease, cfg.deadline, cfg.position_window)
-                    .await
-                {
+                let window = positions.window_for_claim();
+                match self.gateway.db.claim(&channel.name, &self.owner, cfg.lease, cfg.deadline, window).await {
                     Ok(Some(claimed)) => {
                         backoff = Duration::from_millis(100);
                         let me = Arc::clone(&self);
@@ -89,6 +92,7 @@ impl Scheduler {
                         tokio::select! {
                             _ = channel.wake.notified() => {}
                             _ = tokio::time::sleep(cfg.poll_interval) => {}
+                            _ = positions.due() => positions.flush(&self.gateway, &channel.name).await,
                             _ = stop.cancelled() => break 'outer,
                         }
                     }
@@ -266,6 +270,62 @@ impl Scheduler {
     }
 }
 
+/// Coalesces a channel's queue-position announcements: every claim moves every waiting
+/// task up one place, and rewriting a hundred positions per claim would make a fast
+/// channel spend its single SQLite writer on announcements. A claim announces when the
+/// last announcement is at least `interval` old; otherwise the dispatcher announces once
+/// the interval is up, so waiting clients always end up with their current position.
+struct Announcer {
+    window: u32,
+    interval: Duration,
+    last: Option<tokio::time::Instant>,
+    pending: bool,
+}
+
+impl Announcer {
+    fn new(window: u32, interval: Duration) -> Self {
+        Self { window, interval, last: None, pending: false }
+    }
+
+    fn is_due(&self, now: tokio::time::Instant) -> bool {
+        self.last.is_none_or(|last| now.duration_since(last) >= self.interval)
+    }
+
+    /// The window a claim made now should announce: all of it when due, else none.
+    fn window_for_claim(&mut self) -> u32 {
+        let now = tokio::time::Instant::now();
+        if self.is_due(now) {
+            self.last = Some(now);
+            self.pending = false;
+            self.window
+        } else {
+            self.pending = self.window > 0;
+            0
+        }
+    }
+
+    /// Resolves when a deferred announcement is due; never while none is pending.
+    async fn due(&self) {
+        match (self.pending, self.last) {
+            (true, Some(last)) => tokio::time::sleep_until(last + self.interval).await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    async fn flush(&mut self, gateway: &Gateway, channel: &str) {
+        self.pending = false;
+        self.last = Some(tokio::time::Instant::now());
+        match gateway.db.announce_positions(channel, self.window).await {
+            Ok(events) => gateway.bus.publish(&events),
+            Err(err) => {
+                // Try again after another interval.
+                self.pending = true;
+                tracing::warn!(channel, error = %err, "cannot announce queue positions");
+            }
+        }
+    }
+}
+
 enum RunEnd {
     Provider(Result<Outcome, crate::providers::ProviderError>),
     Timeout,
@@ -373,5 +433,28 @@ impl JobSink for TaskSink {
 
     async fn provider_job(&self, job_id: &str) -> anyhow::Result<()> {
         Ok(self.gateway.db.set_provider_job(self.task_id, job_id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn announcements_are_coalesced_to_one_per_interval_and_never_dropped() {
+        let mut positions = Announcer::new(100, Duration::from_millis(200));
+        assert_eq!(positions.window_for_claim(), 100, "the first claim announces");
+        assert_eq!(positions.window_for_claim(), 0, "a claim right after defers");
+        assert_eq!(positions.window_for_claim(), 0);
+        let started = tokio::time::Instant::now();
+        positions.due().await;
+        assert_eq!(started.elapsed(), Duration::from_millis(200), "the deferred one is due after the interval");
+        positions.pending = false;
+        positions.last = Some(tokio::time::Instant::now());
+        let idle = tokio::time::timeout(Duration::from_secs(5), positions.due()).await;
+        assert!(idle.is_err(), "nothing is due while nothing is pending");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(positions.window_for_claim(), 100, "a claim after a quiet interval announces at once");
+        assert_eq!(Announcer::new(0, Duration::ZERO).window_for_claim(), 0, "window 0 never announces");
     }
 }

@@ -403,6 +403,13 @@ impl TaskRepo for SqliteDatabase {
         Ok(Some(Claimed { task, events }))
     }
 
+    async fn announce_positions(&self, channel: &str, window: u32) -> DbResult<Vec<TaskEvent>> {
+        let mut tx = begin(&self.writer).await?;
+        let events = announce_positions(&mut tx, channel, window).await?;
+        tx.commit().await?;
+        Ok(events)
+    }
+
     async fn renew_lease(&self, id: TaskId, owner: &str, lease: Duration) -> DbResult<bool> {
         let done = sqlx::query(
             "UPDATE tasks SET lease_expires_at = ?1 WHERE id = ?2 AND lease_owner = ?3 AND status = 'running'",
