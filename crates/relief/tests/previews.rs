@@ -18,11 +18,15 @@ fn render_previews() {
         let model =
             relief::reconstruct(&fixture(name), &relief::Options::default(), &mut |_, _| {}).expect("reconstructs");
         let views = [(0.0f32, 0.0f32), (35.0, -20.0), (90.0, 0.0), (180.0, 0.0)];
-        let mut sheet = RgbImage::new(SIZE * views.len() as u32, SIZE * 2);
+        // The first column shows the input picture, so each render can be judged
+        // against what it was made from.
+        let mut sheet = RgbImage::from_pixel(SIZE * (views.len() as u32 + 1), SIZE * 2, Rgb([40, 44, 52]));
+        let input = image::load_from_memory(&fixture(name)).expect("decodes").thumbnail(SIZE, SIZE).to_rgb8();
+        image::imageops::replace(&mut sheet, &input, 0, 0);
         for (row, textured) in [true, false].into_iter().enumerate() {
             for (k, (yaw, pitch)) in views.iter().enumerate() {
                 let view = render(&model.glb, *yaw, *pitch, textured);
-                let (x, y) = (i64::from(SIZE) * k as i64, i64::from(SIZE) * row as i64);
+                let (x, y) = (i64::from(SIZE) * (k as i64 + 1), i64::from(SIZE) * row as i64);
                 image::imageops::replace(&mut sheet, &view, x, y);
             }
         }
