@@ -25,11 +25,14 @@ impl Mask {
     /// Smallest rectangle holding every object pixel: `[x0, y0, x1, y1)`.
     pub fn bounds(&self) -> Option<[usize; 4]> {
         let mut bounds: Option<[usize; 4]> = None;
-        for (index, _) in self.inside.iter().enumerate().filter(|(_, i)| **i) {
-            let (x, y) = (index % self.width, index / self.width);
+        // Row by row: only each row's first and last object pixel matter.
+        for (y, row) in self.inside.chunks_exact(self.width.max(1)).enumerate() {
+            let (Some(first), Some(last)) = (row.iter().position(|&i| i), row.iter().rposition(|&i| i)) else {
+                continue;
+            };
             bounds = Some(match bounds {
-                None => [x, y, x + 1, y + 1],
-                Some([x0, y0, x1, y1]) => [x0.min(x), y0.min(y), x1.max(x + 1), y1.max(y + 1)],
+                None => [first, y, last + 1, y + 1],
+                Some([x0, y0, x1, _]) => [x0.min(first), y0, x1.max(last + 1), y + 1],
             });
         }
         bounds
@@ -77,11 +80,13 @@ fn alpha_mask(work: &RgbaImage) -> Mask {
 /// `None` when nothing in the picture differs from the background beyond its noise.
 fn colour_mask(work: &RgbaImage) -> Option<Mask> {
     let (width, height) = (work.width() as usize, work.height() as usize);
-    let pixels: Vec<[f32; 3]> =
-        work.pixels().map(|p| [f32::from(p.0[0]), f32::from(p.0[1]), f32::from(p.0[2])]).collect();
+    let rgb = |p: &image::Rgba<u8>| [f32::from(p.0[0]), f32::from(p.0[1]), f32::from(p.0[2])];
     let border = border_indices(width, height);
-    let background = background_colour(&border, &pixels)?;
-    let distances: Vec<f32> = pixels.iter().map(|p| distance(*p, background)).collect();
+    let raw = work.as_raw();
+    let border_pixels: Vec<[f32; 3]> =
+        border.iter().map(|&i| [f32::from(raw[4 * i]), f32::from(raw[4 * i + 1]), f32::from(raw[4 * i + 2])]).collect();
+    let background = background_colour(&border_pixels)?;
+    let distances: Vec<f32> = work.pixels().map(|p| distance(rgb(p), background)).collect();
 
     let mut noise_samples: Vec<f32> =
         border.iter().map(|&i| distances[i]).filter(|&d| d < NOISE_SAMPLE_LIMIT).collect();
@@ -114,14 +119,14 @@ fn border_indices(width: usize, height: usize) -> Vec<usize> {
 /// The dominant colour among the border pixels: the most populated coarse colour cell
 /// (with its neighbours), refined as the per-channel median of the pixels in it. An
 /// object touching the frame or a logo in a corner does not move it.
-fn background_colour(border: &[usize], pixels: &[[f32; 3]]) -> Option<[f32; 3]> {
+fn background_colour(border: &[[f32; 3]]) -> Option<[f32; 3]> {
     const LEVELS: usize = 16;
     let cell = |c: f32| ((c as usize) * LEVELS / 256).min(LEVELS - 1);
     let key = |p: [f32; 3]| [cell(p[0]), cell(p[1]), cell(p[2])];
     let mut counts = vec![0u32; LEVELS * LEVELS * LEVELS];
     let flat = |k: [usize; 3]| (k[0] * LEVELS + k[1]) * LEVELS + k[2];
-    for &i in border {
-        counts[flat(key(pixels[i]))] += 1;
+    for &pixel in border {
+        counts[flat(key(pixel))] += 1;
     }
     let near = |a: usize, b: usize| a.abs_diff(b) <= 1;
     let mut best: Option<([usize; 3], u32)> = None;
@@ -147,11 +152,11 @@ fn background_colour(border: &[usize], pixels: &[[f32; 3]]) -> Option<[f32; 3]> 
     }
     let (centre, _) = best?;
     let mut channels: [Vec<f32>; 3] = Default::default();
-    for &i in border {
-        let k = key(pixels[i]);
+    for &pixel in border {
+        let k = key(pixel);
         if (0..3).all(|c| near(k[c], centre[c])) {
             for (c, channel) in channels.iter_mut().enumerate() {
-                channel.push(pixels[i][c]);
+                channel.push(pixel[c]);
             }
         }
     }
