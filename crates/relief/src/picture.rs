@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbaImage, imageops::FilterType};
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits, RgbaImage};
 
 use crate::ReliefError;
 
@@ -41,9 +41,10 @@ pub(crate) fn load(bytes: &[u8], work_side: u32) -> Result<Picture, ReliefError>
         let scale = f64::from(longest) / f64::from(work_side);
         let w = ((f64::from(width) / scale).round() as u32).max(1);
         let h = ((f64::from(height) / scale).round() as u32).max(1);
-        // Triangle filtering averages the pixels each working pixel covers, which keeps
-        // JPEG noise from deciding the silhouette.
-        let reduced = full.resize_exact(w, h, FilterType::Triangle).to_rgba8();
+        // Area averaging: each working pixel is the mean of the pixels it covers, which
+        // keeps JPEG noise from deciding the silhouette. It is also several times faster
+        // than a filtered resize, which dominated large inputs.
+        let reduced = full.thumbnail_exact(w, h).to_rgba8();
         (reduced, f64::from(width) / f64::from(w))
     } else {
         (full.to_rgba8(), 1.0)
