@@ -274,3 +274,30 @@ fn cancelling_stops_at_the_next_step() {
     assert_eq!(result.err().map(|e| e.code()), Some("canceled"));
     assert_eq!(seen, vec![Stage::Segmenting, Stage::Meshing], "no stage after the cancellation");
 }
+
+#[test]
+fn tiny_and_thin_pictures_give_a_model_or_a_clear_error() {
+    // Degenerate sizes, opaque and cut-out: never a panic, never another error.
+    for (width, height) in [(1, 1), (1, 64), (64, 1), (2, 2), (3, 3), (5, 400), (400, 5)] {
+        for alpha in [false, true] {
+            let picture = image::RgbaImage::from_fn(width, height, |x, y| {
+                let centre = x == width / 2 && y == height / 2;
+                match (centre, alpha) {
+                    (true, _) => image::Rgba([200, 30, 30, 255]),
+                    (false, true) => image::Rgba([0, 0, 0, 0]),
+                    (false, false) => image::Rgba([250, 250, 250, 255]),
+                }
+            });
+            let mut bytes = std::io::Cursor::new(Vec::new());
+            picture.write_to(&mut bytes, image::ImageFormat::Png).expect("encodes");
+            match reconstruct(bytes.get_ref(), &Options::default(), &mut |_, _| {}) {
+                Ok(model) => {
+                    let decoded = read_glb(&model.glb);
+                    assert_watertight(&decoded.indices);
+                }
+                Err(ReliefError::NoForegroundObject) => {}
+                Err(other) => panic!("{width}x{height} alpha {alpha}: {other:?}"),
+            }
+        }
+    }
+}
