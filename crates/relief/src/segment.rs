@@ -109,11 +109,18 @@ fn colour_mask(work: &RgbaImage) -> Option<Mask> {
 /// Indices of the ring of pixels along the frame, each once, in raster order.
 fn border_indices(width: usize, height: usize) -> Vec<usize> {
     let ring = (width.min(height) / BORDER_FRACTION).max(1);
-    (0..height)
-        .flat_map(|y| (0..width).map(move |x| (x, y)))
-        .filter(|&(x, y)| x < ring || y < ring || x + ring >= width || y + ring >= height)
-        .map(|(x, y)| y * width + x)
-        .collect()
+    let mut indices = Vec::new();
+    for y in 0..height {
+        let row = y * width;
+        if y < ring || y + ring >= height || 2 * ring >= width {
+            indices.extend(row..row + width);
+        } else {
+            // Only the ends of the row: the rest is not on the border.
+            indices.extend(row..row + ring);
+            indices.extend(row + width - ring..row + width);
+        }
+    }
+    indices
 }
 
 /// The dominant colour among the border pixels: the most populated coarse colour cell
