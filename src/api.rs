@@ -4,6 +4,7 @@
 
 pub mod request_id;
 
+mod callbacks;
 mod catalog;
 mod files;
 mod forms;
@@ -82,6 +83,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(tasks::routes())
         .merge(pictures::routes())
         .merge(models::routes())
+        .merge(callbacks::routes())
         .merge(catalog::routes())
         .merge(files::routes())
         .merge(ops::routes())

@@ -132,6 +132,12 @@ impl Application {
 }
 
 async fn listen_for_signals(shutdown: CancellationToken) {
+    shutdown_signal().await;
+    shutdown.cancel();
+}
+
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(err) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %err, "cannot listen for Ctrl-C");
@@ -157,5 +163,4 @@ async fn listen_for_signals(shutdown: CancellationToken) {
         _ = terminate => {}
     }
     tracing::info!("shutdown signal received");
-    shutdown.cancel();
 }

@@ -2,6 +2,7 @@
 //! `generate` client.
 
 mod generate;
+mod worker;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -39,6 +40,9 @@ enum Command {
     Cleanup(CleanupArgs),
     /// Submit a picture or a prompt to a kiln server, follow it, and download the result.
     Generate(generate::GenerateArgs),
+    /// Serve the built-in relief engine to a kiln over the worker protocol (secret from
+    /// $KILN_WORKER_SECRET).
+    Worker(worker::WorkerArgs),
 }
 
 #[derive(Debug, Default, Args)]
@@ -150,6 +154,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Generate(args) => generate::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
     }
 }
 

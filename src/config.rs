@@ -172,6 +172,10 @@ pub struct ChannelConfig {
     /// Higher wins when several channels serve one model.
     #[serde(default)]
     pub priority: i32,
+    /// The channel's credential: the shared signing secret of push workers, an API key
+    /// of a cloud provider. Masked wherever the configuration is printed.
+    #[serde(default)]
+    pub secret: Option<Secret>,
     /// Provider-specific settings.
     #[serde(default)]
     pub options: toml::Table,
@@ -216,6 +220,7 @@ impl ChannelConfig {
             max_concurrency: u32::try_from(cores).unwrap_or(u32::MAX).max(1),
             max_queue: RELIEF_MAX_QUEUE,
             priority: 0,
+            secret: None,
             options: toml::Table::new(),
         }
     }

@@ -44,6 +44,21 @@ pub enum Enqueued {
     QueueFull { waiting: u32 },
 }
 
+/// The terms of a claim.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimTerms {
+    /// How long the claim lasts without renewal.
+    pub lease: Duration,
+    /// How long the task may run from now.
+    pub deadline: Duration,
+    /// Waiting tasks whose changed position is announced with the claim.
+    pub window: u32,
+    /// A waiting task is only taken while fewer than this many of the channel's tasks
+    /// run, counting every process and detached work on push workers. Re-claiming a
+    /// task whose lease lapsed is always allowed: it is already counted.
+    pub max_running: u32,
+}
+
 /// A task taken off a channel's queue under a lease.
 #[derive(Debug)]
 pub struct Claimed {
@@ -126,14 +141,7 @@ pub trait TaskRepo: Send + Sync {
 
     /// Takes the oldest waiting task of `channel` (or a running one whose lease expired)
     /// in one short transaction, and leases it to `owner`.
-    async fn claim(
-        &self,
-        channel: &str,
-        owner: &str,
-        lease: Duration,
-        deadline: Duration,
-        window: u32,
-    ) -> DbResult<Option<Claimed>>;
+    async fn claim(&self, channel: &str, owner: &str, terms: &ClaimTerms) -> DbResult<Option<Claimed>>;
     /// Re-announces the positions of the first `window` waiting tasks of `channel` whose
     /// position changed since they were last told.
     async fn announce_positions(&self, channel: &str, window: u32) -> DbResult<Vec<TaskEvent>>;
@@ -150,6 +158,15 @@ pub trait TaskRepo: Send + Sync {
     async fn add_artifact(&self, artifact: &Artifact, event: serde_json::Value) -> DbResult<Option<TaskEvent>>;
     /// Remembers the provider's own id for the job.
     async fn set_provider_job(&self, id: TaskId, job_id: &str) -> DbResult<()>;
+    /// Records the push worker a running task was dispatched to.
+    async fn set_worker(&self, id: TaskId, worker: &str) -> DbResult<()>;
+    /// Running tasks of a channel per push worker.
+    async fn worker_loads(&self, channel: &str) -> DbResult<Vec<(String, u32)>>;
+    /// Makes a channel's running tasks on `worker` claimable again at once (the worker
+    /// was lost); returns how many.
+    async fn release_worker(&self, channel: &str, worker: &str) -> DbResult<u64>;
+    /// The output of a task with that name, if one was recorded.
+    async fn find_artifact(&self, id: TaskId, name: &str) -> DbResult<Option<Artifact>>;
     /// Ends a task if its status allows it, with its terminal event.
     async fn finish(&self, id: TaskId, finish: &Finish, window: u32) -> DbResult<Transition>;
 
@@ -175,9 +192,18 @@ pub trait FileRepo: Send + Sync {
     async fn expire_files_before(&self, cutoff: DateTime<Utc>) -> DbResult<Vec<String>>;
 }
 
+/// Ids of accepted signed messages, so a replay is refused across every kiln process.
+#[async_trait]
+pub trait MessageRepo: Send + Sync {
+    /// Records a message id; false when it was already recorded.
+    async fn remember_message(&self, id: &str, now: DateTime<Utc>) -> DbResult<bool>;
+    /// Forgets ids received before `cutoff` (older messages are refused as stale anyway).
+    async fn forget_messages_before(&self, cutoff: DateTime<Utc>) -> DbResult<u64>;
+}
+
 /// The whole database.
 #[async_trait]
-pub trait Database: TaskRepo + FileRepo {
+pub trait Database: TaskRepo + FileRepo + MessageRepo {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).

@@ -42,6 +42,9 @@ pub enum Code {
     ChannelUnavailable,
     ShuttingDown,
     RequestTimeout,
+    SignatureInvalid,
+    WrongChannel,
+    ResultConflict,
     Internal,
 }
 
@@ -103,6 +106,17 @@ impl Code {
             ),
             Code::ShuttingDown => ("shutting_down", S::SERVICE_UNAVAILABLE, "The server is shutting down."),
             Code::RequestTimeout => ("request_timeout", S::REQUEST_TIMEOUT, "The request took too long."),
+            Code::SignatureInvalid => (
+                "signature_invalid",
+                S::UNAUTHORIZED,
+                "The message is not signed with this channel's secret, is stale, or was already received.",
+            ),
+            Code::WrongChannel => {
+                ("wrong_channel", S::FORBIDDEN, "This task belongs to another channel than the message's signer.")
+            }
+            Code::ResultConflict => {
+                ("result_conflict", S::CONFLICT, "A different file with this name was already recorded for the task.")
+            }
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }
     }
@@ -119,7 +133,7 @@ impl Code {
         self.table().2
     }
 
-    pub const ALL: [Code; 30] = [
+    pub const ALL: [Code; 33] = [
         Code::InvalidRequest,
         Code::MalformedJson,
         Code::UnsupportedMediaType,
@@ -149,6 +163,9 @@ impl Code {
         Code::ChannelUnavailable,
         Code::ShuttingDown,
         Code::RequestTimeout,
+        Code::SignatureInvalid,
+        Code::WrongChannel,
+        Code::ResultConflict,
         Code::Internal,
     ];
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod callbacks;
 pub mod channels;
 pub mod cli;
 pub mod config;
@@ -18,3 +19,6 @@ pub mod retention;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;
+pub mod webhooks;
+pub mod worker_protocol;
+pub mod worker_server;

@@ -4,6 +4,7 @@
 //! with one line; nothing else in kiln changes to add one.
 
 pub mod relief;
+pub mod worker;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::ChannelConfig,
     tasks::{TaskId, TaskKind},
+    webhooks::SigningKey,
 };
 
 /// A decoded-and-validated input picture, as stored.
@@ -42,6 +44,8 @@ pub struct Job {
     pub params: Value,
     /// 1 for the first run; more when a run was interrupted and restarted.
     pub attempt: u32,
+    /// When kiln gives the task up.
+    pub deadline: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A file a provider produced.
@@ -62,6 +66,7 @@ pub trait JobSink: Send + Sync {
     async fn progress(&self, progress: u8, stage: &str) -> anyhow::Result<()>;
     async fn output(&self, output: Output) -> anyhow::Result<()>;
     async fn provider_job(&self, job_id: &str) -> anyhow::Result<()>;
+    async fn assign_worker(&self, worker: &str) -> anyhow::Result<()>;
 }
 
 /// A running job's link to kiln.
@@ -89,6 +94,12 @@ impl JobContext {
     /// Records the provider's own id for the job.
     pub async fn provider_job(&self, job_id: &str) -> anyhow::Result<()> {
         self.sink.provider_job(job_id).await
+    }
+
+    /// Records the push worker the job was dispatched to, so it can be dispatched again
+    /// if that worker is lost, and so work is spread over the least busy workers.
+    pub async fn assign_worker(&self, worker: &str) -> anyhow::Result<()> {
+        self.sink.assign_worker(worker).await
     }
 
     /// Fires when the task is canceled or overdue; long work should stop.
@@ -145,6 +156,41 @@ pub trait Provider: Send + Sync {
     async fn health(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// Starts the provider's own background work for its channel (health probes, say),
+    /// once, when the scheduler starts. It must end when `runtime.shutdown()` fires.
+    fn start(&self, _runtime: Arc<dyn ChannelRuntime>) {}
+
+    /// Whether a job could start now. While false, the channel's dispatcher leaves its
+    /// tasks queued (a push provider with no free worker, say).
+    fn can_start(&self) -> bool {
+        true
+    }
+
+    /// The key this provider's workers sign their callbacks with, for providers whose
+    /// jobs are finished by signed callbacks.
+    fn callback_key(&self) -> Option<&SigningKey> {
+        None
+    }
+}
+
+/// What a provider's background work may ask of kiln about its own channel.
+#[async_trait]
+pub trait ChannelRuntime: Send + Sync {
+    fn channel(&self) -> &str;
+    /// Running tasks of the channel per push worker.
+    async fn worker_loads(&self) -> anyhow::Result<Vec<(String, u32)>>;
+    /// Makes the tasks dispatched to a lost worker claimable again, so they are
+    /// dispatched anew; returns how many.
+    async fn release_worker(&self, worker: &str) -> anyhow::Result<u64>;
+    /// Whether the channel can take work, as the catalog and `/ready` report it.
+    fn set_available(&self, available: bool);
+    /// An absolute URL for a path on this kiln (`server.public_url`).
+    fn url(&self, path: &str) -> String;
+    /// Tells the dispatcher that capacity may have appeared.
+    fn wake(&self);
+    /// Fires when kiln shuts down.
+    fn shutdown(&self) -> CancellationToken;
 }
 
 type Factory = Arc<dyn Fn(&ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> + Send + Sync>;
@@ -160,6 +206,7 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut registry = Self::default();
         registry.register("relief", relief::factory);
+        registry.register("worker", worker::factory);
         registry
     }
 

@@ -16,9 +16,9 @@ use uuid::Uuid;
 
 use crate::{
     channels::Channel,
-    db::{Claimed, Finish},
+    db::{ClaimTerms, Claimed, Finish},
     gateway::Gateway,
-    providers::{InputImage, Job, JobContext, JobSink, Outcome, Output},
+    providers::{ChannelRuntime, InputImage, Job, JobContext, JobSink, Outcome, Output},
     tasks::{Artifact, Task, TaskId},
 };
 
@@ -46,6 +46,12 @@ impl Scheduler {
             if !channel.enabled {
                 continue;
             }
+            let runtime = Arc::new(ChannelHandle {
+                gateway: Arc::clone(&self.gateway),
+                channel: Arc::clone(channel),
+                stop: stop.clone(),
+            });
+            channel.provider.start(runtime);
             let me = Arc::clone(self);
             let channel = Arc::clone(channel);
             let stop = stop.clone();
@@ -76,8 +82,23 @@ impl Scheduler {
                 if stop.is_cancelled() {
                     break 'outer;
                 }
+                if !channel.provider.can_start() {
+                    tokio::select! {
+                        _ = channel.wake.notified() => {}
+                        _ = tokio::time::sleep(cfg.poll_interval) => {}
+                        _ = positions.due() => positions.flush(&self.gateway, &channel.name).await,
+                        _ = stop.cancelled() => break 'outer,
+                    }
+                    continue;
+                }
                 let window = positions.window_for_claim();
-                match self.gateway.db.claim(&channel.name, &self.owner, cfg.lease, cfg.deadline, window).await {
+                let terms = ClaimTerms {
+                    lease: cfg.lease,
+                    deadline: cfg.deadline,
+                    window,
+                    max_running: channel.max_concurrency,
+                };
+                match self.gateway.db.claim(&channel.name, &self.owner, &terms).await {
                     Ok(Some(claimed)) => {
                         backoff = Duration::from_millis(100);
                         let me = Arc::clone(&self);
@@ -190,6 +211,7 @@ impl Scheduler {
             image,
             params: task.params.clone(),
             attempt: task.attempts,
+            deadline: task.deadline_at,
         };
         let sink = Arc::new(TaskSink { gateway: Arc::clone(gw), task_id: task.id });
         let ctx = JobContext::new(sink, cancel.clone());
@@ -236,13 +258,19 @@ impl Scheduler {
         })
     }
 
-    /// Fails running tasks whose deadline passed, whichever process runs them.
+    /// Fails running tasks whose deadline passed, whichever process runs them, and once a
+    /// minute forgets callback message ids too old to be replayed.
     async fn sweep_deadlines(self: Arc<Self>, stop: CancellationToken) {
         let every = self.gateway.config.tasks.poll_interval.min(Duration::from_secs(1));
+        let mut last_forget = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.cancelled() => return,
+            }
+            if last_forget.elapsed() >= Duration::from_secs(60) {
+                last_forget = tokio::time::Instant::now();
+                crate::callbacks::forget_old_messages(&self.gateway).await;
             }
             let overdue = match self.gateway.db.overdue(Utc::now()).await {
                 Ok(ids) => ids,
@@ -267,6 +295,48 @@ impl Scheduler {
             let left = self.gateway.runs.len();
             tracing::warn!(left, "grace period over; unfinished tasks stay claimed and run again at the next start");
         }
+    }
+}
+
+/// A channel's side of the core, as its provider's background work sees it.
+struct ChannelHandle {
+    gateway: Arc<Gateway>,
+    channel: Arc<Channel>,
+    stop: CancellationToken,
+}
+
+#[async_trait]
+impl ChannelRuntime for ChannelHandle {
+    fn channel(&self) -> &str {
+        &self.channel.name
+    }
+
+    async fn worker_loads(&self) -> anyhow::Result<Vec<(String, u32)>> {
+        Ok(self.gateway.db.worker_loads(&self.channel.name).await?)
+    }
+
+    async fn release_worker(&self, worker: &str) -> anyhow::Result<u64> {
+        let released = self.gateway.db.release_worker(&self.channel.name, worker).await?;
+        if released > 0 {
+            self.channel.wake.notify_one();
+        }
+        Ok(released)
+    }
+
+    fn set_available(&self, available: bool) {
+        self.channel.set_healthy(available);
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.gateway.url(path)
+    }
+
+    fn wake(&self) {
+        self.channel.wake.notify_one();
+    }
+
+    fn shutdown(&self) -> CancellationToken {
+        self.stop.clone()
     }
 }
 
@@ -433,6 +503,10 @@ impl JobSink for TaskSink {
 
     async fn provider_job(&self, job_id: &str) -> anyhow::Result<()> {
         Ok(self.gateway.db.set_provider_job(self.task_id, job_id).await?)
+    }
+
+    async fn assign_worker(&self, worker: &str) -> anyhow::Result<()> {
+        Ok(self.gateway.db.set_worker(self.task_id, worker).await?)
     }
 }
 

@@ -141,6 +141,8 @@ pub struct Task {
     /// Provider-defined metadata of the finished result.
     pub metadata: serde_json::Value,
     pub provider_job_id: Option<String>,
+    /// The push worker (its base URL) the task was dispatched to, while it runs there.
+    pub worker: Option<String>,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

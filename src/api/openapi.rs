@@ -22,6 +22,7 @@ use crate::api::AppState;
         (name = "pictures", description = "The native picture library: upload once, make tasks from it"),
         (name = "models (seed 000)", description = "Seed 000/001's model-generation face"),
         (name = "catalog", description = "Models and their availability"),
+        (name = "worker callbacks", description = "Signed reports from push workers (docs/worker-protocol.md)"),
         (name = "files", description = "Stored inputs and outputs"),
         (name = "operations", description = "Health, readiness, metrics"),
     )

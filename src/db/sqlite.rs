@@ -16,8 +16,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ChannelLoad, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, StoredFile, TaskFilter, TaskRepo,
-    Transition, payload,
+    ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, MessageRepo, StoredFile,
+    TaskFilter, TaskRepo, Transition, payload,
 };
 use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
 
@@ -93,6 +93,7 @@ fn task_from_row(row: &SqliteRow) -> DbResult<Task> {
         error_message: row.try_get("error_message")?,
         metadata: parse_json(&metadata),
         provider_job_id: row.try_get("provider_job_id")?,
+        worker: row.try_get("worker")?,
         attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
         created_at: to_time(row.try_get("created_at")?),
         started_at: opt_time(row.try_get("started_at")?),
@@ -361,25 +362,21 @@ impl TaskRepo for SqliteDatabase {
         Ok(position.map(|p| p.max(1) as u32))
     }
 
-    async fn claim(
-        &self,
-        channel: &str,
-        owner: &str,
-        lease: Duration,
-        deadline: Duration,
-        window: u32,
-    ) -> DbResult<Option<Claimed>> {
+    async fn claim(&self, channel: &str, owner: &str, terms: &ClaimTerms) -> DbResult<Option<Claimed>> {
+        let ClaimTerms { lease, deadline, window, max_running } = *terms;
         let now = now_ms();
         let mut tx = begin(&self.writer).await?;
         let row = sqlx::query(
             "UPDATE tasks SET status = 'running', lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, \
                  started_at = COALESCE(started_at, ?3), deadline_at = ?4, progress = 0, \
                  stage = CASE WHEN status = 'running' THEN 'restarting' ELSE 'starting' END, \
-                 last_seq = last_seq + 1, last_position = NULL \
+                 last_seq = last_seq + 1, last_position = NULL, worker = NULL \
              WHERE rowid = COALESCE( \
                  (SELECT rowid FROM tasks WHERE channel = ?5 AND status = 'running' AND lease_expires_at < ?3 \
                      ORDER BY rowid LIMIT 1), \
-                 (SELECT rowid FROM tasks WHERE channel = ?5 AND status = 'queued' ORDER BY rowid LIMIT 1)) \
+                 (SELECT rowid FROM tasks WHERE channel = ?5 AND status = 'queued' \
+                     AND COALESCE((SELECT running FROM channel_queues WHERE channel = ?5), 0) < ?6 \
+                     ORDER BY rowid LIMIT 1)) \
              RETURNING *",
         )
         .bind(owner)
@@ -387,6 +384,7 @@ impl TaskRepo for SqliteDatabase {
         .bind(now)
         .bind(now + deadline.as_millis() as i64)
         .bind(channel)
+        .bind(i64::from(max_running))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -489,6 +487,48 @@ impl TaskRepo for SqliteDatabase {
         Ok(())
     }
 
+    async fn set_worker(&self, id: TaskId, worker: &str) -> DbResult<()> {
+        sqlx::query("UPDATE tasks SET worker = ?1 WHERE id = ?2 AND status = 'running'")
+            .bind(worker)
+            .bind(id.to_string())
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn worker_loads(&self, channel: &str) -> DbResult<Vec<(String, u32)>> {
+        let rows = sqlx::query(
+            "SELECT worker, COUNT(*) AS n FROM tasks WHERE channel = ?1 AND status = 'running' AND worker IS NOT NULL \
+             GROUP BY worker",
+        )
+        .bind(channel)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("worker")?, row.try_get::<i64, _>("n")?.clamp(0, i64::from(u32::MAX)) as u32)))
+            .collect()
+    }
+
+    async fn release_worker(&self, channel: &str, worker: &str) -> DbResult<u64> {
+        let done = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = 0 WHERE channel = ?1 AND worker = ?2 AND status = 'running'",
+        )
+        .bind(channel)
+        .bind(worker)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn find_artifact(&self, id: TaskId, name: &str) -> DbResult<Option<Artifact>> {
+        let row = sqlx::query("SELECT * FROM artifacts WHERE task_id = ?1 AND name = ?2")
+            .bind(id.to_string())
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(artifact_from_row).transpose()
+    }
+
     async fn finish(&self, id: TaskId, finish: &Finish, window: u32) -> DbResult<Transition> {
         let mut tx = begin(&self.writer).await?;
         let Some(task) = task_in(&mut tx, id).await? else { return Ok(Transition::NotFound) };
@@ -517,7 +557,8 @@ impl TaskRepo for SqliteDatabase {
         let row = sqlx::query(
             "UPDATE tasks SET status = ?1, finished_at = ?2, error_code = ?3, error_message = ?4, metadata = ?5, \
                  progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, last_seq = last_seq + 1, \
-                 lease_owner = NULL, lease_expires_at = NULL, last_position = NULL WHERE id = ?6 RETURNING *",
+                 lease_owner = NULL, lease_expires_at = NULL, last_position = NULL, worker = NULL \
+             WHERE id = ?6 RETURNING *",
         )
         .bind(next.as_str())
         .bind(now)
@@ -674,6 +715,26 @@ impl FileRepo for SqliteDatabase {
         keys.extend(pictures);
         tx.commit().await?;
         Ok(keys)
+    }
+}
+
+#[async_trait]
+impl MessageRepo for SqliteDatabase {
+    async fn remember_message(&self, id: &str, now: DateTime<Utc>) -> DbResult<bool> {
+        let done = sqlx::query("INSERT INTO webhook_messages (id, received_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .bind(id)
+            .bind(now.timestamp_millis())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn forget_messages_before(&self, cutoff: DateTime<Utc>) -> DbResult<u64> {
+        let done = sqlx::query("DELETE FROM webhook_messages WHERE received_at < ?1")
+            .bind(cutoff.timestamp_millis())
+            .execute(&self.writer)
+            .await?;
+        Ok(done.rows_affected())
     }
 }
 

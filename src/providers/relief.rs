@@ -281,6 +281,7 @@ mod tests {
             max_concurrency: 1,
             max_queue: 1,
             priority: 0,
+            secret: None,
             options: toml::from_str(options).expect("toml"),
         };
         assert!(factory(&channel("depth = 0.5\ntexture_size = 512")).is_ok());

@@ -58,7 +58,14 @@ proptest! {
                 let before = status;
                 match op {
                     Op::Claim => {
-                        let claimed = db.claim("c", "me", Duration::from_secs(30), Duration::from_secs(60), 10).await.unwrap();
+                        let claimed = db.claim("c", "me", &kiln::db::ClaimTerms {
+                            lease: Duration::from_secs(30),
+                            deadline: Duration::from_secs(60),
+                            window: 10,
+                            max_running: 2,
+                        })
+                        .await
+                        .unwrap();
                         if claimed.is_some() {
                             assert!(before == TaskStatus::Queued || before == TaskStatus::Running, "claimed from {before:?}");
                             status = TaskStatus::Running;

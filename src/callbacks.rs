@@ -1,0 +1,276 @@
+//! What push workers report about the tasks dispatched to them — progress, result files,
+//! the final status — authenticated, checked against the task's state and recorded once
+//! (`docs/worker-protocol.md`, "Callbacks"). The HTTP faces that receive callbacks only
+//! read the request and call these functions.
+//!
+//! A callback is trusted when it is signed with the secret of the channel its task
+//! belongs to. A callback signed with another worker channel's secret is refused with
+//! 403 (a known worker, the wrong task), anything else with 401.
+
+use axum::http::HeaderMap;
+use chrono::Utc;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    db::{Finish, Transition},
+    error::{ApiError, ApiResult, Code},
+    gateway::Gateway,
+    input::Upload,
+    tasks::{Artifact, Task, TaskId, TaskStatus},
+    webhooks::{self, SigningKey, Verifier, WebhookError},
+    worker_protocol::{ProgressReport, StatusReport, valid_file_name},
+};
+
+/// Ids of accepted messages are kept this long; older messages are refused as stale.
+const REMEMBER_MESSAGES_SECS: i64 = 2 * webhooks::TOLERANCE_SECS;
+
+/// Checks a callback's signature while its body arrives, against the task's channel's
+/// key and, to tell a wrong channel from a forgery, every other worker channel's key.
+pub struct CallbackCheck {
+    own: Option<Verifier>,
+    others: Vec<Verifier>,
+}
+
+fn refused(err: WebhookError) -> ApiError {
+    ApiError::with_message(Code::SignatureInvalid, format!("Refused: {err}."))
+}
+
+impl CallbackCheck {
+    /// Starts checking a callback about `task` (`None` when the task is unknown; the
+    /// signature is still checked first, so unknown ids are only revealed to signers).
+    pub fn start(gateway: &Gateway, task: Option<&Task>, headers: &HeaderMap) -> ApiResult<Self> {
+        let now = webhooks::now_secs();
+        webhooks::check_fresh(headers, now).map_err(refused)?;
+        let own_key = task.and_then(|t| channel_key(gateway, &t.channel));
+        let mut others = Vec::new();
+        for channel in gateway.router.channels() {
+            if let Some(key) = channel.provider.callback_key()
+                && task.is_none_or(|t| t.channel != channel.name)
+            {
+                others.push(key.verifier(headers, now).map_err(refused)?);
+            }
+        }
+        let own = own_key.map(|key| key.verifier(headers, now)).transpose().map_err(refused)?;
+        Ok(Self { own, others })
+    }
+
+    pub fn update(&mut self, piece: &[u8]) {
+        if let Some(own) = &mut self.own {
+            own.update(piece);
+        }
+        for other in &mut self.others {
+            other.update(piece);
+        }
+    }
+
+    /// The verdict: the message id when the task's own channel signed it.
+    pub async fn finish(self, gateway: &Gateway) -> ApiResult<()> {
+        let id = match self.own.map(Verifier::finish) {
+            Some(Ok(id)) => id,
+            _ if self.others.into_iter().any(|v| v.finish().is_ok()) => return Err(ApiError::new(Code::WrongChannel)),
+            _ => return Err(refused(WebhookError::BadSignature)),
+        };
+        let now = Utc::now();
+        if !gateway.db.remember_message(&id, now).await? {
+            return Err(refused(WebhookError::Replayed));
+        }
+        Ok(())
+    }
+}
+
+fn channel_key<'a>(gateway: &'a Gateway, channel: &str) -> Option<&'a SigningKey> {
+    gateway.router.channel(channel).and_then(|c| c.provider.callback_key())
+}
+
+/// Forgets message ids too old to be accepted again anyway.
+pub async fn forget_old_messages(gateway: &Gateway) {
+    let cutoff = Utc::now() - chrono::Duration::seconds(REMEMBER_MESSAGES_SECS);
+    if let Err(err) = gateway.db.forget_messages_before(cutoff).await {
+        tracing::warn!(error = %err, "cannot forget old callback message ids");
+    }
+}
+
+/// The task a callback names, if it exists.
+pub async fn find_task(gateway: &Gateway, id: &str) -> ApiResult<Option<Task>> {
+    match id.trim().parse::<TaskId>() {
+        Ok(id) => Ok(gateway.db.get_task(id).await?),
+        Err(_) => Ok(None),
+    }
+}
+
+fn running(task: Option<Task>) -> ApiResult<Task> {
+    let task = task.ok_or_else(|| ApiError::new(Code::TaskNotFound))?;
+    if task.status != TaskStatus::Running {
+        return Err(ApiError::with_message(
+            Code::TaskAlreadyFinished,
+            format!("The task has already ended ({}); stop working on it.", task.status.as_str()),
+        ));
+    }
+    Ok(task)
+}
+
+/// `POST {callback_url}/progress`.
+pub async fn progress(gateway: &Gateway, task: Option<Task>, report: &ProgressReport) -> ApiResult<()> {
+    let task = running(task)?;
+    if !report.progress.is_finite() {
+        return Err(ApiError::with_message(Code::InvalidRequest, "`progress` must be a number from 0 to 100."));
+    }
+    let percent = report.progress.clamp(0.0, 100.0).round() as u8;
+    let stage = report.stage.as_deref().map(str::trim).filter(|s| !s.is_empty()).unwrap_or("processing");
+    let stage: String = stage.chars().filter(|c| !c.is_control()).take(64).collect();
+    if let Some(event) = gateway.db.record_progress(task.id, percent, &stage).await? {
+        gateway.bus.publish(&[event]);
+    }
+    Ok(())
+}
+
+/// How a result callback was taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// The same file was already recorded.
+    Again,
+}
+
+/// What a file is to the client, from its name.
+fn role_of(name: &str) -> &'static str {
+    let extension = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match extension.as_str() {
+        "glb" | "gltf" | "obj" | "fbx" | "ply" | "stl" | "usdz" => "model",
+        "zip" => "archive",
+        "png" | "jpg" | "jpeg" | "webp" => "preview",
+        _ => "file",
+    }
+}
+
+fn content_type_of(name: &str) -> String {
+    match name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).as_deref() {
+        Some("glb") => "model/gltf-binary".to_owned(),
+        Some("gltf") => "model/gltf+json".to_owned(),
+        _ => mime_guess::from_path(name).first_or_octet_stream().essence_str().to_owned(),
+    }
+}
+
+/// `POST {callback_url}/result/{taskId}`: stores the file under
+/// `reconstruction/{taskId}/{name}` and sends the task's `result` event.
+pub async fn result(
+    gateway: &Gateway,
+    task: Option<Task>,
+    name: &str,
+    file: Upload,
+) -> ApiResult<(Recorded, Artifact)> {
+    let task = running(task)?;
+    if !valid_file_name(name) {
+        return Err(ApiError::with_message(
+            Code::InvalidRequest,
+            "`name` must be 1–128 characters of A–Z a–z 0–9 . - _, not starting with a dot.",
+        ));
+    }
+    if let Some(existing) = gateway.db.find_artifact(task.id, name).await? {
+        return if existing.sha256 == file.sha256 {
+            Ok((Recorded::Again, existing))
+        } else {
+            Err(ApiError::new(Code::ResultConflict))
+        };
+    }
+    let key = format!("reconstruction/{}/{name}", task.id);
+    let content_type = content_type_of(name);
+    let size = file.len;
+    let sha256 = file.sha256.clone();
+    gateway.storage.put_file(&key, file.file, &content_type).await?;
+    let artifact = Artifact {
+        id: Uuid::now_v7(),
+        task_id: task.id,
+        name: name.to_owned(),
+        role: role_of(name).to_owned(),
+        key: key.clone(),
+        content_type: content_type.clone(),
+        size,
+        sha256: sha256.clone(),
+        metadata: json!({}),
+        created_at: Utc::now(),
+        expired_at: None,
+    };
+    let data = json!({
+        "name": name, "role": artifact.role, "key": key, "content_type": content_type,
+        "size": size, "sha256": sha256, "metadata": {},
+    });
+    match gateway.db.add_artifact(&artifact, data).await? {
+        Some(event) => {
+            gateway.bus.publish(&[event]);
+            tracing::info!(task_id = %task.id, name, size, "worker result stored");
+            Ok((Recorded::New, artifact))
+        }
+        // Ended or recorded by a concurrent callback meanwhile: tell which.
+        None => match gateway.db.find_artifact(task.id, name).await? {
+            Some(existing) if existing.sha256 == artifact.sha256 => Ok((Recorded::Again, existing)),
+            Some(_) => Err(ApiError::new(Code::ResultConflict)),
+            None => Err(ApiError::new(Code::TaskAlreadyFinished)),
+        },
+    }
+}
+
+/// `POST {callback_url}/status`: ends the task.
+pub async fn status(gateway: &Gateway, task: Option<Task>, report: &StatusReport) -> ApiResult<TaskStatus> {
+    let task = task.ok_or_else(|| ApiError::new(Code::TaskNotFound))?;
+    let finish = match report.status.as_str() {
+        "completed" => {
+            if task.status == TaskStatus::Succeeded {
+                return Ok(task.status);
+            }
+            let outputs = gateway.db.list_artifacts(task.id).await?;
+            if outputs.iter().any(|a| a.role == "model") {
+                Finish::Succeeded { metadata: json!({ "files": outputs.len() }) }
+            } else {
+                Finish::Failed {
+                    code: "worker_no_model".into(),
+                    message: "The worker reported success but sent no model file.".into(),
+                }
+            }
+        }
+        "failed" => {
+            if task.status == TaskStatus::Failed && task.error_code.as_deref() == Some("worker_failed") {
+                return Ok(task.status);
+            }
+            let message = report
+                .error
+                .as_deref()
+                .map(|e| e.chars().filter(|c| !c.is_control()).take(1000).collect::<String>())
+                .filter(|e| !e.trim().is_empty())
+                .unwrap_or_else(|| "The worker failed.".to_owned());
+            Finish::Failed { code: "worker_failed".into(), message }
+        }
+        other => {
+            return Err(ApiError::with_message(
+                Code::InvalidRequest,
+                format!("`status` must be `completed` or `failed`, not `{other}`."),
+            ));
+        }
+    };
+    let task = running(Some(task))?;
+    match gateway.finish(task.id, finish).await? {
+        Transition::Done(task, _) => Ok(task.status),
+        Transition::Refused(task) => Err(ApiError::with_message(
+            Code::TaskAlreadyFinished,
+            format!("The task has already ended ({}); stop working on it.", task.status.as_str()),
+        )),
+        Transition::NotFound => Err(ApiError::new(Code::TaskNotFound)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_get_roles_and_types_from_their_names() {
+        assert_eq!((role_of("model.glb"), content_type_of("model.glb").as_str()), ("model", "model/gltf-binary"));
+        assert_eq!((role_of("output3d.zip"), content_type_of("output3d.zip").as_str()), ("archive", "application/zip"));
+        assert_eq!(
+            (role_of("pixel_images.png"), content_type_of("pixel_images.png").as_str()),
+            ("preview", "image/png")
+        );
+        assert_eq!(role_of("notes"), "file");
+    }
+}
