@@ -3,6 +3,7 @@
 
 mod generate;
 mod worker;
+mod worker_check;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -43,6 +44,8 @@ enum Command {
     /// Serve the built-in relief engine to a kiln over the worker protocol (secret from
     /// $KILN_WORKER_SECRET).
     Worker(worker::WorkerArgs),
+    /// Check that a worker keeps the worker protocol (secret from $KILN_WORKER_SECRET).
+    WorkerCheck(worker_check::WorkerCheckArgs),
 }
 
 #[derive(Debug, Default, Args)]
@@ -155,6 +158,7 @@ async fn run(cli: Cli) -> ExitCode {
         }
         Command::Generate(args) => generate::run(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::WorkerCheck(args) => worker_check::run_check(args).await,
     }
 }
 

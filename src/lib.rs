@@ -20,5 +20,6 @@ pub mod storage;
 pub mod tasks;
 pub mod telemetry;
 pub mod webhooks;
+pub mod worker_check;
 pub mod worker_protocol;
 pub mod worker_server;
