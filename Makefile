@@ -3,15 +3,15 @@
 CARGO ?= cargo
 KILN_BIND ?= 127.0.0.1:8080
 
-.PHONY: run test build lint unit deps test-deps
+.PHONY: run test build lint unit deps test-deps web web-test e2e screenshots
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
-run: deps
+run: deps web
 	$(CARGO) build --release --locked --bin kiln
 	./target/release/kiln serve --bind $(KILN_BIND)
 
 ## Run every check and test.
-test: test-deps lint unit
+test: test-deps web lint unit web-test e2e
 
 deps:
 	@./scripts/deps.sh
@@ -30,3 +30,23 @@ unit:
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+## The web page: `npm ci` when needed, then its production build into web/dist, which
+## the kiln binary embeds (build.rs). Runs before any cargo build.
+web:
+	@./scripts/web.sh build
+
+## The web page's unit tests (Vitest).
+web-test:
+	@./scripts/web.sh test
+
+## The web page end to end: Debian's chromium (installed when missing) against the kiln
+## binary, built first.
+e2e: web
+	$(CARGO) build --locked --bin kiln
+	@./scripts/web.sh e2e
+
+## Screenshots of every screen for docs/screenshots (not part of `make test`).
+screenshots: web
+	$(CARGO) build --locked --bin kiln
+	@./scripts/web.sh shots

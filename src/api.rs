@@ -8,12 +8,14 @@ mod callbacks;
 mod catalog;
 mod files;
 mod forms;
+mod limits;
 mod models;
 mod openapi;
 mod ops;
 mod pictures;
 pub mod sse;
 mod tasks;
+mod web;
 
 use std::{
     sync::{
@@ -85,6 +87,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(models::routes())
         .merge(callbacks::routes())
         .merge(catalog::routes())
+        .merge(limits::routes())
         .merge(files::routes())
         .merge(ops::routes())
 }
@@ -100,7 +103,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = (config.upload.max_bytes as usize).saturating_add(forms::ENVELOPE_ALLOWANCE);
     let (api, spec) = documented().split_for_parts();
     api.merge(openapi::routes(spec))
-        .fallback(not_found)
+        .fallback(web::fallback(&config.public_url()))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
@@ -148,10 +151,6 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     let response = next.run(request).await;
     state.gateway.metrics.request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
-}
-
-async fn not_found() -> Response {
-    ApiError::new(Code::NotFound).into_response()
 }
 
 async fn method_not_allowed() -> Response {

@@ -1,0 +1,156 @@
+// @ts-check
+// Shared by the end-to-end tests, the screenshots and the measurements: starts the real
+// `kiln` binary on a free port with a fresh data directory, and Debian's Chromium
+// through playwright-core (no browser is ever downloaded).
+import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { chromium } from 'playwright-core'
+
+const here = dirname(fileURLToPath(import.meta.url))
+/** The repository root (web/ is one level down). */
+export const REPO = resolve(here, '..', '..')
+/** The fixtures shared by every part of kiln: ../shared/fixtures/images from the repository. */
+export const FIXTURES = resolve(REPO, '../shared/fixtures/images')
+
+/** The binary: $E2E_KILN_BIN (not KILN_…: kiln reads those as configuration), else the debug build in the target dir (make test builds it just before), else the release build. */
+export function kilnBinary() {
+  if (process.env.E2E_KILN_BIN) return process.env.E2E_KILN_BIN
+  const target = process.env.CARGO_TARGET_DIR ? resolve(REPO, process.env.CARGO_TARGET_DIR) : join(REPO, 'target')
+  for (const profile of ['debug', 'release']) {
+    const path = join(target, profile, 'kiln')
+    if (existsSync(path)) return path
+  }
+  throw new Error(`no kiln binary under ${target}: run cargo build first, or set E2E_KILN_BIN`)
+}
+
+/** A port nobody listens on right now. */
+async function freePort() {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address ? address.port : 0
+      server.close(() => resolvePort(port))
+    })
+  })
+}
+
+/**
+ * Starts kiln. `config` is the text of a kiln.toml (optional).
+ * @param {{ config?: string }} [options]
+ */
+export async function startKiln(options = {}) {
+  const dir = mkdtempSync(join(tmpdir(), 'kiln-e2e-'))
+  /** @type {Record<string, string | undefined>} */
+  const env = { ...process.env, KILN_LOG: process.env.KILN_LOG ?? 'warn' }
+  if (options.config) {
+    const path = join(dir, 'kiln.toml')
+    writeFileSync(path, options.config)
+    env.KILN_CONFIG = path
+  }
+  // Tries a few ports: another process may take the free one before kiln binds it.
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const port = await freePort()
+    const child = spawn(kilnBinary(), ['serve', '--bind', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data')], {
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let stderr = ''
+    child.stderr?.on('data', (chunk) => (stderr += chunk))
+    const url = `http://127.0.0.1:${port}`
+    const deadline = Date.now() + 30_000
+    while (Date.now() < deadline && child.exitCode === null) {
+      try {
+        const response = await fetch(`${url}/health`)
+        if (response.ok) {
+          return {
+            url,
+            dir,
+            async stop() {
+              child.kill('SIGTERM')
+              await new Promise((done) => (child.exitCode !== null ? done(null) : child.once('exit', done)))
+              rmSync(dir, { recursive: true, force: true })
+            },
+          }
+        }
+      } catch {
+        // Not listening yet.
+      }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    child.kill('SIGKILL')
+    if (!/address already in use|cannot listen/i.test(stderr)) throw new Error(`kiln did not start:\n${stderr}`)
+  }
+  throw new Error('kiln found no free port')
+}
+
+/** Chromium flags: software WebGL (SwiftShader) and nothing that reaches the network. */
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--use-angle=swiftshader',
+  '--enable-unsafe-swiftshader',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+  '--disable-quic',
+]
+
+export function chromiumPath() {
+  const path = process.env.CHROMIUM ?? '/usr/bin/chromium'
+  if (!existsSync(path)) throw new Error(`${path} is missing: make test installs Debian's chromium package`)
+  return path
+}
+
+/** Debian's Chromium; playwright gives each launch a fresh, temporary user-data-dir. */
+export async function launchBrowser() {
+  return chromium.launch({ executablePath: chromiumPath(), headless: true, args: CHROMIUM_ARGS })
+}
+
+/**
+ * A page that fails the test on any script error or CSP violation.
+ * @param {import('playwright-core').Browser} browser
+ * @param {{ width?: number, height?: number, locale?: string, isMobile?: boolean }} [options]
+ */
+export async function newPage(browser, options = {}) {
+  const context = await browser.newContext({
+    viewport: { width: options.width ?? 1280, height: options.height ?? 860 },
+    locale: options.locale ?? 'en-US',
+    isMobile: options.isMobile ?? false,
+    hasTouch: options.isMobile ?? false,
+    deviceScaleFactor: 1,
+  })
+  const page = await context.newPage()
+  /** @type {string[]} */
+  const problems = []
+  page.on('pageerror', (error) => problems.push(`page error: ${error.message}`))
+  page.on('console', (message) => {
+    const text = message.text()
+    if (message.type() === 'error' && !/Failed to load resource/.test(text)) problems.push(`console: ${text}`)
+    if (/Content Security Policy/i.test(text)) problems.push(`CSP: ${text}`)
+  })
+  return { page, context, problems }
+}
+
+/**
+ * Submits a task straight to the API (to fill the queue, or to compare messages).
+ * @param {string} url
+ * @param {string} file
+ * @param {Record<string, string>} [fields]
+ */
+export async function postPicture(url, file, fields = {}) {
+  const { readFileSync } = await import('node:fs')
+  const form = new FormData()
+  form.append('image', new Blob([readFileSync(file)]), file.split('/').pop())
+  for (const [k, v] of Object.entries(fields)) form.append(k, v)
+  const response = await fetch(`${url}/api/v1/tasks`, { method: 'POST', body: form })
+  return { status: response.status, body: await response.json() }
+}

@@ -1,0 +1,289 @@
+// @ts-check
+// End-to-end: the real kiln binary, Debian's Chromium, the page as a person uses it.
+// Run with `npm run e2e` (make test does, after building kiln).
+import assert from 'node:assert/strict'
+import { mkdirSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { PNG } from 'pngjs'
+import { FIXTURES, launchBrowser, newPage, postPicture, startKiln } from './harness.mjs'
+
+const OUTPUT = join(import.meta.dirname, 'output')
+mkdirSync(OUTPUT, { recursive: true })
+
+// One relief run at a time, each slowed by large options (about 2 s instead of 0.5 s), so
+// that a task waits in line long enough to be watched, and reloaded, while it waits.
+const CONFIG = `
+[[channels]]
+name = "relief"
+type = "relief"
+max_concurrency = 1
+max_queue = 10
+[[channels.models]]
+name = "relief"
+kind = "image_to_3d"
+[channels.options]
+resolution = 512
+texture_size = 2048
+max_triangles = 300000
+`
+
+/** @type {Awaited<ReturnType<typeof startKiln>>} */
+let kiln
+/** @type {import('playwright-core').Browser} */
+let browser
+
+before(async () => {
+  kiln = await startKiln({ config: CONFIG })
+  browser = await launchBrowser()
+})
+after(async () => {
+  await browser?.close()
+  await kiln?.stop()
+})
+
+/** Records every status line the task page shows, so quick states are not missed. */
+async function recordStatuses(/** @type {import('playwright-core').Page} */ page) {
+  await page.evaluate(() => {
+    const seen = /** @type {string[]} */ ([])
+    Object.assign(window, { __statuses: seen })
+    const note = () => {
+      const card = document.querySelector('[data-testid="progress-card"]')
+      const text = document.querySelector('[data-testid="status-text"]')?.textContent?.trim() ?? ''
+      const entry = `${card?.getAttribute('data-status') ?? 'none'}|${text}`
+      if (seen[seen.length - 1] !== entry) seen.push(entry)
+    }
+    new MutationObserver(note).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true })
+    note()
+  })
+}
+
+/** Fills the queue with slow tasks straight through the API. */
+/** @param {number} count */
+async function fillQueue(count) {
+  const ids = []
+  for (let i = 0; i < count; i++) {
+    const { status, body } = await postPicture(kiln.url, join(FIXTURES, 'large-4096x3072.jpg'))
+    assert.equal(status, 202, JSON.stringify(body))
+    ids.push(body.id)
+  }
+  return ids
+}
+
+/**
+ * The mean colour of a square of `png` around (x, y).
+ * @param {PNG} png @param {number} x @param {number} y @param {number} half
+ */
+function mean(png, x, y, half) {
+  const sum = [0, 0, 0]
+  let n = 0
+  for (let j = y - half; j <= y + half; j++)
+    for (let i = x - half; i <= x + half; i++) {
+      const at = (png.width * j + i) * 4
+      for (let c = 0; c < 3; c++) sum[c] = (sum[c] ?? 0) + (png.data[at + c] ?? 0)
+      n++
+    }
+  return sum.map((s) => s / n)
+}
+
+/** @param {import('playwright-core').Page} page @param {string} name */
+async function expectModelDrawn(page, name) {
+  await page.locator('[data-testid="viewer"][data-state="loaded"]').waitFor({ timeout: 60_000 })
+  // A few frames for the first render after framing.
+  await page.waitForTimeout(500)
+  const canvas = page.locator('[data-testid="viewer-canvas"]')
+  const shot = PNG.sync.read(await canvas.screenshot({ path: join(OUTPUT, `${name}.png`) }))
+  const centre = mean(shot, Math.floor(shot.width / 2), Math.floor(shot.height / 2), 6)
+  const corner = mean(shot, 8, 8, 4)
+  const difference = Math.max(...centre.map((v, i) => Math.abs(v - (corner[i] ?? 0))))
+  assert.ok(difference > 25, `the canvas centre ${centre} looks like the background ${corner}`)
+  return shot
+}
+
+describe('the web page', () => {
+  it('uploads a picture, shows its place in line and its progress, then draws the model', async () => {
+    const { page, context, problems } = await newPage(browser)
+    await page.goto(kiln.url)
+    await page.getByRole('heading', { level: 1 }).waitFor()
+    await page.locator('[data-testid="file"]').setInputFiles(join(FIXTURES, 'vase.png'))
+    await page.locator('[data-testid="preview"]').waitFor()
+    await fillQueue(2)
+    await page.locator('[data-testid="submit"]').click()
+    await page.waitForURL(/\/tasks\/[0-9a-f-]+$/)
+    await recordStatuses(page)
+    await expectModelDrawn(page, 'vase-desktop')
+    const seen = /** @type {string[]} */ (await page.evaluate(() => /** @type {any} */ (window).__statuses))
+    assert.ok(seen.some((s) => /^queued\|(2nd|3rd) in line$/.test(s)), `no place in line among ${seen}`)
+    assert.ok(
+      seen.some((s) => /^running\|(Starting|Finding the object|Building the shape|Painting the surface|Packing the model|Saving the model)/.test(s)),
+      `no stage among ${seen}`,
+    )
+    // Metadata and the download.
+    const metadata = page.locator('[data-testid="metadata"]')
+    await metadata.waitFor()
+    assert.match(await metadata.innerText(), /GLB/)
+    assert.ok(Number((await page.locator('[data-testid="triangles"]').innerText()).replace(/\D/g, '')) > 100)
+    const href = await page.locator('[data-testid="download"]').getAttribute('href')
+    assert.match(href ?? '', /\/files\/outputs\/.+\/model\.glb$/)
+    const glb = await fetch(new URL(href ?? '', kiln.url))
+    assert.equal(glb.status, 200)
+    assert.equal(Buffer.from(await glb.arrayBuffer()).subarray(0, 4).toString(), 'glTF')
+    // The viewer's controls change the picture and put it back.
+    const before = await page.locator('[data-testid="viewer-canvas"]').screenshot()
+    await page.locator('[data-testid="background-studio"]').click()
+    await page.locator('[data-testid="wireframe"]').click()
+    await page.waitForTimeout(300)
+    const after = await page.locator('[data-testid="viewer-canvas"]').screenshot()
+    assert.notDeepEqual(before, after)
+    assert.equal(await page.locator('[data-testid="wireframe"]').getAttribute('aria-pressed'), 'true')
+    // Drag to turn, then reset.
+    const box = await page.locator('[data-testid="viewer-canvas"]').boundingBox()
+    assert.ok(box)
+    await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2)
+    await page.mouse.down()
+    await page.mouse.move(box.x + box.width / 2 + 150, box.y + box.height / 2 + 40, { steps: 8 })
+    await page.mouse.up()
+    await page.locator('[data-testid="reset"]').click()
+    assert.deepEqual(problems, [])
+    await context.close()
+  })
+
+  it('refuses each invalid picture with the words the server uses', async () => {
+    const { page, context, problems } = await newPage(browser)
+    await page.goto(kiln.url)
+    const files = readdirSync(join(FIXTURES, 'invalid')).sort()
+    assert.ok(files.length >= 6)
+    for (const name of files) {
+      const path = join(FIXTURES, 'invalid', name)
+      const server = await postPicture(kiln.url, path).catch(() => null)
+      await page.locator('[data-testid="file"]').setInputFiles(path)
+      const error = page.locator('[data-testid="error"]')
+      // What the page cannot tell from the bytes it has (a truncated file the browser still
+      // decodes) the server tells after the upload.
+      await Promise.race([
+        error.waitFor({ timeout: 10_000 }),
+        page.locator('[data-testid="preview"]').waitFor({ timeout: 10_000 }).then(() => page.locator('[data-testid="submit"]').click()),
+      ])
+      await error.waitFor({ timeout: 15_000 })
+      const shown = (await error.innerText()).trim()
+      if (server) {
+        assert.equal(shown, server.body.error.message, name)
+        assert.equal(await error.getAttribute('data-code'), server.body.error.code, name)
+      } else {
+        // The server cut the upload of an oversized file before the client finished sending it.
+        assert.equal(shown, 'File too large: the limit is 10 MB.', name)
+      }
+      assert.equal(page.url(), `${kiln.url}/`, `${name} must not start a task`)
+    }
+    // The same refusal in Chinese.
+    await page.locator('[data-testid="language"]').selectOption('zh-CN')
+    await page.locator('[data-testid="file"]').setInputFiles(join(FIXTURES, 'invalid', 'not-supported.gif'))
+    await page.locator('[data-testid="error"]', { hasText: '不支持的图片格式' }).waitFor()
+    await page.locator('[data-testid="language"]').selectOption('en')
+    assert.deepEqual(problems, [])
+    await context.close()
+  })
+
+  it('picks the stream up again after a reload mid-task', async () => {
+    const { page, context, problems } = await newPage(browser)
+    await fillQueue(3)
+    const { body: task } = await postPicture(kiln.url, join(FIXTURES, 'mug.jpg'))
+    await page.goto(`${kiln.url}/tasks/${task.id}`)
+    await page.locator('[data-testid="status-text"]', { hasText: /in line/ }).waitFor()
+    await page.reload()
+    await recordStatuses(page)
+    await page.locator('[data-testid="transport"][data-transport="live"]').waitFor()
+    await expectModelDrawn(page, 'mug-after-reload')
+    const seen = /** @type {string[]} */ (await page.evaluate(() => /** @type {any} */ (window).__statuses))
+    assert.ok(seen.some((s) => s.startsWith('queued|')), `after the reload: ${seen}`)
+    assert.deepEqual(problems, [])
+    await context.close()
+  })
+
+  it('opens /tasks/{id} directly, on a phone, in Chinese', async () => {
+    const { body: task } = await postPicture(kiln.url, join(FIXTURES, 'toy.webp'))
+    const { page, context, problems } = await newPage(browser, { width: 360, height: 740, locale: 'zh-CN', isMobile: true })
+    await page.goto(`${kiln.url}/tasks/${task.id}`)
+    await expectModelDrawn(page, 'toy-phone')
+    assert.equal(await page.locator('html').getAttribute('lang'), 'zh-CN')
+    await page.locator('nav', { hasText: '图片库' }).waitFor()
+    const width = await page.evaluate(() => document.documentElement.scrollWidth)
+    assert.ok(width <= 360, `the page is ${width} px wide on a 360 px screen`)
+    // An unknown task says so.
+    await page.goto(`${kiln.url}/tasks/01900000-0000-7000-8000-000000000000`)
+    await page.getByRole('heading', { name: '没有这个 ID 的任务。' }).waitFor()
+    assert.deepEqual(problems, [])
+    await context.close()
+  })
+
+  it('falls back to polling when the event stream cannot be opened', async () => {
+    const { page, context, problems } = await newPage(browser)
+    await page.route('**/events*', (route) => route.fulfill({ status: 502, body: 'bad gateway' }))
+    let polls = 0
+    page.on('request', (request) => {
+      if (/\/api\/v1\/tasks\/[^/]+\/status$/.test(request.url())) polls++
+    })
+    // Tasks ahead keep this one waiting past the reconnection attempts (1 + 2 + 4 s).
+    await fillQueue(4)
+    const { body: task } = await postPicture(kiln.url, join(FIXTURES, 'vase.png'))
+    await page.goto(`${kiln.url}/tasks/${task.id}`)
+    await page.locator('[data-testid="transport"][data-transport="polling"]').waitFor({ timeout: 30_000 })
+    await page.locator('[data-testid="status-text"]', { hasText: /in line|Finding|Building|Painting|Packing|Saving|Starting/ }).waitFor()
+    await expectModelDrawn(page, 'vase-polling')
+    assert.ok(polls >= 2, `${polls} polls`)
+    assert.deepEqual(problems.filter((p) => !/events|EventSource/.test(p)), [])
+    await context.close()
+  })
+
+  it('makes a new model from a picture in the library, and lists the history', async () => {
+    const { page, context, problems } = await newPage(browser)
+    await page.goto(`${kiln.url}/library`)
+    const card = page.locator('[data-testid="picture"]').first()
+    await card.waitFor()
+    await card.locator('img').waitFor()
+    assert.ok(await card.locator('img').evaluate((img) => /** @type {HTMLImageElement} */ (img).naturalWidth > 0))
+    const before = (await (await fetch(`${kiln.url}/api/v1/pictures`)).json()).total
+    await card.locator('[data-testid="create-again"]').click()
+    await page.waitForURL(/\?picture=/)
+    await page.locator('[data-testid="preview"]').waitFor()
+    await page.locator('[data-testid="submit"]').click()
+    await page.waitForURL(/\/tasks\//)
+    await expectModelDrawn(page, 'from-library')
+    const afterwards = (await (await fetch(`${kiln.url}/api/v1/pictures`)).json()).total
+    assert.equal(afterwards, before, 'nothing was uploaded again')
+    await page.getByRole('link', { name: 'History' }).click()
+    await page.locator('[data-testid="history-row"]').first().waitFor()
+    await page.locator('[data-testid="status-filter"]').selectOption('succeeded')
+    await page.waitForFunction(() =>
+      [...document.querySelectorAll('[data-testid="history-row"] .badge')].every((b) => b.classList.contains('succeeded')),
+    )
+    await page.locator('[data-testid="history-row"] a').first().click()
+    await expectModelDrawn(page, 'from-history')
+    assert.deepEqual(problems, [])
+    await context.close()
+  })
+
+  it('keeps the API’s JSON 404s and serves the page with a strict policy', async () => {
+    for (const path of ['/api/v1/nope', '/files/nope', '/health/x', '/assets/missing.js']) {
+      const response = await fetch(kiln.url + path)
+      assert.equal(response.status, 404, path)
+      assert.match((await response.json()).error.code, /not_found$/, path)
+    }
+    const page = await fetch(`${kiln.url}/library`)
+    assert.equal(page.status, 200)
+    const policy = page.headers.get('content-security-policy') ?? ''
+    assert.match(policy, /script-src 'self';/)
+    assert.doesNotMatch(policy, /unsafe/)
+    assert.equal(page.headers.get('cache-control'), 'no-cache')
+    const html = await page.text()
+    const script = html.match(/src="(\/assets\/[^"]+\.js)"/)?.[1]
+    assert.ok(script)
+    const asset = await fetch(kiln.url + script, { headers: { 'accept-encoding': 'br' } })
+    assert.equal(asset.headers.get('cache-control'), 'public, max-age=31536000, immutable')
+    assert.equal(asset.headers.get('content-encoding'), 'br')
+    // The compressed copy is the same script (fetch decompresses it).
+    const plain = await fetch(kiln.url + script, { headers: { 'accept-encoding': 'identity' } })
+    assert.equal(plain.headers.get('content-encoding'), null)
+    assert.equal(await asset.text(), await plain.text())
+  })
+})

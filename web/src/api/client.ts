@@ -1,0 +1,141 @@
+// The page's only way to the server: same-origin calls to the native API. Errors come
+// back as ApiError with the server's stable code, so the page can say them in the
+// reader's language (see lib/errors.ts).
+import type {
+  CatalogModel,
+  Limits,
+  Picture,
+  PicturePage,
+  StatusView,
+  Task,
+  TaskPage,
+  TaskResult,
+} from './types'
+
+export class ApiError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status: number,
+    /** Seconds, from `Retry-After` on 503 answers. */
+    readonly retryAfter: number | null = null,
+  ) {
+    super(message)
+    this.name = 'ApiError'
+  }
+}
+
+/** Turns a non-2xx answer (or a network failure) into an ApiError. */
+export function errorFrom(status: number, body: string, retryAfter: string | null): ApiError {
+  const seconds = retryAfter !== null && /^\d+$/.test(retryAfter.trim()) ? Number(retryAfter.trim()) : null
+  try {
+    const parsed: unknown = JSON.parse(body)
+    if (parsed && typeof parsed === 'object' && 'error' in parsed) {
+      const error = (parsed as { error: { code?: unknown; message?: unknown } }).error
+      if (typeof error.code === 'string') {
+        return new ApiError(error.code, typeof error.message === 'string' ? error.message : '', status, seconds)
+      }
+    }
+  } catch {
+    // Not the JSON envelope (a proxy's error page, say): fall through.
+  }
+  return new ApiError(status === 0 ? 'network_error' : 'http_error', body.slice(0, 200), status, seconds)
+}
+
+async function request<T>(path: string, init?: RequestInit): Promise<T> {
+  let response: Response
+  try {
+    response = await fetch(path, { ...init, headers: { Accept: 'application/json', ...(init?.headers ?? {}) } })
+  } catch (err) {
+    throw new ApiError('network_error', String(err), 0)
+  }
+  const text = await response.text()
+  if (!response.ok) throw errorFrom(response.status, text, response.headers.get('Retry-After'))
+  return JSON.parse(text) as T
+}
+
+const json = (body: unknown): RequestInit => ({
+  method: 'POST',
+  headers: { 'Content-Type': 'application/json' },
+  body: JSON.stringify(body),
+})
+
+export const api = {
+  catalog: () => request<{ models: CatalogModel[] }>('/api/v1/catalog'),
+  limits: () => request<Limits>('/api/v1/limits'),
+  task: (id: string) => request<Task>(`/api/v1/tasks/${encodeURIComponent(id)}`),
+  status: (id: string) => request<StatusView>(`/api/v1/tasks/${encodeURIComponent(id)}/status`),
+  result: (id: string) => request<TaskResult>(`/api/v1/tasks/${encodeURIComponent(id)}/result`),
+  cancel: (id: string) => request<Task>(`/api/v1/tasks/${encodeURIComponent(id)}`, { method: 'DELETE' }),
+  tasks: (query: { status?: string; picture_id?: string; cursor?: string | null; limit?: number }) => {
+    const params = new URLSearchParams()
+    for (const [key, value] of Object.entries(query)) {
+      if (value !== undefined && value !== null && value !== '') params.set(key, String(value))
+    }
+    return request<TaskPage>(`/api/v1/tasks?${params}`)
+  },
+  picture: (id: string) => request<Picture>(`/api/v1/pictures/${encodeURIComponent(id)}`),
+  pictures: (offset: number, limit: number) => request<PicturePage>(`/api/v1/pictures?offset=${offset}&limit=${limit}`),
+  createFromPicture: (pictureId: string, model: string | null) =>
+    request<Task>('/api/v1/tasks', json({ picture_id: pictureId, model })),
+  createFromPrompt: (prompt: string, model: string | null) =>
+    request<Task>('/api/v1/tasks', json({ prompt, model })),
+}
+
+export function eventsUrl(id: string, after: number): string {
+  const base = `/api/v1/tasks/${encodeURIComponent(id)}/events`
+  return after > 0 ? `${base}?after=${after}` : base
+}
+
+/**
+ * Uploads a picture as a new task with XMLHttpRequest rather than fetch, because only it
+ * reports upload progress: a 10 MB picture over a slow link takes a while.
+ */
+export function createFromFile(
+  file: File,
+  model: string | null,
+  onProgress: (fraction: number) => void,
+): { promise: Promise<Task>; abort: () => void } {
+  const xhr = new XMLHttpRequest()
+  const promise = new Promise<Task>((resolve, reject) => {
+    const form = new FormData()
+    form.append('image', file, file.name)
+    if (model) form.append('model', model)
+    xhr.open('POST', '/api/v1/tasks')
+    xhr.setRequestHeader('Accept', 'application/json')
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable && e.total > 0) onProgress(e.loaded / e.total)
+    }
+    xhr.onload = () => {
+      if (xhr.status >= 200 && xhr.status < 300) {
+        try {
+          resolve(JSON.parse(xhr.responseText) as Task)
+        } catch (err) {
+          reject(new ApiError('http_error', String(err), xhr.status))
+        }
+      } else {
+        reject(errorFrom(xhr.status, xhr.responseText, xhr.getResponseHeader('Retry-After')))
+      }
+    }
+    xhr.onerror = () => reject(new ApiError('network_error', 'network error', 0))
+    xhr.onabort = () => reject(new ApiError('aborted', 'aborted', 0))
+    xhr.send(form)
+  })
+  return { promise, abort: () => xhr.abort() }
+}
+
+/**
+ * File URLs in API answers are absolute, built from the server's `public_url`. When the
+ * page was opened under another name for the same server (localhost vs 127.0.0.1, a
+ * tunnel's domain), fetching them would be cross-origin and need CORS; a URL under the
+ * server's own base (known from the task's `links.self`) is therefore made relative to
+ * the page. URLs elsewhere (object storage) are kept as they are.
+ */
+export function sameServerUrl(url: string, selfLink: string | null | undefined, pageOrigin: string): string {
+  if (!selfLink) return url
+  const marker = selfLink.indexOf('/api/v1/')
+  if (marker < 0) return url
+  const base = selfLink.slice(0, marker + 1)
+  if (!url.startsWith(base)) return url
+  return `${pageOrigin}/${url.slice(base.length)}`
+}
