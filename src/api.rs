@@ -4,15 +4,17 @@
 
 pub mod request_id;
 
-mod callbacks;
+pub(crate) mod callbacks;
 mod catalog;
 mod files;
 mod forms;
+mod generate;
 mod limits;
 mod models;
 mod openapi;
 mod ops;
 mod pictures;
+mod reconstruction;
 pub mod sse;
 mod tasks;
 mod web;
@@ -86,6 +88,8 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(pictures::routes())
         .merge(models::routes())
         .merge(callbacks::routes())
+        .merge(generate::routes())
+        .merge(reconstruction::routes())
         .merge(catalog::routes())
         .merge(limits::routes())
         .merge(files::routes())

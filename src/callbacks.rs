@@ -30,6 +30,7 @@ const REMEMBER_MESSAGES_SECS: i64 = 2 * webhooks::TOLERANCE_SECS;
 pub struct CallbackCheck {
     own: Option<Verifier>,
     others: Vec<Verifier>,
+    task_known: bool,
 }
 
 fn refused(err: WebhookError) -> ApiError {
@@ -52,7 +53,7 @@ impl CallbackCheck {
             }
         }
         let own = own_key.map(|key| key.verifier(headers, now)).transpose().map_err(refused)?;
-        Ok(Self { own, others })
+        Ok(Self { own, others, task_known: task.is_some() })
     }
 
     pub fn update(&mut self, piece: &[u8]) {
@@ -64,12 +65,17 @@ impl CallbackCheck {
         }
     }
 
-    /// The verdict: the message id when the task's own channel signed it.
+    /// The verdict. A message signed by the task's own channel passes; one signed by
+    /// another worker channel is refused with 403 — unless the task is unknown, which
+    /// the caller then answers with 404 (only signers learn which ids exist).
     pub async fn finish(self, gateway: &Gateway) -> ApiResult<()> {
         let id = match self.own.map(Verifier::finish) {
             Some(Ok(id)) => id,
-            _ if self.others.into_iter().any(|v| v.finish().is_ok()) => return Err(ApiError::new(Code::WrongChannel)),
-            _ => return Err(refused(WebhookError::BadSignature)),
+            _ => match self.others.into_iter().find_map(|v| v.finish().ok()) {
+                Some(id) if !self.task_known => id,
+                Some(_) => return Err(ApiError::new(Code::WrongChannel)),
+                None => return Err(refused(WebhookError::BadSignature)),
+            },
         };
         let now = Utc::now();
         if !gateway.db.remember_message(&id, now).await? {

@@ -344,7 +344,8 @@ impl ChannelRuntime for ChannelHandle {
 /// task up one place, and rewriting a hundred positions per claim would make a fast
 /// channel spend its single SQLite writer on announcements. A claim announces when the
 /// last announcement is at least `interval` old; otherwise the dispatcher announces once
-/// the interval is up, so waiting clients always end up with their current position.
+/// the interval is up, so a client still waiting learns its current position within one
+/// interval (a task that starts sooner goes from its last announced place to running).
 struct Announcer {
     window: u32,
     interval: Duration,

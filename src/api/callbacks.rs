@@ -130,7 +130,7 @@ pub async fn status_callback(State(state): State<AppState>, request: Request) ->
 #[utoipa::path(
     post, path = "/api/v1/worker-callbacks/result/{task_id}", tag = "worker callbacks",
     params(("task_id" = String, Path, description = "The task the file belongs to")),
-    request_body(content = inline(ResultUploadDoc), content_type = "multipart/form-data"),
+    request_body(content = ResultUpload, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "Stored (or the same file was already stored)", body = CallbackAnswer),
         (status = 400, description = "Malformed form or file name", body = ErrorBody),
@@ -228,10 +228,9 @@ async fn read_result_form(gateway: &Gateway, body: Upload, boundary: String) -> 
 /// Documentation only: the result callback's form.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[schema(as = ResultUpload)]
-struct ResultUploadDoc {
+pub struct ResultUpload {
     /// The file name (`model.glb`, `output3d.zip`, …).
-    name: String,
+    pub name: String,
     #[schema(value_type = String, format = Binary)]
-    file: Vec<u8>,
+    pub file: Vec<u8>,
 }

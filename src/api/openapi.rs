@@ -21,6 +21,8 @@ use crate::api::AppState;
         (name = "tasks", description = "The native API: create, follow and fetch tasks"),
         (name = "pictures", description = "The native picture library: upload once, make tasks from it"),
         (name = "models (seed 000)", description = "Seed 000/001's model-generation face"),
+        (name = "reconstruction (seed 004)", description = "Seed 004's picture library, reconstructions, events and worker callbacks"),
+        (name = "generate (seed 002)", description = "Seed 002's one-GPU face: generate, follow, fetch the GLB"),
         (name = "catalog", description = "Models and their availability"),
         (name = "worker callbacks", description = "Signed reports from push workers (docs/worker-protocol.md)"),
         (name = "files", description = "Stored inputs and outputs"),

@@ -15,3 +15,4 @@ mod relief;
 mod sse;
 mod submit;
 mod validation;
+mod workers;

@@ -1,0 +1,421 @@
+//! Seed 004's face, the 3D-reconstruction module: a picture library (`/picture/…`),
+//! tasks made from a stored picture (`/api/reconstruction/create-from-image`), their SSE
+//! events with progressive `result`s, a status document with the fields of that seed's
+//! §4.4 table, and the worker callbacks at the paths that seed gives them. JSON in
+//! camelCase, as its Vue/Spring clients expect. Everything goes through the same core as
+//! every other face.
+
+use axum::{
+    Json,
+    extract::{Path, Query, Request, State},
+    http::HeaderMap,
+    response::{IntoResponse, Response, sse::Event},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    api::{AppState, callbacks, forms, sse},
+    error::{ApiError, ApiResult, Code, ErrorBody},
+    gateway::{Gateway, Input, Submission},
+    tasks::{EventKind, Picture, Task, TaskEvent, TaskId, TaskStatus},
+};
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(upload))
+        .routes(routes!(get_picture))
+        .routes(routes!(list_page))
+        .routes(routes!(create_from_image))
+        .routes(routes!(events))
+        .routes(routes!(status))
+        .routes(routes!(callback_result))
+        .routes(routes!(callback_status))
+        .routes(routes!(callback_progress))
+}
+
+/// A stored picture, as seed 004's picture library shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PictureInfo {
+    #[schema(value_type = String, format = Uuid)]
+    id: Uuid,
+    /// Where the picture is served; absent once retention deleted it.
+    url: Option<String>,
+    /// The uploaded file's name.
+    name: Option<String>,
+    /// `jpeg`, `png` or `webp`.
+    pic_format: String,
+    content_type: String,
+    pic_width: u32,
+    pic_height: u32,
+    /// Bytes, as stored.
+    pic_size: u64,
+    sha256: String,
+    create_time: String,
+}
+
+fn picture_info(gateway: &Gateway, p: Picture) -> PictureInfo {
+    PictureInfo {
+        url: p.expired_at.is_none().then(|| gateway.file_url(&p.key)),
+        id: p.id,
+        name: p.original_name,
+        pic_format: p.format,
+        content_type: p.content_type,
+        pic_width: p.width,
+        pic_height: p.height,
+        pic_size: p.size,
+        sha256: p.sha256,
+        create_time: p.created_at.to_rfc3339(),
+    }
+}
+
+/// Upload a picture to the library (seed 004).
+///
+/// `multipart/form-data` with the picture in `file` (or `image`); checked like every
+/// picture kiln takes.
+#[utoipa::path(
+    post, path = "/picture/upload", tag = "reconstruction (seed 004)",
+    request_body(content((forms::PictureUpload = "multipart/form-data"))),
+    responses(
+        (status = 200, description = "Stored", body = PictureInfo),
+        (status = 400, description = "Missing, unsupported or damaged picture", body = ErrorBody),
+        (status = 413, description = "File too large", body = ErrorBody),
+    )
+)]
+async fn upload(State(state): State<AppState>, request: Request) -> ApiResult<Json<PictureInfo>> {
+    if state.readiness.stopping() {
+        return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
+    }
+    let (upload, filename) = forms::read_picture(request, &state.gateway).await?;
+    let picture = state.gateway.store_picture(upload, filename).await?;
+    Ok(Json(picture_info(&state.gateway, picture)))
+}
+
+/// Get a picture (seed 004).
+#[utoipa::path(
+    get, path = "/picture/{id}", tag = "reconstruction (seed 004)",
+    params(("id" = String, Path, description = "Picture id")),
+    responses(
+        (status = 200, description = "The picture", body = PictureInfo),
+        (status = 404, description = "No such picture", body = ErrorBody),
+    )
+)]
+async fn get_picture(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<PictureInfo>> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(Code::PictureNotFound))?;
+    Ok(Json(picture_info(&state.gateway, state.gateway.picture(id).await?)))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+struct PageQuery {
+    /// Page number, from 1 (default 1). `page` is accepted too.
+    #[serde(alias = "page")]
+    current: Option<u64>,
+    /// Page size, 1–100 (default 10). `size` is accepted too.
+    #[serde(alias = "size")]
+    page_size: Option<u32>,
+}
+
+/// A page, in the shape MyBatis-Plus's `Page` gives Spring clients.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct PicturePage {
+    records: Vec<PictureInfo>,
+    total: u64,
+    current: u64,
+    size: u32,
+    pages: u64,
+}
+
+/// List the picture library, newest first (seed 004).
+#[utoipa::path(
+    get, path = "/picture/list/page", tag = "reconstruction (seed 004)", params(PageQuery),
+    responses(
+        (status = 200, description = "A page of pictures", body = PicturePage),
+        (status = 400, description = "Bad paging parameters", body = ErrorBody),
+    )
+)]
+async fn list_page(
+    State(state): State<AppState>,
+    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<PicturePage>> {
+    let Query(query) = query.map_err(|e| ApiError::with_message(Code::InvalidRequest, e.body_text()))?;
+    let current = query.current.unwrap_or(1).max(1);
+    let size = query.page_size.unwrap_or(10).clamp(1, 100);
+    let offset = (current - 1).saturating_mul(u64::from(size));
+    let (pictures, total) = state.gateway.db.list_pictures(offset, size).await?;
+    Ok(Json(PicturePage {
+        records: pictures.into_iter().map(|p| picture_info(&state.gateway, p)).collect(),
+        total,
+        current,
+        size,
+        pages: total.div_ceil(u64::from(size)),
+    }))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct CreateFromImage {
+    /// A picture from `/picture/upload`.
+    #[schema(value_type = String, format = Uuid)]
+    picture_id: Uuid,
+    /// The model; default: the server's default image-to-3D model.
+    #[serde(default)]
+    model: Option<String>,
+    /// Model options.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    params: Option<Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct Created {
+    task_id: String,
+    /// The task's event stream (SSE), relative to this server.
+    sse_url: String,
+    /// The task's status document, relative to this server.
+    status_url: String,
+}
+
+/// Create a 3D reconstruction from a stored picture (seed 004).
+#[utoipa::path(
+    post, path = "/api/reconstruction/create-from-image", tag = "reconstruction (seed 004)",
+    request_body = CreateFromImage,
+    responses(
+        (status = 200, description = "Created", body = Created),
+        (status = 400, description = "Malformed request or unknown model", body = ErrorBody),
+        (status = 404, description = "No such picture", body = ErrorBody),
+        (status = 410, description = "The picture was deleted after the retention period", body = ErrorBody),
+        (status = 503, description = "Queue full; see Retry-After", body = ErrorBody),
+    )
+)]
+async fn create_from_image(
+    State(state): State<AppState>,
+    body: Result<Json<CreateFromImage>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<Created>> {
+    if state.readiness.stopping() {
+        return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
+    }
+    let Json(body) = body.map_err(|e| ApiError::with_message(Code::MalformedJson, e.body_text()))?;
+    let mut submission = Submission::new(Input::Picture(body.picture_id));
+    submission.model = body.model.filter(|m| !m.trim().is_empty());
+    submission.params = body.params.unwrap_or_else(|| json!({}));
+    let task = state.gateway.submit(submission).await?.task;
+    let id = task.id;
+    Ok(Json(Created {
+        task_id: id.to_string(),
+        sse_url: format!("/api/reconstruction/events/{id}"),
+        status_url: format!("/api/reconstruction/status/{id}"),
+    }))
+}
+
+/// Seed 004's status words.
+fn status_word(status: TaskStatus) -> &'static str {
+    match status {
+        TaskStatus::Queued => "PENDING",
+        TaskStatus::Running => "PROCESSING",
+        TaskStatus::Succeeded => "COMPLETED",
+        TaskStatus::Failed | TaskStatus::Canceled => "FAILED",
+    }
+}
+
+/// Seed 004's rendering: `result` for each stored file, `status` for everything else.
+fn seed004_event(gateway: &Gateway, event: &TaskEvent) -> Option<Event> {
+    let task_id = event.task_id.to_string();
+    let (name, data) = match event.kind {
+        EventKind::Result => {
+            let key = event.data["key"].as_str()?;
+            ("result", json!({ "taskId": task_id, "fileName": event.data["name"], "url": gateway.file_url(key) }))
+        }
+        EventKind::Queued => {
+            ("status", json!({ "taskId": task_id, "status": "PENDING", "position": event.data["position"] }))
+        }
+        EventKind::Processing => (
+            "status",
+            json!({
+                "taskId": task_id, "status": "PROCESSING",
+                "progress": event.data["progress"], "stage": event.data["stage"],
+            }),
+        ),
+        EventKind::Completed => ("status", json!({ "taskId": task_id, "status": "COMPLETED" })),
+        EventKind::Failed => (
+            "status",
+            json!({
+                "taskId": task_id, "status": "FAILED",
+                "errorMessage": event.data["error"]["message"], "errorCode": event.data["error"]["code"],
+            }),
+        ),
+        EventKind::Canceled => (
+            "status",
+            json!({ "taskId": task_id, "status": "FAILED", "errorMessage": "Canceled", "errorCode": "canceled" }),
+        ),
+    };
+    Event::default().id(event.seq.to_string()).event(name).json_data(data).ok()
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StreamQuery {
+    /// Resume after this event id (like `Last-Event-ID`).
+    after: Option<i64>,
+}
+
+fn parse_task(id: &str) -> ApiResult<TaskId> {
+    id.parse().map_err(|_| ApiError::new(Code::TaskNotFound))
+}
+
+/// Follow a reconstruction (seed 004): SSE.
+///
+/// `result` events (`taskId`, `fileName`, `url`) as each file is stored, and `status`
+/// events (`taskId`, `status`: `PENDING` | `PROCESSING` | `COMPLETED` | `FAILED`, with
+/// `position`, `progress` or `errorMessage`). `id:` is the sequence number;
+/// `Last-Event-ID` or `?after=` resumes. Ends after `COMPLETED` or `FAILED`.
+#[utoipa::path(
+    get, path = "/api/reconstruction/events/{taskId}", tag = "reconstruction (seed 004)",
+    params(("taskId" = String, Path, description = "Task id"), StreamQuery),
+    responses(
+        (status = 200, description = "SSE stream", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such task", body = ErrorBody),
+    )
+)]
+async fn events(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+    Query(query): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let id = parse_task(&task_id)?;
+    state.gateway.task(id).await?;
+    let after = sse::resume_point(&headers, query.after);
+    Ok(sse::stream(&state, id, after, seed004_event).into_response())
+}
+
+/// A reconstruction task with the fields of seed 004's §4.4 table.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+struct ReconstructionStatus {
+    task_id: String,
+    /// `PENDING`, `PROCESSING`, `COMPLETED` or `FAILED`.
+    status: String,
+    /// 0–100.
+    progress: u8,
+    original_image_url: Option<String>,
+    pixel_images_url: Option<String>,
+    xyz_images_url: Option<String>,
+    /// The OBJ + MTL + texture archive.
+    output_zip_url: Option<String>,
+    /// The GLB model.
+    model_url: Option<String>,
+    error_message: Option<String>,
+    error_code: Option<String>,
+    created_at: String,
+    updated_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+/// Get a reconstruction's status (seed 004).
+#[utoipa::path(
+    get, path = "/api/reconstruction/status/{taskId}", tag = "reconstruction (seed 004)",
+    params(("taskId" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "The task", body = ReconstructionStatus),
+        (status = 404, description = "No such task", body = ErrorBody),
+    )
+)]
+async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult<Json<ReconstructionStatus>> {
+    let gateway = &state.gateway;
+    let task: Task = gateway.task(parse_task(&task_id)?).await?;
+    let artifacts = gateway.artifacts(task.id).await?;
+    let url_of = |pick: &dyn Fn(&str) -> bool| {
+        artifacts
+            .iter()
+            .find(|a| a.expired_at.is_none() && pick(&a.name.to_ascii_lowercase()))
+            .map(|a| gateway.file_url(&a.key))
+    };
+    let original = match task.picture_id {
+        Some(id) => {
+            gateway.db.get_picture(id).await?.filter(|p| p.expired_at.is_none()).map(|p| gateway.file_url(&p.key))
+        }
+        None => None,
+    };
+    let updated = [Some(task.created_at), task.started_at, task.finished_at]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(task.created_at);
+    Ok(Json(ReconstructionStatus {
+        task_id: task.id.to_string(),
+        status: status_word(task.status).to_owned(),
+        progress: task.progress,
+        original_image_url: original,
+        pixel_images_url: url_of(&|n| n.starts_with("pixel_images")),
+        xyz_images_url: url_of(&|n| n.starts_with("xyz_images")),
+        output_zip_url: url_of(&|n| n.ends_with(".zip")),
+        model_url: url_of(&|n| n.ends_with(".glb")),
+        error_message: task
+            .error_message
+            .clone()
+            .or_else(|| (task.status == TaskStatus::Canceled).then(|| "Canceled".to_owned())),
+        error_code: task.error_code.clone(),
+        created_at: task.created_at.to_rfc3339(),
+        updated_at: updated.to_rfc3339(),
+        started_at: task.started_at.map(|t| t.to_rfc3339()),
+        finished_at: task.finished_at.map(|t| t.to_rfc3339()),
+    }))
+}
+
+/// A worker sends a result file (seed 004's path for the worker protocol's result callback).
+#[utoipa::path(
+    post, path = "/api/reconstruction/callback/result/{taskId}", tag = "reconstruction (seed 004)",
+    params(("taskId" = String, Path, description = "Task id")),
+    request_body(content((callbacks::ResultUpload = "multipart/form-data"))),
+    responses(
+        (status = 200, description = "Stored (or already stored)", body = callbacks::CallbackAnswer),
+        (status = 401, description = "Signature missing, wrong, stale or replayed", body = ErrorBody),
+        (status = 403, description = "Signed for another channel", body = ErrorBody),
+        (status = 409, description = "The task has ended, or a different file has this name", body = ErrorBody),
+    )
+)]
+async fn callback_result(
+    state: State<AppState>,
+    task_id: Path<String>,
+    request: Request,
+) -> ApiResult<Json<callbacks::CallbackAnswer>> {
+    callbacks::result_callback(state, task_id, request).await
+}
+
+/// A worker reports a job's end (seed 004's path for the status callback).
+#[utoipa::path(
+    post, path = "/api/reconstruction/callback/status", tag = "reconstruction (seed 004)",
+    request_body(content = crate::worker_protocol::StatusReport, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded (or already recorded)", body = callbacks::CallbackAnswer),
+        (status = 401, description = "Signature missing, wrong, stale or replayed", body = ErrorBody),
+        (status = 403, description = "Signed for another channel", body = ErrorBody),
+        (status = 409, description = "The task has already ended otherwise", body = ErrorBody),
+    )
+)]
+async fn callback_status(state: State<AppState>, request: Request) -> ApiResult<Json<callbacks::CallbackAnswer>> {
+    callbacks::status_callback(state, request).await
+}
+
+/// A worker reports progress (the worker protocol's addition to seed 004).
+#[utoipa::path(
+    post, path = "/api/reconstruction/callback/progress", tag = "reconstruction (seed 004)",
+    request_body(content = crate::worker_protocol::ProgressReport, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Recorded", body = callbacks::CallbackAnswer),
+        (status = 401, description = "Signature missing, wrong, stale or replayed", body = ErrorBody),
+        (status = 409, description = "The task has already ended", body = ErrorBody),
+    )
+)]
+async fn callback_progress(state: State<AppState>, request: Request) -> ApiResult<Json<callbacks::CallbackAnswer>> {
+    callbacks::progress_callback(state, request).await
+}
