@@ -132,3 +132,28 @@ async fn cleanup_deletes_old_files_on_demand() {
     assert_eq!(app.client.get(&url).send().await.unwrap().status().as_u16(), 410);
     app.stop().await;
 }
+
+#[test]
+fn config_check_masks_channel_secrets_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kiln.toml");
+    let secret = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==";
+    let channel = |secret: &str| {
+        format!(
+            "[[channels]]\nname = \"gpu\"\ntype = \"worker\"\nsecret = \"{secret}\"\nmodels = [{{ name = \"trellis2\", kind = \"image_to_3d\" }}]\noptions = {{ workers = [\"http://127.0.0.1:9\"] }}\n"
+        )
+    };
+    std::fs::write(&path, channel(secret)).unwrap();
+    let output = Command::new(KILN).args(["config", "check", "--config"]).arg(&path).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(!stdout.contains("c2VjcmV0"), "{stdout}");
+    assert!(stdout.contains("secret = \"********\""), "{stdout}");
+
+    std::fs::write(&path, channel("hunter2")).unwrap();
+    let output = Command::new(KILN).args(["config", "check", "--config"]).arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("channels[0]") && stderr.contains("whsec_"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
