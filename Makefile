@@ -3,7 +3,7 @@
 CARGO ?= cargo
 KILN_BIND ?= 127.0.0.1:8080
 
-.PHONY: run test build lint unit deps test-deps web web-test e2e screenshots
+.PHONY: run test build lint unit deps test-deps worker-test web web-test e2e screenshots
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
 run: deps web
@@ -11,7 +11,7 @@ run: deps web
 	./target/release/kiln serve --bind $(KILN_BIND)
 
 ## Run every check and test.
-test: test-deps web lint unit web-test e2e
+test: test-deps web lint unit web-test e2e worker-test
 
 deps:
 	@./scripts/deps.sh
@@ -30,6 +30,11 @@ unit:
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
+
+## The TRELLIS.2 worker's tests (Python, no GPU; a stand-in pipeline). Installs worker/.venv first.
+worker-test:
+	@./scripts/deps.sh --worker
+	cd worker && .venv/bin/python -m pytest -q
 
 ## The web page: `npm ci` when needed, then its production build into web/dist, which
 ## the kiln binary embeds (build.rs). Runs before any cargo build.

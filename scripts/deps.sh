@@ -2,16 +2,62 @@
 # Installs what `make run` and `make test` need beyond the Rust toolchain. Idempotent:
 # each step checks first and does nothing when the tool is already there.
 #
-# Usage: scripts/deps.sh [--test]. With --test (as `make test` runs it) it also
-# installs what only the tests need: the glTF validator, which needs Node.js and npm.
+# Usage: scripts/deps.sh [--test | --worker]. With --test (as `make test` runs it) it also
+# installs what only the tests need: the glTF validator, which needs Node.js and npm, and
+# the Python worker's test environment. With --worker (as `make worker-test` runs it) it
+# installs only the latter.
 set -euo pipefail
 
 for_tests=false
+only_worker=false
 if [ "${1:-}" = "--test" ]; then
     for_tests=true
+elif [ "${1:-}" = "--worker" ]; then
+    only_worker=true
 fi
 
 have() { command -v "$1" >/dev/null 2>&1; }
+
+# The TRELLIS.2 worker's test environment, worker/.venv: what its pytest suite needs, and
+# what kiln's conformance and integration tests need to start it with the stand-in
+# pipeline. No torch, no GPU packages (those are the `gpu` extra, for GPU machines).
+# Created when missing; `pip install -e 'worker[test]'`, constrained to the tested
+# versions, runs again only when worker/pyproject.toml or worker/constraints-test.txt
+# changed since the last install (their hash is kept in the venv).
+worker_env() {
+    local python=${PYTHON:-python3}
+    local worker
+    worker="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/worker"
+    local venv=$worker/.venv
+    if ! have "$python"; then
+        echo "deps: $python is missing; install Python 3.10 or later (python3, python3-venv)" >&2
+        exit 1
+    fi
+    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+        echo "deps: the worker needs Python 3.10 or later; $python is $("$python" -V 2>&1)" >&2
+        exit 1
+    fi
+    local want stamp=$venv/.kiln-deps-sha256
+    want=$(cat "$worker/pyproject.toml" "$worker/constraints-test.txt" | sha256sum | cut -d' ' -f1)
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! "$python" -m venv "$venv"; then
+            rm -rf "$venv"
+            echo "deps: cannot create $venv; on Debian or Ubuntu: apt-get install python3-venv" >&2
+            exit 1
+        fi
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -e "$worker[test]" -c "$worker/constraints-test.txt"
+    echo "$want" >"$stamp"
+}
+
+if $only_worker; then
+    worker_env
+    exit 0
+fi
 
 if ! cargo fmt --version >/dev/null 2>&1; then
     rustup component add rustfmt
@@ -35,4 +81,8 @@ if $for_tests; then
         (cd "$validator" && npm ci --no-audit --no-fund --loglevel=error)
         echo "$lock_hash" >"$stamp"
     fi
+fi
+
+if $for_tests; then
+    worker_env
 fi

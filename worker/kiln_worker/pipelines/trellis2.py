@@ -1,0 +1,507 @@
+"""The real TRELLIS.2 pipeline (microsoft/TRELLIS.2, model `microsoft/TRELLIS.2-4B`).
+
+Nothing heavy is imported at module level: torch, trellis2, o_voxel and trimesh are
+imported in `load` and `run`, so that the worker package imports (and its tests run) on
+machines without a GPU, and so that a missing install is a clear start-up error
+(`preflight`) rather than an ImportError from deep inside the package.
+
+What this module assumes about TRELLIS.2 (its public code as of early 2026; the README of
+this worker says how to install it):
+
+- `Trellis2ImageTo3DPipeline.from_pretrained(path)` reads `pipeline.json` and builds
+  three samplers, `sparse_structure_sampler`, `shape_slat_sampler` and
+  `tex_slat_sampler`; `.cuda()` moves it to the GPU (with `low_vram`, the default, each
+  stage's model visits the GPU only while it runs).
+- `run(image, seed, sparse_structure_sampler_params, shape_slat_sampler_params,
+  tex_slat_sampler_params, preprocess_image, pipeline_type, max_num_tokens)` returns a
+  list of `MeshWithVoxel`; the `*_cascade` pipeline types sample the shape twice (a
+  512 pass, then the full resolution).
+- Each sampler's `sample(model, noise, …, steps=N, …)` runs a Python loop that calls
+  `self.sample_once(…)` once per step (FlowEulerSampler and its CFG / guidance-interval
+  variants). The API offers no progress callback — the loop only drives a tqdm bar —
+  so progress is taken by wrapping `sample` (to learn the stage and its step count)
+  and `sample_once` (to count steps) on the three sampler *instances*. Instance
+  attributes shadow the class methods, and the loop looks `sample_once` up on `self`,
+  so the wrapper sees every step without patching TRELLIS.2's classes. Should a later
+  version stop calling `sample_once`, progress only gets coarser (one report per
+  stage); nothing breaks.
+- The step hook is also where a stopped job (timeout, or kiln said the task ended)
+  leaves the GPU: `JobContext.progress` raises `JobCancelled` there.
+- `o_voxel.postprocess.to_glb(vertices, faces, attr_volume, coords, attr_layout,
+  voxel_size, aabb, decimation_target, texture_size, remesh, remesh_band,
+  remesh_project)` returns a textured `trimesh.Trimesh` (PBR material), whose
+  `export(path, extension_webp=True)` writes the GLB; the same mesh is written as the
+  OBJ archive.
+- `trellis2.utils.render_utils.render_snapshot(mesh, …, envmap=EnvMap(tensor))` renders
+  views of the mesh; the `shaded` image of one view is the preview.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.util
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..export import mesh_to_obj_zip
+from .base import JobContext, JobInput, Pipeline, PipelineUnavailable
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+log = logging.getLogger("kiln_worker.trellis2")
+
+#: Python modules the pipeline needs, and where each comes from.
+REQUIRED_MODULES = {
+    "torch": "PyTorch 2.6 built for CUDA 12.4 (pip install torch==2.6.0 "
+    "--index-url https://download.pytorch.org/whl/cu124)",
+    "trellis2": "the TRELLIS.2 checkout (git clone --recursive "
+    "https://github.com/microsoft/TRELLIS.2, then put it on PYTHONPATH)",
+    "o_voxel": "TRELLIS.2's o-voxel extension (setup.sh --o-voxel)",
+    "nvdiffrast": "nvdiffrast (setup.sh --nvdiffrast)",
+    "nvdiffrec_render": "nvdiffrec's renderer, for the preview (setup.sh --nvdiffrec)",
+    "utils3d": "utils3d (setup.sh --basic)",
+    "cumesh": "CuMesh (setup.sh --cumesh)",
+    "flex_gemm": "FlexGEMM (setup.sh --flexgemm)",
+    "trimesh": "trimesh (pip install -e 'worker[gpu]')",
+}
+
+#: `resolution` param → TRELLIS.2 pipeline type (as TRELLIS.2's own app maps them).
+PIPELINE_TYPES = {512: "512", 1024: "1024_cascade", 1536: "1536_cascade"}
+ALL_PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
+TEXTURE_SIZES = (512, 1024, 2048, 4096)
+
+#: Where each stage sits on the job's 0–100 scale. Sampling dominates the time on a
+#: GPU (TRELLIS.2's README: shape ~60 %, material ~40 % of sampling); GLB export
+#: (remeshing, UV unwrapping, texture baking) takes seconds more.
+SAMPLER_STAGES = {
+    # sampler key: (stage name, start %, end %)
+    "sparse_structure": ("sampling_structure", 5.0, 25.0),
+    "shape": ("sampling_shape", 25.0, 55.0),
+    "texture": ("sampling_texture", 55.0, 80.0),
+}
+PROGRESS_DECODING = 80.0
+PROGRESS_PREVIEW = 84.0
+PROGRESS_GLB = 87.0
+PROGRESS_OBJ = 97.0
+
+
+class Trellis2Pipeline(Pipeline):
+    """TRELLIS.2-4B image-to-3D on one CUDA GPU."""
+
+    name = "trellis2"
+    version = "TRELLIS.2-4B"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        super().__init__(settings)
+        env = os.environ
+        self.model = settings.model if settings is not None else "microsoft/TRELLIS.2-4B"
+        self.warmup = env.get("KILN_TRELLIS_WARMUP", "1") not in ("0", "false", "no")
+        self.envmap_path = env.get("KILN_TRELLIS_ENVMAP", "").strip() or None
+        low_vram = env.get("KILN_TRELLIS_LOW_VRAM", "").strip().lower()
+        self.low_vram: bool | None = None if not low_vram else low_vram not in ("0", "false", "no")
+        self.defaults = {
+            "resolution": _env_int("KILN_TRELLIS_RESOLUTION", 1024),
+            "texture_size": _env_int("KILN_TRELLIS_TEXTURE_SIZE", 2048),
+            "decimation_target": _env_int("KILN_TRELLIS_DECIMATION_TARGET", 500_000),
+        }
+        self.progress = SamplerProgress()
+        self._pipe: Any = None
+        self._envmap: Any = None
+
+    # -- start-up ------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        missing = [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+        if missing:
+            lines = "\n".join(f"  - {name}: {REQUIRED_MODULES[name]}" for name in missing)
+            raise PipelineUnavailable(
+                "TRELLIS.2 is not installed in this Python environment; missing modules:\n"
+                f"{lines}\n"
+                'See worker/README.md ("Install on Ubuntu 22.04 + CUDA 12.4"), or select '
+                "another pipeline with KILN_WORKER_PIPELINE."
+            )
+        # The defaults from the environment must themselves be valid params.
+        try:
+            self.validate_params({})
+        except ValueError as err:
+            raise PipelineUnavailable(f"bad KILN_TRELLIS_* default: {err}") from err
+
+    def load(self) -> None:
+        # Both must be set before torch / cv2 are imported (TRELLIS.2's example does the same).
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PipelineUnavailable(
+                "PyTorch sees no CUDA GPU: check the NVIDIA driver (nvidia-smi) and that torch "
+                "is the CUDA 12.4 build"
+            )
+        from trellis2.pipelines import Trellis2ImageTo3DPipeline
+
+        device = torch.cuda.get_device_properties(0)
+        log.info("loading %s on %s (%.1f GB)…", self.model, device.name, device.total_memory / 1e9)
+        pipe = Trellis2ImageTo3DPipeline.from_pretrained(self.model)
+        if self.low_vram is not None:
+            pipe.low_vram = self.low_vram
+        pipe.cuda()
+        for key, attr in (
+            ("sparse_structure", "sparse_structure_sampler"),
+            ("shape", "shape_slat_sampler"),
+            ("texture", "tex_slat_sampler"),
+        ):
+            self.progress.instrument(getattr(pipe, attr), key)
+        self._pipe = pipe
+        self._envmap = self._make_envmap(torch)
+        if self.warmup:
+            self._warm_up(torch)
+        log.info(
+            "TRELLIS.2 ready; %.1f GB of GPU memory reserved",
+            torch.cuda.memory_reserved() / 1e9,
+        )
+
+    def _make_envmap(self, torch: Any) -> Any:
+        """The lighting of the preview render: an HDR file if configured, else uniform light."""
+        from trellis2.renderers import EnvMap
+
+        if self.envmap_path:
+            import cv2
+
+            image = cv2.imread(self.envmap_path, cv2.IMREAD_UNCHANGED)
+            if image is None:
+                raise PipelineUnavailable(f"cannot read KILN_TRELLIS_ENVMAP={self.envmap_path}")
+            pixels = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            return EnvMap(torch.tensor(pixels, dtype=torch.float32, device="cuda"))
+        return EnvMap(torch.full((256, 512, 3), 1.0, dtype=torch.float32, device="cuda"))
+
+    def _warm_up(self, torch: Any) -> None:
+        """One tiny generation, so that the first real job does not pay for CUDA/Triton set-up.
+
+        The picture has an alpha channel, so TRELLIS.2 skips background removal for it.
+        A failed warm-up is logged, not fatal: the weights are loaded, and a real job
+        will say what is wrong.
+        """
+        from PIL import Image, ImageDraw
+
+        picture = Image.new("RGBA", (512, 512), (0, 0, 0, 0))
+        ImageDraw.Draw(picture).ellipse((96, 96, 416, 416), fill=(180, 120, 60, 255))
+        few = {"steps": 2}
+        try:
+            self._pipe.run(
+                picture,
+                seed=0,
+                pipeline_type="512",
+                sparse_structure_sampler_params=few,
+                shape_slat_sampler_params=few,
+                tex_slat_sampler_params=few,
+            )
+            log.info("warm-up generation done")
+        except Exception:
+            log.exception("the warm-up generation failed (the model stays loaded)")
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
+
+    # -- params --------------------------------------------------------------------
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Check the options a client may set; unknown keys are ignored.
+
+        resolution (512 | 1024 | 1536) or pipeline_type; seed; steps (all stages) or
+        sparse_structure_steps / shape_steps / texture_steps; sparse_structure_guidance /
+        shape_guidance / texture_guidance; texture_size (512–4096); decimation_target;
+        remesh, preprocess_image, preview, obj, webp (booleans); max_num_tokens.
+        """
+        p = dict(params)
+        out: dict[str, Any] = {}
+        resolution = _int(p, "resolution", self.defaults["resolution"], 512, 1536)
+        if resolution not in PIPELINE_TYPES:
+            raise ValueError("resolution must be 512, 1024 or 1536")
+        pipeline_type = p.get("pipeline_type", PIPELINE_TYPES[resolution])
+        if pipeline_type not in ALL_PIPELINE_TYPES:
+            raise ValueError(f"pipeline_type must be one of {', '.join(ALL_PIPELINE_TYPES)}")
+        out["pipeline_type"] = pipeline_type
+        out["seed"] = _int(p, "seed", 42, 0, 2**31 - 1)
+        steps = p.get("steps")
+        for stage in ("sparse_structure", "shape", "texture"):
+            sampler: dict[str, Any] = {}
+            stage_steps = p.get(f"{stage}_steps", steps)
+            if stage_steps is not None:
+                sampler["steps"] = _int(
+                    {f"{stage}_steps": stage_steps}, f"{stage}_steps", 0, 1, 100
+                )
+            if f"{stage}_guidance" in p:
+                sampler["guidance_strength"] = _float(p, f"{stage}_guidance", 0.0, 0.0, 20.0)
+            out[f"{stage}_sampler_params"] = sampler
+        texture_size = _int(p, "texture_size", self.defaults["texture_size"], 512, 4096)
+        if texture_size not in TEXTURE_SIZES:
+            raise ValueError("texture_size must be 512, 1024, 2048 or 4096")
+        out["texture_size"] = texture_size
+        out["decimation_target"] = _int(
+            p, "decimation_target", self.defaults["decimation_target"], 10_000, 2_000_000
+        )
+        out["max_num_tokens"] = _int(p, "max_num_tokens", 49152, 1024, 262_144)
+        for flag in ("remesh", "preprocess_image", "preview", "obj", "webp"):
+            out[flag] = _bool(p, flag, True)
+        return out
+
+    # -- one job ---------------------------------------------------------------------
+
+    def run(self, job: JobInput, ctx: JobContext) -> list[Path]:
+        import o_voxel
+        import torch
+        from PIL import Image
+
+        if self._pipe is None:
+            raise RuntimeError("the TRELLIS.2 pipeline is not loaded")
+        p = job.params or self.validate_params({})
+        ctx.progress(0, "preprocessing")
+        with Image.open(job.image_path) as opened:
+            image = opened.copy()
+        if image.mode not in ("RGB", "RGBA"):
+            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+
+        cascade = p["pipeline_type"].endswith("_cascade")
+        with torch.no_grad():
+            with self.progress.job(ctx, shape_passes=2 if cascade else 1):
+                meshes = self._pipe.run(
+                    image,
+                    seed=p["seed"],
+                    sparse_structure_sampler_params=p["sparse_structure_sampler_params"],
+                    shape_slat_sampler_params=p["shape_sampler_params"],
+                    tex_slat_sampler_params=p["texture_sampler_params"],
+                    preprocess_image=p["preprocess_image"],
+                    pipeline_type=p["pipeline_type"],
+                    max_num_tokens=p["max_num_tokens"],
+                )
+            ctx.check_cancelled()
+            mesh = meshes[0]
+            del meshes
+            mesh.simplify(16777216)  # nvdiffrast's limit, as TRELLIS.2's example does
+
+            if p["preview"]:
+                ctx.progress(PROGRESS_PREVIEW, "rendering_preview")
+                preview = job.workdir / "preview.png"
+                if self._render_preview(mesh, preview, torch):
+                    ctx.emit(preview)
+
+            ctx.progress(PROGRESS_GLB, "exporting_glb")
+            textured = o_voxel.postprocess.to_glb(
+                vertices=mesh.vertices,
+                faces=mesh.faces,
+                attr_volume=mesh.attrs,
+                coords=mesh.coords,
+                attr_layout=mesh.layout,
+                voxel_size=mesh.voxel_size,
+                aabb=[[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]],
+                decimation_target=p["decimation_target"],
+                texture_size=p["texture_size"],
+                remesh=p["remesh"],
+                remesh_band=1,
+                remesh_project=0,
+                verbose=False,
+            )
+            del mesh
+            ctx.check_cancelled()
+            glb = job.workdir / "model.glb"
+            textured.export(str(glb), extension_webp=p["webp"])
+            ctx.emit(glb)
+        gc.collect()
+        torch.cuda.empty_cache()
+
+        if not p["obj"]:
+            return []
+        ctx.progress(PROGRESS_OBJ, "exporting_obj")
+        return [mesh_to_obj_zip(textured, job.workdir / "output3d.zip")]
+
+    def _render_preview(self, mesh: Any, path: Path, torch: Any) -> bool:
+        """Render one shaded view to `path`; a failure costs the preview, not the job."""
+        from PIL import Image
+        from trellis2.utils import render_utils
+
+        try:
+            frames = render_utils.render_snapshot(
+                mesh, resolution=512, r=2, fov=36, nviews=1, envmap=self._envmap, verbose=False
+            )
+            key = "shaded" if "shaded" in frames else next(iter(frames))
+            Image.fromarray(frames[key][0]).save(path, format="PNG")
+            return True
+        except Exception as err:
+            if self.is_out_of_memory(err):
+                raise  # the retry after freeing memory handles it
+            log.warning("preview render failed, sending no preview: %s", err)
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    def free_memory(self) -> None:
+        """Collect garbage and return cached GPU memory to the driver.
+
+        After an OOM in low-VRAM mode, a stage's model may have been left on the GPU
+        (TRELLIS.2 moves it back to the CPU only when the stage ends normally); it is
+        moved back here so that the retry starts from a clean card.
+        """
+        gc.collect()
+        import sys
+
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_available():
+            return
+        pipe = self._pipe
+        if pipe is not None and getattr(pipe, "low_vram", False):
+            try:
+                for model in getattr(pipe, "models", {}).values():
+                    model.cpu()
+                for extra in ("image_cond_model", "rembg_model"):
+                    component = getattr(pipe, extra, None)
+                    if component is not None and hasattr(component, "cpu"):
+                        component.cpu()
+            except Exception:
+                log.exception("moving TRELLIS.2's models back to the CPU failed")
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()
+
+
+# -- progress from the samplers' steps ---------------------------------------------------
+
+
+@dataclass
+class _JobProgress:
+    ctx: JobContext
+    shape_passes: int
+    calls: dict[str, int] = field(default_factory=dict)
+    key: str | None = None
+    steps: int = 1
+    done: int = 0
+    start: float = 0.0
+    end: float = 0.0
+
+
+class SamplerProgress:
+    """Turns sampler steps into `JobContext.progress` calls.
+
+    One instance serves the pipeline for its lifetime; the job it reports for is kept
+    per thread, so the wrapped samplers know whose progress a step is (and do nothing
+    during the warm-up, which runs outside any job).
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @contextmanager
+    def job(self, ctx: JobContext, *, shape_passes: int = 1) -> Iterator[None]:
+        self._local.current = _JobProgress(ctx, shape_passes)
+        try:
+            yield
+        finally:
+            self._local.current = None
+
+    def _current(self) -> _JobProgress | None:
+        return getattr(self._local, "current", None)
+
+    def started(self, key: str, steps: int) -> None:
+        state = self._current()
+        if state is None or key not in SAMPLER_STAGES:
+            return
+        stage, start, end = SAMPLER_STAGES[key]
+        passes = state.shape_passes if key == "shape" else 1
+        index = min(state.calls.get(key, 0), passes - 1)
+        state.calls[key] = state.calls.get(key, 0) + 1
+        width = (end - start) / passes
+        state.key, state.steps, state.done = key, max(1, steps), 0
+        state.start, state.end = start + width * index, start + width * (index + 1)
+        state.ctx.progress(state.start, stage)
+
+    def step(self, key: str) -> None:
+        state = self._current()
+        if state is None or state.key != key:
+            return
+        state.done = min(state.done + 1, state.steps)
+        stage = SAMPLER_STAGES[key][0]
+        state.ctx.progress(
+            state.start + (state.end - state.start) * state.done / state.steps, stage
+        )
+        if key == "texture" and state.done == state.steps:
+            # The pipeline decodes the latents right after the last texture step.
+            state.ctx.progress(PROGRESS_DECODING, "decoding")
+
+    def instrument(self, sampler: Any, key: str) -> None:
+        """Wrap `sampler.sample` and `sampler.sample_once` on this instance (see module doc)."""
+        if getattr(sampler, "_kiln_progress", False):
+            return
+        sample = sampler.sample
+        sample_once = sampler.sample_once
+        signature = inspect.signature(sample)
+        steps_param = signature.parameters.get("steps")
+        default_steps = (
+            steps_param.default
+            if steps_param is not None and steps_param.default is not inspect.Parameter.empty
+            else 1
+        )
+
+        @functools.wraps(sample)
+        def sample_with_progress(*args: Any, **kwargs: Any) -> Any:
+            try:
+                steps = signature.bind_partial(*args, **kwargs).arguments.get(
+                    "steps", default_steps
+                )
+            except TypeError:
+                steps = kwargs.get("steps", default_steps)
+            self.started(key, int(steps))
+            return sample(*args, **kwargs)
+
+        @functools.wraps(sample_once)
+        def sample_once_with_progress(*args: Any, **kwargs: Any) -> Any:
+            result = sample_once(*args, **kwargs)
+            self.step(key)
+            return result
+
+        sampler.sample = sample_with_progress
+        sampler.sample_once = sample_once_with_progress
+        sampler._kiln_progress = True
+
+
+# -- param helpers ----------------------------------------------------------------------
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise PipelineUnavailable(f"{name}=`{raw}` is not an integer") from None
+
+
+def _int(p: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = p.get(key, default)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{key} must be an integer from {low} to {high}")
+    return value
+
+
+def _float(p: dict[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = p.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{key} must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _bool(p: dict[str, Any], key: str, default: bool) -> bool:
+    value = p.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false")
+    return value

@@ -1,0 +1,249 @@
+"""A stand-in for TRELLIS.2 that runs anywhere: no GPU, no weights, a few milliseconds.
+
+It behaves like the real pipeline as the worker sees it — stages with step progress, a
+preview PNG emitted early, a textured `model.glb`, an `output3d.zip` (OBJ + MTL +
+texture) returned at the end — and can be told to misbehave, so that the worker's
+protocol, retries, OOM handling and timeouts are tested without a GPU. kiln's Rust
+conformance suite and integration tests run the worker with it:
+
+    cd worker && KILN_WORKER_SECRET=whsec_… \\
+        KILN_WORKER_PIPELINE=tests.standin:StandInPipeline \\
+        .venv/bin/python -m kiln_worker --host 127.0.0.1 --port 0
+
+Dispatch `params` it understands (others are ignored, as a real pipeline would):
+    steps         int 1–100000, sampling steps (default 4)
+    step_seconds  float 0–60, time per step (default KILN_STANDIN_STEP_SECONDS or 0.005)
+    fail          "error" | "oom" | "oom_once": raise an error / a CUDA-OOM look-alike on
+                  every attempt / on the first attempt only
+    fail_at       "sampling" (default) | "export": where `fail` strikes; "export" is after
+                  the preview was emitted
+    outputs       list of "preview", "glb", "zip" (default all three)
+Environment: KILN_STANDIN_LOAD_SECONDS (warm-up time, default 0), KILN_STANDIN_LOAD_FAIL=1
+(the model "fails to load": /health answers 503 unhealthy), KILN_STANDIN_LOAD_UNTIL_FILE=PATH
+(the warm-up lasts until PATH exists, so a test decides when the worker becomes ready).
+
+Tests in this directory can also hold the warm-up or every job at a gate (`hold_load`,
+`hold_runs`) and let them go when they have checked what they wanted: no timing guesses.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageStat
+
+from kiln_worker.export import mesh_to_obj_zip
+from kiln_worker.pipelines import JobContext, JobInput, Pipeline, PipelineUnavailable
+
+OUTPUTS = ("preview", "glb", "zip")
+
+
+class OutOfMemoryError(RuntimeError):
+    """Looks like `torch.cuda.OutOfMemoryError` to the worker: same class name and message."""
+
+
+class StandInPipeline(Pipeline):
+    name = "standin"
+    version = "1"
+
+    def __init__(self, settings: Any = None) -> None:
+        super().__init__(settings)
+        self.load_seconds = float(os.environ.get("KILN_STANDIN_LOAD_SECONDS", "0") or 0)
+        self.fail_load = os.environ.get("KILN_STANDIN_LOAD_FAIL", "") not in ("", "0")
+        self.step_seconds = float(os.environ.get("KILN_STANDIN_STEP_SECONDS", "0.005") or 0)
+        self.load_until_file = os.environ.get("KILN_STANDIN_LOAD_UNTIL_FILE", "") or None
+        self.loaded = threading.Event()
+        self._load_gate = threading.Event()
+        self._load_gate.set()
+        self._run_gate = threading.Event()
+        self._run_gate.set()
+        #: Set when a job reached the run gate (it is running, and held).
+        self.holding = threading.Event()
+        #: What happened, for the tests: (task_id, attempt, outcome) per run.
+        self.runs: list[tuple[str, int, str]] = []
+        self.free_memory_calls = 0
+        self._lock = threading.Lock()
+
+    def preflight(self) -> None:
+        try:
+            import numpy  # noqa: F401
+            import trimesh  # noqa: F401
+        except ImportError as err:
+            raise PipelineUnavailable(
+                f"the stand-in needs numpy and trimesh (pip install -e 'worker[test]'): {err}"
+            ) from err
+
+    def hold_load(self) -> None:
+        self._load_gate.clear()
+
+    def release_load(self) -> None:
+        self._load_gate.set()
+
+    def hold_runs(self) -> None:
+        self._run_gate.clear()
+
+    def release_runs(self) -> None:
+        self._run_gate.set()
+
+    def load(self) -> None:
+        if self.load_seconds:
+            time.sleep(self.load_seconds)
+        if self.load_until_file:
+            deadline = time.monotonic() + 600
+            while not os.path.exists(self.load_until_file) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self._load_gate.wait(timeout=60)
+        if self.fail_load:
+            raise RuntimeError("stand-in model failed to load (KILN_STANDIN_LOAD_FAIL)")
+        self.loaded.set()
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        steps = params.get("steps", 4)
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= 100_000:
+            raise ValueError("steps must be an integer from 1 to 100000")
+        out["steps"] = steps
+        step_seconds = params.get("step_seconds", self.step_seconds)
+        if (
+            not isinstance(step_seconds, (int, float))
+            or isinstance(step_seconds, bool)
+            or not 0 <= step_seconds <= 60
+        ):
+            raise ValueError("step_seconds must be a number from 0 to 60")
+        out["step_seconds"] = float(step_seconds)
+        fail = params.get("fail")
+        if fail not in (None, "error", "oom", "oom_once"):
+            raise ValueError("fail must be one of error, oom, oom_once")
+        out["fail"] = fail
+        fail_at = params.get("fail_at", "sampling")
+        if fail_at not in ("sampling", "export"):
+            raise ValueError("fail_at must be sampling or export")
+        out["fail_at"] = fail_at
+        outputs = params.get("outputs", list(OUTPUTS))
+        if not isinstance(outputs, list) or any(o not in OUTPUTS for o in outputs):
+            raise ValueError("outputs must be a list of preview, glb, zip")
+        out["outputs"] = outputs
+        return out
+
+    def run(self, job: JobInput, ctx: JobContext) -> list[Path]:
+        params = job.params or self.validate_params({})
+        try:
+            files = self._run(job, ctx, params)
+        except BaseException as err:
+            self._record(job.task_id, ctx.attempt, type(err).__name__)
+            raise
+        self._record(job.task_id, ctx.attempt, "ok")
+        return files
+
+    def _run(self, job: JobInput, ctx: JobContext, params: dict[str, Any]) -> list[Path]:
+        ctx.progress(0, "preprocessing")
+        while not self._run_gate.is_set():
+            self.holding.set()
+            ctx.check_cancelled()
+            self._run_gate.wait(timeout=0.005)
+        with Image.open(job.image_path) as img:
+            color = tuple(int(c) for c in ImageStat.Stat(img.convert("RGB")).mean)
+        steps = params["steps"]
+        for step in range(steps):
+            if step == steps // 2 and params["fail_at"] == "sampling":
+                self._maybe_fail(params, ctx)
+            time.sleep(params["step_seconds"])
+            ctx.progress(5 + 75 * (step + 1) / steps, "sampling")
+
+        files: list[Path] = []
+        ctx.progress(82, "rendering_preview")
+        if "preview" in params["outputs"]:
+            preview = job.workdir / "preview.png"
+            _draw_preview(color).save(preview, format="PNG")
+            ctx.emit(preview)
+        if params["fail_at"] == "export":
+            self._maybe_fail(params, ctx)
+        mesh = _textured_cube(color)
+        ctx.progress(88, "exporting_glb")
+        if "glb" in params["outputs"]:
+            glb = job.workdir / "model.glb"
+            glb.write_bytes(mesh.export(file_type="glb"))
+            ctx.emit(glb)
+        ctx.progress(95, "exporting_obj")
+        if "zip" in params["outputs"]:
+            # Returned rather than emitted: the worker sends returned files at the end.
+            files.append(mesh_to_obj_zip(mesh, job.workdir / "output3d.zip"))
+        return files
+
+    def _maybe_fail(self, params: dict[str, Any], ctx: JobContext) -> None:
+        fail = params["fail"]
+        if fail == "error":
+            raise RuntimeError("the stand-in pipeline failed on purpose")
+        if fail == "oom" or (fail == "oom_once" and ctx.attempt == 0):
+            raise OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 23.65 GiB total "
+                "capacity; stand-in)"
+            )
+
+    def free_memory(self) -> None:
+        with self._lock:
+            self.free_memory_calls += 1
+        gc.collect()
+
+    def _record(self, task_id: str, attempt: int, outcome: str) -> None:
+        with self._lock:
+            self.runs.append((task_id, attempt, outcome))
+
+
+def _draw_preview(color: tuple[int, ...]) -> Image.Image:
+    """A 256×256 "render" of the cube: three shaded faces on a dark background."""
+    img = Image.new("RGB", (256, 256), (32, 32, 36))
+    draw = ImageDraw.Draw(img)
+    r, g, b = color[:3]
+
+    def shade(f: float) -> tuple[int, int, int]:
+        return (int(r * f), int(g * f), int(b * f))
+
+    top = [(128, 40), (208, 80), (128, 120), (48, 80)]
+    left = [(48, 80), (128, 120), (128, 216), (48, 176)]
+    right = [(128, 120), (208, 80), (208, 176), (128, 216)]
+    draw.polygon(top, fill=shade(1.0))
+    draw.polygon(left, fill=shade(0.7))
+    draw.polygon(right, fill=shade(0.5))
+    return img
+
+
+def _textured_cube(color: tuple[int, ...]) -> Any:
+    """A unit cube with a PBR material and texture, built like TRELLIS.2's `to_glb` result."""
+    import numpy as np
+    import trimesh
+
+    box = trimesh.creation.box(extents=(1.0, 1.0, 1.0))
+    # One vertex per face corner, so that each face gets the whole texture.
+    vertices = box.vertices[box.faces].reshape(-1, 3)
+    faces = np.arange(len(vertices)).reshape(-1, 3)
+    normals = np.repeat(box.face_normals, 3, axis=0)
+    # The box's faces come in pairs, two triangles per side: map each pair onto the square.
+    first = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    second = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    uv = np.concatenate([first if i % 2 == 0 else second for i in range(len(faces))])
+    texture = Image.new("RGBA", (64, 64), (*color[:3], 255))
+    draw = ImageDraw.Draw(texture)
+    draw.rectangle((0, 0, 63, 63), outline=(255, 255, 255, 255), width=3)
+    metallic_roughness = Image.new("RGB", (8, 8), (0, 200, 0))
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=texture,
+        baseColorFactor=np.array([255, 255, 255, 255], dtype=np.uint8),
+        metallicRoughnessTexture=metallic_roughness,
+        metallicFactor=0.0,
+        roughnessFactor=1.0,
+        alphaMode="OPAQUE",
+        doubleSided=True,
+    )
+    return trimesh.Trimesh(
+        vertices=vertices,
+        faces=faces,
+        vertex_normals=normals,
+        process=False,
+        visual=trimesh.visual.TextureVisuals(uv=uv, material=material),
+    )

@@ -1,0 +1,453 @@
+"""The TRELLIS.2 pipeline module, without a GPU.
+
+What can be checked here: the module imports without torch; a machine without TRELLIS.2
+gets a clear start-up error; params; the sampler instrumentation (against samplers
+built like TRELLIS.2's: a base loop calling `self.sample_once`, a CFG subclass calling
+`super().sample` positionally); and `run` end to end against fake `torch`, `trellis2`
+and `o_voxel` modules that record how they are called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import sys
+import types
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from kiln_worker.pipelines import JobCancelled, JobInput, PipelineUnavailable, load_pipeline
+from kiln_worker.pipelines.trellis2 import SamplerProgress, Trellis2Pipeline
+from tests.conftest import png_bytes
+
+
+class RecordingContext:
+    """A JobContext that records what the pipeline reports."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.attempt = 0
+        self.reports: list[tuple[float, str]] = []
+        self.emitted: list[tuple[str, bytes]] = []
+        self.cancel_after = cancel_after
+
+    def progress(self, percent: float, stage: str) -> None:
+        self.check_cancelled()
+        self.reports.append((percent, stage))
+
+    def emit(self, path: Path, name: str | None = None) -> None:
+        self.emitted.append((name or path.name, path.read_bytes()))
+
+    def check_cancelled(self) -> None:
+        if self.cancel_after is not None and len(self.reports) >= self.cancel_after:
+            raise JobCancelled("timeout")
+
+    @property
+    def cancelled(self) -> bool:
+        return False
+
+
+# Samplers shaped like trellis2/pipelines/samplers/flow_euler.py.
+
+
+class FlowEulerSampler:
+    def __init__(self) -> None:
+        self.steps_run = 0
+
+    def sample_once(
+        self, model: Any, x_t: Any, t: float, t_prev: float, cond: Any = None, **kwargs: Any
+    ) -> Any:
+        self.steps_run += 1
+        return types.SimpleNamespace(pred_x_prev=x_t)
+
+    def sample(
+        self,
+        model: Any,
+        noise: Any,
+        cond: Any = None,
+        steps: int = 50,
+        rescale_t: float = 1.0,
+        verbose: bool = True,
+        tqdm_desc: str = "Sampling",
+        **kwargs: Any,
+    ) -> Any:
+        sample = noise
+        for i in range(steps):
+            sample = self.sample_once(
+                model, sample, 1 - i / steps, 1 - (i + 1) / steps, cond, **kwargs
+            ).pred_x_prev
+        return types.SimpleNamespace(samples=sample)
+
+
+class FlowEulerCfgSampler(FlowEulerSampler):
+    def sample(
+        self,
+        model: Any,
+        noise: Any,
+        cond: Any,
+        neg_cond: Any,
+        steps: int = 50,
+        rescale_t: float = 1.0,
+        guidance_strength: float = 3.0,
+        verbose: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        return super().sample(
+            model,
+            noise,
+            cond,
+            steps,
+            rescale_t,
+            verbose,
+            neg_cond=neg_cond,
+            guidance_strength=guidance_strength,
+            **kwargs,
+        )
+
+
+NO_GPU_STACK = (
+    importlib.util.find_spec("torch") is None or importlib.util.find_spec("trellis2") is None
+)
+
+
+def test_module_imports_without_torch() -> None:
+    """The package must import where torch is absent (this is checked where it is absent)."""
+    module = importlib.reload(importlib.import_module("kiln_worker.pipelines.trellis2"))
+    assert module.Trellis2Pipeline.name == "trellis2"
+
+
+@pytest.mark.skipif(not NO_GPU_STACK, reason="TRELLIS.2 is installed here")
+def test_missing_trellis_is_a_clear_preflight_error() -> None:
+    pipeline = load_pipeline("trellis2")
+    with pytest.raises(PipelineUnavailable) as info:
+        pipeline.preflight()
+    message = str(info.value)
+    assert "TRELLIS.2 is not installed" in message
+    assert "trellis2" in message and "README" in message
+
+
+def test_params_defaults_and_mapping() -> None:
+    p = Trellis2Pipeline().validate_params({})
+    assert p["pipeline_type"] == "1024_cascade" and p["seed"] == 42
+    assert p["texture_size"] == 2048 and p["decimation_target"] == 500_000
+    assert p["sparse_structure_sampler_params"] == {} and p["preview"] and p["obj"]
+    p = Trellis2Pipeline().validate_params(
+        {
+            "resolution": "512",
+            "steps": 8,
+            "shape_steps": 20,
+            "texture_guidance": 2,
+            "seed": 7,
+            "unknown": 1,
+        }
+    )
+    assert p["pipeline_type"] == "512" and p["seed"] == 7
+    assert p["sparse_structure_sampler_params"] == {"steps": 8}
+    assert p["shape_sampler_params"] == {"steps": 20}
+    assert p["texture_sampler_params"] == {"steps": 8, "guidance_strength": 2.0}
+    assert (
+        Trellis2Pipeline().validate_params({"resolution": 1536})["pipeline_type"] == "1536_cascade"
+    )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"resolution": 768},
+        {"steps": 0},
+        {"steps": 101},
+        {"texture_size": 3000},
+        {"seed": -1},
+        {"obj": "yes"},
+        {"pipeline_type": "2048"},
+        {"shape_guidance": 99},
+        {"decimation_target": 5},
+    ],
+)
+def test_bad_params_are_refused(params: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Trellis2Pipeline().validate_params(params)
+
+
+def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_RESOLUTION", "512")
+    monkeypatch.setenv("KILN_TRELLIS_TEXTURE_SIZE", "1024")
+    p = Trellis2Pipeline().validate_params({})
+    assert p["pipeline_type"] == "512" and p["texture_size"] == 1024
+
+
+def test_sampler_steps_become_progress() -> None:
+    progress = SamplerProgress()
+    structure, shape, texture = FlowEulerCfgSampler(), FlowEulerCfgSampler(), FlowEulerSampler()
+    for sampler, key in ((structure, "sparse_structure"), (shape, "shape"), (texture, "texture")):
+        progress.instrument(sampler, key)
+        progress.instrument(sampler, key)  # idempotent
+    ctx = RecordingContext()
+    with progress.job(ctx, shape_passes=2):  # a cascade: the shape is sampled twice
+        structure.sample("m", 0, "cond", "neg", steps=4, verbose=False)
+        shape.sample("m", 0, cond="c", neg_cond="n", steps=3)
+        shape.sample("m", 0, cond="c", neg_cond="n", steps=3)
+        texture.sample("m", 0, "c", 5)  # steps given positionally
+    assert (structure.steps_run, shape.steps_run, texture.steps_run) == (4, 6, 5)
+    values = [v for v, _ in ctx.reports]
+    assert values == sorted(values), "progress never goes backwards"
+    assert values[0] == 5.0 and values[-1] == 80.0
+    stages = [s for _, s in ctx.reports]
+    assert stages[0] == "sampling_structure" and stages[-1] == "decoding"
+    assert stages.count("sampling_shape") == 2 * (1 + 3)
+    # The two shape passes split the shape range in halves.
+    shape_values = [v for v, s in ctx.reports if s == "sampling_shape"]
+    assert (
+        shape_values[0] == 25.0
+        and shape_values[3] == 40.0
+        and shape_values[4] == 40.0
+        and shape_values[-1] == 55.0
+    )
+
+
+def test_steps_outside_a_job_report_nothing() -> None:
+    """The warm-up runs the samplers with no job: nothing to report, nothing to break."""
+    progress = SamplerProgress()
+    sampler = FlowEulerSampler()
+    progress.instrument(sampler, "shape")
+    sampler.sample("m", 0, steps=3)
+    assert sampler.steps_run == 3
+
+
+def test_a_stopped_job_leaves_the_sampler_loop() -> None:
+    progress = SamplerProgress()
+    sampler = FlowEulerCfgSampler()
+    progress.instrument(sampler, "sparse_structure")
+    ctx = RecordingContext(cancel_after=3)
+    with pytest.raises(JobCancelled), progress.job(ctx):
+        sampler.sample("m", 0, "c", "n", steps=50)
+    assert sampler.steps_run == 3
+
+
+# -- run() against fake torch / trellis2 / o_voxel -------------------------------------
+
+
+class FakeMesh:
+    def __init__(self) -> None:
+        self.vertices, self.faces, self.attrs, self.coords = "V", "F", "A", "C"
+        self.layout = {"base_color": slice(0, 3)}
+        self.voxel_size = 1 / 1024
+        self.simplified_to: int | None = None
+
+    def simplify(self, target: int) -> None:
+        self.simplified_to = target
+
+
+class FakeTrellisPipeline:
+    instances: ClassVar[list[FakeTrellisPipeline]] = []
+
+    def __init__(self) -> None:
+        self.sparse_structure_sampler = FlowEulerCfgSampler()
+        self.shape_slat_sampler = FlowEulerCfgSampler()
+        self.tex_slat_sampler = FlowEulerCfgSampler()
+        self.low_vram = True
+        self.models = {"flow": types.SimpleNamespace(cpu=lambda: None)}
+        self.calls: list[dict[str, Any]] = []
+        self.on_cuda = False
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> FakeTrellisPipeline:
+        pipe = cls()
+        pipe.path = path
+        cls.instances.append(pipe)
+        return pipe
+
+    def cuda(self) -> None:
+        self.on_cuda = True
+
+    def run(self, image: Any, **kwargs: Any) -> list[FakeMesh]:
+        self.calls.append(dict(kwargs, image_size=image.size))
+
+        def steps(key: str) -> int:
+            return int(kwargs.get(key, {}).get("steps", 3))
+
+        self.sparse_structure_sampler.sample(
+            "m", 0, cond="c", neg_cond="n", steps=steps("sparse_structure_sampler_params")
+        )
+        passes = 2 if kwargs.get("pipeline_type", "1024_cascade").endswith("cascade") else 1
+        for _ in range(passes):
+            self.shape_slat_sampler.sample(
+                "m", 0, cond="c", neg_cond="n", steps=steps("shape_slat_sampler_params")
+            )
+        self.tex_slat_sampler.sample(
+            "m", 0, cond="c", neg_cond="n", steps=steps("tex_slat_sampler_params")
+        )
+        return [FakeMesh()]
+
+
+@pytest.fixture
+def fake_gpu_stack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    from tests.standin import _textured_cube
+
+    recorded: dict[str, Any] = {"to_glb": [], "exports": [], "empty_cache": 0, "snapshots": []}
+    torch = types.ModuleType("torch")
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True,
+        get_device_properties=lambda i: types.SimpleNamespace(
+            name="NVIDIA GeForce RTX 4090 (fake)", total_memory=24e9
+        ),
+        empty_cache=lambda: recorded.__setitem__("empty_cache", recorded["empty_cache"] + 1),
+        ipc_collect=lambda: None,
+        memory_reserved=lambda: 18.5e9,
+    )
+    torch.cuda = cuda  # type: ignore[attr-defined]
+    torch.no_grad = contextlib.nullcontext  # type: ignore[attr-defined]
+    torch.float32 = "float32"  # type: ignore[attr-defined]
+    torch.full = lambda shape, value, dtype=None, device=None: ("full", shape, value, device)  # type: ignore[attr-defined]
+
+    trellis2 = types.ModuleType("trellis2")
+    pipelines = types.ModuleType("trellis2.pipelines")
+    pipelines.Trellis2ImageTo3DPipeline = FakeTrellisPipeline  # type: ignore[attr-defined]
+    renderers = types.ModuleType("trellis2.renderers")
+    renderers.EnvMap = lambda image: ("envmap", image)  # type: ignore[attr-defined]
+    utils = types.ModuleType("trellis2.utils")
+    render_utils = types.ModuleType("trellis2.utils.render_utils")
+
+    def render_snapshot(mesh: Any, **kwargs: Any) -> dict[str, Any]:
+        import numpy as np
+
+        recorded["snapshots"].append(kwargs)
+        return {"shaded": [np.full((8, 8, 3), 128, dtype=np.uint8)], "normal": []}
+
+    render_utils.render_snapshot = render_snapshot  # type: ignore[attr-defined]
+    utils.render_utils = render_utils  # type: ignore[attr-defined]
+
+    o_voxel = types.ModuleType("o_voxel")
+    postprocess = types.ModuleType("o_voxel.postprocess")
+
+    def to_glb(**kwargs: Any) -> Any:
+        recorded["to_glb"].append(kwargs)
+        cube = _textured_cube((90, 160, 220))
+        original_export = cube.export
+
+        def export(path: str, **options: Any) -> Any:
+            recorded["exports"].append(options)
+            Path(path).write_bytes(original_export(file_type="glb"))
+
+        cube.export = export
+        return cube
+
+    postprocess.to_glb = to_glb  # type: ignore[attr-defined]
+    o_voxel.postprocess = postprocess  # type: ignore[attr-defined]
+
+    for name, module in {
+        "torch": torch,
+        "trellis2": trellis2,
+        "trellis2.pipelines": pipelines,
+        "trellis2.renderers": renderers,
+        "trellis2.utils": utils,
+        "trellis2.utils.render_utils": render_utils,
+        "o_voxel": o_voxel,
+        "o_voxel.postprocess": postprocess,
+    }.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    FakeTrellisPipeline.instances.clear()
+    return recorded
+
+
+def job_for(tmp_path: Path, params: dict[str, Any]) -> JobInput:
+    image = tmp_path / "input.png"
+    image.write_bytes(png_bytes())
+    return JobInput(
+        task_id="t-1", image_path=image, image_format="PNG", params=params, workdir=tmp_path
+    )
+
+
+def test_load_and_run_drive_trellis_as_documented(
+    fake_gpu_stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_LOW_VRAM", "0")
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    pipe = FakeTrellisPipeline.instances[0]
+    assert pipe.path == "microsoft/TRELLIS.2-4B" and pipe.on_cuda and pipe.low_vram is False
+    assert len(pipe.calls) == 1 and pipe.calls[0]["pipeline_type"] == "512", "warm-up ran"
+
+    ctx = RecordingContext()
+    params = pipeline.validate_params(
+        {"steps": 4, "texture_size": 1024, "decimation_target": 200_000}
+    )
+    files = pipeline.run(job_for(tmp_path, params), ctx)
+
+    call = pipe.calls[1]
+    assert call["seed"] == 42 and call["pipeline_type"] == "1024_cascade"
+    assert call["sparse_structure_sampler_params"] == {"steps": 4}
+    assert call["shape_slat_sampler_params"] == {"steps": 4}
+    assert call["tex_slat_sampler_params"] == {"steps": 4}
+    assert call["preprocess_image"] is True and call["max_num_tokens"] == 49152
+    glb_call = fake_gpu_stack["to_glb"][0]
+    assert glb_call["texture_size"] == 1024 and glb_call["decimation_target"] == 200_000
+    assert glb_call["aabb"] == [[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]] and glb_call["remesh"] is True
+    assert (
+        glb_call["attr_layout"] == {"base_color": slice(0, 3)}
+        and glb_call["voxel_size"] == 1 / 1024
+    )
+    assert fake_gpu_stack["exports"] == [{"extension_webp": True}]
+    assert fake_gpu_stack["snapshots"][0]["envmap"] == (
+        "envmap",
+        ("full", (256, 512, 3), 1.0, "cuda"),
+    )
+
+    # Preview first, then the model; the archive is returned.
+    assert [name for name, _ in ctx.emitted] == ["preview.png", "model.glb"]
+    assert ctx.emitted[0][1][:8] == b"\x89PNG\r\n\x1a\n" and ctx.emitted[1][1][:4] == b"glTF"
+    assert [f.name for f in files] == ["output3d.zip"]
+    assert "model.obj" in zipfile.ZipFile(io.BytesIO(files[0].read_bytes())).namelist()
+
+    stages = [s for _, s in ctx.reports]
+    for stage in (
+        "preprocessing",
+        "sampling_structure",
+        "sampling_shape",
+        "sampling_texture",
+        "decoding",
+        "rendering_preview",
+        "exporting_glb",
+        "exporting_obj",
+    ):
+        assert stage in stages
+    values = [v for v, _ in ctx.reports]
+    assert values == sorted(values)
+
+
+def test_run_without_preview_and_obj(
+    fake_gpu_stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    ctx = RecordingContext()
+    files = pipeline.run(
+        job_for(
+            tmp_path,
+            pipeline.validate_params(
+                {"preview": False, "obj": False, "webp": False, "resolution": 512}
+            ),
+        ),
+        ctx,
+    )
+    assert files == [] and [n for n, _ in ctx.emitted] == ["model.glb"]
+    assert fake_gpu_stack["exports"] == [{"extension_webp": False}]
+    assert FakeTrellisPipeline.instances[0].calls[0]["pipeline_type"] == "512"
+
+
+def test_free_memory_empties_the_cuda_cache(fake_gpu_stack: dict[str, Any]) -> None:
+    pipeline = Trellis2Pipeline()
+    before = fake_gpu_stack["empty_cache"]
+    pipeline.free_memory()
+    assert fake_gpu_stack["empty_cache"] == before + 1
+
+
+def test_no_cuda_is_a_load_error(fake_gpu_stack: dict[str, Any]) -> None:
+    sys.modules["torch"].cuda.is_available = lambda: False  # type: ignore[attr-defined]
+    with pytest.raises(PipelineUnavailable, match="no CUDA GPU"):
+        Trellis2Pipeline().load()
