@@ -129,6 +129,13 @@ fn answer(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 impl WorkerState {
+    /// Frees a job's slot (idempotent).
+    fn release(&self, task_id: TaskId) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&task_id);
+        }
+    }
+
     /// Checks a request's signature and that its id is new.
     fn authenticate(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), WebhookError> {
         let now = webhooks::now_secs();
@@ -267,9 +274,7 @@ async fn dispatch(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
     let runner = Arc::clone(&state);
     state.jobs.spawn(async move {
         run_job(&runner, work, job.callback_url, timeout).await;
-        if let Ok(mut running) = runner.running.lock() {
-            running.remove(&task_id);
-        }
+        runner.release(task_id);
     });
     (StatusCode::ACCEPTED, Json(Accepted { status: "accepted".into(), task_id: task_id.to_string() })).into_response()
 }
@@ -310,6 +315,8 @@ async fn run_job(state: &Shared, job: Job, callback_url: String, timeout: Durati
     };
     cancel.cancel();
     run.abort();
+    // The slot is free before kiln hears of the end: its next dispatch follows at once.
+    state.release(task_id);
     let body = match serde_json::to_vec(&status) {
         Ok(body) => Bytes::from(body),
         Err(err) => {
@@ -348,7 +355,15 @@ async fn deliver(state: &Shared, url: &str, content_type: &str, body: Bytes, att
         }
         match request.body(body.clone()).send().await {
             Ok(response) if response.status().is_success() => return Delivery::Done,
-            Ok(response) if response.status() == StatusCode::CONFLICT => return Delivery::Ended,
+            Ok(response) if response.status() == StatusCode::CONFLICT => {
+                // Only "the task has ended" stops the job; a name clash does not.
+                let text = response.text().await.unwrap_or_default();
+                return if text.contains("result_conflict") { Delivery::Failed } else { Delivery::Ended };
+            }
+            // A proxy in front of kiln may answer 429: as good as a 5xx.
+            Ok(response) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                tracing::warn!(url, attempt, "callback throttled; will retry")
+            }
             Ok(response) if response.status().is_client_error() => {
                 let status = response.status();
                 let text = response.text().await.unwrap_or_default();

@@ -608,3 +608,104 @@ async fn seven_requests_to_a_one_plus_five_channel_get_exactly_one_503_and_posit
     app.stop().await;
     fake.stop.cancel();
 }
+
+// ---------------------------------------------------------------------------------------
+// The TRELLIS.2 worker (Python), with its stand-in pipeline.
+
+/// The Python worker as a child process on a free port; killed on drop.
+struct PythonWorker {
+    child: Child,
+    url: String,
+}
+
+impl PythonWorker {
+    fn start(secret: &str) -> Self {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("worker");
+        let python = dir.join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "the worker's environment is missing ({}): run `make test` or `scripts/deps.sh --worker`",
+            python.display()
+        );
+        let mut child = Command::new(&python)
+            .args(["-m", "kiln_worker", "--host", "127.0.0.1", "--port", "0"])
+            .current_dir(&dir)
+            .env("KILN_WORKER_SECRET", secret)
+            .env("KILN_WORKER_PIPELINE", "tests.standin:StandInPipeline")
+            .env("KILN_WORKER_LOG_LEVEL", "warning")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the Python worker");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the address");
+        let url = line
+            .trim()
+            .strip_prefix("kiln-worker listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from the worker: {line:?}"))
+            .trim_end_matches('/')
+            .to_owned();
+        Self { child, url }
+    }
+}
+
+impl Drop for PythonWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_trellis2_worker_passes_the_conformance_suite() {
+    let worker = PythonWorker::start(&secret(11));
+    let report = conformance(CheckSettings {
+        worker: worker.url.clone(),
+        key: key(11),
+        image: None,
+        callback_host: "127.0.0.1".parse().unwrap(),
+        job_timeout: Duration::from_secs(60),
+        ready_timeout: Duration::from_secs(30),
+    })
+    .await
+    .expect("the suite runs");
+    println!("{report}");
+    assert!(report.passed(), "{report}");
+}
+
+#[tokio::test]
+async fn the_trellis2_worker_serves_seed_004_with_progressive_results() {
+    let worker = PythonWorker::start(&secret(12));
+    let app = TestApp::spawn_with(&worker_channel("gpu", "trellis2", &secret(12), &[&worker.url], 5)).await;
+    wait_available(&app, "trellis2").await;
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(fixture("vase.png")).file_name("vase.png"));
+    let picture: Value =
+        app.client.post(app.url("/picture/upload")).multipart(form).send().await.unwrap().json().await.unwrap();
+    let created: Value = app
+        .client
+        .post(app.url("/api/reconstruction/create-from-image"))
+        // The stand-in samples 10 steps of 0.1 s, reporting progress as it goes.
+        .json(&json!({ "pictureId": picture["id"], "params": { "steps": 10, "step_seconds": 0.1 } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let task_id = created["taskId"].as_str().unwrap();
+    let events = read_events(&app.client, &app.url(created["sseUrl"].as_str().unwrap()), None, 200).await;
+    let files: Vec<&str> =
+        events.iter().filter(|(_, k, _)| k == "result").filter_map(|(_, _, d)| d["fileName"].as_str()).collect();
+    assert_eq!(files, ["preview.png", "model.glb", "output3d.zip"], "results arrive one by one, as each is ready");
+    let progress: Vec<u64> = events.iter().filter_map(|(_, _, d)| d["progress"].as_u64()).collect();
+    assert!(progress.iter().any(|p| *p > 0 && *p < 100), "the sampler's progress shows: {progress:?}");
+    assert_eq!(events.last().unwrap().2["status"], "COMPLETED");
+    let (_, status) = app.get_json(&format!("/api/reconstruction/status/{task_id}")).await;
+    assert!(status["outputZipUrl"].as_str().unwrap().ends_with(&format!("reconstruction/{task_id}/output3d.zip")));
+    assert!(status["modelUrl"].as_str().unwrap().ends_with("model.glb"));
+    let zip = app.client.get(status["outputZipUrl"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(&zip[..2], b"PK");
+    app.stop().await;
+}
