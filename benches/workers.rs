@@ -212,15 +212,15 @@ async fn instant_dispatch(State(worker): State<InstantWorker>, headers: HeaderMa
     tokio::spawn(async move {
         let (content_type, form) =
             Form::new().text("name", "model.glb").file("file", "model.glb", "model/gltf-binary", &glb()).finish();
-        post(&job, &format!("{callback}/result/{id}"), &content_type, form).await;
+        send_callback(&job, &format!("{callback}/result/{id}"), &content_type, form).await;
         let status = Bytes::from(serde_json::to_vec(&json!({ "taskId": id, "status": "completed" })).expect("json"));
         job.timeline.lock().expect("timeline").status_sent.push(Instant::now());
-        post(&job, &format!("{callback}/status"), "application/json", status).await;
+        send_callback(&job, &format!("{callback}/status"), "application/json", status).await;
     });
     (StatusCode::ACCEPTED, Json(json!({ "status": "accepted", "task_id": task })))
 }
 
-async fn post(worker: &InstantWorker, url: &str, content_type: &str, body: Bytes) {
+async fn send_callback(worker: &InstantWorker, url: &str, content_type: &str, body: Bytes) {
     let signed = worker.key.sign(&body);
     let mut request = worker.client.post(url).header("content-type", content_type);
     for (name, value) in signed.headers() {
@@ -242,7 +242,7 @@ async fn bench_gap() -> String {
     let timeline = Arc::new(Mutex::new(Timeline::default()));
     let worker = InstantWorker { key, timeline: Arc::clone(&timeline), client: reqwest::Client::new() };
     let app = Router::new()
-        .route("/generate3d", post_route())
+        .route("/generate3d", post(instant_dispatch))
         .route("/health", get(|| async { Json(json!({ "status": "healthy", "models_loaded": true })) }))
         .with_state(worker);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -287,10 +287,6 @@ async fn bench_gap() -> String {
             "**missed**"
         },
     )
-}
-
-fn post_route() -> axum::routing::MethodRouter<InstantWorker> {
-    axum::routing::post(instant_dispatch)
 }
 
 // ---------------------------------------------------------------------------------------
