@@ -709,3 +709,32 @@ async fn the_trellis2_worker_serves_seed_004_with_progressive_results() {
     assert_eq!(&zip[..2], b"PK");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn work_is_spread_over_the_free_workers() {
+    let first = FakeWorker::start(key(13), true).await;
+    let second = FakeWorker::start(key(13), true).await;
+    let app = TestApp::spawn_with(&worker_channel("gpu", "trellis2", &secret(13), &[&first.url, &second.url], 5)).await;
+    wait_available(&app, "trellis2").await;
+    let a = app.submit_image(&[]).await;
+    let b = app.submit_image(&[]).await;
+    let c = app.submit_image(&[]).await;
+    let (on_first, on_second) = (first.wait_dispatched(1).await, second.wait_dispatched(1).await);
+    let dispatched: Vec<&str> = on_first.iter().chain(&on_second).map(|(id, _)| id.as_str()).collect();
+    assert_eq!(dispatched.len(), 2, "one job per free worker: {dispatched:?}");
+    assert!(dispatched.contains(&a["id"].as_str().unwrap()) && dispatched.contains(&b["id"].as_str().unwrap()));
+    // The third waits in the queue until a worker is free again.
+    let (_, third) = app.get_json(&format!("/api/v1/tasks/{}", c["id"].as_str().unwrap())).await;
+    assert_eq!((third["status"].as_str(), third["queue_position"].as_u64()), (Some("queued"), Some(1)));
+    let (done, base) = on_first[0].clone();
+    let (content_type, form) =
+        Form::new().text("name", "model.glb").file("file", "model.glb", "model/gltf-binary", &glb()).finish();
+    send(&app.client, &format!("{base}/result/{done}"), &content_type, form.clone(), &key(13).sign(&form).headers())
+        .await;
+    callback(&app.client, &key(13), &format!("{base}/status"), json!({ "taskId": done, "status": "completed" })).await;
+    assert_eq!(first.wait_dispatched(2).await[1].0, c["id"].as_str().unwrap(), "the freed worker takes the next job");
+    assert_eq!(second.dispatched().len(), 1);
+    app.stop().await;
+    first.stop.cancel();
+    second.stop.cancel();
+}
