@@ -128,6 +128,8 @@ export async function newPage(browser, options = {}) {
     hasTouch: options.isMobile ?? false,
     deviceScaleFactor: 1,
   })
+  // Generous: the machine may be busy with builds while the tests run.
+  context.setDefaultTimeout(60_000)
   const page = await context.newPage()
   /** @type {string[]} */
   const problems = []

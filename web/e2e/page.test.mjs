@@ -11,22 +11,21 @@ import { FIXTURES, launchBrowser, newPage, postPicture, startKiln } from './harn
 const OUTPUT = join(import.meta.dirname, 'output')
 mkdirSync(OUTPUT, { recursive: true })
 
-// One relief run at a time, each slowed by large options (about 2 s instead of 0.5 s), so
-// that a task waits in line long enough to be watched, and reloaded, while it waits.
+// One relief run at a time, so that tasks put ahead of the page's own (made slow by their
+// params: about 2 s each instead of 0.5 s) keep it waiting in line long enough to be
+// watched, and reloaded, while it waits. The page's own tasks use the defaults: light
+// models that SwiftShader draws quickly even on a busy machine.
 const CONFIG = `
 [[channels]]
 name = "relief"
 type = "relief"
 max_concurrency = 1
-max_queue = 10
+max_queue = 12
 [[channels.models]]
 name = "relief"
 kind = "image_to_3d"
-[channels.options]
-resolution = 512
-texture_size = 2048
-max_triangles = 300000
 `
+const SLOW = JSON.stringify({ resolution: 512, texture_size: 4096, max_triangles: 500000 })
 
 /** @type {Awaited<ReturnType<typeof startKiln>>} */
 let kiln
@@ -42,20 +41,31 @@ after(async () => {
   await kiln?.stop()
 })
 
-/** Records every status line the task page shows, so quick states are not missed. */
-async function recordStatuses(/** @type {import('playwright-core').Page} */ page) {
-  await page.evaluate(() => {
+/**
+ * Records every status line and connection state the task page shows, from the first
+ * script on each load, so that quick states are not missed. Read with `seen(page)`.
+ * @param {import('playwright-core').BrowserContext} context
+ */
+async function recordStatuses(context) {
+  await context.addInitScript(() => {
     const seen = /** @type {string[]} */ ([])
-    Object.assign(window, { __statuses: seen })
+    Object.assign(window, { __seen: seen })
     const note = () => {
       const card = document.querySelector('[data-testid="progress-card"]')
       const text = document.querySelector('[data-testid="status-text"]')?.textContent?.trim() ?? ''
-      const entry = `${card?.getAttribute('data-status') ?? 'none'}|${text}`
+      const transport = document.querySelector('[data-testid="transport"]')?.getAttribute('data-transport') ?? ''
+      const entry = `${card?.getAttribute('data-status') ?? 'none'}|${text}|${transport}`
       if (seen[seen.length - 1] !== entry) seen.push(entry)
     }
-    new MutationObserver(note).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true })
-    note()
+    document.addEventListener('DOMContentLoaded', () => {
+      new MutationObserver(note).observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true })
+    })
   })
+}
+
+/** @param {import('playwright-core').Page} page */
+async function seen(page) {
+  return /** @type {string[]} */ (await page.evaluate(() => /** @type {any} */ (window).__seen ?? []))
 }
 
 /** Fills the queue with slow tasks straight through the API. */
@@ -63,7 +73,7 @@ async function recordStatuses(/** @type {import('playwright-core').Page} */ page
 async function fillQueue(count) {
   const ids = []
   for (let i = 0; i < count; i++) {
-    const { status, body } = await postPicture(kiln.url, join(FIXTURES, 'large-4096x3072.jpg'))
+    const { status, body } = await postPicture(kiln.url, join(FIXTURES, 'large-4096x3072.jpg'), { params: SLOW })
     assert.equal(status, 202, JSON.stringify(body))
     ids.push(body.id)
   }
@@ -103,6 +113,7 @@ async function expectModelDrawn(page, name) {
 describe('the web page', () => {
   it('uploads a picture, shows its place in line and its progress, then draws the model', async () => {
     const { page, context, problems } = await newPage(browser)
+    await recordStatuses(context)
     await page.goto(kiln.url)
     await page.getByRole('heading', { level: 1 }).waitFor()
     await page.locator('[data-testid="file"]').setInputFiles(join(FIXTURES, 'vase.png'))
@@ -110,13 +121,12 @@ describe('the web page', () => {
     await fillQueue(2)
     await page.locator('[data-testid="submit"]').click()
     await page.waitForURL(/\/tasks\/[0-9a-f-]+$/)
-    await recordStatuses(page)
     await expectModelDrawn(page, 'vase-desktop')
-    const seen = /** @type {string[]} */ (await page.evaluate(() => /** @type {any} */ (window).__statuses))
-    assert.ok(seen.some((s) => /^queued\|(2nd|3rd) in line$/.test(s)), `no place in line among ${seen}`)
+    const states = await seen(page)
+    assert.ok(states.some((s) => /^queued\|(2nd|3rd) in line\|live$/.test(s)), `no place in line among ${states}`)
     assert.ok(
-      seen.some((s) => /^running\|(Starting|Finding the object|Building the shape|Painting the surface|Packing the model|Saving the model)/.test(s)),
-      `no stage among ${seen}`,
+      states.some((s) => /^running\|(Starting|Finding the object|Building the shape|Painting the surface|Packing the model|Saving the model)/.test(s)),
+      `no stage among ${states}`,
     )
     // Metadata and the download.
     const metadata = page.locator('[data-testid="metadata"]')
@@ -186,16 +196,17 @@ describe('the web page', () => {
 
   it('picks the stream up again after a reload mid-task', async () => {
     const { page, context, problems } = await newPage(browser)
+    await recordStatuses(context)
     await fillQueue(3)
     const { body: task } = await postPicture(kiln.url, join(FIXTURES, 'mug.jpg'))
     await page.goto(`${kiln.url}/tasks/${task.id}`)
     await page.locator('[data-testid="status-text"]', { hasText: /in line/ }).waitFor()
     await page.reload()
-    await recordStatuses(page)
-    await page.locator('[data-testid="transport"][data-transport="live"]').waitFor()
     await expectModelDrawn(page, 'mug-after-reload')
-    const seen = /** @type {string[]} */ (await page.evaluate(() => /** @type {any} */ (window).__statuses))
-    assert.ok(seen.some((s) => s.startsWith('queued|')), `after the reload: ${seen}`)
+    // After the reload: in line again, live, then the stages, then the model.
+    const states = await seen(page)
+    assert.ok(states.some((s) => /^queued\|.+ in line\|live$/.test(s)), `after the reload: ${states}`)
+    assert.ok(states.some((s) => s.startsWith('running|')), `after the reload: ${states}`)
     assert.deepEqual(problems, [])
     await context.close()
   })
@@ -218,18 +229,20 @@ describe('the web page', () => {
 
   it('falls back to polling when the event stream cannot be opened', async () => {
     const { page, context, problems } = await newPage(browser)
+    await recordStatuses(context)
     await page.route('**/events*', (route) => route.fulfill({ status: 502, body: 'bad gateway' }))
     let polls = 0
     page.on('request', (request) => {
       if (/\/api\/v1\/tasks\/[^/]+\/status$/.test(request.url())) polls++
     })
     // Tasks ahead keep this one waiting past the reconnection attempts (1 + 2 + 4 s).
-    await fillQueue(4)
+    await fillQueue(5)
     const { body: task } = await postPicture(kiln.url, join(FIXTURES, 'vase.png'))
     await page.goto(`${kiln.url}/tasks/${task.id}`)
-    await page.locator('[data-testid="transport"][data-transport="polling"]').waitFor({ timeout: 30_000 })
-    await page.locator('[data-testid="status-text"]', { hasText: /in line|Finding|Building|Painting|Packing|Saving|Starting/ }).waitFor()
     await expectModelDrawn(page, 'vase-polling')
+    const states = await seen(page)
+    assert.ok(states.some((s) => s.endsWith('|reconnecting')), `${states}`)
+    assert.ok(states.some((s) => /^queued\|.+ in line\|polling$/.test(s)), `${states}`)
     assert.ok(polls >= 2, `${polls} polls`)
     assert.deepEqual(problems.filter((p) => !/events|EventSource/.test(p)), [])
     await context.close()

@@ -52,7 +52,7 @@ const zh: Messages = {
     running: '正在生成',
     progress: '进度',
     succeeded: '完成',
-    doneIn: '用时 {time}。',
+    doneIn: '完成，用时 {time}。',
     failed: '生成失败',
     canceled: '已取消',
     cancel: '取消',
