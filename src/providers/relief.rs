@@ -54,7 +54,7 @@ impl Provider for Relief {
     fn describe(&self) -> String {
         "relief: a fast CPU preview engine, not a neural model. It finds the object in one \
          picture, inflates its silhouette into a rounded, watertight solid (the back mirrors \
-         the front) and paints the picture on it; a textured GLB in about a second."
+         the front) and paints the picture on it; a textured GLB in a fraction of a second."
             .to_owned()
     }
 
