@@ -17,6 +17,7 @@ mod pictures;
 mod reconstruction;
 pub mod sse;
 mod tasks;
+mod thumbnails;
 mod web;
 
 use std::{
@@ -92,6 +93,7 @@ fn documented() -> OpenApiRouter<AppState> {
         .merge(reconstruction::routes())
         .merge(catalog::routes())
         .merge(limits::routes())
+        .merge(thumbnails::routes())
         .merge(files::routes())
         .merge(ops::routes())
 }

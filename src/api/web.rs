@@ -4,11 +4,12 @@
 //! - A path naming an embedded file serves it; hashed files under `assets/` are cached
 //!   for a year (`immutable`: their name changes with their content), everything else is
 //!   revalidated on each use (`no-cache` + `ETag`), so a new build shows at once.
-//! - Other `GET`/`HEAD` paths that look like a page (no file extension) get
-//!   `index.html`: the page routes `/tasks/{id}`, `/library`… itself.
-//! - Paths that belong to the API, the files or operations (`/api/`, `/files/`,
-//!   `/health`…) never fall back to the page: they keep their JSON 404, since a client
-//!   asking an API for JSON must not get HTML with status 200.
+//! - The page's own routes (`/tasks/{id}`, `/library`, `/history`: [`PAGE_ROUTES`]) get
+//!   `index.html`, and the page shows them itself.
+//! - Everything else keeps the JSON 404, above all the paths that belong to the API, the
+//!   files or operations (`/api/`, `/files/`, `/health`…): a client asking an API for
+//!   JSON must not get HTML with status 200. The page's routes are listed rather than
+//!   guessed ("anything without a dot") so that a mistyped API path is never a page.
 //! - The build writes `.br` and `.gz` siblings next to compressible files; the one the
 //!   client accepts is sent, so the three.js chunk crosses a slow link at a quarter of
 //!   its size without compressing on every request.
@@ -37,6 +38,11 @@ use crate::{
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/web_assets.rs"));
 }
+
+/// The client-side routes of `web/src/router.ts`, answered with `index.html`: whole
+/// first segments, and `tasks` followed by exactly one more segment (the task id).
+/// Adding a route to the page means adding it here.
+const PAGE_ROUTES: [&str; 2] = ["library", "history"];
 
 /// Path prefixes that belong to the API, stored files and operations. The page never
 /// answers for them, even when nothing else does.
@@ -104,12 +110,11 @@ impl WebPage {
             if relative.is_empty() { Some("index.html") } else { self.assets.get_key_value(relative).map(|(k, _)| *k) };
         let target = match found {
             Some(name) => Some(name),
-            // A missing file (a stale hashed asset, a mistyped icon) is a 404: sending
-            // index.html instead would reach a script tag as HTML with status 200.
-            None if relative.starts_with("assets/") || last_segment_has_extension(relative) => {
-                return ApiError::new(Code::NotFound).into_response();
-            }
-            None => Some("index.html"),
+            None if is_page_route(relative) => Some("index.html"),
+            // A missing file (a stale hashed asset, a mistyped icon) or any other path is
+            // a 404: sending index.html instead would reach a script tag, or an API
+            // client, as HTML with status 200.
+            None => return ApiError::new(Code::NotFound).into_response(),
         };
         if method != Method::GET && method != Method::HEAD {
             let mut response = ApiError::new(Code::MethodNotAllowed).into_response();
@@ -194,8 +199,12 @@ fn is_reserved(path: &str) -> bool {
     })
 }
 
-fn last_segment_has_extension(path: &str) -> bool {
-    path.rsplit('/').next().is_some_and(|segment| segment.contains('.'))
+fn is_page_route(relative: &str) -> bool {
+    match relative.split_once('/') {
+        None => PAGE_ROUTES.contains(&relative),
+        Some(("tasks", id)) => !id.is_empty() && !id.contains('/'),
+        Some(_) => false,
+    }
 }
 
 /// The policy. `'self'` covers the page, its scripts and the API. The viewer needs
@@ -330,6 +339,11 @@ mod tests {
             "/metrics",
             "/assets/index-old.js",
             "/missing.png",
+            "/nowhere",
+            "/etc/passwd",
+            "/tasks",
+            "/tasks/a/b",
+            "/library/x",
         ] {
             let response = get(&page, path, &[]);
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
@@ -337,8 +351,9 @@ mod tests {
             let json: serde_json::Value = serde_json::from_slice(&body(response).await).expect("json");
             assert_eq!(json["error"]["code"], "not_found", "{path}");
         }
-        // A prefix is a whole segment: `/healthy-plants` is a page route.
-        assert_eq!(get(&page, "/healthy-plants", &[]).status(), StatusCode::OK);
+        // A reserved prefix is a whole segment: `/healthy` is not `/health`, and not a page either.
+        assert_eq!(get(&page, "/healthy", &[]).status(), StatusCode::NOT_FOUND);
+        assert!(is_reserved("/health") && is_reserved("/health/x") && !is_reserved("/healthy"));
     }
 
     #[tokio::test]

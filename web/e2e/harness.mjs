@@ -59,6 +59,8 @@ export async function startKiln(options = {}) {
     const port = await freePort()
     const child = spawn(kilnBinary(), ['serve', '--bind', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data')], {
       env,
+      // kiln writes ./logs under its working directory: keep it in the temporary one.
+      cwd: dir,
       stdio: ['ignore', 'ignore', 'pipe'],
     })
     let stderr = ''

@@ -76,7 +76,12 @@ try {
       }
       await page.goto(`${kiln.url}/library`)
       await page.locator('[data-testid="picture"] img').first().waitFor()
-      await page.waitForFunction(() => [...document.querySelectorAll('[data-testid="picture"] img')].every((i) => /** @type {HTMLImageElement} */ (i).complete))
+      // The thumbnails load lazily: bring each into view once for the full-page shot.
+      for (const img of await page.locator('[data-testid="picture"] img').all()) await img.scrollIntoViewIfNeeded()
+      await page.waitForFunction(() =>
+        [...document.querySelectorAll('[data-testid="picture"] img')].every((i) => /** @type {HTMLImageElement} */ (i).complete && /** @type {HTMLImageElement} */ (i).naturalWidth > 0),
+      )
+      await page.evaluate(() => window.scrollTo(0, 0))
       await shot('library')
       await page.goto(`${kiln.url}/history`)
       await page.locator('[data-testid="history-row"]').first().waitFor()

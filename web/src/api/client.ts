@@ -82,6 +82,11 @@ export const api = {
     request<Task>('/api/v1/tasks', json({ prompt, model })),
 }
 
+/** A stored picture's small copy (at most 320 px), for lists. */
+export function thumbnailUrl(pictureId: string): string {
+  return `/api/v1/pictures/${encodeURIComponent(pictureId)}/thumbnail`
+}
+
 export function eventsUrl(id: string, after: number): string {
   const base = `/api/v1/tasks/${encodeURIComponent(id)}/events`
   return after > 0 ? `${base}?after=${after}` : base

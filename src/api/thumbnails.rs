@@ -1,0 +1,134 @@
+//! `GET /api/v1/pictures/{id}/thumbnail`: a small copy of a stored picture, for lists
+//! (the web page's library and history). Stored pictures may be 2048 px and a megabyte or
+//! more; a page of two dozen of them would cost a phone tens of megabytes.
+//!
+//! The thumbnail is made on request (a stored picture decodes in tens of milliseconds)
+//! and cached by clients for a day per picture: a picture's bytes never change under
+//! its id, so the answer is `immutable` and revalidates with an `ETag`.
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use image::{ImageFormat, codecs::jpeg::JpegEncoder};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use crate::{
+    api::AppState,
+    error::{ApiError, ApiResult, Code, ErrorBody},
+};
+
+/// The longest side of a thumbnail: sharp at 160 CSS pixels on a 2× screen.
+pub const SIDE: u32 = 320;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(thumbnail))
+}
+
+/// A picture's thumbnail.
+///
+/// At most 320 × 320 pixels, aspect ratio kept (never enlarged): JPEG, or PNG when the
+/// picture has transparency.
+#[utoipa::path(
+    get, path = "/api/v1/pictures/{id}/thumbnail", tag = "pictures",
+    params(("id" = String, Path, description = "Picture id")),
+    responses(
+        (status = 200, description = "The thumbnail", content_type = "image/jpeg"),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 404, description = "No such picture", body = ErrorBody),
+        (status = 410, description = "The picture was deleted after the retention period", body = ErrorBody),
+    )
+)]
+async fn thumbnail(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(Code::PictureNotFound))?;
+    let picture = state.gateway.picture(id).await?;
+    if picture.expired_at.is_some() {
+        return Err(ApiError::new(Code::ArtifactExpired));
+    }
+    let etag = format!("\"{}-t{SIDE}\"", picture.sha256);
+    let cache = HeaderValue::from_static("public, max-age=86400, immutable");
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().trim_start_matches("W/") == etag || t.trim() == "*"))
+    {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert(header::CACHE_CONTROL, cache);
+        if let Ok(value) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        return Ok(response);
+    }
+    let bytes = state.gateway.storage.get(&picture.key).await.map_err(ApiError::internal)?;
+    let format = match picture.format.as_str() {
+        "png" => ImageFormat::Png,
+        "webp" => ImageFormat::WebP,
+        _ => ImageFormat::Jpeg,
+    };
+    let (body, content_type) = tokio::task::spawn_blocking(move || make(&bytes, format))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let mut response = (StatusCode::OK, body).into_response();
+    let out = response.headers_mut();
+    out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    out.insert(header::CACHE_CONTROL, cache);
+    out.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        out.insert(header::ETAG, value);
+    }
+    Ok(response)
+}
+
+/// Decodes, shrinks with a box filter and encodes. The stored picture was validated and
+/// bounded in size when it was stored, so decoding it is safe.
+fn make(bytes: &[u8], format: ImageFormat) -> anyhow::Result<(Vec<u8>, &'static str)> {
+    let image = image::load_from_memory_with_format(bytes, format)?;
+    let small = if image.width() > SIDE || image.height() > SIDE { image.thumbnail(SIDE, SIDE) } else { image };
+    let mut out = Vec::new();
+    if small.color().has_alpha() {
+        small.write_to(&mut std::io::Cursor::new(&mut out), ImageFormat::Png)?;
+        Ok((out, "image/png"))
+    } else {
+        small.to_rgb8().write_with_encoder(JpegEncoder::new_with_quality(&mut out, 82))?;
+        Ok((out, "image/jpeg"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{DynamicImage, ImageBuffer, Rgb, Rgba};
+
+    fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Vec::new();
+        image.write_to(&mut std::io::Cursor::new(&mut out), format).expect("encode");
+        out
+    }
+
+    #[test]
+    fn large_pictures_shrink_to_the_side_keeping_their_shape() {
+        let picture = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(2048, 1024, Rgb([200, 40, 40])));
+        let (bytes, content_type) = make(&encode(&picture, ImageFormat::Png), ImageFormat::Png).expect("thumbnail");
+        assert_eq!(content_type, "image/jpeg");
+        let small = image::load_from_memory(&bytes).expect("decodes");
+        assert_eq!((small.width(), small.height()), (SIDE, SIDE / 2));
+    }
+
+    #[test]
+    fn transparency_is_kept_and_small_pictures_are_not_enlarged() {
+        let picture = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(100, 60, Rgba([0, 0, 0, 0])));
+        let (bytes, content_type) = make(&encode(&picture, ImageFormat::Png), ImageFormat::Png).expect("thumbnail");
+        assert_eq!(content_type, "image/png");
+        let small = image::load_from_memory(&bytes).expect("decodes");
+        assert_eq!((small.width(), small.height()), (100, 60));
+        assert!(small.color().has_alpha());
+    }
+
+    #[test]
+    fn damaged_bytes_are_an_error_not_a_panic() {
+        assert!(make(b"not a picture", ImageFormat::Jpeg).is_err());
+    }
+}
