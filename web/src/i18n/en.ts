@@ -91,6 +91,7 @@ const en = {
     loadFailed: 'The model could not be shown: {reason}',
     expired: 'This model was deleted after the retention period.',
     noModel: 'This task has no 3D model to show.',
+    tools: 'Viewer controls',
     reset: 'Reset view',
     wireframe: 'Wireframe',
     background: 'Background',

@@ -91,6 +91,7 @@ const zh: Messages = {
     loadFailed: '模型无法显示：{reason}',
     expired: '该模型已在保留期结束后删除。',
     noModel: '该任务没有可显示的 3D 模型。',
+    tools: '查看器控制',
     reset: '重置视角',
     wireframe: '线框',
     background: '背景',
