@@ -54,9 +54,8 @@ export async function startKiln(options = {}) {
     writeFileSync(path, options.config)
     env.KILN_CONFIG = path
   }
-  // Tries a few ports: another process may take the free one before kiln binds it.
-  for (let attempt = 0; attempt < 5; attempt++) {
-    const port = await freePort()
+  /** @param {number} port */
+  const launch = async (port) => {
     const child = spawn(kilnBinary(), ['serve', '--bind', `127.0.0.1:${port}`, '--data-dir', join(dir, 'data')], {
       env,
       // kiln writes ./logs under its working directory: keep it in the temporary one.
@@ -65,29 +64,47 @@ export async function startKiln(options = {}) {
     })
     let stderr = ''
     child.stderr?.on('data', (chunk) => (stderr += chunk))
-    const url = `http://127.0.0.1:${port}`
     const deadline = Date.now() + 30_000
     while (Date.now() < deadline && child.exitCode === null) {
       try {
-        const response = await fetch(`${url}/health`)
-        if (response.ok) {
-          return {
-            url,
-            dir,
-            async stop() {
-              child.kill('SIGTERM')
-              await new Promise((done) => (child.exitCode !== null ? done(null) : child.once('exit', done)))
-              rmSync(dir, { recursive: true, force: true })
-            },
-          }
-        }
+        if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) return { child, stderr: '' }
       } catch {
         // Not listening yet.
       }
       await new Promise((r) => setTimeout(r, 100))
     }
     child.kill('SIGKILL')
-    if (!/address already in use|cannot listen/i.test(stderr)) throw new Error(`kiln did not start:\n${stderr}`)
+    return { child: null, stderr }
+  }
+  /** @param {import('node:child_process').ChildProcess} child */
+  const stop = async (child) => {
+    child.kill('SIGTERM')
+    await new Promise((done) => (child.exitCode !== null ? done(null) : child.once('exit', done)))
+  }
+  // Tries a few ports: another process may take the free one before kiln binds it.
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const port = await freePort()
+    let { child, stderr } = await launch(port)
+    if (!child) {
+      if (!/address already in use|cannot listen/i.test(stderr)) throw new Error(`kiln did not start:\n${stderr}`)
+      continue
+    }
+    let running = child
+    return {
+      url: `http://127.0.0.1:${port}`,
+      dir,
+      /** Stops kiln as a signal would, and starts it again on the same port and data. */
+      async restart() {
+        await stop(running)
+        const again = await launch(port)
+        if (!again.child) throw new Error(`kiln did not start again:\n${again.stderr}`)
+        running = again.child
+      },
+      async stop() {
+        await stop(running)
+        rmSync(dir, { recursive: true, force: true })
+      },
+    }
   }
   throw new Error('kiln found no free port')
 }

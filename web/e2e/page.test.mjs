@@ -218,6 +218,28 @@ describe('the web page', () => {
     await context.close()
   })
 
+  it('reconnects when the stream drops (the server restarts mid-task) and still gets to the model', async () => {
+    const { page, context, problems } = await newPage(browser)
+    await recordStatuses(context)
+    await fillQueue(3)
+    const { body: task } = await postPicture(kiln.url, join(FIXTURES, 'mug.jpg'))
+    await page.goto(`${kiln.url}/tasks/${task.id}`)
+    await page.locator('[data-testid="status-text"]', { hasText: /in line/ }).waitFor()
+    await page.locator('[data-testid="transport"][data-transport="live"]').waitFor()
+    // A graceful stop ends every stream without a terminal event; the browser reconnects
+    // with Last-Event-ID once kiln listens again, and the log fills in what it missed.
+    await kiln.restart()
+    await expectModelDrawn(page, 'mug-after-restart')
+    const states = await seen(page)
+    const dropped = states.findIndex((s) => s.endsWith('|reconnecting'))
+    assert.ok(dropped >= 0, `no reconnection among ${states}`)
+    assert.ok(states.slice(dropped).some((s) => s.endsWith('|live')), `not live again after the drop: ${states}`)
+    assert.ok(!states.some((s) => s.endsWith('|polling')), `fell back to polling: ${states}`)
+    // The browser logs the refused reconnection attempts while kiln was down.
+    assert.deepEqual(problems.filter((p) => !/events|ERR_CONNECTION_REFUSED|EventSource/.test(p)), [])
+    await context.close()
+  })
+
   it('opens /tasks/{id} directly, on a phone, in Chinese', async () => {
     const { body: task } = await postPicture(kiln.url, join(FIXTURES, 'toy.webp'))
     const { page, context, problems } = await newPage(browser, { width: 360, height: 740, locale: 'zh-CN', isMobile: true })
