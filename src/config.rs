@@ -316,6 +316,15 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Whether an environment variable is a configuration key. Every key lives in a section
+/// (`KILN_SERVER__BIND`), so a `KILN_` variable without `__` is something else —
+/// `KILN_CONFIG`, `KILN_LOG`, `KILN_SERVER` (the `generate` client's server),
+/// `KILN_WORKER_SECRET` — and must not stop the server from starting. A misspelt key
+/// inside a section is still reported.
+pub fn is_config_variable(name: &str) -> bool {
+    name.strip_prefix("KILN_").is_some_and(|rest| rest.contains("__"))
+}
+
 /// Where the configuration file is looked for.
 pub fn config_path(flag: Option<PathBuf>) -> Option<PathBuf> {
     flag.or_else(|| std::env::var_os("KILN_CONFIG").map(PathBuf::from)).or_else(|| {
@@ -345,8 +354,7 @@ impl Config {
                 Err(err) => problems.push("--config", format!("cannot read {}: {err}", path.display())),
             }
         }
-        let env_map: BTreeMap<String, String> =
-            env.into_iter().filter(|(k, _)| k.starts_with("KILN_") && k != "KILN_CONFIG" && k != "KILN_LOG").collect();
+        let env_map: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| is_config_variable(k)).collect();
         let env_for_figment = env_map.clone();
         figment = figment.merge(
             Env::prefixed("KILN_")

@@ -30,6 +30,8 @@ pub struct PictureLinks {
     pub this: String,
     /// The picture's tasks, newest first.
     pub tasks: String,
+    /// A small copy (320 px), for lists.
+    pub thumbnail: String,
 }
 
 /// A stored input picture.
@@ -63,6 +65,7 @@ pub fn picture_view(gateway: &Gateway, picture: Picture) -> PictureView {
         links: PictureLinks {
             this: gateway.url(&format!("api/v1/pictures/{}", picture.id)),
             tasks: gateway.url(&format!("api/v1/tasks?picture_id={}", picture.id)),
+            thumbnail: gateway.url(&format!("api/v1/pictures/{}/thumbnail", picture.id)),
         },
         id: picture.id,
         format: picture.format,

@@ -70,7 +70,11 @@ pub(super) fn extract(
                 let mut changed = false;
                 for error in errors {
                     let mut path = error.path.clone();
-                    if let Kind::UnknownField(field, _) = &error.kind {
+                    // Depending on where serde stopped, the path may already end
+                    // with the unknown field.
+                    if let Kind::UnknownField(field, _) = &error.kind
+                        && path.last() != Some(field)
+                    {
                         path.push(field.clone());
                     }
                     let key = key_of(&path);

@@ -157,3 +157,29 @@ fn config_check_masks_channel_secrets_and_refuses_bad_ones() {
     assert!(stderr.contains("channels[0]") && stderr.contains("whsec_"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+#[test]
+fn kiln_variables_that_are_not_keys_do_not_stop_the_server_but_misspelt_keys_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |envs: &[(&str, &str)]| {
+        let mut command = Command::new(KILN);
+        command
+            .args(["config", "check", "--data-dir"])
+            .arg(dir.path())
+            .env_remove("KILN_CONFIG")
+            .current_dir(dir.path());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    let output = check(&[
+        ("KILN_SERVER", "http://127.0.0.1:9"),
+        ("KILN_BIND", "127.0.0.1:9"),
+        ("KILN_WORKER_SECRET", "whsec_x"),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = check(&[("KILN_SERVER__BINDD", "127.0.0.1:9")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("KILN_SERVER__BINDD"));
+}

@@ -22,6 +22,11 @@ async fn a_stored_picture_is_listed_and_makes_tasks_without_a_new_upload() {
     let stored = app.client.get(picture["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(stored.as_ref(), fixture("mug.jpg").as_slice());
 
+    let thumbnail = app.client.get(picture["links"]["thumbnail"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(thumbnail.status().as_u16(), 200);
+    let small = image::load_from_memory(&thumbnail.bytes().await.unwrap()).expect("the thumbnail is a picture");
+    assert!(small.width().max(small.height()) <= 320);
+
     let (status, fetched) = app.get_json(&format!("/api/v1/pictures/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(fetched["sha256"], picture["sha256"]);
