@@ -456,14 +456,6 @@ impl TaskSink {
     }
 }
 
-/// Whether a provider-chosen file name is safe to use in a storage key.
-pub fn valid_output_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-}
-
 #[async_trait]
 impl JobSink for TaskSink {
     async fn progress(&self, progress: u8, stage: &str) -> anyhow::Result<()> {
@@ -474,7 +466,7 @@ impl JobSink for TaskSink {
     }
 
     async fn output(&self, output: Output) -> anyhow::Result<()> {
-        anyhow::ensure!(valid_output_name(&output.name), "invalid output name `{}`", output.name);
+        anyhow::ensure!(Artifact::valid_name(&output.name), "invalid output name `{}`", output.name);
         let key = format!("outputs/{}/{}", self.task_id, output.name);
         let sha256 = hex::encode(Sha256::digest(&output.bytes));
         let size = output.bytes.len() as u64;

@@ -254,6 +254,17 @@ pub struct Artifact {
     pub expired_at: Option<DateTime<Utc>>,
 }
 
+impl Artifact {
+    /// Whether a provider's or a worker's file name may be used as an artifact's name:
+    /// it becomes the last part of a storage key, so nothing that could climb out of it.
+    pub fn valid_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    }
+}
+
 /// A stored, validated input picture.
 #[derive(Debug, Clone)]
 pub struct Picture {

@@ -70,12 +70,9 @@ pub struct Health {
     pub version: Option<String>,
 }
 
-/// Whether a result file name is acceptable: it becomes part of a storage key.
+/// Whether a result file name is acceptable (it becomes part of a storage key).
 pub fn valid_file_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    crate::tasks::Artifact::valid_name(name)
 }
 
 /// A `multipart/form-data` body held as bytes, so it can be signed before it is sent.
