@@ -104,19 +104,29 @@ async fn wait_available(app: &TestApp, model: &str) {
     panic!("model {model} never became available");
 }
 
+/// Runs the conformance suite against a worker sharing the secret of `seed`.
+async fn check_worker(
+    url: &str,
+    seed: u8,
+    job_timeout: Duration,
+    ready_timeout: Duration,
+) -> kiln::worker_check::Report {
+    conformance(CheckSettings {
+        worker: url.to_owned(),
+        key: key(seed),
+        image: None,
+        callback_host: "127.0.0.1".parse().unwrap(),
+        job_timeout,
+        ready_timeout,
+    })
+    .await
+    .expect("the suite runs")
+}
+
 #[tokio::test]
 async fn kiln_worker_passes_the_conformance_suite() {
     let worker = KilnWorker::start(&secret(1));
-    let report = conformance(CheckSettings {
-        worker: worker.url.clone(),
-        key: key(1),
-        image: None,
-        callback_host: "127.0.0.1".parse().unwrap(),
-        job_timeout: Duration::from_secs(60),
-        ready_timeout: Duration::from_secs(10),
-    })
-    .await
-    .expect("the suite runs");
+    let report = check_worker(&worker.url, 1, Duration::from_secs(60), Duration::from_secs(10)).await;
     println!("{report}");
     assert!(report.passed(), "{report}");
     assert!(report.verdicts.len() >= 12);
@@ -126,16 +136,7 @@ async fn kiln_worker_passes_the_conformance_suite() {
 async fn the_conformance_suite_fails_a_worker_that_breaks_the_protocol() {
     // The fake worker accepts unsigned dispatches and never calls back.
     let fake = FakeWorker::start(key(2), false).await;
-    let report = conformance(CheckSettings {
-        worker: fake.url.clone(),
-        key: key(2),
-        image: None,
-        callback_host: "127.0.0.1".parse().unwrap(),
-        job_timeout: Duration::from_secs(1),
-        ready_timeout: Duration::from_secs(2),
-    })
-    .await
-    .expect("the suite runs");
+    let report = check_worker(&fake.url, 2, Duration::from_secs(1), Duration::from_secs(2)).await;
     assert!(!report.passed());
     let failed: Vec<&str> = report.verdicts.iter().filter(|v| !v.passed).map(|v| v.name).collect();
     assert!(failed.contains(&"an unsigned dispatch is refused with 401"), "{report}");
@@ -660,16 +661,7 @@ impl Drop for PythonWorker {
 #[tokio::test]
 async fn the_trellis2_worker_passes_the_conformance_suite() {
     let worker = PythonWorker::start(&secret(11));
-    let report = conformance(CheckSettings {
-        worker: worker.url.clone(),
-        key: key(11),
-        image: None,
-        callback_host: "127.0.0.1".parse().unwrap(),
-        job_timeout: Duration::from_secs(60),
-        ready_timeout: Duration::from_secs(30),
-    })
-    .await
-    .expect("the suite runs");
+    let report = check_worker(&worker.url, 11, Duration::from_secs(60), Duration::from_secs(30)).await;
     println!("{report}");
     assert!(report.passed(), "{report}");
 }
