@@ -177,7 +177,6 @@ pub trait Provider: Send + Sync {
 /// What a provider's background work may ask of kiln about its own channel.
 #[async_trait]
 pub trait ChannelRuntime: Send + Sync {
-    fn channel(&self) -> &str;
     /// Running tasks of the channel per push worker.
     async fn worker_loads(&self) -> anyhow::Result<Vec<(String, u32)>>;
     /// Makes the tasks dispatched to a lost worker claimable again, so they are

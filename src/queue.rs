@@ -307,10 +307,6 @@ struct ChannelHandle {
 
 #[async_trait]
 impl ChannelRuntime for ChannelHandle {
-    fn channel(&self) -> &str {
-        &self.channel.name
-    }
-
     async fn worker_loads(&self) -> anyhow::Result<Vec<(String, u32)>> {
         Ok(self.gateway.db.worker_loads(&self.channel.name).await?)
     }

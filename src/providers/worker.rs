@@ -300,7 +300,7 @@ impl Pool {
         }
     }
 
-    /// Probes one worker and updates its standing; returns true when it just came back.
+    /// Probes one worker, updates its standing, and says how that standing changed.
     async fn probe(&self, worker: &Worker) -> ProbeChange {
         let signed = self.key.sign(b"");
         let mut request = self.client.get(worker.endpoint(worker_protocol::HEALTH_PATH)).timeout(HEALTH_TIMEOUT);
