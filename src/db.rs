@@ -118,6 +118,19 @@ pub struct StoredFile {
     pub expired: bool,
 }
 
+impl From<Artifact> for StoredFile {
+    fn from(artifact: Artifact) -> Self {
+        Self {
+            key: artifact.key,
+            content_type: artifact.content_type,
+            size: artifact.size,
+            sha256: artifact.sha256,
+            created_at: artifact.created_at,
+            expired: artifact.expired_at.is_some(),
+        }
+    }
+}
+
 /// Per-channel queue depth.
 #[derive(Debug, Clone)]
 pub struct ChannelLoad {

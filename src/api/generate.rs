@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    api::{AppState, files, forms, sse},
+    api::{AppState, files, forms, sse, tasks::parse_id},
     db::StoredFile,
     error::{ApiError, Code},
     events::follow,
@@ -223,32 +223,29 @@ struct StreamQuery {
 
 /// Seed 002's rendering of an event, or none for events that face does not show.
 fn seed002_event(gateway: &Gateway, event: &TaskEvent) -> Option<Event> {
-    let data: Value = match event.kind {
-        EventKind::Queued => json!({ "status": "queued", "position": event.data["position"] }),
-        EventKind::Processing => json!({
-            "status": "processing", "progress": event.data["progress"], "stage": event.data["stage"],
-        }),
+    let (name, mut data) = match event.kind {
+        EventKind::Queued => ("queued", json!({ "status": "queued", "position": event.data["position"] })),
+        EventKind::Processing => (
+            "processing",
+            json!({ "status": "processing", "progress": event.data["progress"], "stage": event.data["stage"] }),
+        ),
         EventKind::Result => return None,
-        EventKind::Completed => json!({
-            "status": "completed",
-            "model_url": model_url(gateway, event.task_id),
-            "generation_time": event.data["generation_time"],
-        }),
+        EventKind::Completed => (
+            "completed",
+            json!({
+                "status": "completed",
+                "model_url": model_url(gateway, event.task_id),
+                "generation_time": event.data["generation_time"],
+            }),
+        ),
         EventKind::Failed => {
             let code = event.data["error"]["code"].as_str().unwrap_or("internal_error");
             let (_, message) = failure_words(code, event.data["error"]["message"].as_str());
-            json!({ "status": "failed", "error": message, "code": code })
+            ("failed", json!({ "status": "failed", "error": message, "code": code }))
         }
-        EventKind::Canceled => json!({ "status": "failed", "error": "Canceled", "code": "canceled" }),
+        // Seed 002 knows no cancel: to its clients the generation failed.
+        EventKind::Canceled => ("failed", json!({ "status": "failed", "error": "Canceled", "code": "canceled" })),
     };
-    let name = match event.kind {
-        EventKind::Canceled => "failed",
-        EventKind::Queued => "queued",
-        EventKind::Processing => "processing",
-        EventKind::Completed => "completed",
-        _ => "failed",
-    };
-    let mut data = data;
     if let Value::Object(map) = &mut data {
         map.insert("task_id".into(), Value::String(event.task_id.to_string()));
     }
@@ -275,7 +272,7 @@ async fn status_stream(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Seed002Error> {
-    let id: TaskId = task_id.parse().map_err(|_| ApiError::new(Code::TaskNotFound))?;
+    let id = parse_id(&task_id)?;
     state.gateway.task(id).await?;
     let after = sse::resume_point(&headers, query.after);
     Ok(sse::stream(&state, id, after, seed002_event).into_response())
@@ -309,13 +306,5 @@ async fn static_model(
         .into_iter()
         .find(|a| a.role == "model" && a.name.to_ascii_lowercase().ends_with(".glb"))
         .ok_or_else(not_found)?;
-    let stored = StoredFile {
-        key: model.key,
-        content_type: model.content_type,
-        size: model.size,
-        sha256: model.sha256,
-        created_at: model.created_at,
-        expired: model.expired_at.is_some(),
-    };
-    Ok(files::serve(gateway, &stored, &method, &headers).await?)
+    Ok(files::serve(gateway, &StoredFile::from(model), &method, &headers).await?)
 }

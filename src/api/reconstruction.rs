@@ -18,10 +18,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    api::{AppState, callbacks, forms, sse},
+    api::{AppState, callbacks, forms, sse, tasks::parse_id},
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::{Gateway, Input, Submission},
-    tasks::{EventKind, Picture, Task, TaskEvent, TaskId, TaskStatus},
+    tasks::{EventKind, Picture, Task, TaskEvent, TaskStatus},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -266,10 +266,6 @@ struct StreamQuery {
     after: Option<i64>,
 }
 
-fn parse_task(id: &str) -> ApiResult<TaskId> {
-    id.parse().map_err(|_| ApiError::new(Code::TaskNotFound))
-}
-
 /// Follow a reconstruction (seed 004): SSE.
 ///
 /// `result` events (`taskId`, `fileName`, `url`) as each file is stored, and `status`
@@ -290,7 +286,7 @@ async fn events(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = parse_task(&task_id)?;
+    let id = parse_id(&task_id)?;
     state.gateway.task(id).await?;
     let after = sse::resume_point(&headers, query.after);
     Ok(sse::stream(&state, id, after, seed004_event).into_response())
@@ -331,7 +327,7 @@ struct ReconstructionStatus {
 )]
 async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult<Json<ReconstructionStatus>> {
     let gateway = &state.gateway;
-    let task: Task = gateway.task(parse_task(&task_id)?).await?;
+    let task: Task = gateway.task(parse_id(&task_id)?).await?;
     let artifacts = gateway.artifacts(task.id).await?;
     let url_of = |pick: &dyn Fn(&str) -> bool| {
         artifacts
