@@ -38,27 +38,52 @@ fn key(seed: u8) -> SigningKey {
     SigningKey::parse(&secret(seed)).expect("test secret")
 }
 
-/// `kiln worker` as a child process on a free port; killed on drop.
-pub struct KilnWorker {
+/// A worker as a child process on a free port; killed on drop.
+pub struct WorkerProcess {
     child: Child,
     pub url: String,
 }
 
-impl KilnWorker {
-    pub fn start(secret: &str) -> Self {
-        let mut child = Command::new(KILN)
-            .args(["worker", "--bind", "127.0.0.1:0"])
+impl WorkerProcess {
+    /// `kiln worker`.
+    pub fn kiln(secret: &str) -> Self {
+        let mut command = Command::new(KILN);
+        command.args(["worker", "--bind", "127.0.0.1:0"]).env("KILN_WORKER_SECRET", secret).env("KILN_LOG", "warn");
+        Self::spawn(command, "kiln worker is running at ")
+    }
+
+    /// The TRELLIS.2 worker (Python) with its stand-in pipeline.
+    fn trellis2(secret: &str) -> Self {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("worker");
+        let python = dir.join(".venv/bin/python");
+        assert!(
+            python.exists(),
+            "the worker's environment is missing ({}): run `make test` or `scripts/deps.sh --worker`",
+            python.display()
+        );
+        let mut command = Command::new(&python);
+        command
+            .args(["-m", "kiln_worker", "--host", "127.0.0.1", "--port", "0"])
+            .current_dir(&dir)
             .env("KILN_WORKER_SECRET", secret)
-            .env("KILN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kiln worker");
+            .env("KILN_WORKER_PIPELINE", "tests.standin:StandInPipeline")
+            .env("KILN_WORKER_LOG_LEVEL", "warning");
+        Self::spawn(command, "kiln-worker listening on ")
+    }
+
+    /// Starts the worker and reads its URL from its first line on stdout.
+    fn spawn(mut command: Command, announcement: &str) -> Self {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start the worker");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the address");
-        let url = line.trim().strip_prefix("kiln worker is running at ").expect("address line").trim_end_matches('/');
-        Self { url: url.to_owned(), child }
+        let url = line
+            .trim()
+            .strip_prefix(announcement)
+            .unwrap_or_else(|| panic!("unexpected first line from the worker: {line:?}"))
+            .trim_end_matches('/')
+            .to_owned();
+        Self { child, url }
     }
 
     fn kill(&mut self) {
@@ -67,7 +92,7 @@ impl KilnWorker {
     }
 }
 
-impl Drop for KilnWorker {
+impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
     }
@@ -125,7 +150,7 @@ async fn check_worker(
 
 #[tokio::test]
 async fn kiln_worker_passes_the_conformance_suite() {
-    let worker = KilnWorker::start(&secret(1));
+    let worker = WorkerProcess::kiln(&secret(1));
     let report = check_worker(&worker.url, 1, Duration::from_secs(60), Duration::from_secs(10)).await;
     println!("{report}");
     assert!(report.passed(), "{report}");
@@ -145,7 +170,7 @@ async fn the_conformance_suite_fails_a_worker_that_breaks_the_protocol() {
 
 #[tokio::test]
 async fn every_face_runs_on_kiln_worker() {
-    let worker = KilnWorker::start(&secret(3));
+    let worker = WorkerProcess::kiln(&secret(3));
     let app = TestApp::spawn_with(&worker_channel("gpu", "trellis2", &secret(3), &[&worker.url], 5)).await;
     wait_available(&app, "trellis2").await;
 
@@ -240,7 +265,7 @@ async fn every_face_runs_on_kiln_worker() {
 
 #[tokio::test]
 async fn seed_002_errors_have_that_seeds_words() {
-    let worker = KilnWorker::start(&secret(4));
+    let worker = WorkerProcess::kiln(&secret(4));
     let app = TestApp::spawn_with(&worker_channel("gpu", "trellis2", &secret(4), &[&worker.url], 5)).await;
     for (file, status, message) in [
         ("invalid/not-supported.gif", 400, "Unsupported image format"),
@@ -534,7 +559,7 @@ async fn a_lost_workers_task_is_dispatched_again_to_another_worker() {
 
 #[tokio::test]
 async fn a_task_on_a_vanished_worker_fails_with_generation_timeout_and_nothing_hangs() {
-    let mut worker = KilnWorker::start(&secret(8));
+    let mut worker = WorkerProcess::kiln(&secret(8));
     let fake = FakeWorker::start(key(8), true).await;
     // The fake worker takes the job and keeps it; then the only other worker dies too.
     let tasks = "lease = \"1s\"\npoll_interval = \"200ms\"\ndeadline = \"2s\"";
@@ -613,54 +638,9 @@ async fn seven_requests_to_a_one_plus_five_channel_get_exactly_one_503_and_posit
 // ---------------------------------------------------------------------------------------
 // The TRELLIS.2 worker (Python), with its stand-in pipeline.
 
-/// The Python worker as a child process on a free port; killed on drop.
-struct PythonWorker {
-    child: Child,
-    url: String,
-}
-
-impl PythonWorker {
-    fn start(secret: &str) -> Self {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("worker");
-        let python = dir.join(".venv/bin/python");
-        assert!(
-            python.exists(),
-            "the worker's environment is missing ({}): run `make test` or `scripts/deps.sh --worker`",
-            python.display()
-        );
-        let mut child = Command::new(&python)
-            .args(["-m", "kiln_worker", "--host", "127.0.0.1", "--port", "0"])
-            .current_dir(&dir)
-            .env("KILN_WORKER_SECRET", secret)
-            .env("KILN_WORKER_PIPELINE", "tests.standin:StandInPipeline")
-            .env("KILN_WORKER_LOG_LEVEL", "warning")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the Python worker");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the address");
-        let url = line
-            .trim()
-            .strip_prefix("kiln-worker listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the worker: {line:?}"))
-            .trim_end_matches('/')
-            .to_owned();
-        Self { child, url }
-    }
-}
-
-impl Drop for PythonWorker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_trellis2_worker_passes_the_conformance_suite() {
-    let worker = PythonWorker::start(&secret(11));
+    let worker = WorkerProcess::trellis2(&secret(11));
     let report = check_worker(&worker.url, 11, Duration::from_secs(60), Duration::from_secs(30)).await;
     println!("{report}");
     assert!(report.passed(), "{report}");
@@ -668,7 +648,7 @@ async fn the_trellis2_worker_passes_the_conformance_suite() {
 
 #[tokio::test]
 async fn the_trellis2_worker_serves_seed_004_with_progressive_results() {
-    let worker = PythonWorker::start(&secret(12));
+    let worker = WorkerProcess::trellis2(&secret(12));
     let app = TestApp::spawn_with(&worker_channel("gpu", "trellis2", &secret(12), &[&worker.url], 5)).await;
     wait_available(&app, "trellis2").await;
     let form = reqwest::multipart::Form::new()
