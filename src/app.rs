@@ -17,6 +17,7 @@ use crate::{
     providers::Registry,
     queue::Scheduler,
     retention,
+    server::{self, HttpServer},
     storage::Storage,
 };
 
@@ -32,14 +33,25 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    limits: server::Limits,
 }
 
 impl Application {
     /// Opens the database and storage, builds the channels, and binds the listener.
     pub async fn build(mut config: Config, registry: &Registry) -> Result<Self, StartupError> {
         let router = Router::build(&config, registry)?;
-        let listener = TcpListener::bind(config.server.bind)
-            .await
+        let open_files = server::raise_open_files_limit();
+        let cap = server::connection_cap(config.server.max_connections, open_files);
+        if cap < config.server.max_connections as usize {
+            tracing::warn!(
+                configured = config.server.max_connections,
+                cap,
+                open_files,
+                "server.max_connections is lowered to what the open-file limit allows"
+            );
+        }
+        let limits = server::Limits::new(&config.server, cap);
+        let listener = server::bind(config.server.bind, config.server.listen_backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.bind))?;
         let local = listener.local_addr().map_err(anyhow::Error::from)?;
         // Links must carry the real port when the configured one was 0.
@@ -65,7 +77,7 @@ impl Application {
             readiness: Arc::new(Readiness::default()),
             shutdown: CancellationToken::new(),
         };
-        Ok(Self { listener, state })
+        Ok(Self { listener, state, limits })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -84,7 +96,7 @@ impl Application {
     /// Serves until the shutdown token fires (or SIGINT/SIGTERM, when `signals`), then
     /// drains within the grace period.
     pub async fn run_until_stopped(self, signals: bool) -> anyhow::Result<()> {
-        let Self { listener, state } = self;
+        let Self { listener, state, limits } = self;
         let shutdown = state.shutdown.clone();
         if signals {
             tokio::spawn(listen_for_signals(shutdown.clone()));
@@ -94,11 +106,9 @@ impl Application {
         let background = state.scheduler.start(dispatch_stop.clone());
         let retention = tokio::spawn(retention::run_daily(Arc::clone(&state.gateway), dispatch_stop.clone()));
         let app = api::router(state.clone());
-        let server = {
-            let shutdown = shutdown.clone();
-            axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await })
-        };
-        let mut server = tokio::spawn(async move { server.await });
+        let http = HttpServer::new(listener, app, limits, shutdown.clone(), Arc::clone(&state.gateway.metrics));
+        let force_close = http.force_close();
+        let mut server = tokio::spawn(http.run());
         state.readiness.set_started();
         tracing::info!(url = %config.public_url(), "kiln is listening");
 
@@ -106,7 +116,7 @@ impl Application {
             _ = shutdown.cancelled() => {}
             result = &mut server => {
                 dispatch_stop.cancel();
-                return result.map_err(anyhow::Error::from)?.map_err(anyhow::Error::from);
+                return result.map_err(anyhow::Error::from);
             }
         }
         let began = Instant::now();
@@ -114,10 +124,10 @@ impl Application {
         dispatch_stop.cancel();
         tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections or dispatch");
         let grace = config.server.shutdown_grace;
-        match tokio::time::timeout(grace, &mut server).await {
-            Ok(result) => result.map_err(anyhow::Error::from)?.map_err(anyhow::Error::from)?,
-            Err(_) => {
-                tracing::warn!("requests still open after the grace period; closing them");
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            tracing::warn!("requests still open after the grace period; closing them");
+            force_close.cancel();
+            if tokio::time::timeout(std::time::Duration::from_secs(1), &mut server).await.is_err() {
                 server.abort();
             }
         }

@@ -51,6 +51,23 @@ pub struct ServerConfig {
     /// How long in-flight requests and tasks get to finish after SIGTERM/SIGINT.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How long a client may take to send a request's headers, counted from the
+    /// connection's start or from the first byte of a later request.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a request body may go without a byte arriving; a slow upload that keeps
+    /// making progress is never cut.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Open connections at most; one more is answered 503 and closed. Lowered at start-up
+    /// to what the process's open-file limit allows.
+    pub max_connections: u32,
+    /// Connections the kernel may queue before kiln accepts them (the `listen` backlog;
+    /// the kernel caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +279,11 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             data_dir: PathBuf::from("./data"),
             shutdown_grace: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            listen_backlog: 1024,
         }
     }
 }

@@ -3,7 +3,6 @@
 //! HTTP responses for the native API. Internal causes are logged in full and never sent.
 
 use axum::{
-    Json,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -11,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 /// The stable machine codes. Adding one means adding a line to [`Code::table`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::VariantArray)]
 pub enum Code {
     InvalidRequest,
     MalformedJson,
@@ -41,7 +40,11 @@ pub enum Code {
     QueueFull,
     ChannelUnavailable,
     ShuttingDown,
+    TooManyConnections,
     RequestTimeout,
+    PayloadTooLarge,
+    UriTooLong,
+    HeadersTooLarge,
     SignatureInvalid,
     WrongChannel,
     ResultConflict,
@@ -105,7 +108,17 @@ impl Code {
                 "No provider for this model is available right now; retry later.",
             ),
             Code::ShuttingDown => ("shutting_down", S::SERVICE_UNAVAILABLE, "The server is shutting down."),
+            Code::TooManyConnections => (
+                "too_many_connections",
+                S::SERVICE_UNAVAILABLE,
+                "The server has too many open connections; retry shortly.",
+            ),
             Code::RequestTimeout => ("request_timeout", S::REQUEST_TIMEOUT, "The request took too long."),
+            Code::PayloadTooLarge => ("payload_too_large", S::PAYLOAD_TOO_LARGE, "The request body is too large."),
+            Code::UriTooLong => ("uri_too_long", S::URI_TOO_LONG, "The request target is too long."),
+            Code::HeadersTooLarge => {
+                ("headers_too_large", S::REQUEST_HEADER_FIELDS_TOO_LARGE, "The request headers are too large.")
+            }
             Code::SignatureInvalid => (
                 "signature_invalid",
                 S::UNAUTHORIZED,
@@ -133,41 +146,25 @@ impl Code {
         self.table().2
     }
 
-    pub const ALL: [Code; 33] = [
-        Code::InvalidRequest,
-        Code::MalformedJson,
-        Code::UnsupportedMediaType,
-        Code::MissingInput,
-        Code::EmptyFile,
-        Code::FileTooLarge,
-        Code::UnsupportedImageFormat,
-        Code::CorruptImage,
-        Code::ImageTooManyPixels,
-        Code::PromptEmpty,
-        Code::PromptTooLong,
-        Code::PromptInvalidCharacters,
-        Code::InvalidParams,
-        Code::UnknownModel,
-        Code::ModelKindMismatch,
-        Code::IdempotencyKeyReused,
-        Code::NotFound,
-        Code::TaskNotFound,
-        Code::PictureNotFound,
-        Code::FileNotFound,
-        Code::ArtifactExpired,
-        Code::TaskNotFinished,
-        Code::TaskAlreadyFinished,
-        Code::RangeNotSatisfiable,
-        Code::MethodNotAllowed,
-        Code::QueueFull,
-        Code::ChannelUnavailable,
-        Code::ShuttingDown,
-        Code::RequestTimeout,
-        Code::SignatureInvalid,
-        Code::WrongChannel,
-        Code::ResultConflict,
-        Code::Internal,
-    ];
+    /// Every code, in declaration order.
+    pub const ALL: &'static [Code] = <Code as strum::VariantArray>::VARIANTS;
+
+    /// The code for an error answer that was made without one (a rejection by axum or
+    /// hyper-util, a bare status): the closest by status.
+    pub fn for_status(status: StatusCode) -> Code {
+        match status {
+            StatusCode::NOT_FOUND => Code::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => Code::MethodNotAllowed,
+            StatusCode::REQUEST_TIMEOUT => Code::RequestTimeout,
+            StatusCode::PAYLOAD_TOO_LARGE => Code::PayloadTooLarge,
+            StatusCode::URI_TOO_LONG => Code::UriTooLong,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Code::UnsupportedMediaType,
+            StatusCode::RANGE_NOT_SATISFIABLE => Code::RangeNotSatisfiable,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => Code::HeadersTooLarge,
+            s if s.is_client_error() => Code::InvalidRequest,
+            _ => Code::Internal,
+        }
+    }
 }
 
 /// An error on its way to a client.
@@ -275,15 +272,44 @@ impl ApiError {
     }
 }
 
+/// The envelope of an error answer, kept in the answer's extensions next to the body
+/// rendered without a request id: the request-id middleware, which knows the id, renders
+/// the body again with it.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Envelope {
+    /// The JSON body.
+    pub fn render(&self, request_id: Option<&str>) -> Vec<u8> {
+        envelope(self.code, &self.message, request_id)
+    }
+}
+
+/// The JSON envelope `{"error": {"code", "message"}, "request_id"}`.
+pub fn envelope(code: Code, message: &str, request_id: Option<&str>) -> Vec<u8> {
+    let body = ErrorBody {
+        error: ErrorDetail { code: code.as_str().to_owned(), message: message.to_owned() },
+        request_id: request_id.map(str::to_owned),
+    };
+    // Plain strings only: serialising cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.log_and_public_message().to_owned();
-        let body = ErrorBody {
-            error: ErrorDetail { code: self.code.as_str().to_owned(), message },
-            request_id: crate::api::request_id::current(),
-        };
-        let mut response = (self.status(), Json(body)).into_response();
+        let envelope = Envelope { code: self.code, message };
+        let mut response = (
+            self.status(),
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            envelope.render(None),
+        )
+            .into_response();
         self.decorate(&mut response);
+        response.extensions_mut().insert(envelope);
         response
     }
 }
@@ -312,7 +338,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn envelope_never_leaks_internal_text(secret in "[a-zA-Z0-9]{8,40}", idx in 0usize..Code::ALL.len()) {
+        fn envelope_never_leaks_internal_text(secret in "[a-zA-Z0-9]{8,40}", idx in any::<prop::sample::Index>()) {
             let internal = ApiError::internal(anyhow::anyhow!("db password {secret}"));
             let response = internal.into_response();
             prop_assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -320,7 +346,7 @@ mod tests {
             prop_assert!(!json.to_string().contains(&secret));
             prop_assert_eq!(json["error"]["code"].as_str(), Some("internal_error"));
 
-            let code = Code::ALL[idx];
+            let code = Code::ALL[idx.index(Code::ALL.len())];
             let response = ApiError::new(code).into_response();
             prop_assert_eq!(response.status(), code.status());
             let json = body(response);

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod providers;
 pub mod queue;
 pub mod retention;
+pub mod server;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;

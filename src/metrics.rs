@@ -43,6 +43,11 @@ struct StatusLabels {
     status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    timeout: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RequestLabels, Counter>,
@@ -54,6 +59,9 @@ pub struct Metrics {
     tasks: Family<StatusLabels, Gauge>,
     queued: Family<ChannelLabels, Gauge>,
     running: Family<ChannelLabels, Gauge>,
+    connections: Gauge,
+    connections_refused: Counter,
+    connections_timed_out: Family<TimeoutLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -87,6 +95,20 @@ impl Metrics {
         registry.register("tasks", "Tasks by status", tasks.clone());
         registry.register("queue_depth", "Tasks waiting, by channel", queued.clone());
         registry.register("tasks_running", "Tasks running, by channel", running.clone());
+        let connections = Gauge::default();
+        let connections_refused = Counter::default();
+        let connections_timed_out = Family::<TimeoutLabels, Counter>::default();
+        registry.register("http_connections", "Open client connections", connections.clone());
+        registry.register(
+            "http_connections_refused",
+            "Connections answered 503 because the connection cap was reached",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "http_connections_timed_out",
+            "Connections closed for sending no request in time (headers, silent, idle)",
+            connections_timed_out.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -98,7 +120,24 @@ impl Metrics {
             tasks,
             queued,
             running,
+            connections,
+            connections_refused,
+            connections_timed_out,
         }
+    }
+
+    /// Counts an open connection until the guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.connections.inc();
+        OpenConnection(self.connections.clone())
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    pub fn connection_timed_out(&self, timeout: &'static str) {
+        self.connections_timed_out.get_or_create(&TimeoutLabels { timeout }).inc();
     }
 
     pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
@@ -142,5 +181,14 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+/// An open connection, counted in `kiln_http_connections` while it lives.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -30,7 +30,10 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    config::ServerConfig,
+    metrics::Metrics,
     providers::{InputImage, Job, JobContext, JobSink, Outcome, Output, Provider},
+    server::HttpServer,
     tasks::{TaskId, TaskKind},
     webhooks::{self, SigningKey, WebhookError},
     worker_protocol::{self, Accepted, Form, Health, ProgressReport, StatusReport},
@@ -80,8 +83,8 @@ pub struct WorkerServer {
 
 impl WorkerServer {
     pub async fn bind(settings: WorkerSettings, provider: Arc<dyn Provider>) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(settings.bind)
-            .await
+        let server = ServerConfig::default();
+        let listener = crate::server::bind(settings.bind, server.listen_backlog)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.bind))?;
         let state = Arc::new(WorkerState {
             key: settings.key,
@@ -114,10 +117,22 @@ impl WorkerServer {
             .route(&format!("/{}", worker_protocol::HEALTH_PATH), get(health))
             .layer(DefaultBodyLimit::max(MAX_DISPATCH_BYTES))
             .with_state(Arc::clone(&state));
-        let stop = state.shutdown.clone();
-        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await?;
+        // kiln's own HTTP server, with its timeouts and connection cap: a worker's port
+        // is as exposed as kiln's.
+        let server = ServerConfig { shutdown_grace: grace, ..ServerConfig::default() };
+        let cap = crate::server::connection_cap(server.max_connections, crate::server::raise_open_files_limit());
+        let limits = crate::server::Limits::new(&server, cap);
+        let http = HttpServer::new(listener, app, limits, state.shutdown.clone(), Arc::new(Metrics::new()));
+        let force_close = http.force_close();
+        let mut serving = tokio::spawn(http.run());
+        state.shutdown.cancelled().await;
+        let began = Instant::now();
+        if tokio::time::timeout(grace, &mut serving).await.is_err() {
+            force_close.cancel();
+            let _ = serving.await;
+        }
         state.jobs.close();
-        if tokio::time::timeout(grace, state.jobs.wait()).await.is_err() {
+        if tokio::time::timeout(grace.saturating_sub(began.elapsed()), state.jobs.wait()).await.is_err() {
             tracing::warn!("jobs still running after the grace period; their tasks will time out on kiln's side");
         }
         Ok(())

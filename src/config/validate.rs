@@ -158,6 +158,22 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     if config.server.shutdown_grace > std::time::Duration::from_secs(600) {
         problems.push("server.shutdown_grace", "must be at most 10m");
     }
+    let server = &config.server;
+    for (key, value) in [
+        ("server.header_timeout", server.header_timeout),
+        ("server.idle_timeout", server.idle_timeout),
+        ("server.body_timeout", server.body_timeout),
+    ] {
+        if value < std::time::Duration::from_millis(100) {
+            problems.push(key, "must be at least 100ms");
+        }
+    }
+    if server.max_connections == 0 {
+        problems.push("server.max_connections", "must be at least 1");
+    }
+    if server.listen_backlog == 0 {
+        problems.push("server.listen_backlog", "must be at least 1");
+    }
     if let Some(url) = &config.server.public_url
         && !matches!(url.scheme(), "http" | "https")
     {

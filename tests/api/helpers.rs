@@ -29,12 +29,18 @@ pub fn config_toml(dir: &Path, extra: &str) -> String {
 }
 
 pub fn config_toml_with(dir: &Path, tasks: &str, extra: &str) -> String {
+    config_toml_full(dir, "", tasks, extra)
+}
+
+/// The test configuration with `server` lines added to `[server]`.
+pub fn config_toml_full(dir: &Path, server: &str, tasks: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
 bind = "127.0.0.1:0"
 data_dir = "{data}"
 shutdown_grace = "5s"
+{server}
 
 [log]
 dir = ""
@@ -61,9 +67,9 @@ models = [
 ]
 "#;
 
-pub fn load_config(dir: &Path, tasks: &str, extra: &str) -> Config {
+pub fn load_config_full(dir: &Path, server: &str, tasks: &str, extra: &str) -> Config {
     let path = dir.join("kiln.toml");
-    std::fs::write(&path, config_toml_with(dir, tasks, extra)).expect("write config");
+    std::fs::write(&path, config_toml_full(dir, server, tasks, extra)).expect("write config");
     Config::load_from(Some(&path), Vec::new(), &Default::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -86,8 +92,17 @@ impl TestApp {
     }
 
     pub async fn spawn_configured(tasks: &str, extra: &str) -> Self {
+        Self::spawn_full("", tasks, extra).await
+    }
+
+    /// With `server` lines added to `[server]` (timeouts, limits).
+    pub async fn spawn_with_server(server: &str) -> Self {
+        Self::spawn_full(server, TASKS, ECHO_CHANNEL).await
+    }
+
+    pub async fn spawn_full(server: &str, tasks: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = load_config(dir.path(), tasks, extra);
+        let config = load_config_full(dir.path(), server, tasks, extra);
         let app = Application::build(config, &crate::provider::registry()).await.expect("build app");
         let base = format!("http://{}", app.local_addr());
         let shutdown = app.shutdown_token();

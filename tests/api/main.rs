@@ -6,6 +6,7 @@ mod provider;
 mod repo;
 
 mod cli;
+mod connections;
 mod crash;
 mod files;
 mod lifecycle;
