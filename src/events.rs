@@ -5,12 +5,13 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
+use bytes::Bytes;
 use futures::Stream;
-use tokio::sync::broadcast;
+use tokio::{sync::broadcast, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -19,13 +20,37 @@ use crate::{
 };
 
 const CHANNEL_CAPACITY: usize = 256;
-/// A follower re-reads the log this often even without a wake-up, so a lost
+/// A follower re-reads the log when it has heard nothing for this long, so a lost
 /// notification costs latency, never an event.
 const POLL_FALLBACK: Duration = Duration::from_secs(10);
+/// Renderings kept per event: one per API face that streams events.
+pub const RENDERINGS: usize = 4;
+
+/// A committed event as followers receive it. A live event is shared by every
+/// subscriber of its task, with the wire encodings faces made of it, so an event going
+/// to ten thousand streams is encoded once per face rather than once per stream.
+pub struct Published {
+    pub event: TaskEvent,
+    renderings: [OnceLock<Option<Bytes>>; RENDERINGS],
+}
+
+impl Published {
+    pub fn new(event: TaskEvent) -> Arc<Self> {
+        Arc::new(Self { event, renderings: Default::default() })
+    }
+
+    /// The rendering kept in `slot`, made by `render` the first time it is asked for.
+    pub fn rendered(&self, slot: usize, render: impl FnOnce(&TaskEvent) -> Option<Bytes>) -> Option<Bytes> {
+        match self.renderings.get(slot) {
+            Some(cell) => cell.get_or_init(|| render(&self.event)).clone(),
+            None => render(&self.event),
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct EventBus {
-    topics: Mutex<HashMap<TaskId, broadcast::Sender<Arc<TaskEvent>>>>,
+    topics: Mutex<HashMap<TaskId, broadcast::Sender<Arc<Published>>>>,
 }
 
 impl EventBus {
@@ -38,7 +63,7 @@ impl EventBus {
         let Ok(mut topics) = self.topics.lock() else { return };
         for event in events {
             if let Some(sender) = topics.get(&event.task_id) {
-                let _ = sender.send(Arc::new(event.clone()));
+                let _ = sender.send(Published::new(event.clone()));
                 if event.kind.is_terminal() {
                     topics.remove(&event.task_id);
                 }
@@ -63,7 +88,7 @@ impl EventBus {
 struct Subscription {
     bus: Arc<EventBus>,
     id: TaskId,
-    receiver: broadcast::Receiver<Arc<TaskEvent>>,
+    receiver: broadcast::Receiver<Arc<Published>>,
 }
 
 impl Drop for Subscription {
@@ -85,21 +110,29 @@ pub fn follow(
     id: TaskId,
     after: i64,
     stop: CancellationToken,
-) -> impl Stream<Item = TaskEvent> + Send + 'static {
+) -> impl Stream<Item = Arc<Published>> + Send + 'static {
     async_stream::stream! {
         // Subscribe before reading the log, so nothing falls between the two.
         let mut sub = bus.subscribe(id);
         let mut last = after;
         let mut catch_up = true;
+        // Kept across iterations: with thousands of followers, registering a new timer
+        // and a new cancellation waiter for every event would cost more than the event.
+        let stopped = stop.cancelled_owned();
+        tokio::pin!(stopped);
+        let fallback = tokio::time::sleep(POLL_FALLBACK);
+        tokio::pin!(fallback);
+        let mut heard = Instant::now();
         loop {
             if catch_up {
                 catch_up = false;
+                heard = Instant::now();
                 match db.list_events(id, last).await {
                     Ok(events) => {
                         for event in events {
                             last = event.seq;
                             let terminal = event.kind.is_terminal();
-                            yield event;
+                            yield Published::new(event);
                             if terminal {
                                 return;
                             }
@@ -112,26 +145,40 @@ pub fn follow(
                 }
             }
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(POLL_FALLBACK) => catch_up = true,
-                received = sub.receiver.recv() => match received {
-                    Ok(event) if event.seq <= last => {}
-                    Ok(event) if event.seq == last + 1 => {
-                        last = event.seq;
-                        let terminal = event.kind.is_terminal();
-                        yield (*event).clone();
-                        if terminal {
-                            return;
+                biased;
+                _ = &mut stopped => return,
+                received = sub.receiver.recv() => {
+                    heard = Instant::now();
+                    match received {
+                        Ok(published) if published.event.seq <= last => {}
+                        Ok(published) if published.event.seq == last + 1 => {
+                            last = published.event.seq;
+                            let terminal = published.event.kind.is_terminal();
+                            yield published;
+                            if terminal {
+                                return;
+                            }
+                        }
+                        // A gap (events published out of order) or a lag: the log has them.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            drop(sub);
+                            sub = bus.subscribe(id);
+                            catch_up = true;
                         }
                     }
-                    // A gap (events published out of order) or a lag: the log has them.
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catch_up = true,
-                    Err(broadcast::error::RecvError::Closed) => {
-                        drop(sub);
-                        sub = bus.subscribe(id);
+                }
+                _ = &mut fallback => {
+                    // The timer is not moved at every event; when it fires early for a
+                    // follower that heard something since, it is set again from then.
+                    let quiet_until = heard + POLL_FALLBACK;
+                    if Instant::now() >= quiet_until {
                         catch_up = true;
+                        fallback.as_mut().reset(Instant::now() + POLL_FALLBACK);
+                    } else {
+                        fallback.as_mut().reset(quiet_until);
                     }
-                },
+                }
             }
         }
     }

@@ -8,7 +8,7 @@ use axum::{
     Json,
     extract::{Path, Query, Request, State},
     http::{HeaderMap, Method, StatusCode},
-    response::{IntoResponse, Response, sse::Event},
+    response::{IntoResponse, Response},
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    api::{AppState, files, forms, sse, tasks::parse_id},
+    api::{AppState, files, forms, sse},
     db::StoredFile,
     error::{ApiError, Code},
     events::follow,
@@ -191,7 +191,7 @@ async fn generate(State(state): State<AppState>, request: Request) -> Result<Res
     let mut events = Box::pin(follow(gateway.db.clone(), gateway.bus.clone(), id, 0, state.shutdown.clone()));
     let waited = tokio::time::timeout(wait, async {
         while let Some(event) = events.next().await {
-            if event.kind.is_terminal() {
+            if event.event.kind.is_terminal() {
                 return true;
             }
         }
@@ -222,7 +222,7 @@ struct StreamQuery {
 }
 
 /// Seed 002's rendering of an event, or none for events that face does not show.
-fn seed002_event(gateway: &Gateway, event: &TaskEvent) -> Option<Event> {
+fn seed002_event(gateway: &Gateway, event: &TaskEvent) -> Option<(&'static str, Value)> {
     let (name, mut data) = match event.kind {
         EventKind::Queued => ("queued", json!({ "status": "queued", "position": event.data["position"] })),
         EventKind::Processing => (
@@ -249,7 +249,7 @@ fn seed002_event(gateway: &Gateway, event: &TaskEvent) -> Option<Event> {
     if let Value::Object(map) = &mut data {
         map.insert("task_id".into(), Value::String(event.task_id.to_string()));
     }
-    Event::default().id(event.seq.to_string()).event(name).json_data(data).ok()
+    Some((name, data))
 }
 
 /// Follow a generation (seed 002): SSE.
@@ -272,10 +272,7 @@ async fn status_stream(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, Seed002Error> {
-    let id = parse_id(&task_id)?;
-    state.gateway.task(id).await?;
-    let after = sse::resume_point(&headers, query.after);
-    Ok(sse::stream(&state, id, after, seed002_event).into_response())
+    Ok(sse::task_stream(&state, &task_id, query.after, &headers, sse::Face::Seed002, seed002_event).await?)
 }
 
 /// Get a generated model (seed 002).

@@ -9,7 +9,7 @@ use axum::{
     Json,
     extract::{Path, Query, Request, State},
     http::HeaderMap,
-    response::{IntoResponse, Response, sse::Event},
+    response::Response,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -226,7 +226,7 @@ fn status_word(status: TaskStatus) -> &'static str {
 }
 
 /// Seed 004's rendering: `result` for each stored file, `status` for everything else.
-fn seed004_event(gateway: &Gateway, event: &TaskEvent) -> Option<Event> {
+fn seed004_event(gateway: &Gateway, event: &TaskEvent) -> Option<(&'static str, Value)> {
     let task_id = event.task_id.to_string();
     let (name, data) = match event.kind {
         EventKind::Result => {
@@ -256,7 +256,7 @@ fn seed004_event(gateway: &Gateway, event: &TaskEvent) -> Option<Event> {
             json!({ "taskId": task_id, "status": "FAILED", "errorMessage": "Canceled", "errorCode": "canceled" }),
         ),
     };
-    Event::default().id(event.seq.to_string()).event(name).json_data(data).ok()
+    Some((name, data))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -286,10 +286,7 @@ async fn events(
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let id = parse_id(&task_id)?;
-    state.gateway.task(id).await?;
-    let after = sse::resume_point(&headers, query.after);
-    Ok(sse::stream(&state, id, after, seed004_event).into_response())
+    sse::task_stream(&state, &task_id, query.after, &headers, sse::Face::Seed004, seed004_event).await
 }
 
 /// A reconstruction task with the fields of seed 004's §4.4 table.

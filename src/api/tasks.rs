@@ -430,8 +430,6 @@ async fn task_events(
     Path(id): Path<String>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
-) -> ApiResult<impl IntoResponse> {
-    let task = state.gateway.task(parse_id(&id)?).await?;
-    let after = sse::resume_point(&headers, query.after);
-    Ok(sse::stream(&state, task.id, after, sse::native_event))
+) -> ApiResult<Response> {
+    sse::task_stream(&state, &id, query.after, &headers, sse::Face::Native, sse::native_event).await
 }
