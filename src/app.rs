@@ -13,6 +13,7 @@ use crate::{
     config::{Config, ConfigErrors},
     db,
     gateway::Gateway,
+    journal,
     metrics::Metrics,
     providers::Registry,
     queue::Scheduler,
@@ -69,6 +70,13 @@ impl Application {
         }
         let storage =
             Storage::from_config(&config).map_err(|e| anyhow::Error::new(e).context("cannot open storage"))?;
+        // Files an earlier run was writing when it died. With a database only this
+        // process uses, every note left is a leftover; with a shared one, only old ones.
+        let leftover_age = if db.shared() { retention::LEFTOVER_AGE } else { std::time::Duration::ZERO };
+        if let Err(err) = journal::sweep(&db, &storage, leftover_age).await {
+            tracing::warn!(error = format!("{err:#}"), "cannot remove files left by an interrupted write");
+        }
+        journal::sweep_spool(&config.server.data_dir.join("tmp"), leftover_age);
         let gateway = Arc::new(Gateway::new(Arc::new(config), db, storage, router, Arc::new(Metrics::new())));
         let scheduler = Scheduler::new(Arc::clone(&gateway));
         let state = AppState {

@@ -10,13 +10,12 @@
 use axum::http::HeaderMap;
 use chrono::Utc;
 use serde_json::json;
-use uuid::Uuid;
 
 use crate::{
     db::{Finish, Transition},
     error::{ApiError, ApiResult, Code},
-    gateway::Gateway,
-    input::Upload,
+    gateway::{Gateway, NewOutput, OutputBody, Recorded},
+    input::{self, Upload},
     tasks::{Artifact, Task, TaskId, TaskStatus},
     webhooks::{self, SigningKey, Verifier, WebhookError},
     worker_protocol::{ProgressReport, StatusReport, valid_file_name},
@@ -123,26 +122,13 @@ pub async fn progress(gateway: &Gateway, task: Option<Task>, report: &ProgressRe
         return Err(ApiError::with_message(Code::InvalidRequest, "`progress` must be a number from 0 to 100."));
     }
     let percent = report.progress.clamp(0.0, 100.0).round() as u8;
-    let stage = report.stage.as_deref().map(str::trim).filter(|s| !s.is_empty()).unwrap_or("processing");
-    let stage: String = stage.chars().filter(|c| !c.is_control()).take(64).collect();
-    if let Some(event) = gateway.db.record_progress(task.id, percent, &stage).await? {
-        gateway.bus.publish(&[event]);
-    }
-    Ok(())
-}
-
-/// How a result callback was taken.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Recorded {
-    New,
-    /// The same file was already recorded.
-    Again,
+    let stage = report.stage.as_deref().map(|s| input::printable(s, 64)).filter(|s| !s.is_empty());
+    gateway.record_progress(task.id, percent, stage.as_deref().unwrap_or("processing")).await
 }
 
 /// What a file is to the client, from its name.
 fn role_of(name: &str) -> &'static str {
-    let extension = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
-    match extension.as_str() {
+    match Artifact::extension(name).as_str() {
         "glb" | "gltf" | "obj" | "fbx" | "ply" | "stl" | "usdz" => "model",
         "zip" => "archive",
         "png" | "jpg" | "jpeg" | "webp" => "preview",
@@ -151,21 +137,16 @@ fn role_of(name: &str) -> &'static str {
 }
 
 fn content_type_of(name: &str) -> String {
-    match name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).as_deref() {
-        Some("glb") => "model/gltf-binary".to_owned(),
-        Some("gltf") => "model/gltf+json".to_owned(),
+    match Artifact::extension(name).as_str() {
+        "glb" => "model/gltf-binary".to_owned(),
+        "gltf" => "model/gltf+json".to_owned(),
         _ => mime_guess::from_path(name).first_or_octet_stream().essence_str().to_owned(),
     }
 }
 
-/// `POST {callback_url}/result/{taskId}`: stores the file under
-/// `reconstruction/{taskId}/{name}` and sends the task's `result` event.
-pub async fn result(
-    gateway: &Gateway,
-    task: Option<Task>,
-    name: &str,
-    file: Upload,
-) -> ApiResult<(Recorded, Artifact)> {
+/// `POST {callback_url}/result/{taskId}`: stores the file with the task's outputs and
+/// sends its `result` event. `Ok(false)` when the same file was already recorded.
+pub async fn result(gateway: &Gateway, task: Option<Task>, name: &str, file: Upload) -> ApiResult<(bool, Artifact)> {
     let task = running(task)?;
     if !valid_file_name(name) {
         return Err(ApiError::with_message(
@@ -173,47 +154,18 @@ pub async fn result(
             "`name` must be 1–128 characters of A–Z a–z 0–9 . - _, not starting with a dot.",
         ));
     }
-    if let Some(existing) = gateway.db.find_artifact(task.id, name).await? {
-        return if existing.sha256 == file.sha256 {
-            Ok((Recorded::Again, existing))
-        } else {
-            Err(ApiError::new(Code::ResultConflict))
-        };
-    }
-    let key = format!("reconstruction/{}/{name}", task.id);
-    let content_type = content_type_of(name);
-    let size = file.len;
-    let sha256 = file.sha256.clone();
-    gateway.storage.put_file(&key, file.file, &content_type).await?;
-    let artifact = Artifact {
-        id: Uuid::now_v7(),
-        task_id: task.id,
+    let output = NewOutput {
         name: name.to_owned(),
         role: role_of(name).to_owned(),
-        key: key.clone(),
-        content_type: content_type.clone(),
-        size,
-        sha256: sha256.clone(),
+        content_type: content_type_of(name),
         metadata: json!({}),
-        created_at: Utc::now(),
-        expired_at: None,
+        body: OutputBody::Spooled(file),
     };
-    let data = json!({
-        "name": name, "role": artifact.role, "key": key, "content_type": content_type,
-        "size": size, "sha256": sha256, "metadata": {},
-    });
-    match gateway.db.add_artifact(&artifact, data).await? {
-        Some(event) => {
-            gateway.bus.publish(&[event]);
-            tracing::info!(task_id = %task.id, name, size, "worker result stored");
-            Ok((Recorded::New, artifact))
-        }
-        // Ended or recorded by a concurrent callback meanwhile: tell which.
-        None => match gateway.db.find_artifact(task.id, name).await? {
-            Some(existing) if existing.sha256 == artifact.sha256 => Ok((Recorded::Again, existing)),
-            Some(_) => Err(ApiError::new(Code::ResultConflict)),
-            None => Err(ApiError::new(Code::TaskAlreadyFinished)),
-        },
+    match gateway.record_output(&task, output).await? {
+        Recorded::New(artifact) => Ok((true, artifact)),
+        Recorded::Again(artifact) => Ok((false, artifact)),
+        Recorded::Conflict(_) => Err(ApiError::new(Code::ResultConflict)),
+        Recorded::Ended => Err(ApiError::new(Code::TaskAlreadyFinished)),
     }
 }
 
@@ -242,8 +194,8 @@ pub async fn status(gateway: &Gateway, task: Option<Task>, report: &StatusReport
             let message = report
                 .error
                 .as_deref()
-                .map(|e| e.chars().filter(|c| !c.is_control()).take(1000).collect::<String>())
-                .filter(|e| !e.trim().is_empty())
+                .map(|e| input::printable(e, 1000))
+                .filter(|e| !e.is_empty())
                 .unwrap_or_else(|| "The worker failed.".to_owned());
             Finish::Failed { code: "worker_failed".into(), message }
         }

@@ -147,7 +147,10 @@ async fn run(cli: Cli) -> ExitCode {
             let age = args.older_than.unwrap_or(config.retention.max_age);
             match cleanup(config, age).await {
                 Ok(swept) => {
-                    println!("expired {} file(s), deleted {}", swept.expired, swept.deleted);
+                    println!(
+                        "expired {} file(s), deleted {}; removed {} left by interrupted writes",
+                        swept.expired, swept.deleted, swept.leftovers
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(err) => {

@@ -166,8 +166,9 @@ pub trait TaskRepo: Send + Sync {
 
     /// Appends a `processing` event while the task runs; `None` when it no longer runs.
     async fn record_progress(&self, id: TaskId, progress: u8, stage: &str) -> DbResult<Option<TaskEvent>>;
-    /// Records a stored output and its `result` event while the task runs. `None`
-    /// when the task no longer runs or already has an output of that name.
+    /// Records a stored output and its `result` event while the task runs, clearing its
+    /// file's note in the same transaction. `None` when the task no longer runs or
+    /// already has an output of that name.
     async fn add_artifact(&self, artifact: &Artifact, event: serde_json::Value) -> DbResult<Option<TaskEvent>>;
     /// Remembers the provider's own id for the job.
     async fn set_provider_job(&self, id: TaskId, job_id: &str) -> DbResult<()>;
@@ -195,6 +196,7 @@ pub trait TaskRepo: Send + Sync {
 /// Stored input pictures and the lookup of any stored file by key.
 #[async_trait]
 pub trait FileRepo: Send + Sync {
+    /// Records a picture, clearing its file's note in the same transaction.
     async fn insert_picture(&self, picture: &Picture) -> DbResult<()>;
     async fn get_picture(&self, id: Uuid) -> DbResult<Option<Picture>>;
     /// Newest first; `offset`/`limit` paging.
@@ -203,6 +205,20 @@ pub trait FileRepo: Send + Sync {
     /// Marks pictures and artifacts created before `cutoff` as expired and returns
     /// their storage keys, for deletion.
     async fn expire_files_before(&self, cutoff: DateTime<Utc>) -> DbResult<Vec<String>>;
+}
+
+/// Files being written to storage whose record is not committed yet. A write is noted
+/// before it starts; the transaction that records the file (a picture, an artifact)
+/// clears the note, so a note that stays behind names a file a crash left without a
+/// record, for the sweep to delete.
+#[async_trait]
+pub trait JournalRepo: Send + Sync {
+    /// Notes that a file is about to be written under `key`.
+    async fn begin_file(&self, key: &str) -> DbResult<()>;
+    /// Clears a note: the file was deleted, or is referenced after all.
+    async fn forget_file(&self, key: &str) -> DbResult<()>;
+    /// Keys noted before `cutoff` and never recorded, oldest first.
+    async fn pending_files_before(&self, cutoff: DateTime<Utc>) -> DbResult<Vec<String>>;
 }
 
 /// Ids of accepted signed messages, so a replay is refused across every kiln process.
@@ -216,7 +232,7 @@ pub trait MessageRepo: Send + Sync {
 
 /// The whole database.
 #[async_trait]
-pub trait Database: TaskRepo + FileRepo + MessageRepo {
+pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).

@@ -210,6 +210,12 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|cause| cause.as_ref() as &(dyn std::error::Error + 'static))
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(err: anyhow::Error) -> Self {
         ApiError::internal(err)

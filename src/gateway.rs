@@ -19,6 +19,7 @@ use crate::{
     error::{ApiError, ApiResult, Code},
     events::EventBus,
     input::{self, Upload},
+    journal,
     metrics::Metrics,
     storage::Storage,
     tasks::{Artifact, NewTask, Picture, Task, TaskId, TaskKind, TaskStatus},
@@ -59,6 +60,35 @@ pub struct Submitted {
     pub replayed: bool,
     /// The queue position at admission, for a new task.
     pub position: Option<u32>,
+}
+
+/// An output to store and record.
+pub struct NewOutput {
+    /// File name, e.g. `model.glb` (checked with [`Artifact::valid_name`]).
+    pub name: String,
+    /// `model`, `preview`, `archive`, `image` …
+    pub role: String,
+    pub content_type: String,
+    pub metadata: Value,
+    pub body: OutputBody,
+}
+
+/// An output's bytes: in memory, or spooled to a file as they arrived.
+pub enum OutputBody {
+    Bytes(bytes::Bytes),
+    Spooled(Upload),
+}
+
+/// What became of an output.
+#[derive(Debug)]
+pub enum Recorded {
+    New(Artifact),
+    /// Already recorded under this name, with the same bytes.
+    Again(Artifact),
+    /// Already recorded under this name, with other bytes; the first stays.
+    Conflict(Artifact),
+    /// The task ended before the output was recorded; the file was deleted.
+    Ended,
 }
 
 pub struct Gateway {
@@ -177,18 +207,11 @@ impl Gateway {
         let id = Uuid::now_v7();
         let key = format!("pictures/{id}.{}", valid.extension());
         let content_type = valid.content_type();
-        let (size, sha256) = match valid.scaled {
-            Some(bytes) => {
-                let digest = hex::encode(Sha256::digest(&bytes));
-                let size = bytes.len() as u64;
-                self.storage.put(&key, bytes, content_type).await?;
-                (size, digest)
-            }
-            None => {
-                self.storage.put_file(&key, upload.file, content_type).await?;
-                (upload.len, upload.sha256)
-            }
+        let (size, sha256, body) = match valid.scaled {
+            Some(bytes) => (bytes.len() as u64, hex::encode(Sha256::digest(&bytes)), journal::Body::Bytes(bytes)),
+            None => (upload.len, upload.sha256, journal::Body::File(upload.file)),
         };
+        journal::write(&self.db, &self.storage, &key, body, content_type).await?;
         let picture = Picture {
             id,
             key,
@@ -198,12 +221,87 @@ impl Gateway {
             height: valid.height,
             size,
             sha256,
-            original_name: filename.map(|n| n.chars().filter(|c| !c.is_control()).take(255).collect()),
+            original_name: filename.map(|n| input::printable(&n, 255)).filter(|n| !n.is_empty()),
             created_at: Utc::now(),
             expired_at: None,
         };
-        self.db.insert_picture(&picture).await?;
+        if let Err(err) = self.db.insert_picture(&picture).await {
+            journal::abandon(&self.db, &self.storage, &picture.key).await;
+            return Err(err.into());
+        }
         Ok(picture)
+    }
+
+    /// Records a running task's progress and publishes its event; nothing when the task
+    /// no longer runs.
+    pub async fn record_progress(&self, id: TaskId, progress: u8, stage: &str) -> ApiResult<()> {
+        if let Some(event) = self.db.record_progress(id, progress, stage).await? {
+            self.bus.publish(&[event]);
+        }
+        Ok(())
+    }
+
+    /// Stores an output of a running task under its key ([`Artifact::key_for`]) and
+    /// records it with its `result` event — whoever made it: an in-process provider or
+    /// a push worker's callback.
+    ///
+    /// An output is recorded once per name. The same name again with the same bytes is
+    /// [`Recorded::Again`] (a retried callback, a re-run that made the same file); with
+    /// other bytes it is [`Recorded::Conflict`], and the first stays, file and record
+    /// alike. A file stored while the task ended meanwhile is deleted again.
+    pub async fn record_output(&self, task: &Task, output: NewOutput) -> ApiResult<Recorded> {
+        if !Artifact::valid_name(&output.name) {
+            return Err(ApiError::with_message(
+                Code::InvalidRequest,
+                "An output's name must be 1–128 characters of A–Z a–z 0–9 . - _, not starting with a dot.",
+            ));
+        }
+        let (size, sha256, body) = match output.body {
+            OutputBody::Bytes(bytes) => {
+                (bytes.len() as u64, hex::encode(Sha256::digest(&bytes)), journal::Body::Bytes(bytes))
+            }
+            OutputBody::Spooled(upload) => (upload.len, upload.sha256, journal::Body::File(upload.file)),
+        };
+        let digest = sha256.clone();
+        let same = move |existing: Artifact| {
+            if existing.sha256 == digest { Recorded::Again(existing) } else { Recorded::Conflict(existing) }
+        };
+        if let Some(existing) = self.db.find_artifact(task.id, &output.name).await? {
+            return Ok(same(existing));
+        }
+        let artifact = Artifact {
+            id: Uuid::now_v7(),
+            task_id: task.id,
+            key: Artifact::key_for(task.id, task.kind, &output.name),
+            name: output.name,
+            role: output.role,
+            content_type: output.content_type,
+            size,
+            sha256,
+            metadata: output.metadata,
+            created_at: Utc::now(),
+            expired_at: None,
+        };
+        journal::write(&self.db, &self.storage, &artifact.key, body, &artifact.content_type).await?;
+        match self.db.add_artifact(&artifact, artifact.summary()).await {
+            Ok(Some(event)) => {
+                self.bus.publish(&[event]);
+                tracing::info!(task_id = %task.id, name = %artifact.name, size, "output stored");
+                Ok(Recorded::New(artifact))
+            }
+            // Ended meanwhile, or a concurrent report of the same name won.
+            Ok(None) => {
+                journal::abandon(&self.db, &self.storage, &artifact.key).await;
+                match self.db.find_artifact(task.id, &artifact.name).await? {
+                    Some(existing) => Ok(same(existing)),
+                    None => Ok(Recorded::Ended),
+                }
+            }
+            Err(err) => {
+                journal::abandon(&self.db, &self.storage, &artifact.key).await;
+                Err(err.into())
+            }
+        }
     }
 
     pub async fn picture(&self, id: Uuid) -> ApiResult<Picture> {

@@ -315,6 +315,12 @@ fn encode(image: &DynamicImage) -> Result<(Bytes, ImageFormatName), ApiError> {
     Ok((Bytes::from(out), format))
 }
 
+/// Text a client sent, for keeping and showing: control characters dropped, at most
+/// `max_chars` characters, trimmed.
+pub fn printable(text: &str, max_chars: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max_chars).collect::<String>().trim().to_owned()
+}
+
 /// Checks a prompt: not empty, not too long, no control characters but ordinary
 /// whitespace (tab, line breaks). Returns it trimmed.
 pub fn validate_prompt(text: &str, max_chars: usize) -> Result<String, ApiError> {

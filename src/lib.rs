@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod input;
+pub mod journal;
 pub mod metrics;
 pub mod providers;
 pub mod queue;

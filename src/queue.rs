@@ -6,10 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use chrono::Utc;
-use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use uuid::Uuid;
@@ -17,9 +14,9 @@ use uuid::Uuid;
 use crate::{
     channels::Channel,
     db::{ClaimTerms, Claimed, Finish},
-    gateway::Gateway,
+    gateway::{Gateway, NewOutput, OutputBody, Recorded},
     providers::{ChannelRuntime, InputImage, Job, JobContext, JobSink, Outcome, Output},
-    tasks::{Artifact, Task, TaskId},
+    tasks::{Task, TaskId},
 };
 
 /// A run interrupted this many times (its process died each time) is failed rather
@@ -213,7 +210,7 @@ impl Scheduler {
             attempt: task.attempts,
             deadline: task.deadline_at,
         };
-        let sink = Arc::new(TaskSink { gateway: Arc::clone(gw), task_id: task.id });
+        let sink = Arc::new(TaskSink::new(Arc::clone(gw), task.clone()));
         let ctx = JobContext::new(sink, cancel.clone());
         let provider = Arc::clone(&channel.provider);
         let mut handle = tokio::spawn(async move { provider.run(job, ctx).await });
@@ -443,59 +440,47 @@ async fn load_picture(gw: &Gateway, id: Uuid) -> Option<InputImage> {
 /// Records what a running job reports: progress events and stored outputs.
 pub struct TaskSink {
     gateway: Arc<Gateway>,
-    task_id: TaskId,
+    task: Task,
 }
 
 impl TaskSink {
-    pub fn new(gateway: Arc<Gateway>, task_id: TaskId) -> Self {
-        Self { gateway, task_id }
+    pub fn new(gateway: Arc<Gateway>, task: Task) -> Self {
+        Self { gateway, task }
     }
 }
 
 #[async_trait]
 impl JobSink for TaskSink {
     async fn progress(&self, progress: u8, stage: &str) -> anyhow::Result<()> {
-        if let Some(event) = self.gateway.db.record_progress(self.task_id, progress, stage).await? {
-            self.gateway.bus.publish(&[event]);
-        }
-        Ok(())
+        Ok(self.gateway.record_progress(self.task.id, progress, stage).await?)
     }
 
     async fn output(&self, output: Output) -> anyhow::Result<()> {
-        anyhow::ensure!(Artifact::valid_name(&output.name), "invalid output name `{}`", output.name);
-        let key = format!("outputs/{}/{}", self.task_id, output.name);
-        let sha256 = hex::encode(Sha256::digest(&output.bytes));
-        let size = output.bytes.len() as u64;
-        self.gateway.storage.put(&key, Bytes::clone(&output.bytes), &output.content_type).await?;
-        let artifact = Artifact {
-            id: Uuid::new_v4(),
-            task_id: self.task_id,
-            name: output.name.clone(),
-            role: output.role.clone(),
-            key: key.clone(),
-            content_type: output.content_type.clone(),
-            size,
-            sha256: sha256.clone(),
-            metadata: output.metadata.clone(),
-            created_at: Utc::now(),
-            expired_at: None,
+        let name = output.name.clone();
+        let new = NewOutput {
+            name: output.name,
+            role: output.role,
+            content_type: output.content_type,
+            metadata: output.metadata,
+            body: OutputBody::Bytes(output.bytes),
         };
-        let data = json!({
-            "name": output.name, "role": output.role, "key": key, "content_type": output.content_type,
-            "size": size, "sha256": sha256, "metadata": output.metadata,
-        });
-        if let Some(event) = self.gateway.db.add_artifact(&artifact, data).await? {
-            self.gateway.bus.publish(&[event]);
+        match self.gateway.record_output(&self.task, new).await? {
+            Recorded::New(_) | Recorded::Again(_) | Recorded::Ended => {}
+            Recorded::Conflict(_) => tracing::warn!(
+                task_id = %self.task.id,
+                name,
+                "a re-run made another file under a name already recorded; the first is kept"
+            ),
         }
         Ok(())
     }
 
     async fn provider_job(&self, job_id: &str) -> anyhow::Result<()> {
-        Ok(self.gateway.db.set_provider_job(self.task_id, job_id).await?)
+        Ok(self.gateway.db.set_provider_job(self.task.id, job_id).await?)
     }
 
     async fn assign_worker(&self, worker: &str) -> anyhow::Result<()> {
-        Ok(self.gateway.db.set_worker(self.task_id, worker).await?)
+        Ok(self.gateway.db.set_worker(self.task.id, worker).await?)
     }
 }
 

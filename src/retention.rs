@@ -7,20 +7,29 @@ use std::{sync::Arc, time::Duration};
 use chrono::{Local, NaiveTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::validate_time_of_day, gateway::Gateway, storage::StorageError};
+use crate::{config::validate_time_of_day, gateway::Gateway, journal, storage::StorageError};
+
+/// Files noted as being written this long ago and never recorded were left by a crash,
+/// whichever process wrote them (a write in progress takes seconds).
+pub const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 
 /// What a cleanup did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
     pub expired: usize,
     pub deleted: usize,
+    /// Files a crash left without a record, deleted.
+    pub leftovers: usize,
 }
 
-/// Expires and deletes every stored file older than `older_than`.
+/// Expires and deletes every stored file older than `older_than`, and deletes files an
+/// interrupted write left without a record ([`journal::sweep`]).
 pub async fn sweep(gateway: &Gateway, older_than: Duration) -> anyhow::Result<Swept> {
     let cutoff = Utc::now() - chrono::Duration::from_std(older_than)?;
     let keys = gateway.db.expire_files_before(cutoff).await?;
-    let mut swept = Swept { expired: keys.len(), deleted: 0 };
+    let leftovers = journal::sweep(&gateway.db, &gateway.storage, LEFTOVER_AGE).await?;
+    journal::sweep_spool(&gateway.spool_dir(), LEFTOVER_AGE);
+    let mut swept = Swept { expired: keys.len(), deleted: 0, leftovers };
     for key in &keys {
         match gateway.storage.delete(key).await {
             Ok(()) | Err(StorageError::NotFound(_)) => swept.deleted += 1,

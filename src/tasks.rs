@@ -255,6 +255,32 @@ pub struct Artifact {
 }
 
 impl Artifact {
+    /// Where a task's output named `name` is stored, whoever made it: 3D outputs under
+    /// `reconstruction/{task}/` (seed 004's layout for its bucket), images under
+    /// `images/{task}/`. The name was checked with [`Artifact::valid_name`].
+    pub fn key_for(task: TaskId, kind: TaskKind, name: &str) -> String {
+        let area = match kind {
+            TaskKind::ImageTo3d | TaskKind::TextTo3d => "reconstruction",
+            TaskKind::TextToImage => "images",
+        };
+        format!("{area}/{task}/{name}")
+    }
+
+    /// The file format a name says, lower case and without the dot (`glb`, `zip`); empty
+    /// without an extension.
+    pub fn extension(name: &str) -> String {
+        name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()).unwrap_or_default()
+    }
+
+    /// How events and result lists show an output (without its URL, which each face
+    /// adds from the key).
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name, "role": self.role, "key": self.key, "content_type": self.content_type,
+            "size": self.size, "sha256": self.sha256, "metadata": self.metadata,
+        })
+    }
+
     /// Whether a provider's or a worker's file name may be used as an artifact's name:
     /// it becomes the last part of a storage key, so nothing that could climb out of it.
     pub fn valid_name(name: &str) -> bool {

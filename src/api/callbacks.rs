@@ -19,7 +19,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     api::AppState,
-    callbacks::{self, CallbackCheck, Recorded},
+    callbacks::{self, CallbackCheck},
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::Gateway,
     input::{SpoolError, Spooler, Upload},
@@ -170,7 +170,7 @@ pub async fn result_callback(
     let (name, file) = read_result_form(gateway, body, boundary).await?;
     let (recorded, artifact) = callbacks::result(gateway, task, &name, file).await?;
     Ok(Json(CallbackAnswer {
-        recorded: Some(if recorded == Recorded::New { "new" } else { "again" }.to_owned()),
+        recorded: Some(if recorded { "new" } else { "again" }.to_owned()),
         url: Some(gateway.file_url(&artifact.key)),
         ..CallbackAnswer::ok()
     }))

@@ -190,8 +190,11 @@ pub async fn read_submission(request: Request, gateway: &Gateway) -> ApiResult<S
         .headers()
         .get("idempotency-key")
         .map(|v| {
-            v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255).map(str::to_owned).ok_or_else(|| {
-                ApiError::with_message(Code::InvalidRequest, "Idempotency-Key must be 1–255 visible characters.")
+            idempotency_key(v).ok_or_else(|| {
+                ApiError::with_message(
+                    Code::InvalidRequest,
+                    "Idempotency-Key must be 1–255 visible ASCII characters (no spaces or tabs).",
+                )
             })
         })
         .transpose()?;
@@ -210,6 +213,15 @@ pub async fn read_submission(request: Request, gateway: &Gateway) -> ApiResult<S
     };
     submission.idempotency_key = idempotency_key;
     Ok(submission)
+}
+
+/// A key of 1–255 visible ASCII characters (`!` to `~`), as the docs promise: a space
+/// or a tab inside it would make two clients' keys differ only by what a log or a proxy
+/// might trim.
+fn idempotency_key(value: &axum::http::HeaderValue) -> Option<String> {
+    let bytes = value.as_bytes();
+    let visible = !bytes.is_empty() && bytes.len() <= 255 && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+    visible.then(|| String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn from_json(json: JsonSubmission) -> Submission {
@@ -250,4 +262,22 @@ fn from_form(mut form: Form) -> ApiResult<Submission> {
 
 fn submission_has_no_image(submission: &Submission) -> bool {
     matches!(submission.input, Input::Prompt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii_only() {
+        let key = |text: &[u8]| HeaderValue::from_bytes(text).ok().and_then(|v| idempotency_key(&v));
+        assert_eq!(key(b"order-42:retry_1").as_deref(), Some("order-42:retry_1"));
+        assert_eq!(key("~!{}".as_bytes()).as_deref(), Some("~!{}"));
+        for bad in [&b"two words"[..], b"tab\there", b" lead", b"", "caf\u{e9}".as_bytes()] {
+            assert_eq!(key(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(key("x".repeat(256).as_bytes()), None);
+        assert!(key("x".repeat(255).as_bytes()).is_some());
+    }
 }

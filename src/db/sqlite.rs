@@ -16,8 +16,8 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, MessageRepo, StoredFile,
-    TaskFilter, TaskRepo, Transition, payload,
+    ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
+    MessageRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload,
 };
 use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
 
@@ -244,17 +244,13 @@ async fn task_in(conn: &mut SqliteConnection, id: TaskId) -> DbResult<Option<Tas
 }
 
 fn outputs_json(artifacts: &[Artifact]) -> Value {
-    Value::Array(
-        artifacts
-            .iter()
-            .map(|a| {
-                json!({
-                    "name": a.name, "role": a.role, "key": a.key, "content_type": a.content_type,
-                    "size": a.size, "sha256": a.sha256,
-                })
-            })
-            .collect(),
-    )
+    Value::Array(artifacts.iter().map(Artifact::summary).collect())
+}
+
+/// Clears the note that a file was being written: its record commits with this.
+async fn file_recorded(conn: &mut SqliteConnection, key: &str) -> DbResult<()> {
+    sqlx::query("DELETE FROM pending_files WHERE key = ?1").bind(key).execute(&mut *conn).await?;
+    Ok(())
 }
 
 async fn begin(pool: &SqlitePool) -> DbResult<Transaction<'static, Sqlite>> {
@@ -473,6 +469,7 @@ impl TaskRepo for SqliteDatabase {
         if inserted.rows_affected() == 0 {
             return Ok(None);
         }
+        file_recorded(&mut tx, &artifact.key).await?;
         let event = append_event(&mut tx, artifact.task_id, EventKind::Result, event).await?;
         tx.commit().await?;
         Ok(Some(event))
@@ -636,6 +633,7 @@ impl TaskRepo for SqliteDatabase {
 #[async_trait]
 impl FileRepo for SqliteDatabase {
     async fn insert_picture(&self, picture: &Picture) -> DbResult<()> {
+        let mut tx = begin(&self.writer).await?;
         sqlx::query(
             "INSERT INTO pictures (id, key, content_type, format, width, height, size, sha256, original_name, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -650,8 +648,10 @@ impl FileRepo for SqliteDatabase {
         .bind(&picture.sha256)
         .bind(&picture.original_name)
         .bind(picture.created_at.timestamp_millis())
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        file_recorded(&mut tx, &picture.key).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -715,6 +715,32 @@ impl FileRepo for SqliteDatabase {
         keys.extend(pictures);
         tx.commit().await?;
         Ok(keys)
+    }
+}
+
+#[async_trait]
+impl JournalRepo for SqliteDatabase {
+    async fn begin_file(&self, key: &str) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO pending_files (key, created_at) VALUES (?1, ?2) \
+             ON CONFLICT (key) DO UPDATE SET created_at = excluded.created_at",
+        )
+        .bind(key)
+        .bind(now_ms())
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn forget_file(&self, key: &str) -> DbResult<()> {
+        file_recorded(&mut *self.writer.acquire().await?, key).await
+    }
+
+    async fn pending_files_before(&self, cutoff: DateTime<Utc>) -> DbResult<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT key FROM pending_files WHERE created_at < ?1 ORDER BY created_at")
+            .bind(cutoff.timestamp_millis())
+            .fetch_all(&self.reader)
+            .await?)
     }
 }
 

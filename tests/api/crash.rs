@@ -61,3 +61,67 @@ async fn every_task_reaches_an_end_after_a_sigkill_and_a_restart() {
     }
     server.kill();
 }
+
+#[tokio::test]
+async fn files_a_crash_left_without_a_record_are_removed_at_the_next_start() {
+    use kiln::{app::Application, db::JournalRepo};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::helpers::load_config_full(dir.path(), "", crate::helpers::TASKS, SLOW_CHANNEL);
+    let files = dir.path().join("data/files");
+    let app = Application::build(config.clone(), &crate::provider::registry()).await.unwrap();
+    let gateway = app.gateway();
+    // A picture written, and the process killed before its record committed.
+    gateway.db.begin_file("pictures/orphan.png").await.unwrap();
+    gateway.storage.put("pictures/orphan.png", bytes::Bytes::from(fixture("vase.png")), "image/png").await.unwrap();
+    // A note whose file never got written at all.
+    gateway.db.begin_file("reconstruction/none/model.glb").await.unwrap();
+    // An upload spooled under a name (a filesystem without unnamed temporary files).
+    std::fs::create_dir_all(dir.path().join("data/tmp")).unwrap();
+    std::fs::write(dir.path().join("data/tmp/.tmpLEFT"), b"partial").unwrap();
+    assert!(files.join("pictures/orphan.png").exists());
+    drop(gateway);
+    drop(app);
+
+    let app = Application::build(config, &crate::provider::registry()).await.unwrap();
+    assert!(!files.join("pictures/orphan.png").exists(), "the unrecorded picture is deleted at start-up");
+    assert!(!dir.path().join("data/tmp/.tmpLEFT").exists(), "the spool is emptied");
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    assert!(app.gateway().db.pending_files_before(later).await.unwrap().is_empty(), "no note is left");
+}
+
+#[tokio::test]
+async fn an_output_that_arrives_after_its_task_ended_is_not_kept() {
+    use kiln::gateway::{NewOutput, OutputBody, Recorded};
+
+    let app = crate::helpers::TestApp::spawn_with(
+        "[[channels]]\nname = \"echo\"\ntype = \"echo\"\nenabled = false\nmodels = [{ name = \"echo\", kind = \"image_to_3d\" }]\n",
+    )
+    .await;
+    let response = app.upload("/api/v1/tasks", fixture("vase.png"), &[]).await;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 503, "a disabled channel takes no task: {body}");
+
+    // A task that is queued, not running: a late output is refused and its file removed.
+    let app = crate::helpers::TestApp::spawn_with(
+        "[[channels]]\nname = \"echo\"\ntype = \"echo\"\nmax_concurrency = 1\nmodels = [{ name = \"echo\", kind = \"image_to_3d\" }]\n",
+    )
+    .await;
+    let first = app.submit_image(&[("params", r#"{"steps": 50, "step_ms": 100}"#)]).await;
+    let waiting = app.submit_image(&[]).await;
+    let id: kiln::tasks::TaskId = waiting["id"].as_str().unwrap().parse().unwrap();
+    let task = app.gateway.task(id).await.unwrap();
+    let output = NewOutput {
+        name: "late.glb".into(),
+        role: "model".into(),
+        content_type: "model/gltf-binary".into(),
+        metadata: serde_json::json!({}),
+        body: OutputBody::Bytes(bytes::Bytes::from_static(b"glTF")),
+    };
+    assert!(matches!(app.gateway.record_output(&task, output).await.unwrap(), Recorded::Ended));
+    let key = kiln::tasks::Artifact::key_for(task.id, task.kind, "late.glb");
+    assert!(!app.dir.path().join("data/files").join(&key).exists(), "{key} was deleted");
+    app.client.delete(app.url(&format!("/api/v1/tasks/{}", first["id"].as_str().unwrap()))).send().await.unwrap();
+    app.stop().await;
+}
