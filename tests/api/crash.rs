@@ -64,7 +64,7 @@ async fn every_task_reaches_an_end_after_a_sigkill_and_a_restart() {
 
 #[tokio::test]
 async fn files_a_crash_left_without_a_record_are_removed_at_the_next_start() {
-    use kiln::{app::Application, db::JournalRepo};
+    use kiln::app::Application;
 
     let dir = tempfile::tempdir().unwrap();
     let config = crate::helpers::load_config_full(dir.path(), "", crate::helpers::TASKS, SLOW_CHANNEL);
