@@ -1,9 +1,69 @@
-//! What the parts of the campaign share: the server's directory and configuration, and
-//! the checks of error bodies.
+//! What both parts of the campaign use: a seeded random generator, the server's
+//! configuration, a read-only look into its database, and the checks of error bodies.
 
-use std::{net::TcpListener, path::PathBuf};
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use serde_json::Value;
+use sqlx::{
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+};
+
+/// SplitMix64: small, seedable, good enough to pick kill moments and requests. The seed
+/// is printed, and `KILN_CAMPAIGN_SEED` replays its choices.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// True with probability `percent`/100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    pub fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from + 1))
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
+/// The campaign's seed: `KILN_CAMPAIGN_SEED`, else the clock.
+pub fn seed() -> u64 {
+    match std::env::var("KILN_CAMPAIGN_SEED") {
+        Ok(text) => text.trim().parse().unwrap_or_else(|_| panic!("KILN_CAMPAIGN_SEED={text} is not a number")),
+        Err(_) => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+        }
+    }
+}
+
+/// A whole-number setting from the environment, with a default.
+pub fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
 
 /// A port that was free a moment ago, so that a restarted server listens where the
 /// killed one did and clients keep one address (kiln's listener sets SO_REUSEADDR).
@@ -36,6 +96,45 @@ impl ServerDir {
     pub fn log(&self) -> PathBuf {
         self.root.path().join("kiln.log")
     }
+
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    /// The fs storage root (`storage.root` defaults to `{data_dir}/files`).
+    pub fn files(&self) -> PathBuf {
+        self.data().join("files")
+    }
+
+    /// Where uploads are spooled while they stream in.
+    pub fn spool(&self) -> PathBuf {
+        self.data().join("tmp")
+    }
+
+    /// The SQLite database, opened read-only (the server may be running: WAL lets both).
+    pub async fn database(&self) -> SqlitePool {
+        let options = SqliteConnectOptions::new().filename(self.data().join("kiln.db")).read_only(true);
+        SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("open kiln.db read-only")
+    }
+}
+
+/// Every file under `root`, as storage keys (paths relative to `root`, `/`-separated).
+pub fn walk(root: &Path) -> Vec<String> {
+    fn visit(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                visit(root, &path, out);
+            } else if let Ok(relative) = path.strip_prefix(root) {
+                out.push(relative.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    visit(root, root, &mut out);
+    out.sort();
+    out
 }
 
 /// Checks kiln's native error envelope, `{"error": {"code", "message"}, "request_id"}`,
