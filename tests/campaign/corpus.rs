@@ -122,6 +122,10 @@ fn judge(answer: &RawAnswer, expect: Expect) -> Result<(), String> {
     if !error {
         return Ok(());
     }
+    // RFC 9110 §15.5.17: a 416 says the file's length, as docs/api.md promises.
+    if answer.status == 416 && !answer.header("content-range").is_some_and(|r| r.starts_with("bytes */")) {
+        return Err(format!("416 without `Content-Range: bytes */size`: {:?}", answer.header("content-range")));
+    }
     let (code, what) = match shape {
         Native => {
             let json = check_envelope(content_type, request_id, &answer.body)?;
