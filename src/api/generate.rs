@@ -7,7 +7,7 @@
 use axum::{
     Json,
     extract::{Path, Query, Request, State},
-    http::{HeaderMap, Method, StatusCode},
+    http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
@@ -286,6 +286,7 @@ async fn status_stream(
         (status = 200, description = "The model", content_type = "model/gltf-binary", body = Vec<u8>),
         (status = 404, description = "No such model", body = GenerateAnswer),
         (status = 410, description = "Deleted after the retention period", body = GenerateAnswer),
+        (status = 416, description = "Range outside the file", body = GenerateAnswer),
     )
 )]
 async fn static_model(
@@ -303,5 +304,17 @@ async fn static_model(
         .into_iter()
         .find(|a| a.role == "model" && a.name.to_ascii_lowercase().ends_with(".glb"))
         .ok_or_else(not_found)?;
-    Ok(files::serve(gateway, &StoredFile::from(model), &method, &headers).await?)
+    let response = files::serve(gateway, &StoredFile::from(model), &method, &headers).await?;
+    // `files::serve` answers a bad Range itself, in the native envelope; this face
+    // answers in seed 002's words, with the same `Content-Range`.
+    if response.status() == StatusCode::RANGE_NOT_SATISFIABLE {
+        let code = Code::RangeNotSatisfiable;
+        let mut answer =
+            (code.status(), Json(GenerateAnswer::failure(code.default_message(), code.as_str(), None))).into_response();
+        if let Some(range) = response.headers().get(header::CONTENT_RANGE) {
+            answer.headers_mut().insert(header::CONTENT_RANGE, range.clone());
+        }
+        return Ok(answer);
+    }
+    Ok(response)
 }

@@ -144,7 +144,7 @@ async fn list_pictures(
     let offset = query.offset.unwrap_or(0);
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let (pictures, total) = state.gateway.db.list_pictures(offset, limit).await?;
-    let shown = offset + pictures.len() as u64;
+    let shown = offset.saturating_add(pictures.len() as u64);
     let items = pictures.into_iter().map(|p| picture_view(&state.gateway, p)).collect();
     Ok(Json(PicturePage { items, total, next_offset: (shown < total).then_some(shown) }))
 }

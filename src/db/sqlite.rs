@@ -666,7 +666,9 @@ impl FileRepo for SqliteDatabase {
     async fn list_pictures(&self, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)> {
         let rows = sqlx::query("SELECT * FROM pictures ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2")
             .bind(i64::from(limit))
-            .bind(offset as i64)
+            // Past i64::MAX is past any table. `as` would wrap it negative, which SQLite
+            // takes as no offset at all: the first page instead of an empty one.
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
             .fetch_all(&self.reader)
             .await?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pictures").fetch_one(&self.reader).await?;

@@ -15,11 +15,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/images");
-
-pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(FIXTURES).join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
-}
+pub use crate::common::{FIXTURES, fixture};
 
 pub const TASKS: &str = "lease = \"1s\"\npoll_interval = \"200ms\"";
 

@@ -1,6 +1,8 @@
 //! Integration tests: the real kiln server on a random port in a temporary directory,
 //! with a small test-only provider (`provider.rs`), talked to over HTTP.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod helpers;
 mod provider;
 mod repo;

@@ -1,0 +1,21 @@
+//! The fault campaign (issue 9): the real `kiln` binary, with its built-in relief
+//! engine, under faults, checked against its documented guarantees.
+//!
+//! - `sigkill`: SIGKILL at chosen moments while clients upload and tasks queue and run;
+//!   afterwards no task, event, file record or `Idempotency-Key` binding is lost or
+//!   doubled, and no file is left without a record.
+//! - `corpus`: malformed requests on every face (multipart, JSON, headers, query
+//!   strings, path ids, damaged pictures): never a 5xx, never a hang, and the error
+//!   envelope on every refusal kiln makes.
+//!
+//! The tests are `#[ignore]`d so that `make unit` does not run them twice; `make
+//! campaign` (part of `make test`) runs exactly them. `docs/reliability.md` says what
+//! is tried and what held.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod corpus;
+mod damaged;
+mod raw;
+mod sigkill;
+mod support;

@@ -1,0 +1,117 @@
+//! What the integration-test crates share (`tests/api`, `tests/campaign`): the picture
+//! fixtures, and the real `kiln` binary as a child process.
+//!
+//! Each crate includes this file with `#[path = "../common/mod.rs"] mod common;` and
+//! uses a different part of it.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/images");
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(Path::new(FIXTURES).join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
+pub const KILN: &str = env!("CARGO_BIN_EXE_kiln");
+
+/// How long `kiln serve` may take to say where it listens (migrations, a busy machine).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `kiln serve --config …`, the real binary, in a child process. Its stderr (the log)
+/// is appended to `log`. Dropping it kills the process (SIGKILL), so a failing test
+/// leaves no server behind.
+pub struct KilnProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT`, without a trailing slash, as the server printed it.
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl KilnProcess {
+    /// Starts the server and waits until it prints `kiln is running at …`, which it does
+    /// once start-up (migrations, lease release) is done and the listener is bound.
+    pub fn start(config: &Path, log: &Path) -> Self {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", log.display()));
+        let mut child = Command::new(KILN)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env_remove("KILN_CONFIG")
+            .env_remove("KILN_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {KILN}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        // Reads the announcement, then keeps draining so the child never blocks on a
+        // full pipe; ends when the child does.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("kiln is running at ").nth(1)
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(rest.trim().trim_end_matches('/').to_owned());
+                }
+            }
+        });
+        let mut process = Self { child, base: String::new(), log: log.to_owned() };
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(base) => process.base = base,
+            Err(_) => {
+                let status = process.child.try_wait().ok().flatten();
+                panic!(
+                    "kiln did not announce its address within {START_TIMEOUT:?} (exit: {status:?}); log:\n{}",
+                    log_tail(log, 40)
+                );
+            }
+        }
+        process
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (it has not crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn sigkill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for KilnProcess {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+/// The last `lines` lines of a log file, for failure messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
