@@ -37,6 +37,8 @@ use crate::{
 const LINGER: Duration = Duration::from_secs(2);
 /// How long a last answer (a 408 or a 503) may take to write before the socket is closed.
 const LAST_WORDS: Duration = Duration::from_secs(1);
+/// hyper refuses heads with more fields than this itself (its default is 100).
+const HYPER_MAX_HEADERS: usize = 128;
 /// `Activity::request_began` when no byte of a next request has arrived.
 const NONE: u64 = u64::MAX;
 
@@ -239,6 +241,9 @@ pub(super) async fn serve(
         let connection = hyper::server::conn::http1::Builder::new()
             // kiln's own watchdog times headers, with a separate idle timeout.
             .header_read_timeout(None)
+            // Above kiln's own limit (`request::MAX_HEADERS`), so that kiln, not hyper,
+            // refuses most heads with too many fields, in the envelope.
+            .max_headers(HYPER_MAX_HEADERS)
             .serve_connection(io, service);
         tokio::pin!(connection);
         let watchdog = tokio::time::sleep_until(activity.opened + limits.header_timeout);

@@ -979,6 +979,18 @@ async fn hyper_refuses_only_broken_framing_and_oversized_heads_without_the_envel
         Expect::Success(200),
     ));
     cases.push(case(
+        "40 headers",
+        {
+            let mut request = RawRequest::get("/health");
+            for i in 0..40 {
+                request = request.header(&format!("X-H{i}"), "x");
+            }
+            request
+        },
+        Expect::Success(200),
+    ));
+    // Over kiln's own limits but under hyper's: kiln refuses them, in the envelope.
+    cases.push(case(
         "90 headers",
         {
             let mut request = RawRequest::get("/health");
@@ -987,7 +999,17 @@ async fn hyper_refuses_only_broken_framing_and_oversized_heads_without_the_envel
             }
             request
         },
-        Expect::Success(200),
+        refused(431, "headers_too_large"),
+    ));
+    cases.push(case(
+        "a header of 40 KiB",
+        RawRequest::get("/health").header("X-Big", "h".repeat(40 * 1024)),
+        refused(431, "headers_too_large"),
+    ));
+    cases.push(case(
+        "a 9 KiB request target",
+        RawRequest::get(format!("/api/v1/tasks?cursor={}", "c".repeat(9 * 1024))),
+        refused(414, "uri_too_long"),
     ));
     cases.push(case(
         "PUT on a POST route",
