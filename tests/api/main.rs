@@ -9,6 +9,7 @@ mod cli;
 mod crash;
 mod files;
 mod lifecycle;
+mod openapi;
 mod operations;
 mod pictures;
 mod relief;
