@@ -2,8 +2,9 @@
 # schemathesis against kiln's own OpenAPI document, with every check (`make schemathesis`).
 #
 # Starts target/debug/kiln (or $KILN_BIN) with a temporary configuration and data
-# directory on a free loopback port, with the default channel, `relief` (the built-in CPU
-# engine, which takes real pictures); waits for /ready; runs schemathesis on
+# directory on a free loopback port, with `relief` (the built-in CPU engine, which takes
+# real pictures) and a worker channel whose callbacks tools/schemathesis/kiln_hooks.py
+# signs; waits for /ready; runs schemathesis on
 # /openapi.json: every check, positive and negative data, the examples, coverage,
 # fuzzing and stateful phases, bounded by the number of examples per operation; stops
 # kiln; fails when schemathesis found anything. What it runs, what held and the few
@@ -39,7 +40,10 @@ trap cleanup EXIT
 
 # A queue deep enough that the run never meets `queue_full` (a documented 503 that
 # not_a_server_error would count), and a short task deadline so that seed 002's waiting
-# POST /api/generate never holds a request for three minutes.
+# POST /api/generate never holds a request for three minutes. A worker channel whose one
+# worker is never there (the discard port; its tasks would wait), whose secret the hooks
+# sign callbacks with (tools/schemathesis/kiln_hooks.py), so that they get past 401.
+secret="whsec_$(python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())')"
 cat >"$work/kiln.toml" <<EOF
 [server]
 bind = "127.0.0.1:0"
@@ -62,6 +66,20 @@ max_queue = 1000
 [[channels.models]]
 name = "relief"
 kind = "image_to_3d"
+
+[[channels]]
+name = "workers"
+type = "worker"
+secret = "$secret"
+max_concurrency = 1
+max_queue = 5
+models = [{ name = "remote", kind = "image_to_3d" }]
+
+[channels.options]
+workers = ["http://127.0.0.1:9"]
+
+[tasks.default_models]
+image_to_3d = "relief"
 EOF
 
 "$kiln" serve --config "$work/kiln.toml" >"$work/kiln.out" 2>"$work/kiln.err" &
@@ -94,6 +112,8 @@ status=0
 # Run from the temporary directory: nothing (reports, caches) is left in the tree.
 (
     cd "$work"
+    export PYTHONPATH="$tool${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=kiln_hooks
+    export KILN_SCHEMATHESIS_SECRET="$secret"
     # shellcheck disable=SC2086 # SCHEMATHESIS_ARGS is a list of options
     "$tool/.venv/bin/schemathesis" --config-file "$tool/schemathesis.toml" run "$base/openapi.json" \
         --checks all \
