@@ -3,7 +3,7 @@
 CARGO ?= cargo
 KILN_BIND ?= 127.0.0.1:8080
 
-.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e screenshots
+.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis screenshots
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
 run: deps web
@@ -11,7 +11,7 @@ run: deps web
 	./target/release/kiln serve --bind $(KILN_BIND)
 
 ## Run every check and test.
-test: test-deps web lint unit campaign web-test e2e worker-test
+test: test-deps web lint unit campaign web-test e2e worker-test schemathesis
 
 deps:
 	@./scripts/deps.sh
@@ -61,6 +61,13 @@ web-test:
 e2e: web
 	$(CARGO) build --locked --bin kiln
 	@./scripts/web.sh e2e
+
+## schemathesis against the server's own OpenAPI document, every check, bounded to a
+## couple of minutes (docs/reliability.md): the kiln binary, built first, in a temporary
+## directory on a free port. Installs tools/schemathesis/.venv when needed.
+schemathesis: web
+	$(CARGO) build --locked --bin kiln
+	@./scripts/schemathesis.sh
 
 ## Screenshots of every screen for docs/screenshots (not part of `make test`).
 screenshots: web

@@ -2,21 +2,52 @@
 # Installs what `make run` and `make test` need beyond the Rust toolchain. Idempotent:
 # each step checks first and does nothing when the tool is already there.
 #
-# Usage: scripts/deps.sh [--test | --worker]. With --test (as `make test` runs it) it also
-# installs what only the tests need: the glTF validator, which needs Node.js and npm, and
-# the Python worker's test environment. With --worker (as `make worker-test` runs it) it
-# installs only the latter.
+# Usage: scripts/deps.sh [--test | --worker | --schemathesis]. With --test (as `make test`
+# runs it) it also installs what only the tests need: the glTF validator, which needs
+# Node.js and npm, the Python worker's test environment and schemathesis's. With --worker
+# (as `make worker-test` runs it) or --schemathesis (as `make schemathesis` runs it) it
+# installs only that one Python environment.
 set -euo pipefail
 
 for_tests=false
 only_worker=false
+only_schemathesis=false
 if [ "${1:-}" = "--test" ]; then
     for_tests=true
 elif [ "${1:-}" = "--worker" ]; then
     only_worker=true
+elif [ "${1:-}" = "--schemathesis" ]; then
+    only_schemathesis=true
 fi
 
 have() { command -v "$1" >/dev/null 2>&1; }
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Checks that $python is a Python 3.10 or later.
+check_python() {
+    local python=$1 who=$2
+    if ! have "$python"; then
+        echo "deps: $python is missing; install Python 3.10 or later (python3, python3-venv)" >&2
+        exit 1
+    fi
+    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+        echo "deps: $who needs Python 3.10 or later; $python is $("$python" -V 2>&1)" >&2
+        exit 1
+    fi
+}
+
+# Creates the venv $2 with the Python $1 when it is missing.
+make_venv() {
+    local python=$1 venv=$2
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! "$python" -m venv "$venv"; then
+            rm -rf "$venv"
+            echo "deps: cannot create $venv; on Debian or Ubuntu: apt-get install python3-venv" >&2
+            exit 1
+        fi
+    fi
+}
 
 # The TRELLIS.2 worker's test environment, worker/.venv: what its pytest suite needs, and
 # what kiln's conformance and integration tests need to start it with the stand-in
@@ -26,36 +57,46 @@ have() { command -v "$1" >/dev/null 2>&1; }
 # changed since the last install (their hash is kept in the venv).
 worker_env() {
     local python=${PYTHON:-python3}
-    local worker
-    worker="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/worker"
+    local worker=$root/worker
     local venv=$worker/.venv
-    if ! have "$python"; then
-        echo "deps: $python is missing; install Python 3.10 or later (python3, python3-venv)" >&2
-        exit 1
-    fi
-    if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-        echo "deps: the worker needs Python 3.10 or later; $python is $("$python" -V 2>&1)" >&2
-        exit 1
-    fi
+    check_python "$python" "the worker"
     local want stamp=$venv/.kiln-deps-sha256
     want=$(cat "$worker/pyproject.toml" "$worker/constraints-test.txt" | sha256sum | cut -d' ' -f1)
     if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
     fi
-    if [ ! -x "$venv/bin/python" ]; then
-        if ! "$python" -m venv "$venv"; then
-            rm -rf "$venv"
-            echo "deps: cannot create $venv; on Debian or Ubuntu: apt-get install python3-venv" >&2
-            exit 1
-        fi
-    fi
+    make_venv "$python" "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         -e "$worker[test]" -c "$worker/constraints-test.txt"
     echo "$want" >"$stamp"
 }
 
+# schemathesis's environment, tools/schemathesis/.venv, for `make schemathesis`: the pinned
+# schemathesis (requirements.txt) with every dependency at the version of
+# constraints.txt. Created when missing; `pip install` runs again only when one of the two
+# files changed since the last install (their hash is kept in the venv).
+schemathesis_env() {
+    local python=${PYTHON:-python3}
+    local dir=$root/tools/schemathesis
+    local venv=$dir/.venv
+    check_python "$python" "schemathesis"
+    local want stamp=$venv/.kiln-deps-sha256
+    want=$(cat "$dir/requirements.txt" "$dir/constraints.txt" | sha256sum | cut -d' ' -f1)
+    if [ -x "$venv/bin/schemathesis" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    make_venv "$python" "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "$dir/requirements.txt" -c "$dir/constraints.txt"
+    echo "$want" >"$stamp"
+}
+
 if $only_worker; then
     worker_env
+    exit 0
+fi
+if $only_schemathesis; then
+    schemathesis_env
     exit 0
 fi
 
@@ -85,4 +126,5 @@ fi
 
 if $for_tests; then
     worker_env
+    schemathesis_env
 fi

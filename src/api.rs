@@ -13,9 +13,11 @@ mod limits;
 mod models;
 mod openapi;
 mod ops;
+mod params;
 mod pictures;
 mod reconstruction;
 pub mod sse;
+mod stream_docs;
 mod tasks;
 mod thumbnails;
 mod web;
@@ -82,25 +84,33 @@ impl Readiness {
     }
 }
 
+/// The OpenAPI-documented routes of each face, by name. Each is documented on its own
+/// (its schemas are collected separately), so a test can tell when two faces give one
+/// schema name two meanings, which merging them would hide.
+pub(crate) fn faces() -> Vec<(&'static str, OpenApiRouter<AppState>)> {
+    vec![
+        ("tasks", tasks::routes()),
+        ("pictures", pictures::routes()),
+        ("models", models::routes()),
+        ("callbacks", callbacks::routes()),
+        ("generate", generate::routes()),
+        ("reconstruction", reconstruction::routes()),
+        ("catalog", catalog::routes()),
+        ("limits", limits::routes()),
+        ("thumbnails", thumbnails::routes()),
+        ("files", files::routes()),
+        ("ops", ops::routes()),
+    ]
+}
+
 /// The OpenAPI-documented routes of every face.
 fn documented() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::base())
-        .merge(tasks::routes())
-        .merge(pictures::routes())
-        .merge(models::routes())
-        .merge(callbacks::routes())
-        .merge(generate::routes())
-        .merge(reconstruction::routes())
-        .merge(catalog::routes())
-        .merge(limits::routes())
-        .merge(thumbnails::routes())
-        .merge(files::routes())
-        .merge(ops::routes())
+    faces().into_iter().fold(OpenApiRouter::with_openapi(openapi::base()), |all, (_, face)| all.merge(face))
 }
 
 /// The OpenAPI document, as served at `/openapi.json`.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    documented().into_openapi()
+pub fn openapi_document() -> serde_json::Value {
+    openapi::finish(documented().into_openapi())
 }
 
 /// The whole HTTP application.
@@ -108,7 +118,7 @@ pub fn router(state: AppState) -> Router {
     let config = &state.gateway.config;
     let body_limit = (config.upload.max_bytes as usize).saturating_add(forms::ENVELOPE_ALLOWANCE);
     let (api, spec) = documented().split_for_parts();
-    api.merge(openapi::routes(spec))
+    api.merge(openapi::routes(openapi::finish(spec)))
         .fallback(web::fallback(&config.public_url()))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))

@@ -102,8 +102,13 @@ impl Drop for Subscription {
     }
 }
 
-/// The events of a task after `after`, in order, ending after the terminal event or
-/// when `stop` fires.
+/// Whether a task has ended (then its log holds its terminal event).
+async fn ended(db: &Db, id: TaskId) -> bool {
+    matches!(db.get_task(id).await, Ok(Some(task)) if task.status.is_terminal())
+}
+
+/// The events of a task after `after`, in order, ending after the terminal event (or at
+/// once when the task has ended and `after` is past it) or when `stop` fires.
 pub fn follow(
     db: Db,
     bus: Arc<EventBus>,
@@ -128,6 +133,9 @@ pub fn follow(
                 catch_up = false;
                 heard = Instant::now();
                 match db.list_events(id, last).await {
+                    // Nothing after `last` of a task that has ended: the client already
+                    // has the terminal event (it resumed after it), and nothing follows.
+                    Ok(events) if events.is_empty() && ended(&db, id).await => return,
                     Ok(events) => {
                         for event in events {
                             last = event.seq;

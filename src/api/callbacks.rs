@@ -7,7 +7,7 @@
 use axum::{
     Json,
     body::Body,
-    extract::{Path, Request, State},
+    extract::{Request, State},
     http::HeaderMap,
 };
 use futures::StreamExt;
@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    api::AppState,
+    api::{AppState, params::Path},
     callbacks::{self, CallbackCheck},
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::Gateway,
@@ -88,9 +88,11 @@ async fn read_json<T: DeserializeOwned>(
 /// A worker reports progress.
 #[utoipa::path(
     post, path = "/api/v1/worker-callbacks/progress", tag = "worker callbacks",
+    security(("worker_signature" = [])),
     request_body(content = ProgressReport, content_type = "application/json"),
     responses(
         (status = 200, description = "Recorded", body = CallbackAnswer),
+        (status = 400, description = "Malformed", body = ErrorBody),
         (status = 401, description = "Signature missing, wrong, stale or replayed", body = ErrorBody),
         (status = 403, description = "Signed for another channel", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
@@ -107,6 +109,7 @@ pub async fn progress_callback(State(state): State<AppState>, request: Request) 
 /// A worker reports the end of a job.
 #[utoipa::path(
     post, path = "/api/v1/worker-callbacks/status", tag = "worker callbacks",
+    security(("worker_signature" = [])),
     request_body(content = StatusReport, content_type = "application/json"),
     responses(
         (status = 200, description = "Recorded (or already recorded)", body = CallbackAnswer),
@@ -129,6 +132,7 @@ pub async fn status_callback(State(state): State<AppState>, request: Request) ->
 /// `multipart/form-data` with `name` (the file name) and `file` (its bytes).
 #[utoipa::path(
     post, path = "/api/v1/worker-callbacks/result/{task_id}", tag = "worker callbacks",
+    security(("worker_signature" = [])),
     params(("task_id" = String, Path, description = "The task the file belongs to")),
     request_body(content = ResultUpload, content_type = "multipart/form-data"),
     responses(
@@ -139,6 +143,7 @@ pub async fn status_callback(State(state): State<AppState>, request: Request) ->
         (status = 404, description = "No such task", body = ErrorBody),
         (status = 409, description = "The task has ended, or a different file has this name", body = ErrorBody),
         (status = 413, description = "Over the size limit", body = ErrorBody),
+        (status = 415, description = "Not multipart/form-data", body = ErrorBody),
     )
 )]
 pub async fn result_callback(

@@ -4,7 +4,7 @@
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
@@ -12,7 +12,7 @@ use axum::{
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
-    api::AppState,
+    api::{AppState, openapi::Binary, params::Path},
     db::StoredFile,
     error::{ApiError, ApiResult, Code},
     gateway::Gateway,
@@ -30,8 +30,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     params(("key" = String, Path, description = "The file's key, as in the URLs kiln hands out"),
         ("Range" = Option<String>, Header, description = "One byte range")),
     responses(
-        (status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 206, description = "Part of the file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file, with its recorded `Content-Type`", content_type = "*/*", body = Binary),
+        (status = 206, description = "Part of the file", content_type = "*/*", body = Binary),
         (status = 304, description = "Unchanged (If-None-Match)"),
         (status = 404, description = "No such file", body = crate::error::ErrorBody),
         (status = 410, description = "Deleted after the retention period", body = crate::error::ErrorBody),

@@ -39,8 +39,8 @@ pub struct JsonSubmission {
     pub model: Option<String>,
     /// `image_to_3d`, `text_to_3d` or `text_to_image`; default: inferred.
     pub kind: Option<TaskKind>,
-    /// Provider-specific options.
-    #[schema(value_type = Object)]
+    /// Provider-specific options: a JSON object.
+    #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
 }
 
@@ -48,13 +48,22 @@ pub struct JsonSubmission {
 #[derive(Debug, ToSchema)]
 #[allow(dead_code)]
 pub struct MultipartSubmission {
-    /// The picture (JPEG, PNG or WebP). The field may also be called `file`.
-    #[schema(value_type = String, format = Binary)]
-    pub image: Vec<u8>,
+    /// The picture (JPEG, PNG or WebP). The field may also be called `file`. Without
+    /// one, `picture_id` or `prompt` says what to work from.
+    #[schema(value_type = Option<String>, format = Binary, nullable = false)]
+    pub image: Option<Vec<u8>>,
+    /// A picture stored earlier, used when no picture is uploaded.
+    #[schema(value_type = Option<String>, format = Uuid, nullable = false)]
+    pub picture_id: Option<String>,
+    #[schema(nullable = false)]
     pub prompt: Option<String>,
+    /// Empty means none.
+    #[schema(nullable = false)]
     pub model: Option<String>,
+    #[schema(nullable = false)]
     pub kind: Option<TaskKind>,
     /// JSON object with provider-specific options.
+    #[schema(nullable = false)]
     pub params: Option<String>,
 }
 

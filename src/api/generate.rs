@@ -6,7 +6,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, Request, State},
+    extract::{Request, State},
     http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -17,7 +17,13 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    api::{AppState, files, forms, sse},
+    api::{
+        AppState, files, forms,
+        openapi::Binary,
+        params::{Path, Query},
+        sse,
+        stream_docs::GenerateEventStream,
+    },
     db::StoredFile,
     error::{ApiError, Code},
     events::follow,
@@ -160,6 +166,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
         (status = 400, description = "Unsupported image format (or another input problem)", body = GenerateAnswer,
             example = json!({"success": false, "error": "Unsupported image format", "code": "unsupported_image_format"})),
         (status = 413, description = "File too large, max 10MB", body = GenerateAnswer),
+        (status = 415, description = "Not multipart/form-data (also an empty body)", body = GenerateAnswer),
         (status = 422, description = "The picture cannot be turned into a model (e.g. no object found)", body = GenerateAnswer),
         (status = 500, description = "Internal error", body = GenerateAnswer),
         (status = 503, description = "Server busy, retry later (see Retry-After)", body = GenerateAnswer),
@@ -262,16 +269,19 @@ fn seed002_event(gateway: &Gateway, event: &TaskEvent) -> Option<(&'static str, 
     get, path = "/api/status/{task_id}", tag = "generate (seed 002)",
     params(("task_id" = String, Path, description = "The task id from /api/generate"), StreamQuery),
     responses(
-        (status = 200, description = "SSE stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream: each event's `event:` is its kind, `id:` its \
+            sequence number, `data:` one JSON object", content_type = "text/event-stream", body = GenerateEventStream),
+        (status = 400, description = "`after` is not an int64", body = GenerateAnswer),
         (status = 404, description = "No such task", body = GenerateAnswer),
     )
 )]
 async fn status_stream(
     State(state): State<AppState>,
-    Path(task_id): Path<String>,
-    Query(query): Query<StreamQuery>,
+    path: Result<Path<String>, ApiError>,
+    query: Result<Query<StreamQuery>, ApiError>,
     headers: HeaderMap,
 ) -> Result<Response, Seed002Error> {
+    let (Path(task_id), Query(query)) = (path?, query?);
     Ok(sse::task_stream(&state, &task_id, query.after, &headers, sse::Face::Seed002, seed002_event).await?)
 }
 
@@ -281,9 +291,12 @@ async fn status_stream(
 /// headers like every stored file.
 #[utoipa::path(
     get, path = "/static/{file}", tag = "generate (seed 002)",
-    params(("file" = String, Path, description = "`{task_id}.glb`")),
+    params(("file" = String, Path, description = "`{task_id}.glb`"),
+        ("Range" = Option<String>, Header, description = "One byte range")),
     responses(
-        (status = 200, description = "The model", content_type = "model/gltf-binary", body = Vec<u8>),
+        (status = 200, description = "The model", content_type = "model/gltf-binary", body = Binary),
+        (status = 206, description = "Part of the model", content_type = "model/gltf-binary", body = Binary),
+        (status = 304, description = "Unchanged (If-None-Match)"),
         (status = 404, description = "No such model", body = GenerateAnswer),
         (status = 410, description = "Deleted after the retention period", body = GenerateAnswer),
         (status = 416, description = "Range outside the file", body = GenerateAnswer),
@@ -292,9 +305,10 @@ async fn status_stream(
 async fn static_model(
     State(state): State<AppState>,
     method: Method,
-    Path(file): Path<String>,
+    path: Result<Path<String>, ApiError>,
     headers: HeaderMap,
 ) -> Result<Response, Seed002Error> {
+    let Path(file) = path?;
     let gateway = &state.gateway;
     let not_found = || ApiError::with_message(Code::FileNotFound, "No such model.");
     let id: TaskId = file.strip_suffix(".glb").and_then(|s| s.parse().ok()).ok_or_else(not_found)?;

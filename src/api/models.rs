@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Request, State},
+    extract::{Request, State},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
@@ -15,6 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::{
     api::{
         AppState, forms,
+        params::Path,
         tasks::{output_view, parse_id},
     },
     error::{ApiError, ApiResult, Code, ErrorBody},
@@ -56,11 +57,17 @@ struct JobCreated {
         (forms::MultipartSubmission = "multipart/form-data"),
         (forms::JsonSubmission = "application/json"),
     )),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first task: 1–255 visible ASCII characters",
+        min_length = 1, max_length = 255, pattern = r"^[!-~]([ -~]*[!-~])?$")),
     responses(
         (status = 202, description = "Queued", body = JobCreated),
         (status = 400, description = "Invalid input", body = ErrorBody),
+        (status = 404, description = "`picture_id` names no stored picture (`picture_not_found`)", body = ErrorBody),
+        (status = 410, description = "`picture_id` names a picture deleted after the retention period", body = ErrorBody),
         (status = 413, description = "File too large", body = ErrorBody),
-        (status = 503, description = "Queue full; see Retry-After", body = ErrorBody),
+        (status = 415, description = "Neither multipart nor JSON (also an empty body)", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody),
+        (status = 503, description = "Queue full or no provider available; see Retry-After", body = ErrorBody),
     )
 )]
 async fn create_model(State(state): State<AppState>, request: Request) -> ApiResult<Response> {

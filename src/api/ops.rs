@@ -74,9 +74,10 @@ async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(Readiness { status: if ok { "ready" } else { "unavailable" }, checks })).into_response()
 }
 
-/// Prometheus metrics (text exposition format).
+/// Prometheus metrics (OpenMetrics text format).
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
+    responses((status = 200, description = "Metrics, in the OpenMetrics 1.0 text format",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
     let gateway = &state.gateway;
     let counts = gateway.db.count_by_status().await.unwrap_or_default();

@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, Request, State},
+    extract::{Request, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -14,7 +14,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    api::{AppState, forms},
+    api::{
+        AppState, forms,
+        params::{self, Path, Query},
+    },
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::Gateway,
     tasks::Picture,
@@ -92,7 +95,7 @@ pub fn picture_view(gateway: &Gateway, picture: Picture) -> PictureView {
         (status = 201, description = "Stored", body = PictureView, headers(("Location" = String, description = "The picture's URL"))),
         (status = 400, description = "Missing, unsupported, damaged or oversized-in-pixels picture", body = ErrorBody),
         (status = 413, description = "File too large", body = ErrorBody),
-        (status = 415, description = "Not multipart/form-data", body = ErrorBody),
+        (status = 415, description = "Not multipart/form-data (also an empty body)", body = ErrorBody),
     )
 )]
 async fn upload_picture(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
@@ -114,8 +117,9 @@ async fn upload_picture(State(state): State<AppState>, request: Request) -> ApiR
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Pictures to skip (default 0).
+    #[serde(default, deserialize_with = "params::int64")]
     offset: Option<u64>,
-    /// Page size, 1–100 (default 20).
+    #[param(schema_with = params::limit)]
     limit: Option<u32>,
 }
 
@@ -136,11 +140,7 @@ struct PicturePage {
         (status = 400, description = "Bad paging parameters", body = ErrorBody),
     )
 )]
-async fn list_pictures(
-    State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<PicturePage>> {
-    let Query(query) = query.map_err(|e| ApiError::with_message(Code::InvalidRequest, e.body_text()))?;
+async fn list_pictures(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Json<PicturePage>> {
     let offset = query.offset.unwrap_or(0);
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let (pictures, total) = state.gateway.db.list_pictures(offset, limit).await?;

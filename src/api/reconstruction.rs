@@ -7,7 +7,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, Request, State},
+    extract::{Request, State},
     http::HeaderMap,
     response::Response,
 };
@@ -18,7 +18,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    api::{AppState, callbacks, forms, sse, tasks::parse_id},
+    api::{
+        AppState, callbacks, forms,
+        params::{self, Path, Query},
+        sse,
+        stream_docs::ReconstructionEventStream,
+        tasks::parse_id,
+    },
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::{Gateway, Input, Submission},
     tasks::{EventKind, Picture, Task, TaskEvent, TaskStatus},
@@ -84,6 +90,7 @@ fn picture_info(gateway: &Gateway, p: Picture) -> PictureInfo {
         (status = 200, description = "Stored", body = PictureInfo),
         (status = 400, description = "Missing, unsupported or damaged picture", body = ErrorBody),
         (status = 413, description = "File too large", body = ErrorBody),
+        (status = 415, description = "Not multipart/form-data (also an empty body)", body = ErrorBody),
     )
 )]
 async fn upload(State(state): State<AppState>, request: Request) -> ApiResult<Json<PictureInfo>> {
@@ -97,7 +104,7 @@ async fn upload(State(state): State<AppState>, request: Request) -> ApiResult<Js
 
 /// Get a picture (seed 004).
 #[utoipa::path(
-    get, path = "/picture/{id}", tag = "reconstruction (seed 004)",
+    get, path = "/picture/{id}", tag = "reconstruction (seed 004)", operation_id = "get_picture_info",
     params(("id" = String, Path, description = "Picture id")),
     responses(
         (status = 200, description = "The picture", body = PictureInfo),
@@ -113,18 +120,19 @@ async fn get_picture(State(state): State<AppState>, Path(id): Path<String>) -> A
 #[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 struct PageQuery {
-    /// Page number, from 1 (default 1). `page` is accepted too.
-    #[serde(alias = "page")]
+    /// Page number, from 1 (default 1; 0 is taken as 1). `page` is accepted too.
+    #[serde(default, alias = "page", deserialize_with = "params::int64")]
     current: Option<u64>,
-    /// Page size, 1–100 (default 10). `size` is accepted too.
+    /// `size` is accepted too.
     #[serde(alias = "size")]
+    #[param(schema_with = params::seed004_page_size)]
     page_size: Option<u32>,
 }
 
 /// A page, in the shape MyBatis-Plus's `Page` gives Spring clients.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PicturePage {
+struct PictureInfoPage {
     records: Vec<PictureInfo>,
     total: u64,
     current: u64,
@@ -136,20 +144,17 @@ struct PicturePage {
 #[utoipa::path(
     get, path = "/picture/list/page", tag = "reconstruction (seed 004)", params(PageQuery),
     responses(
-        (status = 200, description = "A page of pictures", body = PicturePage),
+        (status = 200, description = "A page of pictures", body = PictureInfoPage),
         (status = 400, description = "Bad paging parameters", body = ErrorBody),
     )
 )]
-async fn list_page(
-    State(state): State<AppState>,
-    query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<PicturePage>> {
-    let Query(query) = query.map_err(|e| ApiError::with_message(Code::InvalidRequest, e.body_text()))?;
+async fn list_page(State(state): State<AppState>, Query(query): Query<PageQuery>) -> ApiResult<Json<PictureInfoPage>> {
     let current = query.current.unwrap_or(1).max(1);
     let size = query.page_size.unwrap_or(10).clamp(1, 100);
-    let offset = (current - 1).saturating_mul(u64::from(size));
+    // Far past the end is just an empty page; the database takes offsets up to i64::MAX.
+    let offset = (current - 1).saturating_mul(u64::from(size)).min(i64::MAX as u64);
     let (pictures, total) = state.gateway.db.list_pictures(offset, size).await?;
-    Ok(Json(PicturePage {
+    Ok(Json(PictureInfoPage {
         records: pictures.into_iter().map(|p| picture_info(&state.gateway, p)).collect(),
         total,
         current,
@@ -167,9 +172,9 @@ struct CreateFromImage {
     /// The model; default: the server's default image-to-3D model.
     #[serde(default)]
     model: Option<String>,
-    /// Model options.
+    /// Model options: a JSON object.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     params: Option<Value>,
 }
 
@@ -189,10 +194,12 @@ struct Created {
     request_body = CreateFromImage,
     responses(
         (status = 200, description = "Created", body = Created),
-        (status = 400, description = "Malformed request or unknown model", body = ErrorBody),
+        (status = 400, description = "Malformed request, unknown model or params the model refuses", body = ErrorBody),
         (status = 404, description = "No such picture", body = ErrorBody),
         (status = 410, description = "The picture was deleted after the retention period", body = ErrorBody),
-        (status = 503, description = "Queue full; see Retry-After", body = ErrorBody),
+        (status = 413, description = "The body is over the request size limit", body = ErrorBody),
+        (status = 415, description = "Not application/json (also an empty body)", body = ErrorBody),
+        (status = 503, description = "Queue full or no provider available; see Retry-After", body = ErrorBody),
     )
 )]
 async fn create_from_image(
@@ -202,7 +209,7 @@ async fn create_from_image(
     if state.readiness.stopping() {
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
     }
-    let Json(body) = body.map_err(|e| ApiError::with_message(Code::MalformedJson, e.body_text()))?;
+    let Json(body) = body?;
     let mut submission = Submission::new(Input::Picture(body.picture_id));
     submission.model = body.model.filter(|m| !m.trim().is_empty());
     submission.params = body.params.unwrap_or_else(|| json!({}));
@@ -276,7 +283,10 @@ struct StreamQuery {
     get, path = "/api/reconstruction/events/{taskId}", tag = "reconstruction (seed 004)",
     params(("taskId" = String, Path, description = "Task id"), StreamQuery),
     responses(
-        (status = 200, description = "SSE stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream: each event's `event:` is `result` or `status`, \
+            `id:` its sequence number, `data:` one JSON object", content_type = "text/event-stream",
+            body = ReconstructionEventStream),
+        (status = 400, description = "`after` is not an int64", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
     )
 )]
@@ -367,13 +377,18 @@ async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> A
 /// A worker sends a result file (seed 004's path for the worker protocol's result callback).
 #[utoipa::path(
     post, path = "/api/reconstruction/callback/result/{taskId}", tag = "reconstruction (seed 004)",
+    security(("worker_signature" = [])),
     params(("taskId" = String, Path, description = "Task id")),
     request_body(content((callbacks::ResultUpload = "multipart/form-data"))),
     responses(
         (status = 200, description = "Stored (or already stored)", body = callbacks::CallbackAnswer),
+        (status = 400, description = "Malformed form or file name", body = ErrorBody),
         (status = 401, description = "Signature missing, wrong, stale or replayed", body = ErrorBody),
         (status = 403, description = "Signed for another channel", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
         (status = 409, description = "The task has ended, or a different file has this name", body = ErrorBody),
+        (status = 413, description = "Over the size limit", body = ErrorBody),
+        (status = 415, description = "Not multipart/form-data", body = ErrorBody),
     )
 )]
 async fn callback_result(
@@ -387,11 +402,14 @@ async fn callback_result(
 /// A worker reports a job's end (seed 004's path for the status callback).
 #[utoipa::path(
     post, path = "/api/reconstruction/callback/status", tag = "reconstruction (seed 004)",
+    security(("worker_signature" = [])),
     request_body(content = crate::worker_protocol::StatusReport, content_type = "application/json"),
     responses(
         (status = 200, description = "Recorded (or already recorded)", body = callbacks::CallbackAnswer),
+        (status = 400, description = "Malformed", body = ErrorBody),
         (status = 401, description = "Signature missing, wrong, stale or replayed", body = ErrorBody),
         (status = 403, description = "Signed for another channel", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
         (status = 409, description = "The task has already ended otherwise", body = ErrorBody),
     )
 )]
@@ -402,10 +420,14 @@ async fn callback_status(state: State<AppState>, request: Request) -> ApiResult<
 /// A worker reports progress (the worker protocol's addition to seed 004).
 #[utoipa::path(
     post, path = "/api/reconstruction/callback/progress", tag = "reconstruction (seed 004)",
+    security(("worker_signature" = [])),
     request_body(content = crate::worker_protocol::ProgressReport, content_type = "application/json"),
     responses(
         (status = 200, description = "Recorded", body = callbacks::CallbackAnswer),
+        (status = 400, description = "Malformed", body = ErrorBody),
         (status = 401, description = "Signature missing, wrong, stale or replayed", body = ErrorBody),
+        (status = 403, description = "Signed for another channel", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
         (status = 409, description = "The task has already ended", body = ErrorBody),
     )
 )]

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, Request, State},
+    extract::{Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -13,7 +13,12 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
-    api::{AppState, forms, sse},
+    api::{
+        AppState, forms,
+        params::{self, Path, Query},
+        sse,
+        stream_docs::TaskEventStream,
+    },
     db::TaskFilter,
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::Gateway,
@@ -144,12 +149,15 @@ pub async fn view_at(gateway: &Gateway, task: Task, queue_position: Option<u32>)
         (forms::MultipartSubmission = "multipart/form-data"),
         (forms::JsonSubmission = "application/json"),
     )),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first task")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first task: 1–255 visible ASCII characters",
+        min_length = 1, max_length = 255, pattern = r"^[!-~]([ -~]*[!-~])?$")),
     responses(
         (status = 202, description = "Queued", body = TaskView, headers(("Location" = String, description = "The task's URL"))),
         (status = 400, description = "Invalid input (format, corrupt picture, prompt, params, model)", body = ErrorBody),
+        (status = 404, description = "`picture_id` names no stored picture (`picture_not_found`)", body = ErrorBody),
+        (status = 410, description = "`picture_id` names a picture deleted after the retention period", body = ErrorBody),
         (status = 413, description = "File too large", body = ErrorBody),
-        (status = 415, description = "Neither multipart nor JSON", body = ErrorBody),
+        (status = 415, description = "Neither multipart nor JSON (also an empty body)", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody),
         (status = 503, description = "Queue full or no provider available; see Retry-After", body = ErrorBody),
     )
@@ -180,9 +188,11 @@ async fn create_task(State(state): State<AppState>, request: Request) -> ApiResu
 struct ListQuery {
     /// Only tasks with this status.
     status: Option<TaskStatus>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page: the id of its last task; the page starts after
+    /// it (any task id will do).
+    #[param(format = Uuid)]
     cursor: Option<String>,
-    /// Page size, 1–100 (default 20).
+    #[param(schema_with = params::limit)]
     limit: Option<u32>,
     /// Only tasks made from this stored picture.
     picture_id: Option<uuid::Uuid>,
@@ -192,20 +202,30 @@ struct ListQuery {
 struct TaskPage {
     items: Vec<TaskView>,
     /// Pass as `cursor` for the next page; absent on the last page.
+    #[schema(format = Uuid)]
     next_cursor: Option<String>,
 }
 
+/// A page's cursor is the id of its last task: ids are UUIDv7, so "older than this
+/// id" is "after this task" in the list's order, and any UUID is a valid cursor.
 fn encode_cursor(id: TaskId) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id.to_string())
+    id.to_string()
 }
 
+/// Reads a cursor: a task id, or (as earlier versions handed out) its base64url form.
 fn decode_cursor(cursor: &str) -> ApiResult<TaskId> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
+    let legacy = || {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| s.parse().ok())
+    };
+    cursor
+        .parse()
         .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| ApiError::with_message(Code::InvalidRequest, "The cursor is not valid."))
+        .or_else(legacy)
+        .ok_or_else(|| ApiError::with_message(Code::InvalidRequest, "The cursor is not valid: send a `next_cursor`."))
 }
 
 /// List tasks, newest first.
@@ -213,14 +233,10 @@ fn decode_cursor(cursor: &str) -> ApiResult<TaskId> {
     get, path = "/api/v1/tasks", tag = "tasks", params(ListQuery),
     responses(
         (status = 200, description = "A page of tasks", body = TaskPage),
-        (status = 400, description = "Bad cursor or status", body = ErrorBody),
+        (status = 400, description = "Bad cursor, status, limit or picture_id", body = ErrorBody),
     )
 )]
-async fn list_tasks(
-    State(state): State<AppState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<TaskPage>> {
-    let Query(query) = query.map_err(|e| ApiError::with_message(Code::InvalidRequest, e.body_text()))?;
+async fn list_tasks(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Json<TaskPage>> {
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let filter = TaskFilter { status: query.status, picture_id: query.picture_id, before, limit: limit + 1 };
@@ -421,7 +437,10 @@ struct EventsQuery {
     params(("id" = String, Path, description = "Task id"), EventsQuery,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses(
-        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 200, description = "An event stream: each event's `event:` is its kind, `id:` its \
+            sequence number, `data:` one JSON object (see docs/api.md, \"Event stream\")",
+            content_type = "text/event-stream", body = TaskEventStream),
+        (status = 400, description = "`after` is not an int64", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
     )
 )]

@@ -7,7 +7,7 @@
 //! its id, so the answer is `immutable` and revalidates with an `ETag`.
 
 use axum::{
-    extract::{Path, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -16,7 +16,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    api::AppState,
+    api::{AppState, openapi::Binary, params::Path},
     error::{ApiError, ApiResult, Code, ErrorBody},
 };
 
@@ -35,7 +35,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
     get, path = "/api/v1/pictures/{id}/thumbnail", tag = "pictures",
     params(("id" = String, Path, description = "Picture id")),
     responses(
-        (status = 200, description = "The thumbnail", content_type = "image/jpeg"),
+        (status = 200, description = "The thumbnail: JPEG, or PNG when the picture has transparency",
+            content((Binary = "image/jpeg"), (Binary = "image/png"))),
         (status = 304, description = "Not modified (`If-None-Match`)"),
         (status = 404, description = "No such picture", body = ErrorBody),
         (status = 410, description = "The picture was deleted after the retention period", body = ErrorBody),

@@ -12,6 +12,7 @@ mod connections;
 mod crash;
 mod files;
 mod lifecycle;
+mod openapi;
 mod operations;
 mod pictures;
 mod relief;
