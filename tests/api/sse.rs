@@ -21,7 +21,7 @@ async fn the_stream_carries_every_transition_in_order_and_closes_after_the_end()
     let stages: Vec<&str> = events.iter().filter_map(|(_, _, d)| d["stage"].as_str()).collect();
     assert!(stages.contains(&"step-2"), "{stages:?}");
     let result = events.iter().find(|(_, k, _)| k == "result").unwrap();
-    assert!(result.2["url"].as_str().unwrap().contains("/files/outputs/"));
+    assert!(result.2["url"].as_str().unwrap().contains("/files/reconstruction/"));
     let completed = &events.last().unwrap().2;
     assert_eq!(completed["task_id"], id);
     assert!(completed["outputs"][0]["url"].is_string());

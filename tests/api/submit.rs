@@ -164,7 +164,7 @@ async fn seed_000_face_creates_polls_and_fetches_a_model() {
     assert_eq!(body["status"], "completed");
     let (status, body) = app.get_json(&format!("/api/v1/models/{job}/result")).await;
     assert_eq!(status, 200);
-    assert!(body["modelUrl"].as_str().unwrap().contains("/files/outputs/"));
+    assert!(body["modelUrl"].as_str().unwrap().contains("/files/reconstruction/"));
     assert_eq!(body["metadata"]["format"], "glb");
     assert!(body["metadata"]["generationTime"].is_number());
     let (status, body) = app.get_json("/api/v1/models/00000000-0000-0000-0000-000000000000/status").await;
