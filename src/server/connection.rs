@@ -244,6 +244,12 @@ pub(super) async fn serve(
             // Above kiln's own limit (`request::MAX_HEADERS`), so that kiln, not hyper,
             // refuses most heads with too many fields, in the envelope.
             .max_headers(HYPER_MAX_HEADERS)
+            // While an answer is being sent, hyper would otherwise keep reading the socket
+            // to notice a client that left, with an 8 KiB buffer of its own for every open
+            // event stream. A client that left is noticed by the next write instead (an
+            // event, or the heartbeat within 15 s); and a client that half-closes after
+            // its request still gets its answer.
+            .half_close(true)
             .serve_connection(io, service);
         tokio::pin!(connection);
         let watchdog = tokio::time::sleep_until(activity.opened + limits.header_timeout);
