@@ -142,7 +142,7 @@ pub fn too_large(max_bytes: u64) -> ApiError {
     ApiError::with_message(Code::FileTooLarge, format!("File too large: the limit is {}.", human_size(max_bytes)))
 }
 
-pub fn human_size(bytes: u64) -> String {
+fn human_size(bytes: u64) -> String {
     if bytes >= 1024 * 1024 && bytes.is_multiple_of(1024 * 1024) {
         format!("{} MB", bytes / (1024 * 1024))
     } else if bytes >= 1024 * 1024 {
