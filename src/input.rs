@@ -176,6 +176,8 @@ pub struct Inspection {
     /// The most memory decoding it holds at once, in bytes: an estimate from above, made
     /// from the decoders' sources (each format's module says what it counts).
     pub memory: u64,
+    /// The file's length in bytes.
+    len: u64,
 }
 
 /// What a format's module reads from the header.
@@ -248,7 +250,7 @@ pub fn inspect<R: BufRead + Seek>(raw: &mut R, len: u64, cfg: &UploadConfig) -> 
             ),
         ));
     }
-    Ok(Inspection { format, width, height, kind: header.kind, target, memory })
+    Ok(Inspection { format, width, height, kind: header.kind, target, memory, len })
 }
 
 /// A stored picture's header, for decoding it shrunk to `side` (or whole, when it is no
@@ -266,7 +268,7 @@ pub fn inspect_stored<R: BufRead + Seek>(
     }
     let target = Some(fit_within(width, height, side.min(width.max(height))));
     let memory = header.cost.memory((width, height), target);
-    Ok(Inspection { format, width, height, kind: header.kind, target, memory })
+    Ok(Inspection { format, width, height, kind: header.kind, target, memory, len })
 }
 
 fn read_header<R: BufRead + Seek>(
@@ -301,7 +303,7 @@ pub fn decode<R: BufRead + Seek>(mut raw: R, inspection: &Inspection) -> Result<
     let size = (inspection.width, inspection.height);
     let decoded = match inspection.format {
         ImageFormatName::Png => png::decode(raw, inspection.target),
-        ImageFormatName::Jpeg => jpeg::decode(raw, size, inspection.target),
+        ImageFormatName::Jpeg => jpeg::decode(raw, inspection.len, size, inspection.target),
         ImageFormatName::Webp => webp::decode(raw, size, inspection.target),
     };
     decoded.map_err(|()| ApiError::new(Code::CorruptImage))

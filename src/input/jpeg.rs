@@ -20,7 +20,7 @@
 //! The header does not say how the colour planes are subsampled without parsing it
 //! ourselves, so every component is counted at full size (4:4:4), the worst case.
 
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 
 use image::DynamicImage;
 use jpeg_decoder::{CodingProcess, PixelFormat};
@@ -102,12 +102,39 @@ pub(super) fn memory(size: (u32, u32), target: Option<(u32, u32)>, format: Pixel
     decode.max(output + conversion + shrunk) + MIB
 }
 
+/// Stuffed `0xFF` bytes (64 one-bits of scan data) and the end-of-image marker.
+const GUARD: [u8; 18] = [0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0, 0xFF, 0xD9];
+
 /// Decodes at the smallest scale that covers `target`; `None` only checks the file.
-pub(super) fn decode<R: Read>(
-    raw: R,
+///
+/// `jpeg-decoder`, like libjpeg, fills a scan that meets a marker before its last block
+/// with zero bits, so a file cut short and closed with an end-of-image marker decodes
+/// without an error. A file that ends with that marker is therefore decoded with 64 one
+/// bits slipped in before it. A complete last scan never reads them (the decoder then
+/// skips to the marker); a cut one decodes them as Huffman codes, and sixteen ones in a
+/// row are no code of any table the standard allows, so it fails. Not caught: a
+/// progressive file cut exactly between two scans, or whose last scan's missing blocks
+/// were all covered by an end-of-band run.
+pub(super) fn decode<R: Read + Seek>(
+    mut raw: R,
+    len: u64,
     size: (u32, u32),
     target: Option<(u32, u32)>,
 ) -> Result<Option<DynamicImage>, ()> {
+    let mut tail = [0u8; 2];
+    let ends_with_eoi = len >= 4
+        && raw.seek(SeekFrom::Start(len - 2)).is_ok()
+        && raw.read_exact(&mut tail).is_ok()
+        && tail == [0xFF, 0xD9];
+    raw.seek(SeekFrom::Start(0)).map_err(|_| ())?;
+    if ends_with_eoi {
+        decode_from(raw.take(len - 2).chain(&GUARD[..]), size, target)
+    } else {
+        decode_from(raw, size, target)
+    }
+}
+
+fn decode_from<R: Read>(raw: R, size: (u32, u32), target: Option<(u32, u32)>) -> Result<Option<DynamicImage>, ()> {
     let mut decoder = jpeg_decoder::Decoder::new(raw);
     decoder.read_info().map_err(|_| ())?;
     let info = decoder.info().ok_or(())?;

@@ -255,12 +255,19 @@ fn jpegs_cut_short_are_refused_baseline_and_progressive_with_or_without_restarts
             for cut in [4096, full.len() / 2, full.len() - 2] {
                 assert_eq!(code(&full[..cut], &cfg), Code::CorruptImage, "{what}, cut at {cut}");
             }
-            // Cut to 4 KB and closed with an end-of-image marker: `jpeg-decoder` fills
-            // the rest of the scan with zeros (grey, for a progressive file); the data
-            // is too short for the size the header claims.
-            let mut closed = full[..4096].to_vec();
-            closed.extend_from_slice(&[0xFF, 0xD9]);
-            assert_eq!(code(&closed, &cfg), Code::CorruptImage, "{what}, closed at 4 KB");
+            // Cut and closed with an end-of-image marker: `jpeg-decoder` alone fills the
+            // rest of the scan with zeros (grey, for a progressive file). At 4 KB the data
+            // is too short for the size the header claims; further on, the guard bits
+            // before the marker are read as codes and fail.
+            for keep in [4096, full.len() / 3, full.len() / 2, full.len() * 9 / 10, full.len() - 40] {
+                let mut closed = full[..keep].to_vec();
+                closed.extend_from_slice(&[0xFF, 0xD9]);
+                assert_eq!(code(&closed, &cfg), Code::CorruptImage, "{what}, closed at {keep}");
+            }
+            // Bytes after the end-of-image marker are ignored, as every decoder does.
+            let mut trailing = full.clone();
+            trailing.extend_from_slice(b"camera data");
+            assert!(validate_bytes(&trailing, &cfg).is_ok(), "{what}, data after the end");
         }
     }
 }

@@ -193,7 +193,8 @@ async fn the_costliest_pictures_are_stored_small_or_refused_before_decoding_and_
         assert!(message.contains(words), "{words}: {message}");
     }
     // The same picture as baseline is accepted.
-    let (status, body) = answer(app.upload("/api/v1/pictures", jpeg(4000, false), &[]).await).await;
+    let baseline = jpeg(4000, false);
+    let (status, body) = answer(app.upload("/api/v1/pictures", baseline.clone(), &[]).await).await;
     assert_eq!(status, 201, "{body}");
 
     // A big lossless WebP is decoded whole: refused from its header too.
@@ -206,11 +207,11 @@ async fn the_costliest_pictures_are_stored_small_or_refused_before_decoding_and_
     assert!(body["error"]["message"].as_str().unwrap().contains("lossless WebP"), "{body}");
 
     // Cut short: a JPEG claiming 6000 × 6000 in 4 KB, plain and closed with an
-    // end-of-image marker (which the decoder alone would fill with grey).
+    // end-of-image marker (which the decoder alone would fill with grey); and the
+    // accepted baseline JPEG cut at half its length and closed.
     let full = jpeg(6000, true);
-    let mut closed = full[..4094].to_vec();
-    closed.extend_from_slice(&[0xFF, 0xD9]);
-    for bytes in [full[..4096].to_vec(), closed] {
+    let closed = |bytes: &[u8], keep: usize| [&bytes[..keep], &[0xFF, 0xD9]].concat();
+    for bytes in [full[..4096].to_vec(), closed(&full, 4094), closed(&baseline, baseline.len() / 2)] {
         let (status, body) = answer(app.upload("/api/v1/tasks", bytes, &[]).await).await;
         assert_eq!((status, body["error"]["code"].as_str()), (400, Some("corrupt_image")), "{body}");
     }
