@@ -121,17 +121,27 @@ pub(super) fn decode<R: Read + Seek>(
     size: (u32, u32),
     target: Option<(u32, u32)>,
 ) -> Result<Option<DynamicImage>, ()> {
-    let mut tail = [0u8; 2];
-    let ends_with_eoi = len >= 4
-        && raw.seek(SeekFrom::Start(len - 2)).is_ok()
-        && raw.read_exact(&mut tail).is_ok()
-        && tail == [0xFF, 0xD9];
+    let data = data_before_final_eoi(&mut raw, len);
     raw.seek(SeekFrom::Start(0)).map_err(|_| ())?;
-    if ends_with_eoi {
-        decode_from(raw.take(len - 2).chain(&GUARD[..]), size, target)
-    } else {
-        decode_from(raw, size, target)
+    match data {
+        Some(data) => decode_from(raw.take(data).chain(&GUARD[..]), size, target),
+        None => decode_from(raw, size, target),
     }
+}
+
+/// Where the file's closing end-of-image marker starts, with the `0xFF` fill bytes a
+/// marker may have before it (the guard goes before them: `jpeg-decoder` refuses a
+/// stuffed byte right after fill bytes). `None` when the file does not end with it.
+fn data_before_final_eoi<R: Read + Seek>(raw: &mut R, len: u64) -> Option<u64> {
+    let mut tail = [0u8; 64];
+    let start = len.saturating_sub(tail.len() as u64);
+    let tail = &mut tail[..(len - start) as usize];
+    raw.seek(SeekFrom::Start(start)).ok()?;
+    raw.read_exact(tail).ok()?;
+    let before = tail.strip_suffix(&[0xFF, 0xD9])?;
+    let fill = before.iter().rev().take_while(|&&b| b == 0xFF).count();
+    // A tail of nothing but fill bytes: leave such a file as it is.
+    (fill < before.len()).then(|| len - 2 - fill as u64)
 }
 
 fn decode_from<R: Read>(raw: R, size: (u32, u32), target: Option<(u32, u32)>) -> Result<Option<DynamicImage>, ()> {

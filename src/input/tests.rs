@@ -264,6 +264,10 @@ fn jpegs_cut_short_are_refused_baseline_and_progressive_with_or_without_restarts
                 closed.extend_from_slice(&[0xFF, 0xD9]);
                 assert_eq!(code(&closed, &cfg), Code::CorruptImage, "{what}, closed at {keep}");
             }
+            // Fill bytes before the closing marker are allowed.
+            let mut filled = full[..full.len() - 2].to_vec();
+            filled.extend_from_slice(&[0xFF, 0xFF, 0xFF, 0xD9]);
+            assert!(validate_bytes(&filled, &cfg).is_ok(), "{what}, fill bytes before the end");
             // Bytes after the end-of-image marker are ignored, as every decoder does.
             let mut trailing = full.clone();
             trailing.extend_from_slice(b"camera data");
