@@ -41,18 +41,13 @@ fn decoder<R: BufRead + Seek>(raw: R) -> png::Decoder<R> {
 pub(super) fn header<R: BufRead + Seek>(raw: R) -> Option<Header> {
     let mut decoder = decoder(raw);
     let info = decoder.read_header_info().ok()?;
+    // Grey, RGB and palettes gain an alpha channel from a `tRNS` chunk, which comes
+    // after the header: count the larger.
     let channels = match info.color_type {
-        ColorType::Grayscale => 1,
-        ColorType::GrayscaleAlpha => 2,
-        ColorType::Rgb => 3,
-        // A palette widens to RGB, or RGBA with a `tRNS` chunk, which comes after the
-        // header: count the larger.
-        ColorType::Rgba | ColorType::Indexed => 4,
+        ColorType::Grayscale | ColorType::GrayscaleAlpha => 2,
+        ColorType::Rgb | ColorType::Rgba | ColorType::Indexed => 4,
     };
-    let bits = match info.bit_depth {
-        BitDepth::Sixteen => 16,
-        _ => 8,
-    };
+    let bits = info.bit_depth as u8;
     let kind = format!(
         "{}{}-bit {} PNG",
         if info.interlaced { "interlaced " } else { "" },
