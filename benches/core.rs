@@ -670,7 +670,14 @@ async fn subscribe(
 
 /// `uploads` concurrent multipart uploads of one file; peak RSS growth while they run.
 async fn bench_upload(file: &Path, uploads: usize) -> Value {
-    let bytes = Bytes::from(std::fs::read(file).expect("read picture"));
+    bench_uploads(&[file.to_owned()], uploads).await
+}
+
+/// `uploads` concurrent multipart uploads taking the files in turn; peak RSS growth while
+/// they run.
+async fn bench_uploads(files: &[PathBuf], uploads: usize) -> Value {
+    let all: Vec<Bytes> = files.iter().map(|f| Bytes::from(std::fs::read(f).expect("read picture"))).collect();
+    let bytes = all[0].clone();
     let hold = CancellationToken::new();
     let channels = r#"
 [[channels]]
@@ -701,8 +708,8 @@ models = [{ name = "instant-image", kind = "image_to_3d" }, { name = "hold", kin
     let sampler = RssSampler::start();
     let started = Instant::now();
     let mut handles = Vec::new();
-    for _ in 0..uploads {
-        let (client, url, bytes) = (server.client.clone(), url.clone(), bytes.clone());
+    for i in 0..uploads {
+        let (client, url, bytes) = (server.client.clone(), url.clone(), all[i % all.len()].clone());
         handles.push(tokio::spawn(async move { upload(&client, &url, bytes).await }));
     }
     let mut statuses = BTreeMap::<u16, usize>::new();
@@ -716,8 +723,10 @@ models = [{ name = "instant-image", kind = "image_to_3d" }, { name = "hold", kin
     hold.cancel();
     server.stop().await;
     let growth = peak.saturating_sub(baseline) as f64 * 1024.0;
+    let names: Vec<String> =
+        files.iter().filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
     json!({
-        "file": file.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "file": names.join("+"),
         "file_bytes": bytes.len(),
         "uploads": uploads,
         "statuses": statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
@@ -753,7 +762,8 @@ fn bench_validate(file: &Path) -> Value {
     let hwm_reset = reset_hwm();
     let sampler = RssSampler::start();
     let started = Instant::now();
-    let reader = std::io::BufReader::new(std::fs::File::open(file).expect("open picture"));
+    let mut reader = std::io::BufReader::new(std::fs::File::open(file).expect("open picture"));
+    let estimate = kiln::input::inspect(&mut reader, len, &config).map(|i| (i.memory, i.kind));
     let valid = kiln::input::validate_image(reader, len, &config)
         .map(|v| (v.width, v.height, v.scaled.as_ref().map_or(len as usize, |b| b.len())));
     let elapsed = started.elapsed();
@@ -766,10 +776,55 @@ fn bench_validate(file: &Path) -> Value {
         "file_bytes": len,
         "valid": valid.as_ref().map(|(w, h, n)| json!({ "width": w, "height": h, "stored_bytes": n })).unwrap_or(Value::Null),
         "error": valid.err().map(|e| format!("{e:?}")),
+        "estimate_mib": estimate.as_ref().map(|(m, _)| *m as f64 / MIB).ok(),
+        "kind": estimate.map(|(_, k)| k).ok(),
         "secs": elapsed.as_secs_f64(),
         "hwm_reset": hwm_reset,
         "per_upload_mib": growth / MIB,
         "ratio": growth / len as f64,
+    })
+}
+
+/// The path pictures took before decode budgets (kept here to measure it): `image`
+/// decodes PNG and WebP whole at their own bit depth within an allocation limit of 16
+/// bytes a pixel, then `thumbnail_exact` scales them down. JPEGs took the path they
+/// still take.
+fn bench_validate_old(file: &Path) -> Value {
+    let bytes = std::fs::read(file).expect("read picture");
+    let config = UploadConfig::default();
+    kiln::input::validate_bytes(&encode_png(&noise_rgb(64, 64, 7)), &config).expect("warm-up");
+    std::thread::sleep(Duration::from_millis(100));
+    let baseline = proc_kib("VmRSS");
+    let hwm_reset = reset_hwm();
+    let sampler = RssSampler::start();
+    let result = (|| -> anyhow::Result<(u32, u32)> {
+        if file.extension().is_some_and(|e| e == "jpg") {
+            anyhow::bail!("unchanged: JPEGs took the same decoder before");
+        }
+        let (w, h) = image::ImageReader::new(Cursor::new(&bytes)).with_guessed_format()?.into_dimensions()?;
+        let mut reader = image::ImageReader::new(Cursor::new(&bytes)).with_guessed_format()?;
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some((u64::from(w) * u64::from(h)).saturating_mul(16).max(1 << 20));
+        reader.limits(limits);
+        let decoded = reader.decode()?;
+        if w.max(h) <= config.max_side {
+            return Ok((w, h));
+        }
+        let scale = f64::from(config.max_side) / f64::from(w.max(h));
+        let (tw, th) = (((f64::from(w) * scale).round() as u32).max(1), ((f64::from(h) * scale).round() as u32).max(1));
+        let small = decoded.thumbnail_exact(tw, th);
+        drop(decoded);
+        let mut out = Vec::new();
+        small.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)?;
+        Ok((tw, th))
+    })();
+    let sampled = sampler.finish();
+    let hwm = if hwm_reset { proc_kib("VmHWM") } else { 0 };
+    let growth = sampled.max(hwm).saturating_sub(baseline) as f64 * 1024.0;
+    json!({
+        "file": file.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "result": result.map(|(w, h)| format!("{w}×{h}")).unwrap_or_else(|e| format!("error: {e}")),
+        "per_upload_mib": growth / MIB,
     })
 }
 
@@ -788,6 +843,11 @@ fn run_child(spec: &str) -> Value {
         ["sse-server"] => runtime.block_on(sse_server()),
         ["upload", file, k] => runtime.block_on(bench_upload(&dir.join(file), k.parse().expect("uploads"))),
         ["validate", file] => bench_validate(&dir.join(file)),
+        ["validate-old", file] => bench_validate_old(&dir.join(file)),
+        ["uploads", files, k] => {
+            let files: Vec<PathBuf> = files.split(',').map(|f| dir.join(f)).collect();
+            runtime.block_on(bench_uploads(&files, k.parse().expect("uploads")))
+        }
         _ => panic!("unknown child spec `{spec}`"),
     }
 }
@@ -863,6 +923,103 @@ fn write_pictures(dir: &Path) -> Vec<(String, usize, String)> {
     out
 }
 
+/// The largest side in `low..high` for which `ok` holds (it holds at `low`, and once it
+/// fails it fails for every larger side).
+fn largest(mut low: u32, mut high: u32, ok: impl Fn(u32) -> bool) -> u32 {
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if ok(mid) { low = mid } else { high = mid }
+    }
+    low
+}
+
+/// The pictures that cost the most memory to decode by default, each still accepted:
+/// the 16-bit RGBA PNG of 6000 × 6000 from issue 9, the largest baseline JPEG decoded at
+/// full scale (4094 px a side: at half scale it would fall a pixel short of 2048), the
+/// largest progressive JPEG and the largest lossless WebP under `max_decode_memory`
+/// (4:4:4, since the estimate cannot see the subsampling). `image-webp` writes only
+/// lossless WebP, and lossless costs more memory a pixel than lossy.
+fn write_worst_pictures(dir: &Path) -> Vec<(String, usize, String)> {
+    let mut out = Vec::new();
+    if let Ok(text) = std::fs::read_to_string(dir.join("worst.json")) {
+        return serde_json::from_str(&text).expect("worst.json");
+    }
+    let config = UploadConfig::default();
+    let accepted = |bytes: &[u8]| {
+        kiln::input::inspect(&mut Cursor::new(bytes), bytes.len() as u64, &config).map(|i| i.memory).is_ok()
+    };
+
+    let (width, height) = (6000u32, 6000u32);
+    let mut png16 = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png16, width, height);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Sixteen);
+        let mut writer = encoder.write_header().expect("png header");
+        let mut stream = writer.stream_writer().expect("png stream");
+        let mut row = vec![0u8; width as usize * 8];
+        for y in 0..height {
+            for (x, px) in row.chunks_exact_mut(8).enumerate() {
+                let (r, g) = ((x as u32 * 65535 / width) as u16, (y * 65535 / height) as u16);
+                px.copy_from_slice(&[r.to_be_bytes(), g.to_be_bytes(), [128, 0], [255, 255]].concat());
+            }
+            std::io::Write::write_all(&mut stream, &row).expect("png row");
+        }
+        stream.finish().expect("png end");
+    }
+    std::fs::write(dir.join("png16.png"), &png16).expect("write png16");
+    out.push(("png16.png".to_owned(), png16.len(), format!("PNG {width}×{height} 16-bit RGBA gradient")));
+
+    // Texture that compresses to a few MB whatever the codec (noise would pass 10 MiB).
+    let pattern = |side: u32| {
+        image::RgbImage::from_fn(side, side, |x, y| {
+            image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 239) as u8])
+        })
+    };
+    let side = 4094;
+    let baseline = encode_jpeg(&pattern(side), 90);
+    std::fs::write(dir.join("baseline-full.jpg"), &baseline).expect("write jpeg");
+    out.push(("baseline-full.jpg".to_owned(), baseline.len(), format!("baseline JPEG {side}×{side} RGB, q90")));
+
+    let progressive = |side: u32, img: &image::RgbImage| {
+        let mut bytes = Vec::new();
+        let mut encoder = jpeg_encoder::Encoder::new(&mut bytes, 90);
+        encoder.set_progressive(true);
+        encoder.set_sampling_factor(jpeg_encoder::SamplingFactor::R_4_4_4);
+        encoder.encode(img.as_raw(), side as u16, side as u16, jpeg_encoder::ColorType::Rgb).expect("jpeg");
+        bytes
+    };
+    // The estimate depends on the header only: probe with flat pictures, which encode fast.
+    let side = largest(2048, 8192, |side| accepted(&progressive(side, &image::RgbImage::new(side, side))));
+    let jpeg = progressive(side, &pattern(side));
+    assert!(accepted(&jpeg), "the JPEG has the probe's header");
+    std::fs::write(dir.join("progressive.jpg"), &jpeg).expect("write jpeg");
+    out.push((
+        "progressive.jpg".to_owned(),
+        jpeg.len(),
+        format!("progressive JPEG {side}×{side} RGB 4:4:4, q90 (largest accepted)"),
+    ));
+
+    let webp = |img: &image::RgbImage| {
+        let mut bytes = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bytes), image::ImageFormat::WebP).expect("webp");
+        bytes
+    };
+    let mut side = largest(2048, 8192, |side| accepted(&webp(&image::RgbImage::new(side, side))));
+    // The compressed data counts in the estimate too: step down until the real one fits.
+    let webp = loop {
+        let bytes = webp(&pattern(side));
+        if accepted(&bytes) {
+            break bytes;
+        }
+        side -= 16;
+    };
+    std::fs::write(dir.join("lossless.webp"), &webp).expect("write webp");
+    out.push(("lossless.webp".to_owned(), webp.len(), format!("lossless WebP {side}×{side} RGB (largest accepted)")));
+    std::fs::write(dir.join("worst.json"), serde_json::to_string(&out).expect("json")).expect("write worst.json");
+    out
+}
+
 fn f(value: &Value) -> f64 {
     value.as_f64().unwrap_or(f64::NAN)
 }
@@ -898,6 +1055,9 @@ fn main() {
     }
 
     let dir = tempfile::tempdir().expect("tempdir");
+    // `KILN_BENCH_PICTURES=DIR` keeps the decode section's pictures there between runs.
+    let kept = std::env::var_os("KILN_BENCH_PICTURES").map(PathBuf::from);
+    let pictures_dir = kept.as_deref().unwrap_or(dir.path()).to_owned();
     let mut rows: Vec<[String; 4]> = Vec::new();
     let mut details = Vec::new();
 
@@ -1063,6 +1223,65 @@ fn main() {
                 ]);
                 details.push(("upload", r));
             }
+        }
+    }
+
+    if wanted("decode") {
+        let repeat = env_usize("KILN_BENCH_REPEAT", 3).max(1);
+        std::fs::create_dir_all(&pictures_dir).expect("pictures dir");
+        let pictures = write_worst_pictures(&pictures_dir);
+        for (file, size, what) in &pictures {
+            eprintln!("picture {file}: {size} bytes, {what}");
+            let old = child(&format!("validate-old:{file}"), &pictures_dir);
+            let new = child(&format!("validate:{file}"), &pictures_dir);
+            rows.push([
+                format!("Single decode, no HTTP: {what}, {:.2} MiB", *size as f64 / MIB),
+                format!(
+                    "before {:.1} MiB ({}); after {:.1} MiB, estimated {:.1} MiB ({})",
+                    f(&old["per_upload_mib"]),
+                    old["result"].as_str().unwrap_or("?"),
+                    f(&new["per_upload_mib"]),
+                    f(&new["estimate_mib"]),
+                    new["valid"]
+                        .as_object()
+                        .map(|v| format!("{}×{}", v["width"], v["height"]))
+                        .unwrap_or_else(|| new["error"].to_string()),
+                ),
+                "(breakdown)".into(),
+                "—".into(),
+            ]);
+            details.push(("validate-old", old));
+            details.push(("validate", new));
+        }
+        let k = env_usize("KILN_BENCH_DECODE_UPLOADS", 16);
+        let mixes: Vec<(String, String)> = vec![
+            ("png16.png,progressive.jpg,lossless.webp".into(), "the PNG, progressive JPEG and WebP in turn".into()),
+            ("png16.png".into(), "the 16-bit PNG".into()),
+            ("progressive.jpg".into(), "the progressive JPEG".into()),
+            ("lossless.webp".into(), "the lossless WebP".into()),
+            ("baseline-full.jpg".into(), "the full-scale baseline JPEG".into()),
+        ];
+        for (files, what) in mixes {
+            let mut runs: Vec<Value> =
+                (0..repeat).map(|_| child(&format!("uploads:{files}:{k}"), &pictures_dir)).collect();
+            runs.sort_by(|a, b| f(&a["peak_kib"]).total_cmp(&f(&b["peak_kib"])));
+            let all: Vec<String> = runs.iter().map(|r| format!("{:.0}", f(&r["peak_kib"]) / 1024.0)).collect();
+            let worst = f(&runs[runs.len() - 1]["peak_kib"]) / 1024.0;
+            let r = runs.swap_remove(runs.len() / 2);
+            rows.push([
+                format!("{k} concurrent uploads of {what}: peak RSS of the process"),
+                format!(
+                    "{:.0} MiB median, runs {} MiB (baseline {:.0} MiB); {:.1} s; statuses {}",
+                    f(&r["peak_kib"]) / 1024.0,
+                    all.join(" / "),
+                    f(&r["baseline_kib"]) / 1024.0,
+                    f(&r["secs"]),
+                    r["statuses"]
+                ),
+                "< 256 MiB".into(),
+                met(worst < 256.0).into(),
+            ]);
+            details.push(("uploads", r));
         }
     }
 

@@ -83,6 +83,13 @@ pub struct UploadConfig {
     pub max_side: u32,
     /// Longest accepted prompt, in characters.
     pub max_prompt_chars: usize,
+    /// Memory, in bytes, that all picture decodes of this process may hold together:
+    /// each decode takes its estimated peak from this budget first, and waits while the
+    /// budget is taken, so concurrent uploads queue instead of multiplying.
+    pub decode_memory: u64,
+    /// Most memory, in bytes, one picture's decode may need (estimated from its header);
+    /// a picture that would need more is refused before decoding. At most `decode_memory`.
+    pub max_decode_memory: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -288,6 +295,11 @@ impl Default for ServerConfig {
     }
 }
 
+/// The default decode budget, and the default cap for one picture: it keeps 16 worst-case
+/// uploads under 256 MiB of resident memory, holds every PNG and baseline JPEG that
+/// `max_pixels` allows, and a 12-megapixel progressive photo (see docs/configuration.md).
+const DECODE_MEMORY: u64 = 160 * 1024 * 1024;
+
 impl Default for UploadConfig {
     fn default() -> Self {
         Self {
@@ -296,6 +308,8 @@ impl Default for UploadConfig {
             max_pixels: 40_000_000,
             max_side: 2048,
             max_prompt_chars: 1024,
+            decode_memory: DECODE_MEMORY,
+            max_decode_memory: DECODE_MEMORY,
         }
     }
 }
@@ -453,6 +467,20 @@ mod tests {
         assert_eq!(relief.models[0].kind, "image_to_3d");
         assert!(relief.max_concurrency >= 1);
         assert_eq!(relief.max_queue, RELIEF_MAX_QUEUE);
+    }
+
+    #[test]
+    fn the_decode_budget_must_hold_the_per_picture_cap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(&path, "[upload]\ndecode_memory = 33554432\nmax_decode_memory = 67108864\n").expect("write");
+        let err = Config::load_from(Some(&path), Vec::new(), &Overrides::default()).expect_err("cap over budget");
+        assert!(err.to_string().contains("upload.max_decode_memory"), "{err}");
+        std::fs::write(&path, "[upload]\ndecode_memory = 1024\nmax_decode_memory = 1024\n").expect("write");
+        let err = Config::load_from(Some(&path), Vec::new(), &Overrides::default()).expect_err("tiny budget");
+        assert!(err.to_string().contains("upload.decode_memory"), "{err}");
+        let config = load(Some("[upload]\ndecode_memory = 268435456\nmax_decode_memory = 100000000\n"));
+        assert_eq!((config.upload.decode_memory, config.upload.max_decode_memory), (268435456, 100000000));
     }
 
     #[test]

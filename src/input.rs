@@ -1,6 +1,16 @@
 //! Validation of what clients send: pictures (format from the bytes, size, pixel count
-//! before decoding, integrity, scaling down) and prompts. Pure functions, so every face
-//! refuses the same things with the same codes.
+//! and decoding memory before decoding, integrity, scaling down) and prompts. Pure
+//! functions, so every face refuses the same things with the same codes; the memory
+//! budget that decodes wait for lives in the gateway.
+//!
+//! Each format has its module (`png`, `jpeg`, `webp`): how its header is read, what its
+//! decoder holds at its peak, and how it is decoded whole, only checked or shrunk as it
+//! is read (`shrink`).
+
+mod jpeg;
+mod png;
+mod shrink;
+mod webp;
 
 use std::{
     io::{BufRead, Cursor, Read, Seek, SeekFrom},
@@ -8,7 +18,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use image::{DynamicImage, ImageFormat, ImageReader, Limits};
+use image::{DynamicImage, ImageFormat};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -127,14 +137,6 @@ pub fn format_name(format: ImageFormatName) -> &'static str {
     }
 }
 
-fn to_image_format(format: ImageFormatName) -> ImageFormat {
-    match format {
-        ImageFormatName::Jpeg => ImageFormat::Jpeg,
-        ImageFormatName::Png => ImageFormat::Png,
-        ImageFormatName::Webp => ImageFormat::WebP,
-    }
-}
-
 /// The refusal for a file over the byte limit, with the limit in words.
 pub fn too_large(max_bytes: u64) -> ApiError {
     ApiError::with_message(Code::FileTooLarge, format!("File too large: the limit is {}.", human_size(max_bytes)))
@@ -161,35 +163,71 @@ pub fn sniff(bytes: &[u8], accepted: &[ImageFormatName]) -> Option<ImageFormatNa
     accepted.contains(&format).then_some(format)
 }
 
-/// Checks a picture and scales it down when its longest side is over the limit.
-/// CPU-bound: call it from a blocking thread. `len` is the picture's size in bytes.
-pub fn validate_image<R: BufRead + Seek>(mut raw: R, len: u64, cfg: &UploadConfig) -> Result<ValidImage, ApiError> {
+/// A picture's header, read before any pixel is decoded, and what decoding it will cost.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub format: ImageFormatName,
+    pub width: u32,
+    pub height: u32,
+    /// In words, for messages and logs: "16-bit RGBA PNG", "progressive JPEG".
+    pub kind: String,
+    /// The size the picture is decoded to: `None` when it is only checked.
+    pub target: Option<(u32, u32)>,
+    /// The most memory decoding it holds at once, in bytes: an estimate from above, made
+    /// from the decoders' sources (each format's module says what it counts).
+    pub memory: u64,
+    /// The file's length in bytes.
+    len: u64,
+}
+
+/// What a format's module reads from the header.
+struct Header {
+    width: u32,
+    height: u32,
+    kind: String,
+    cost: Cost,
+}
+
+/// What a decode's memory depends on besides the size, per format.
+#[derive(Debug, Clone, Copy)]
+enum Cost {
+    Png { channels: usize, raw_row: u64, interlaced: bool },
+    Jpeg { format: jpeg_decoder::PixelFormat, process: jpeg_decoder::CodingProcess },
+    Webp { len: u64, lossy: bool, alpha: bool, animated: bool },
+}
+
+impl Cost {
+    fn memory(self, size: (u32, u32), target: Option<(u32, u32)>) -> u64 {
+        let decode = match self {
+            Cost::Png { channels, raw_row, interlaced } => png::memory(size, target, channels, raw_row, interlaced),
+            Cost::Jpeg { format, process } => jpeg::memory(size, target, format, process),
+            Cost::Webp { len, lossy, alpha, animated } => webp::memory(size, target, len, lossy, alpha, animated),
+        };
+        // Then, the decoder gone, re-encoding the shrunk picture: PNG, its 4 bytes a pixel
+        // and the encoded bytes (at most about as many); or JPEG, 3 bytes a pixel, an RGB
+        // copy for the encoder and the encoded bytes.
+        decode.max(target.map_or(0, |(w, h)| 9 * u64::from(w) * u64::from(h)) + MIB)
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// Reads the header and refuses, before any pixel is allocated, what is empty, too
+/// large, not an accepted format, unreadable, over `max_pixels`, or would take more
+/// memory to decode than `max_decode_memory`.
+pub fn inspect<R: BufRead + Seek>(raw: &mut R, len: u64, cfg: &UploadConfig) -> Result<Inspection, ApiError> {
     if len == 0 {
         return Err(ApiError::new(Code::EmptyFile));
     }
     if len > cfg.max_bytes {
         return Err(too_large(cfg.max_bytes));
     }
-    let mut head = [0u8; 32];
-    let read = read_head(&mut raw, &mut head).map_err(ApiError::internal)?;
-    let format = sniff(&head[..read], &cfg.formats).ok_or_else(|| {
-        let names: Vec<_> = cfg.formats.iter().map(|f| format_name(*f).to_uppercase()).collect();
-        ApiError::with_message(
-            Code::UnsupportedImageFormat,
-            format!("Unsupported image format: send a {} picture.", names.join(", ")),
-        )
-    })?;
-    // The header alone tells the size; a decompression bomb is refused here, before a
-    // single pixel is allocated.
-    raw.seek(SeekFrom::Start(0)).map_err(ApiError::internal)?;
-    let (width, height) = ImageReader::with_format(&mut raw, to_image_format(format))
-        .into_dimensions()
-        .map_err(|_| ApiError::new(Code::CorruptImage))?;
-    let pixels = u64::from(width) * u64::from(height);
+    let (format, header) = read_header(raw, len, &cfg.formats)?;
+    let (width, height) = (header.width, header.height);
     if width == 0 || height == 0 {
         return Err(ApiError::new(Code::CorruptImage));
     }
-    if pixels > cfg.max_pixels {
+    if u64::from(width) * u64::from(height) > cfg.max_pixels {
         return Err(ApiError::with_message(
             Code::ImageTooManyPixels,
             format!(
@@ -198,30 +236,86 @@ pub fn validate_image<R: BufRead + Seek>(mut raw: R, len: u64, cfg: &UploadConfi
             ),
         ));
     }
-    raw.seek(SeekFrom::Start(0)).map_err(ApiError::internal)?;
-    let longest = width.max(height);
-    let (target_width, target_height) = fit_within(width, height, cfg.max_side);
-    let decoded = match format {
-        // Only checked, not kept: the smallest scale proves the whole file decodes.
-        ImageFormatName::Jpeg if longest <= cfg.max_side => decode_jpeg(raw, (width, height), (1, 1))?,
-        ImageFormatName::Jpeg => decode_jpeg(raw, (width, height), (target_width, target_height))?,
-        _ => {
-            let mut reader = ImageReader::with_format(raw, to_image_format(format));
-            let mut limits = Limits::default();
-            limits.max_image_width = Some(width);
-            limits.max_image_height = Some(height);
-            limits.max_alloc = Some(pixels.saturating_mul(16).max(1 << 20));
-            reader.limits(limits);
-            reader.decode().map_err(|_| ApiError::new(Code::CorruptImage))?
-        }
-    };
-    if longest <= cfg.max_side {
-        return Ok(ValidImage { scaled: None, format, width, height, original_width: width, original_height: height });
+    let target = (width.max(height) > cfg.max_side).then(|| fit_within(width, height, cfg.max_side));
+    let memory = header.cost.memory((width, height), target);
+    if memory > cfg.max_decode_memory {
+        return Err(ApiError::with_message(
+            Code::ImageTooManyPixels,
+            format!(
+                "The picture is a {width}×{height} {}; decoding it would take about {}, over the limit of {} \
+                 per picture. Send it smaller, or as a PNG or baseline JPEG.",
+                header.kind,
+                human_size(memory),
+                human_size(cfg.max_decode_memory)
+            ),
+        ));
     }
-    // `thumbnail` averages whole source pixels in integer arithmetic: no floating-point
-    // copy of the picture, unlike `resize`, and a box filter is what shrinking wants.
-    let scaled = decoded.thumbnail_exact(target_width, target_height);
-    drop(decoded);
+    Ok(Inspection { format, width, height, kind: header.kind, target, memory, len })
+}
+
+/// A stored picture's header, for decoding it shrunk to `side` (or whole, when it is no
+/// larger), with no limit but the ones it was stored under.
+pub fn inspect_stored<R: BufRead + Seek>(
+    raw: &mut R,
+    len: u64,
+    format: ImageFormatName,
+    side: u32,
+) -> Result<Inspection, ApiError> {
+    let (format, header) = read_header(raw, len, &[format])?;
+    let (width, height) = (header.width, header.height);
+    if width == 0 || height == 0 {
+        return Err(ApiError::new(Code::CorruptImage));
+    }
+    let target = Some(fit_within(width, height, side.min(width.max(height))));
+    let memory = header.cost.memory((width, height), target);
+    Ok(Inspection { format, width, height, kind: header.kind, target, memory, len })
+}
+
+fn read_header<R: BufRead + Seek>(
+    raw: &mut R,
+    len: u64,
+    formats: &[ImageFormatName],
+) -> Result<(ImageFormatName, Header), ApiError> {
+    raw.seek(SeekFrom::Start(0)).map_err(ApiError::internal)?;
+    let mut head = [0u8; 32];
+    let read = read_head(raw, &mut head).map_err(ApiError::internal)?;
+    let format = sniff(&head[..read], formats).ok_or_else(|| {
+        let names: Vec<_> = formats.iter().map(|f| format_name(*f).to_uppercase()).collect();
+        ApiError::with_message(
+            Code::UnsupportedImageFormat,
+            format!("Unsupported image format: send a {} picture.", names.join(", ")),
+        )
+    })?;
+    raw.seek(SeekFrom::Start(0)).map_err(ApiError::internal)?;
+    let header = match format {
+        ImageFormatName::Png => png::header(&mut *raw),
+        ImageFormatName::Jpeg => jpeg::header(&mut *raw, len),
+        ImageFormatName::Webp => webp::header(&mut *raw, len),
+    };
+    Ok((format, header.ok_or_else(|| ApiError::new(Code::CorruptImage))?))
+}
+
+/// Decodes the whole file, which proves it complete, and returns it shrunk to the
+/// inspection's target, if it has one. CPU-bound: call it from a blocking thread, after
+/// taking the memory the inspection says it needs.
+pub fn decode<R: BufRead + Seek>(mut raw: R, inspection: &Inspection) -> Result<Option<DynamicImage>, ApiError> {
+    raw.seek(SeekFrom::Start(0)).map_err(ApiError::internal)?;
+    let size = (inspection.width, inspection.height);
+    let decoded = match inspection.format {
+        ImageFormatName::Png => png::decode(raw, inspection.target),
+        ImageFormatName::Jpeg => jpeg::decode(raw, inspection.len, size, inspection.target),
+        ImageFormatName::Webp => webp::decode(raw, size, inspection.target),
+    };
+    decoded.map_err(|()| ApiError::new(Code::CorruptImage))
+}
+
+/// Checks an inspected picture and scales it down when its longest side is over the
+/// limit. CPU-bound: call it from a blocking thread.
+pub fn validate_inspected<R: BufRead + Seek>(raw: R, inspection: &Inspection) -> Result<ValidImage, ApiError> {
+    let (format, width, height) = (inspection.format, inspection.width, inspection.height);
+    let Some(scaled) = decode(raw, inspection)? else {
+        return Ok(ValidImage { scaled: None, format, width, height, original_width: width, original_height: height });
+    };
     let (bytes, format) = encode(&scaled)?;
     Ok(ValidImage {
         scaled: Some(bytes),
@@ -233,45 +327,12 @@ pub fn validate_image<R: BufRead + Seek>(mut raw: R, len: u64, cfg: &UploadConfi
     })
 }
 
-/// Decodes a JPEG at the smallest scale its DCT allows that still covers `target`
-/// (1/8 of the size when the picture is only checked), so a 12-megapixel phone photo
-/// never sits in memory at full size. `jpeg-decoder` rather than the `image` crate's
-/// decoder, because that one fills a truncated file with grey instead of refusing it.
-fn decode_jpeg<R: Read>(raw: R, size: (u32, u32), target: (u32, u32)) -> Result<DynamicImage, ApiError> {
-    let corrupt = |_| ApiError::new(Code::CorruptImage);
-    let mut decoder = jpeg_decoder::Decoder::new(raw);
-    decoder.read_info().map_err(corrupt)?;
-    let info = decoder.info().ok_or_else(|| ApiError::new(Code::CorruptImage))?;
-    if (u32::from(info.width), u32::from(info.height)) != size {
-        return Err(ApiError::new(Code::CorruptImage));
-    }
-    // The decoder picks the smallest of 1/8 … 8/8 at least this large.
-    let request = |side: u32| u16::try_from(side).unwrap_or(u16::MAX).max(1);
-    let (w, h) = decoder.scale(request(target.0), request(target.1)).map_err(corrupt)?;
-    let pixels = decoder.decode().map_err(corrupt)?;
-    let (w, h) = (u32::from(w), u32::from(h));
-    let image = match decoder.info().map(|i| i.pixel_format) {
-        Some(jpeg_decoder::PixelFormat::RGB24) => image::RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
-        Some(jpeg_decoder::PixelFormat::L8) => image::GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
-        Some(jpeg_decoder::PixelFormat::L16) => {
-            let wide = pixels.chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])).collect();
-            image::ImageBuffer::from_raw(w, h, wide).map(DynamicImage::ImageLuma16)
-        }
-        Some(jpeg_decoder::PixelFormat::CMYK32) => {
-            // Ink amounts (the decoder undoes Adobe's inverted storage): what light
-            // is left after the colour ink and after the black ink.
-            let rgb = pixels
-                .chunks_exact(4)
-                .flat_map(|p| {
-                    let white = 255 - u16::from(p[3]);
-                    [p[0], p[1], p[2]].map(|ink| (((255 - u16::from(ink)) * white + 127) / 255) as u8)
-                })
-                .collect();
-            image::RgbImage::from_raw(w, h, rgb).map(DynamicImage::ImageRgb8)
-        }
-        None => None,
-    };
-    image.ok_or_else(|| ApiError::new(Code::CorruptImage))
+/// Checks a picture and scales it down when its longest side is over the limit, with
+/// no memory budget but the per-picture cap. CPU-bound: call it from a blocking thread.
+/// `len` is the picture's size in bytes.
+pub fn validate_image<R: BufRead + Seek>(mut raw: R, len: u64, cfg: &UploadConfig) -> Result<ValidImage, ApiError> {
+    let inspection = inspect(&mut raw, len, cfg)?;
+    validate_inspected(raw, &inspection)
 }
 
 /// Checks a picture held in memory.
@@ -342,106 +403,4 @@ pub fn validate_prompt(text: &str, max_chars: usize) -> Result<String, ApiError>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn png(width: u32, height: u32) -> Bytes {
-        let img = DynamicImage::new_rgba8(width, height);
-        let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).expect("encode");
-        Bytes::from(out)
-    }
-
-    fn jpeg(width: u32, height: u32, gray: bool) -> Vec<u8> {
-        let rgb =
-            image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, (x ^ y) as u8]));
-        let img = if gray { DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(rgb).to_luma8()) } else { rgb.into() };
-        let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Jpeg).expect("encode");
-        out
-    }
-
-    #[test]
-    fn jpegs_are_checked_whole_and_scaled_from_a_reduced_decode() {
-        let cfg = UploadConfig { max_side: 100, ..UploadConfig::default() };
-        for gray in [false, true] {
-            let small = validate_bytes(&jpeg(90, 60, gray), &cfg).expect("small jpeg");
-            assert!(small.scaled.is_none(), "kept as sent");
-            assert_eq!((small.width, small.height), (90, 60));
-
-            let big = validate_bytes(&jpeg(300, 200, gray), &cfg).expect("big jpeg");
-            assert_eq!((big.width, big.height), (100, 67));
-            let stored = image::load_from_memory(big.scaled.as_ref().expect("re-encoded")).expect("decodes");
-            assert_eq!((stored.width(), stored.height()), (100, 67));
-
-            // A cut file is refused, not filled with grey.
-            let full = jpeg(300, 200, gray);
-            for keep in [0.3, 0.7, 0.95] {
-                let cut = &full[..(full.len() as f64 * keep) as usize];
-                assert_eq!(validate_bytes(cut, &cfg).expect_err("truncated").code, Code::CorruptImage, "{keep}");
-            }
-        }
-    }
-
-    #[test]
-    fn scales_down_keeping_aspect_ratio() {
-        let cfg = UploadConfig { max_side: 64, ..UploadConfig::default() };
-        let valid = validate_bytes(&png(200, 100), &cfg).expect("valid");
-        assert_eq!((valid.width, valid.height), (64, 32));
-        assert_eq!((valid.original_width, valid.original_height), (200, 100));
-        assert_eq!(valid.format, ImageFormatName::Png);
-    }
-
-    #[test]
-    fn refuses_declared_pixels_over_the_limit_before_decoding() {
-        let cfg = UploadConfig { max_pixels: 100, ..UploadConfig::default() };
-        let err = validate_bytes(&png(20, 20), &cfg).expect_err("too many pixels");
-        assert_eq!(err.code, Code::ImageTooManyPixels);
-    }
-
-    #[test]
-    fn refuses_truncated_and_foreign_bytes() {
-        let cfg = UploadConfig::default();
-        let full = png(64, 64);
-        let cut = full.slice(..full.len() / 2);
-        assert_eq!(validate_bytes(&cut, &cfg).expect_err("truncated").code, Code::CorruptImage);
-        let gif = Bytes::from_static(b"GIF89a\x01\x00\x01\x00\x00\x00\x00;");
-        assert_eq!(validate_bytes(&gif, &cfg).expect_err("gif").code, Code::UnsupportedImageFormat);
-        assert_eq!(validate_bytes(&[], &cfg).expect_err("empty").code, Code::EmptyFile);
-    }
-
-    proptest! {
-        #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = validate_bytes(&bytes, &UploadConfig::default());
-        }
-
-        #[test]
-        fn damaged_jpegs_never_panic(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..12), cut in 0.2f64..1.0) {
-            let cfg = UploadConfig { max_side: 16, ..UploadConfig::default() };
-            let mut bytes = jpeg(40, 24, false);
-            for (at, value) in flips {
-                let i = at.index(bytes.len());
-                bytes[i] = value;
-            }
-            bytes.truncate(((bytes.len() as f64) * cut) as usize);
-            let _ = validate_bytes(&bytes, &cfg);
-        }
-
-        #[test]
-        fn prompts_with_control_characters_are_refused(prefix in "[a-z ]{1,20}", c in 0u32..32) {
-            let ch = char::from_u32(c).unwrap_or('\0');
-            prop_assume!(!matches!(ch, '\n' | '\r' | '\t'));
-            let text = format!("{prefix}x{ch}y");
-            prop_assert_eq!(validate_prompt(&text, 1024).expect_err("control").code, Code::PromptInvalidCharacters);
-        }
-
-        #[test]
-        fn prompt_length_limit_counts_characters(n in 1usize..40) {
-            let text = "字".repeat(n);
-            let result = validate_prompt(&text, 20);
-            prop_assert_eq!(result.is_ok(), n <= 20);
-        }
-    }
-}
+mod tests;

@@ -26,6 +26,10 @@ pub struct UploadLimits {
     pub max_side: u32,
     /// Longest accepted prompt, in Unicode characters, after trimming.
     pub max_prompt_chars: usize,
+    /// Most memory, in bytes, decoding one picture may take, as the server estimates it
+    /// from the header (format, size, bit depth, progressive or not); a picture over it is
+    /// refused with `image_too_many_pixels`. See "Input validation" in the docs.
+    pub max_decode_memory: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -48,6 +52,7 @@ async fn limits(State(state): State<AppState>) -> Json<Limits> {
             max_pixels: upload.max_pixels,
             max_side: upload.max_side,
             max_prompt_chars: upload.max_prompt_chars,
+            max_decode_memory: upload.max_decode_memory,
         },
     })
 }

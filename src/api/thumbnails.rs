@@ -11,13 +11,17 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use std::io::Cursor;
+
 use image::{ImageFormat, codecs::jpeg::JpegEncoder};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
     api::{AppState, openapi::Binary, params::Path},
+    config::ImageFormatName,
     error::{ApiError, ApiResult, Code, ErrorBody},
+    input::{self, Inspection},
 };
 
 /// The longest side of a thumbnail: sharp at 160 CSS pixels on a 2× screen.
@@ -64,14 +68,21 @@ async fn thumbnail(State(state): State<AppState>, Path(id): Path<String>, header
     }
     let bytes = state.gateway.storage.get(&picture.key).await.map_err(ApiError::internal)?;
     let format = match picture.format.as_str() {
-        "png" => ImageFormat::Png,
-        "webp" => ImageFormat::WebP,
-        _ => ImageFormat::Jpeg,
+        "png" => ImageFormatName::Png,
+        "webp" => ImageFormatName::Webp,
+        _ => ImageFormatName::Jpeg,
     };
-    let (body, content_type) = tokio::task::spawn_blocking(move || make(&bytes, format))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    // Decoded like an upload, and within the same memory budget.
+    let inspection = input::inspect_stored(&mut Cursor::new(&bytes), bytes.len() as u64, format, SIDE)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("cannot read the stored picture's header: {e}")))?;
+    let permit = state.gateway.decodes.reserve(inspection.memory).await?;
+    let (body, content_type) = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        make(&bytes, &inspection)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     let mut response = (StatusCode::OK, body).into_response();
     let out = response.headers_mut();
     out.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -83,11 +94,11 @@ async fn thumbnail(State(state): State<AppState>, Path(id): Path<String>, header
     Ok(response)
 }
 
-/// Decodes, shrinks with a box filter and encodes. The stored picture was validated and
-/// bounded in size when it was stored, so decoding it is safe.
-fn make(bytes: &[u8], format: ImageFormat) -> anyhow::Result<(Vec<u8>, &'static str)> {
-    let image = image::load_from_memory_with_format(bytes, format)?;
-    let small = if image.width() > SIDE || image.height() > SIDE { image.thumbnail(SIDE, SIDE) } else { image };
+/// Decodes, shrinks with a box filter (as it reads, for PNG) and encodes.
+fn make(bytes: &[u8], inspection: &Inspection) -> anyhow::Result<(Vec<u8>, &'static str)> {
+    let small = input::decode(Cursor::new(bytes), inspection)
+        .map_err(|e| anyhow::anyhow!("cannot decode the stored picture: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("the decoder returned no picture"))?;
     let mut out = Vec::new();
     if small.color().has_alpha() {
         small.write_to(&mut std::io::Cursor::new(&mut out), ImageFormat::Png)?;
@@ -109,10 +120,17 @@ mod tests {
         out
     }
 
+    fn thumbnail(bytes: &[u8], format: ImageFormatName) -> anyhow::Result<(Vec<u8>, &'static str)> {
+        let inspection = input::inspect_stored(&mut Cursor::new(bytes), bytes.len() as u64, format, SIDE)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        make(bytes, &inspection)
+    }
+
     #[test]
     fn large_pictures_shrink_to_the_side_keeping_their_shape() {
         let picture = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(2048, 1024, Rgb([200, 40, 40])));
-        let (bytes, content_type) = make(&encode(&picture, ImageFormat::Png), ImageFormat::Png).expect("thumbnail");
+        let (bytes, content_type) =
+            thumbnail(&encode(&picture, ImageFormat::Png), ImageFormatName::Png).expect("thumbnail");
         assert_eq!(content_type, "image/jpeg");
         let small = image::load_from_memory(&bytes).expect("decodes");
         assert_eq!((small.width(), small.height()), (SIDE, SIDE / 2));
@@ -121,7 +139,8 @@ mod tests {
     #[test]
     fn transparency_is_kept_and_small_pictures_are_not_enlarged() {
         let picture = DynamicImage::ImageRgba8(ImageBuffer::from_pixel(100, 60, Rgba([0, 0, 0, 0])));
-        let (bytes, content_type) = make(&encode(&picture, ImageFormat::Png), ImageFormat::Png).expect("thumbnail");
+        let (bytes, content_type) =
+            thumbnail(&encode(&picture, ImageFormat::Png), ImageFormatName::Png).expect("thumbnail");
         assert_eq!(content_type, "image/png");
         let small = image::load_from_memory(&bytes).expect("decodes");
         assert_eq!((small.width(), small.height()), (100, 60));
@@ -130,6 +149,9 @@ mod tests {
 
     #[test]
     fn damaged_bytes_are_an_error_not_a_panic() {
-        assert!(make(b"not a picture", ImageFormat::Jpeg).is_err());
+        assert!(thumbnail(b"not a picture", ImageFormatName::Jpeg).is_err());
+        let whole =
+            encode(&DynamicImage::ImageRgb8(ImageBuffer::from_pixel(400, 300, Rgb([1, 2, 3]))), ImageFormat::Png);
+        assert!(thumbnail(&whole[..whole.len() / 2], ImageFormatName::Png).is_err());
     }
 }

@@ -133,6 +133,13 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     if upload.max_prompt_chars == 0 {
         problems.push("upload.max_prompt_chars", "must be greater than 0");
     }
+    // The budget is counted in KiB permits of a semaphore, whose count is a u32 per request.
+    if upload.decode_memory < 16 * 1024 * 1024 || upload.decode_memory / 1024 > u64::from(u32::MAX) {
+        problems.push("upload.decode_memory", "must be between 16 MiB (16777216) and 4 TiB");
+    }
+    if upload.max_decode_memory == 0 || upload.max_decode_memory > upload.decode_memory {
+        problems.push("upload.max_decode_memory", "must be greater than 0 and at most upload.decode_memory");
+    }
     let tasks = &config.tasks;
     if tasks.deadline.is_zero() {
         problems.push("tasks.deadline", "must be longer than 0s");

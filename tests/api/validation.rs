@@ -131,3 +131,103 @@ async fn bad_prompts_are_refused_with_their_codes() {
     assert_eq!(response.status().as_u16(), 415);
     app.stop().await;
 }
+
+/// A 16-bit RGBA PNG written a row at a time, so the test never holds its 8 bytes a pixel.
+fn png16(width: u32, height: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgba);
+    encoder.set_depth(png::BitDepth::Sixteen);
+    let mut writer = encoder.write_header().unwrap();
+    let mut stream = writer.stream_writer().unwrap();
+    let mut row = vec![0u8; width as usize * 8];
+    for y in 0..height {
+        for (x, px) in row.chunks_exact_mut(8).enumerate() {
+            let (r, g) = ((x as u32 * 65535 / width) as u16, (y * 65535 / height) as u16);
+            px[..2].copy_from_slice(&r.to_be_bytes());
+            px[2..4].copy_from_slice(&g.to_be_bytes());
+            px[4..].copy_from_slice(&[128, 0, 255, 255]);
+        }
+        std::io::Write::write_all(&mut stream, &row).unwrap();
+    }
+    stream.finish().unwrap();
+    drop(writer);
+    out
+}
+
+fn jpeg(side: u32, progressive: bool) -> Vec<u8> {
+    let pixels: Vec<u8> = (0..side * side).flat_map(|i| [(i % side) as u8, (i / side) as u8, 90]).collect();
+    let mut out = Vec::new();
+    let mut encoder = jpeg_encoder::Encoder::new(&mut out, 80);
+    encoder.set_progressive(progressive);
+    encoder.encode(&pixels, side as u16, side as u16, jpeg_encoder::ColorType::Rgb).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn the_costliest_pictures_are_stored_small_or_refused_before_decoding_and_cut_ones_are_corrupt() {
+    let app = TestApp::spawn().await;
+    let answer = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap_or(Value::Null))
+    };
+
+    // Issue 9's picture: 288 MB of samples in a few hundred KB. Decoded a row at a
+    // time, stored at 2048 px and 8 bits.
+    let (status, picture) = answer(app.upload("/api/v1/pictures", png16(6000, 6000), &[]).await).await;
+    assert_eq!(status, 201, "{picture}");
+    assert_eq!((picture["width"].as_u64(), picture["height"].as_u64()), (Some(2048), Some(2048)));
+    assert_eq!(picture["format"], "png");
+    let stored = app.client.get(picture["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+    let stored = image::load_from_memory(&stored).unwrap();
+    assert_eq!(stored.color(), image::ColorType::Rgba8);
+    let thumbnail = app.client.get(picture["links"]["thumbnail"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(thumbnail.status().as_u16(), 200);
+
+    // A progressive JPEG keeps its whole picture's coefficients: refused from its header.
+    let (status, body) = answer(app.upload("/api/v1/tasks", jpeg(4000, true), &[]).await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "image_too_many_pixels");
+    let message = body["error"]["message"].as_str().unwrap();
+    for words in ["4000×4000", "progressive JPEG", "MB", "limit"] {
+        assert!(message.contains(words), "{words}: {message}");
+    }
+    // The same picture as baseline is accepted.
+    let baseline = jpeg(4000, false);
+    let (status, body) = answer(app.upload("/api/v1/pictures", baseline.clone(), &[]).await).await;
+    assert_eq!(status, 201, "{body}");
+
+    // A big lossless WebP is decoded whole: refused from its header too.
+    let flat = image::RgbImage::from_pixel(5000, 5000, image::Rgb([10, 200, 30]));
+    let mut webp = Vec::new();
+    flat.write_to(&mut std::io::Cursor::new(&mut webp), image::ImageFormat::WebP).unwrap();
+    let (status, body) = answer(app.upload("/api/v1/tasks", webp, &[]).await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "image_too_many_pixels");
+    assert!(body["error"]["message"].as_str().unwrap().contains("lossless WebP"), "{body}");
+
+    // Cut short: a JPEG claiming 6000 × 6000 in 4 KB, plain and closed with an
+    // end-of-image marker (which the decoder alone would fill with grey); and the
+    // accepted baseline JPEG cut at half its length and closed.
+    let full = jpeg(6000, true);
+    let closed = |bytes: &[u8], keep: usize| [&bytes[..keep], &[0xFF, 0xD9]].concat();
+    for bytes in [full[..4096].to_vec(), closed(&full, 4094), closed(&baseline, baseline.len() / 2)] {
+        let (status, body) = answer(app.upload("/api/v1/tasks", bytes, &[]).await).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("corrupt_image")), "{body}");
+    }
+    // WebPs whose RIFF length is too large or too small.
+    let toy = fixture("toy.webp");
+    let riff = u32::from_le_bytes([toy[4], toy[5], toy[6], toy[7]]);
+    for wrong in [riff + 2, riff - 2] {
+        let mut bytes = toy.clone();
+        bytes[4..8].copy_from_slice(&wrong.to_le_bytes());
+        let (status, body) = answer(app.upload("/api/v1/tasks", bytes, &[]).await).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("corrupt_image")), "{body}");
+    }
+
+    let (_, limits) = app.get_json("/api/v1/limits").await;
+    assert_eq!(limits["upload"]["max_decode_memory"], 160 * 1024 * 1024);
+    let (_, page) = app.get_json("/api/v1/pictures").await;
+    assert_eq!(page["total"], 2, "only the two accepted pictures were stored");
+    app.stop().await;
+}
