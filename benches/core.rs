@@ -15,7 +15,8 @@
 //!
 //! Knobs (environment): `KILN_BENCH_TASKS` (5000), `KILN_BENCH_CLIENTS` (32),
 //! `KILN_BENCH_SUBSCRIBERS` (1000), `KILN_BENCH_TICKS` (50), `KILN_BENCH_TICK_MS` (20),
-//! `KILN_BENCH_POSITION_WINDOW` (kiln's default when unset), `KILN_BENCH_REPEAT` (3 runs
+//! `KILN_BENCH_POSITION_WINDOW` (kiln's default when unset), `KILN_BENCH_SSE_CLIENT`
+//! (`raw`: subscribers on plain sockets), `KILN_BENCH_REPEAT` (3 runs
 //! of each upload measurement; the median is reported).
 
 use std::{
@@ -472,7 +473,13 @@ async fn connect_subscribers(client: &reqwest::Client, url: &str, n: usize, tick
     let mut handles = Vec::with_capacity(n);
     for _ in 0..n {
         let (client, url, connected) = (client.clone(), url.to_owned(), Arc::clone(&connected));
-        handles.push(tokio::spawn(async move { subscribe(client, url, ticks, connected).await }));
+        handles.push(tokio::spawn(async move {
+            if raw_client() {
+                subscribe_raw(url, ticks, connected).await
+            } else {
+                subscribe(client, url, ticks, connected).await
+            }
+        }));
     }
     while connected.load(Ordering::Relaxed) < n {
         assert!(started.elapsed() < Duration::from_secs(120), "subscribers did not all connect");
@@ -623,6 +630,62 @@ async fn bench_sse_split() -> Value {
         "server_per_subscriber_kib": per(server_before, server_connected),
         "client_per_subscriber_kib": per(client_before, client_connected),
     })
+}
+
+/// `KILN_BENCH_SSE_CLIENT=raw`: subscribers read the stream's bytes off a plain socket
+/// and look only for the send time in each event, instead of parsing HTTP, SSE and JSON
+/// with reqwest and eventsource-stream. The client then costs the shared cores far less,
+/// which shows the server's own fan-out better (on a real network the clients are on
+/// other machines).
+fn raw_client() -> bool {
+    std::env::var("KILN_BENCH_SSE_CLIENT").is_ok_and(|v| v == "raw")
+}
+
+async fn subscribe_raw(url: String, ticks: usize, connected: Arc<AtomicUsize>) -> anyhow::Result<Received> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("not http: {url}"))?;
+    let (addr, path) = rest.split_once('/').ok_or_else(|| anyhow::anyhow!("no path: {url}"))?;
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
+        .await?;
+    let mut received = Received { latencies_us: Vec::with_capacity(ticks), ended: false };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut first = true;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let now = now_us();
+        if first {
+            first = false;
+            connected.fetch_add(1, Ordering::Relaxed);
+        }
+        pending.extend_from_slice(&buf[..n]);
+        // Whole events only; a chunk may end inside one.
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            const MARK: &str = "\"stage\":\"tick-";
+            if let Some(at) = text.find(MARK) {
+                let sent = text[at + MARK.len()..]
+                    .split('"')
+                    .next()
+                    .and_then(|s| s.rsplit_once('-'))
+                    .and_then(|(_, t)| t.parse::<u64>().ok());
+                if let Some(sent) = sent {
+                    received.latencies_us.push(now.saturating_sub(sent));
+                }
+            }
+            if text.contains("event: completed") || text.contains("event: failed") {
+                received.ended = true;
+                return Ok(received);
+            }
+        }
+    }
+    Ok(received)
 }
 
 async fn subscribe(

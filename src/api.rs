@@ -38,11 +38,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use tokio_util::sync::CancellationToken;
-use tower_http::{
-    cors::{AllowOrigin, Any, CorsLayer},
-    trace::{DefaultOnResponse, TraceLayer},
-};
-use tracing::Level;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
@@ -124,20 +121,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(cors(&config.server.cors_origins))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let id = request.headers().get(request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-                })
-                .on_request(|request: &Request, _span: &tracing::Span| {
-                    let length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
-                    tracing::debug!(content_length = length, "request received")
-                })
-                .on_response(DefaultOnResponse::new().level(Level::INFO))
-                // Errors are logged once, where they are turned into responses.
-                .on_failure(()),
-        )
+        .layer(middleware::from_fn(trace_request))
         .layer(middleware::from_fn(request_id::middleware))
         .with_state(state)
 }
@@ -154,6 +138,25 @@ fn cors(origins: &[String]) -> CorsLayer {
         let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
         layer.allow_origin(AllowOrigin::list(list))
     }
+}
+
+/// Runs the request inside a span with its method, path and request id, so every log
+/// line about it carries them, and logs its answer. Only the handler runs in the span:
+/// tower-http's `TraceLayer` also enters it for every chunk of the answer's body, which
+/// for an event stream followed by thousands of clients cost 4 % of the server's time.
+async fn trace_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request.headers().get(request_id::HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let span =
+        tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
+        span.in_scope(|| tracing::debug!(content_length = length, "request received"));
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    let latency = started.elapsed().as_millis();
+    span.in_scope(|| tracing::info!(status = response.status().as_u16(), latency_ms = latency, "answered"));
+    response
 }
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {

@@ -157,7 +157,7 @@ pub struct RetentionConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` filter, e.g. `info` or `kiln=debug,tower_http=info`.
+    /// A `tracing` filter, e.g. `info` or `kiln=debug,sqlx=warn`.
     pub level: String,
     /// Console format.
     pub format: LogFormat,

@@ -152,9 +152,11 @@ pub fn follow(
                     }
                 }
             }
+            // The live event first: when it is ready, as it is at nearly every wake-up,
+            // the shutdown future and the timer are not polled (each poll of them takes a
+            // lock shared by every follower); their wake-ups stay registered meanwhile.
             tokio::select! {
                 biased;
-                _ = &mut stopped => return,
                 received = sub.receiver.recv() => {
                     heard = Instant::now();
                     match received {
@@ -176,6 +178,7 @@ pub fn follow(
                         }
                     }
                 }
+                _ = &mut stopped => return,
                 _ = &mut fallback => {
                     // The timer is not moved at every event; when it fires early for a
                     // follower that heard something since, it is set again from then.
