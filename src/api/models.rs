@@ -16,7 +16,7 @@ use crate::{
     api::{
         AppState, forms,
         params::Path,
-        tasks::{output_view, parse_id},
+        tasks::{finished, main_output, parse_id},
     },
     error::{ApiError, ApiResult, Code, ErrorBody},
     tasks::{Task, TaskStatus},
@@ -181,16 +181,8 @@ struct JobResult {
     )
 )]
 async fn model_result(State(state): State<AppState>, Path(job_id): Path<String>) -> ApiResult<Json<JobResult>> {
-    let gateway = &state.gateway;
-    let task = gateway.task(parse_id(&job_id)?).await?;
-    if !task.status.is_terminal() {
-        return Err(ApiError::with_message(
-            Code::TaskNotFinished,
-            format!("The job is {}; its result is not ready yet.", status_word(task.status)),
-        ));
-    }
-    let outputs: Vec<_> = gateway.artifacts(task.id).await?.iter().map(|a| output_view(gateway, a)).collect();
-    let main = outputs.iter().find(|o| o.role == "model" || o.role == "image").or(outputs.first());
+    let (task, outputs) = finished(&state.gateway, &job_id, status_word).await?;
+    let main = main_output(&outputs);
     Ok(Json(JobResult {
         job_id: task.id.to_string(),
         status: status_word(task.status).to_owned(),

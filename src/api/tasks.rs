@@ -341,13 +341,36 @@ pub fn output_view(gateway: &Gateway, artifact: &Artifact) -> OutputView {
         name: artifact.name.clone(),
         role: artifact.role.clone(),
         url: gateway.file_url(&artifact.key),
-        format: artifact.name.rsplit_once('.').map(|(_, ext)| ext.to_ascii_lowercase()).unwrap_or_default(),
+        format: Artifact::extension(&artifact.name),
         content_type: artifact.content_type.clone(),
         size: artifact.size,
         sha256: artifact.sha256.clone(),
         expired: artifact.expired_at.is_some(),
         metadata: artifact.metadata.clone(),
     }
+}
+
+/// A finished task and its outputs, for the result routes of every face; 409
+/// `task_not_finished` (saying `status`) while it is queued or running.
+pub async fn finished(
+    gateway: &Gateway,
+    id: &str,
+    status: fn(TaskStatus) -> &'static str,
+) -> ApiResult<(Task, Vec<OutputView>)> {
+    let task = gateway.task(parse_id(id)?).await?;
+    if !task.status.is_terminal() {
+        return Err(ApiError::with_message(
+            Code::TaskNotFinished,
+            format!("The task is {}; its result is not ready yet.", status(task.status)),
+        ));
+    }
+    let outputs = gateway.artifacts(task.id).await?.iter().map(|a| output_view(gateway, a)).collect();
+    Ok((task, outputs))
+}
+
+/// The output a result is about: the model or the image, else the first.
+pub fn main_output(outputs: &[OutputView]) -> Option<&OutputView> {
+    outputs.iter().find(|o| o.role == "model" || o.role == "image").or(outputs.first())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -391,17 +414,8 @@ struct ResultView {
     )
 )]
 async fn task_result(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ResultView>> {
-    let gateway = &state.gateway;
-    let task = gateway.task(parse_id(&id)?).await?;
-    if !task.status.is_terminal() {
-        return Err(ApiError::with_message(
-            Code::TaskNotFinished,
-            format!("The task is {}; its result is not ready yet.", task.status.as_str()),
-        ));
-    }
-    let artifacts = gateway.artifacts(task.id).await?;
-    let outputs: Vec<OutputView> = artifacts.iter().map(|a| output_view(gateway, a)).collect();
-    let main = outputs.iter().find(|o| o.role == "model" || o.role == "image").or(outputs.first());
+    let (task, outputs) = finished(&state.gateway, &id, TaskStatus::as_str).await?;
+    let main = main_output(&outputs);
     Ok(Json(ResultView {
         id: task.id,
         status: task.status,

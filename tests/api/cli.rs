@@ -114,11 +114,7 @@ async fn generate_submits_follows_and_downloads_the_result() {
 #[tokio::test]
 async fn cleanup_deletes_old_files_on_demand() {
     let app = TestApp::spawn().await;
-    let task = app.submit_image(&[]).await;
-    let id = task["id"].as_str().unwrap();
-    app.wait_terminal(id).await;
-    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
-    let url = result["outputs"][0]["url"].as_str().unwrap().to_owned();
+    let (_, url) = app.finished_output().await;
     assert_eq!(app.client.get(&url).send().await.unwrap().status().as_u16(), 200);
 
     let output = tokio::process::Command::new(KILN)

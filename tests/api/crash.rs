@@ -4,22 +4,13 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{ChildServer, config_toml, fixture, read_events};
-
-const SLOW_CHANNEL: &str = r#"
-[[channels]]
-name = "echo"
-type = "echo"
-max_concurrency = 2
-max_queue = 20
-models = [{ name = "echo", kind = "image_to_3d" }]
-"#;
+use crate::helpers::{ChildServer, config_toml, echo_channel, fixture, read_events};
 
 #[tokio::test]
 async fn every_task_reaches_an_end_after_a_sigkill_and_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kiln.toml");
-    std::fs::write(&path, config_toml(dir.path(), SLOW_CHANNEL)).unwrap();
+    std::fs::write(&path, config_toml(dir.path(), &echo_channel("echo", 2, 20))).unwrap();
     let client = reqwest::Client::new();
 
     let server = ChildServer::start(&path);
@@ -67,7 +58,7 @@ async fn files_a_crash_left_without_a_record_are_removed_at_the_next_start() {
     use kiln::app::Application;
 
     let dir = tempfile::tempdir().unwrap();
-    let config = crate::helpers::load_config_full(dir.path(), "", crate::helpers::TASKS, SLOW_CHANNEL);
+    let config = crate::helpers::load_config_full(dir.path(), "", crate::helpers::TASKS, &echo_channel("echo", 2, 20));
     let files = dir.path().join("data/files");
     let app = Application::build(config.clone(), &crate::provider::registry()).await.unwrap();
     let gateway = app.gateway();
@@ -104,10 +95,7 @@ async fn an_output_that_arrives_after_its_task_ended_is_not_kept() {
     assert_eq!(status, 503, "a disabled channel takes no task: {body}");
 
     // A task that is queued, not running: a late output is refused and its file removed.
-    let app = crate::helpers::TestApp::spawn_with(
-        "[[channels]]\nname = \"echo\"\ntype = \"echo\"\nmax_concurrency = 1\nmodels = [{ name = \"echo\", kind = \"image_to_3d\" }]\n",
-    )
-    .await;
+    let app = crate::helpers::TestApp::spawn_with(&echo_channel("echo", 1, 5)).await;
     let first = app.submit_image(&[("params", r#"{"steps": 50, "step_ms": 100}"#)]).await;
     let waiting = app.submit_image(&[]).await;
     let id: kiln::tasks::TaskId = waiting["id"].as_str().unwrap().parse().unwrap();

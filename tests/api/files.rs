@@ -9,11 +9,7 @@ use crate::helpers::{TestApp, fixture};
 #[tokio::test]
 async fn files_have_headers_ranges_and_etags() {
     let app = TestApp::spawn().await;
-    let task = app.submit_image(&[]).await;
-    let id = task["id"].as_str().unwrap();
-    app.wait_terminal(id).await;
-    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
-    let url = result["outputs"][0]["url"].as_str().unwrap().to_owned();
+    let (_, url) = app.finished_output().await;
     let expected = fixture("vase.png");
 
     let full = app.client.get(&url).send().await.unwrap();
@@ -54,11 +50,7 @@ async fn files_have_headers_ranges_and_etags() {
 #[tokio::test]
 async fn retention_deletes_old_files_which_then_answer_410() {
     let app = TestApp::spawn().await;
-    let task = app.submit_image(&[]).await;
-    let id = task["id"].as_str().unwrap();
-    app.wait_terminal(id).await;
-    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
-    let url = result["outputs"][0]["url"].as_str().unwrap().to_owned();
+    let (id, url) = app.finished_output().await;
     let key = url.split("/files/").nth(1).unwrap().to_owned();
     assert!(app.dir.path().join("data/files").join(&key).exists());
 

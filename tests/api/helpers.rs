@@ -69,6 +69,14 @@ pub fn load_config_full(dir: &Path, server: &str, tasks: &str, extra: &str) -> C
     Config::load_from(Some(&path), Vec::new(), &Default::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// An `echo` channel serving the model `echo` for `image_to_3d`, with these limits.
+pub fn echo_channel(name: &str, max_concurrency: u32, max_queue: u32) -> String {
+    format!(
+        "[[channels]]\nname = \"{name}\"\ntype = \"echo\"\nmax_concurrency = {max_concurrency}\n\
+         max_queue = {max_queue}\nmodels = [{{ name = \"echo\", kind = \"image_to_3d\" }}]\n"
+    )
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -145,6 +153,17 @@ impl TestApp {
     /// Reads the task's SSE stream to its end (or `limit` events).
     pub async fn events(&self, id: &str, last_event_id: Option<i64>, limit: usize) -> Vec<(i64, String, Value)> {
         read_events(&self.client, &self.url(&format!("/api/v1/tasks/{id}/events")), last_event_id, limit).await
+    }
+
+    /// Submits a picture, waits for the task to end, and returns its id and the URL of
+    /// its first output.
+    pub async fn finished_output(&self) -> (String, String) {
+        let task = self.submit_image(&[]).await;
+        let id = task["id"].as_str().expect("task id").to_owned();
+        self.wait_terminal(&id).await;
+        let (_, result) = self.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+        let url = result["outputs"][0]["url"].as_str().expect("an output").to_owned();
+        (id, url)
     }
 
     pub async fn wait_terminal(&self, id: &str) -> Value {

@@ -6,18 +6,13 @@ use serde_json::Value;
 
 use crate::helpers::TestApp;
 
-const ONE_PLUS_FIVE: &str = r#"
-[[channels]]
-name = "gpu"
-type = "echo"
-max_concurrency = 1
-max_queue = 5
-models = [{ name = "echo", kind = "image_to_3d" }]
-"#;
+fn one_plus_five() -> String {
+    crate::helpers::echo_channel("gpu", 1, 5)
+}
 
 #[tokio::test]
 async fn seven_concurrent_requests_to_a_one_plus_five_channel_get_exactly_one_503() {
-    let app = TestApp::spawn_with(ONE_PLUS_FIVE).await;
+    let app = TestApp::spawn_with(&one_plus_five()).await;
     let mut handles = Vec::new();
     for _ in 0..7 {
         let client = app.client.clone();
@@ -51,7 +46,7 @@ async fn seven_concurrent_requests_to_a_one_plus_five_channel_get_exactly_one_50
 
 #[tokio::test]
 async fn a_queued_task_can_be_canceled_and_a_finished_one_cannot() {
-    let app = TestApp::spawn_with(ONE_PLUS_FIVE).await;
+    let app = TestApp::spawn_with(&one_plus_five()).await;
     let first = app.submit_image(&[("params", r#"{"steps": 10, "step_ms": 100}"#)]).await;
     let second = app.submit_image(&[]).await;
     let id = second["id"].as_str().unwrap();

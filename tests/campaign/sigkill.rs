@@ -285,6 +285,23 @@ async fn keyed(
     }
 }
 
+/// Sends a task submission made by `build`, with an `Idempotency-Key` (retried across
+/// kills) `key_chance` times in a hundred.
+async fn submit(
+    shared: &Shared,
+    rng: &mut Rng,
+    op: &'static str,
+    upload: bool,
+    key_chance: u64,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) {
+    if rng.chance(key_chance) {
+        keyed(shared, op, 202, upload, |key| build().header("Idempotency-Key", key)).await;
+    } else if let Sent::Answer(status, body) = shared.send(op, build(), upload).await {
+        record_task(shared, op, status, &body, 202);
+    }
+}
+
 /// One client: picks an operation, runs it, pauses, until told to stop.
 async fn client(shared: Arc<Shared>, mut rng: Rng) {
     while !shared.stop.load(Ordering::SeqCst) {
@@ -306,21 +323,13 @@ async fn native_upload(shared: &Shared, rng: &mut Rng) {
     const OP: &str = "POST /api/v1/tasks (multipart)";
     let name = *rng.pick(&PICTURES);
     let params = params(rng).to_string();
-    let build = |key: Option<&str>| {
-        let mut request = shared
+    submit(shared, rng, OP, true, 35, || {
+        shared
             .client
             .post(shared.url("/api/v1/tasks"))
-            .multipart(picture_form(name, fixture(name)).text("params", params.clone()));
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        request
-    };
-    if rng.chance(35) {
-        keyed(shared, OP, 202, true, |key| build(Some(key))).await;
-    } else if let Sent::Answer(status, body) = shared.send(OP, build(None), true).await {
-        record_task(shared, OP, status, &body, 202);
-    }
+            .multipart(picture_form(name, fixture(name)).text("params", params.clone()))
+    })
+    .await;
 }
 
 async fn library_then_task(shared: &Shared, rng: &mut Rng) {
@@ -347,18 +356,7 @@ async fn stored_picture_task(shared: &Shared, rng: &mut Rng) {
 async fn task_from_picture(shared: &Shared, rng: &mut Rng, picture: &str) {
     const OP: &str = "POST /api/v1/tasks (picture_id)";
     let body = json!({"picture_id": picture, "params": params(rng)});
-    let build = |key: Option<&str>| {
-        let mut request = shared.client.post(shared.url("/api/v1/tasks")).json(&body);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        request
-    };
-    if rng.chance(35) {
-        keyed(shared, OP, 202, false, |key| build(Some(key))).await;
-    } else if let Sent::Answer(status, body) = shared.send(OP, build(None), false).await {
-        record_task(shared, OP, status, &body, 202);
-    }
+    submit(shared, rng, OP, false, 35, || shared.client.post(shared.url("/api/v1/tasks")).json(&body)).await;
 }
 
 async fn seed004(shared: &Shared, rng: &mut Rng) {
@@ -382,19 +380,11 @@ async fn seed000(shared: &Shared, rng: &mut Rng) {
     const OP: &str = "POST /api/v1/models";
     let name = *rng.pick(&PICTURES);
     let params = params(rng).to_string();
-    let build = |key: Option<&str>| {
+    submit(shared, rng, OP, true, 50, || {
         let form = picture_form(name, fixture(name)).text("params", params.clone());
-        let mut request = shared.client.post(shared.url("/api/v1/models")).multipart(form);
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        request
-    };
-    if rng.chance(50) {
-        keyed(shared, OP, 202, true, |key| build(Some(key))).await;
-    } else if let Sent::Answer(status, body) = shared.send(OP, build(None), true).await {
-        record_task(shared, OP, status, &body, 202);
-    }
+        shared.client.post(shared.url("/api/v1/models")).multipart(form)
+    })
+    .await;
 }
 
 async fn seed002(shared: &Shared, rng: &mut Rng) {
@@ -418,24 +408,16 @@ async fn slow_upload(shared: &Shared, rng: &mut Rng) {
     let bytes = Bytes::from(fixture(name));
     let pause = Duration::from_millis(15);
     let piece = (bytes.len() / 20).max(1);
-    let build = |key: Option<&str>| {
+    submit(shared, rng, OP, true, 50, || {
         let chunks: Vec<Bytes> = bytes.chunks(piece).map(Bytes::copy_from_slice).collect();
         let stream = futures::stream::iter(chunks).then(move |chunk| async move {
             tokio::time::sleep(pause).await;
             Ok::<_, std::io::Error>(chunk)
         });
         let part = Part::stream_with_length(reqwest::Body::wrap_stream(stream), bytes.len() as u64).file_name(name);
-        let mut request = shared.client.post(shared.url("/api/v1/tasks")).multipart(Form::new().part("image", part));
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        request
-    };
-    if rng.chance(50) {
-        keyed(shared, OP, 202, true, |key| build(Some(key))).await;
-    } else if let Sent::Answer(status, body) = shared.send(OP, build(None), true).await {
-        record_task(shared, OP, status, &body, 202);
-    }
+        shared.client.post(shared.url("/api/v1/tasks")).multipart(Form::new().part("image", part))
+    })
+    .await;
 }
 
 /// A 4096 × 3072 picture to the libraries: decoded, scaled down and re-encoded before
