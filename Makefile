@@ -23,6 +23,7 @@ test-deps:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --locked --all-targets -- -D warnings
+	$(CARGO) machete
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

@@ -107,6 +107,13 @@ if ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add clippy
 fi
 
+# cargo-machete, which `make lint` runs to catch dependencies nothing uses (tests only).
+# Installed once, at a pinned version, with its own locked dependencies.
+MACHETE_VERSION=0.9.2
+if $for_tests && ! cargo machete --version 2>/dev/null | grep -q "$MACHETE_VERSION"; then
+    cargo install cargo-machete --locked --version "$MACHETE_VERSION"
+fi
+
 # The Khronos glTF Validator, which the relief tests run on every model (tests only). `npm ci`
 # installs exactly the locked versions; it runs again only when node_modules is missing
 # or the lock file changed since the last install (its hash is kept beside the modules).
