@@ -179,3 +179,34 @@ fn kiln_variables_that_are_not_keys_do_not_stop_the_server_but_misspelt_keys_do(
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("KILN_SERVER__BINDD"));
 }
+
+#[test]
+fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    let toml = crate::helpers::config_toml(dir.path(), "").replace("level = \"warn\"", "level = \"info\"");
+    std::fs::write(&config, toml).unwrap();
+    let mut child = Command::new(KILN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        let listening = line.contains("kiln is listening");
+        lines.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(lines.iter().any(|l| l.contains("kiln is listening")), "{lines:?}");
+    assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "escape codes in a pipe: {lines:?}");
+}
