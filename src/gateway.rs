@@ -108,6 +108,7 @@ pub struct Gateway {
 /// The memory all picture decodes of this process may hold at once, whatever the number
 /// of cores: a decode takes its estimated peak before it starts and gives it back when it
 /// ends, so uploads arriving together wait for each other instead of multiplying.
+#[derive(Clone)]
 pub struct DecodeBudget {
     /// One permit per KiB.
     permits: Arc<tokio::sync::Semaphore>,
@@ -121,17 +122,47 @@ impl DecodeBudget {
         Self { permits: Arc::new(tokio::sync::Semaphore::new(total as usize)), total }
     }
 
+    fn kib(&self, bytes: u64) -> u32 {
+        u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.total)
+    }
+
     /// Waits until `bytes` of the budget are free and takes them. A request larger than
     /// the whole budget takes all of it rather than waiting forever.
     pub async fn reserve(&self, bytes: u64) -> ApiResult<tokio::sync::OwnedSemaphorePermit> {
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.total);
-        Arc::clone(&self.permits).acquire_many_owned(kib).await.map_err(ApiError::internal)
+        Arc::clone(&self.permits).acquire_many_owned(self.kib(bytes)).await.map_err(ApiError::internal)
+    }
+
+    /// Takes `bytes` of the budget if they are free now.
+    pub fn try_reserve(&self, bytes: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).try_acquire_many_owned(self.kib(bytes)).ok()
     }
 
     /// The part of the budget not taken, in bytes.
     pub fn available(&self) -> u64 {
         self.permits.available_permits() as u64 * 1024
     }
+}
+
+/// What the header inspection left to do.
+enum Decode {
+    /// Decoded already (the budget was free).
+    Done(ApiResult<input::ValidImage>),
+    /// Waiting for the budget.
+    Wait(input::Inspection),
+}
+
+/// Decodes an inspected picture while holding its part of the budget — held by the
+/// decode itself, so a client that goes away mid-decode does not hand the memory back
+/// before it is freed — and rewinds the file for storing. Blocking.
+fn decode_held(
+    upload: &Upload,
+    inspection: &input::Inspection,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) -> ApiResult<input::ValidImage> {
+    let valid = input::validate_inspected(std::io::BufReader::new(&upload.file), inspection)?;
+    // Validation read the file; storing it reads it again from the start.
+    std::io::Seek::rewind(&mut &upload.file).map_err(ApiError::internal)?;
+    Ok(valid)
 }
 
 /// Keeps glibc's mmap threshold at its initial 128 KiB. glibc raises it (up to 32 MiB)
@@ -219,28 +250,32 @@ impl Gateway {
         let received = upload.len;
         let limits = self.config.upload.clone();
         // The header first: it refuses most bad pictures and tells what decoding costs.
-        let (upload, inspection) = tokio::task::spawn_blocking(move || {
-            let inspection = input::inspect(&mut std::io::BufReader::new(&upload.file), upload.len, &limits);
-            (upload, inspection)
+        // When that much of the budget is free, the decode follows on the same blocking
+        // thread; only a picture that must wait for the budget hops back to wait.
+        let budget = self.decodes.clone();
+        let (upload, first) = tokio::task::spawn_blocking(move || {
+            let step = input::inspect(&mut std::io::BufReader::new(&upload.file), upload.len, &limits).map(
+                |inspection| match budget.try_reserve(inspection.memory) {
+                    Some(permit) => Decode::Done(decode_held(&upload, &inspection, permit)),
+                    None => Decode::Wait(inspection),
+                },
+            );
+            (upload, step)
         })
         .await
         .map_err(ApiError::internal)?;
-        let inspection = inspection?;
-        let permit = self.decodes.reserve(inspection.memory).await?;
-        let (upload, valid) = tokio::task::spawn_blocking(move || {
-            // Held by the decode itself, so a client that goes away mid-decode does not
-            // hand the memory back before it is freed.
-            let _permit = permit;
-            let valid =
-                input::validate_inspected(std::io::BufReader::new(&upload.file), &inspection).and_then(|valid| {
-                    // Validation read the file; storing it reads it again from the start.
-                    std::io::Seek::rewind(&mut &upload.file).map_err(ApiError::internal)?;
-                    Ok(valid)
-                });
-            (upload, valid)
-        })
-        .await
-        .map_err(ApiError::internal)?;
+        let (upload, valid) = match first? {
+            Decode::Done(valid) => (upload, valid),
+            Decode::Wait(inspection) => {
+                let permit = self.decodes.reserve(inspection.memory).await?;
+                tokio::task::spawn_blocking(move || {
+                    let valid = decode_held(&upload, &inspection, permit);
+                    (upload, valid)
+                })
+                .await
+                .map_err(ApiError::internal)?
+            }
+        };
         let valid = valid?;
         tracing::info!(
             bytes = received,
