@@ -254,12 +254,13 @@ impl Gateway {
         // thread; only a picture that must wait for the budget hops back to wait.
         let budget = self.decodes.clone();
         let (upload, first) = tokio::task::spawn_blocking(move || {
-            let step = input::inspect(&mut std::io::BufReader::new(&upload.file), upload.len, &limits).map(
-                |inspection| match budget.try_reserve(inspection.memory) {
-                    Some(permit) => Decode::Done(decode_held(&upload, &inspection, permit)),
-                    None => Decode::Wait(inspection),
-                },
-            );
+            let step =
+                input::inspect(&mut std::io::BufReader::new(&upload.file), upload.len, &limits).map(|inspection| {
+                    match budget.try_reserve(inspection.memory) {
+                        Some(permit) => Decode::Done(decode_held(&upload, &inspection, permit)),
+                        None => Decode::Wait(inspection),
+                    }
+                });
             (upload, step)
         })
         .await
