@@ -186,6 +186,9 @@ struct Header {
     height: u32,
     kind: String,
     cost: Cost,
+    /// The file is too short to hold what the header claims: refused as damaged, but only
+    /// after the size checks, which come first whatever the data.
+    short: bool,
 }
 
 /// What a decode's memory depends on besides the size, per format.
@@ -250,6 +253,9 @@ pub fn inspect<R: BufRead + Seek>(raw: &mut R, len: u64, cfg: &UploadConfig) -> 
             ),
         ));
     }
+    if header.short {
+        return Err(ApiError::new(Code::CorruptImage));
+    }
     Ok(Inspection { format, width, height, kind: header.kind, target, memory, len })
 }
 
@@ -263,7 +269,7 @@ pub fn inspect_stored<R: BufRead + Seek>(
 ) -> Result<Inspection, ApiError> {
     let (format, header) = read_header(raw, len, &[format])?;
     let (width, height) = (header.width, header.height);
-    if width == 0 || height == 0 {
+    if width == 0 || height == 0 || header.short {
         return Err(ApiError::new(Code::CorruptImage));
     }
     let target = Some(fit_within(width, height, side.min(width.max(height))));

@@ -40,16 +40,14 @@ pub(super) fn header<R: Read>(raw: R, len: u64) -> Option<Header> {
     // with fewer bits than blocks claims a size its data cannot fill: it was cut short
     // (`jpeg-decoder` fills a scan that ends at a marker with zeros, not an error).
     let blocks = u64::from(size.0.div_ceil(8)) * u64::from(size.1.div_ceil(8));
-    if len.saturating_mul(8) < blocks {
-        return None;
-    }
+    let short = len.saturating_mul(8) < blocks;
     let kind = match info.coding_process {
         CodingProcess::DctSequential => "baseline JPEG",
         CodingProcess::DctProgressive => "progressive JPEG",
         CodingProcess::Lossless => "lossless JPEG",
     };
     let cost = Cost::Jpeg { format: info.pixel_format, process: info.coding_process };
-    Some(Header { width: size.0, height: size.1, kind: kind.to_owned(), cost })
+    Some(Header { width: size.0, height: size.1, kind: kind.to_owned(), cost, short })
 }
 
 /// The scale, in eighths, `jpeg-decoder` picks for `target` (its `choose_idct_size`: the

@@ -61,7 +61,7 @@ pub(super) fn header<R: BufRead + Seek>(raw: R) -> Option<Header> {
         }
     );
     let cost = Cost::Png { channels, raw_row: info.raw_row_length() as u64, interlaced: info.interlaced };
-    Some(Header { width: info.width, height: info.height, kind, cost })
+    Some(Header { width: info.width, height: info.height, kind, cost, short: false })
 }
 
 /// The most this decode holds at once: `png`'s working rows and inflate state, and, when

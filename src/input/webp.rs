@@ -46,7 +46,7 @@ pub(super) fn header<R: BufRead + Seek>(mut raw: R, len: u64) -> Option<Header> 
         if alpha { " with alpha" } else { "" },
     );
     let cost = Cost::Webp { len, lossy, alpha, animated };
-    Some(Header { width: size.0, height: size.1, kind, cost })
+    Some(Header { width: size.0, height: size.1, kind, cost, short: false })
 }
 
 /// The RIFF length counts the bytes after its own 8; a writer may leave out the one

@@ -100,6 +100,8 @@ export interface Limits {
     max_pixels: number
     max_side: number
     max_prompt_chars: number
+    /** The most memory one picture's decode may take, estimated from its header. */
+    max_decode_memory: number
   }
 }
 

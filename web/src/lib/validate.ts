@@ -13,6 +13,7 @@ export const DEFAULT_LIMITS: UploadLimits = {
   max_pixels: 40_000_000,
   max_side: 2048,
   max_prompt_chars: 1024,
+  max_decode_memory: 160 * 1024 * 1024,
 }
 
 export interface Problem {
