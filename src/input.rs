@@ -186,8 +186,9 @@ struct Header {
     height: u32,
     kind: String,
     cost: Cost,
-    /// The file is too short to hold what the header claims: refused as damaged, but only
-    /// after the size checks, which come first whatever the data.
+    /// The file is too short to hold what the header claims: refused as damaged, after
+    /// the pixel count (a hard limit, checked first whatever the data) and before the
+    /// cost of decoding.
     short: bool,
 }
 
@@ -239,6 +240,11 @@ pub fn inspect<R: BufRead + Seek>(raw: &mut R, len: u64, cfg: &UploadConfig) -> 
             ),
         ));
     }
+    // A file too short for what its header claims is damaged, whatever decoding it
+    // would cost.
+    if header.short {
+        return Err(ApiError::new(Code::CorruptImage));
+    }
     let target = (width.max(height) > cfg.max_side).then(|| fit_within(width, height, cfg.max_side));
     let memory = header.cost.memory((width, height), target);
     if memory > cfg.max_decode_memory {
@@ -252,9 +258,6 @@ pub fn inspect<R: BufRead + Seek>(raw: &mut R, len: u64, cfg: &UploadConfig) -> 
                 human_size(cfg.max_decode_memory)
             ),
         ));
-    }
-    if header.short {
-        return Err(ApiError::new(Code::CorruptImage));
     }
     Ok(Inspection { format, width, height, kind: header.kind, target, memory, len })
 }
