@@ -141,7 +141,7 @@ describe('the web page', () => {
     assert.match(await metadata.innerText(), /GLB/)
     assert.ok(Number((await page.locator('[data-testid="triangles"]').innerText()).replace(/\D/g, '')) > 100)
     const href = await page.locator('[data-testid="download"]').getAttribute('href')
-    assert.match(href ?? '', /\/files\/outputs\/.+\/model\.glb$/)
+    assert.match(href ?? '', /\/files\/reconstruction\/.+\/model\.glb$/)
     const glb = await fetch(new URL(href ?? '', kiln.url))
     assert.equal(glb.status, 200)
     assert.equal(Buffer.from(await glb.arrayBuffer()).subarray(0, 4).toString(), 'glTF')
@@ -284,7 +284,15 @@ describe('the web page', () => {
     const card = page.locator('[data-testid="picture"]').first()
     await card.waitFor()
     await card.locator('img').waitFor()
-    // A thumbnail, not the stored picture.
+    // Loaded (the element shows before its picture arrives), then a thumbnail, not the
+    // stored picture.
+    await card
+      .locator('img')
+      .evaluate(
+        (img) =>
+          /** @type {HTMLImageElement} */ (img).complete ||
+          new Promise((resolve) => img.addEventListener('load', resolve, { once: true })),
+      )
     const natural = await card.locator('img').evaluate((img) => /** @type {HTMLImageElement} */ (img).naturalWidth)
     assert.ok(natural > 0 && natural <= 320, `thumbnail ${natural} px wide`)
     assert.match((await card.locator('img').getAttribute('src')) ?? '', /\/api\/v1\/pictures\/[0-9a-f-]+\/thumbnail$/)
