@@ -16,6 +16,7 @@ use crate::{
     error::{ApiError, ApiResult, Code},
     gateway::{Gateway, NewOutput, OutputBody, Recorded},
     input::{self, Upload},
+    providers::worker::WorkerProvider,
     tasks::{Artifact, Task, TaskId, TaskStatus},
     webhooks::{self, SigningKey, Verifier, WebhookError},
     worker_protocol::{ProgressReport, StatusReport, valid_file_name},
@@ -45,7 +46,7 @@ impl CallbackCheck {
         let own_key = task.and_then(|t| channel_key(gateway, &t.channel));
         let mut others = Vec::new();
         for channel in gateway.router.channels() {
-            if let Some(key) = channel.provider.callback_key()
+            if let Some(key) = WorkerProvider::key_of(channel.provider.as_ref())
                 && task.is_none_or(|t| t.channel != channel.name)
             {
                 others.push(key.verifier(headers, now).map_err(refused)?);
@@ -85,7 +86,7 @@ impl CallbackCheck {
 }
 
 fn channel_key<'a>(gateway: &'a Gateway, channel: &str) -> Option<&'a SigningKey> {
-    gateway.router.channel(channel).and_then(|c| c.provider.callback_key())
+    gateway.router.channel(channel).and_then(|c| WorkerProvider::key_of(c.provider.as_ref()))
 }
 
 /// Forgets message ids too old to be accepted again anyway.
@@ -178,12 +179,13 @@ pub async fn status(gateway: &Gateway, task: Option<Task>, report: &StatusReport
                 return Ok(task.status);
             }
             let outputs = gateway.db.list_artifacts(task.id).await?;
-            if outputs.iter().any(|a| a.role == "model") {
+            let role = task.kind.main_role();
+            if outputs.iter().any(|a| a.role == role) {
                 Finish::Succeeded { metadata: json!({ "files": outputs.len() }) }
             } else {
                 Finish::Failed {
-                    code: "worker_no_model".into(),
-                    message: "The worker reported success but sent no model file.".into(),
+                    code: format!("worker_no_{role}"),
+                    message: format!("The worker reported success but sent no {role} file."),
                 }
             }
         }

@@ -1,17 +1,21 @@
-//! Channels (configured provider instances) and the router that picks one for a task.
+//! Channels (configured provider instances) and the router that picks one for a task:
+//! higher priority first, weighted spread among equals, spill-over to the next when one
+//! is full, and a circuit breaker that rests a channel whose submissions keep failing.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
+    time::{Duration, Instant},
 };
 
+use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::{
-    config::{ChannelConfig, Config, ConfigErrors},
+    config::{BreakerConfig, ChannelConfig, Config, ConfigErrors},
     providers::{Provider, Registry},
     tasks::TaskKind,
 };
@@ -34,10 +38,18 @@ pub struct Channel {
     pub max_concurrency: u32,
     pub max_queue: u32,
     pub priority: i32,
+    pub weight: u32,
+    /// How long a task may run here.
+    pub deadline: Duration,
     pub enabled: bool,
+    /// Whether a client may bring its own provider key.
+    pub client_keys: bool,
     /// Wakes this channel's dispatcher when a task is queued.
     pub wake: Notify,
     healthy: AtomicBool,
+    defaults: serde_json::Map<String, Value>,
+    overrides: serde_json::Map<String, Value>,
+    pub breaker: Breaker,
 }
 
 impl Channel {
@@ -47,7 +59,18 @@ impl Channel {
     }
 
     pub fn usable(&self) -> bool {
-        self.enabled && self.healthy.load(Ordering::Relaxed)
+        self.enabled && self.healthy.load(Ordering::Relaxed) && !self.breaker.is_open()
+    }
+
+    /// A request's parameters as this channel runs them: its defaults, then the
+    /// request's own, then its overrides.
+    pub fn params_for(&self, requested: &Value) -> Value {
+        let mut params = self.defaults.clone();
+        if let Value::Object(requested) = requested {
+            params.extend(requested.clone());
+        }
+        params.extend(self.overrides.clone());
+        Value::Object(params)
     }
 
     pub fn set_healthy(&self, healthy: bool) {
@@ -56,6 +79,51 @@ impl Channel {
 
     pub fn model(&self, name: &str) -> Option<&ModelSpec> {
         self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// Rests a channel after `failures` submissions in a row that its upstream did not
+/// take (refused connections, 5xx, 429 before acceptance): new tasks go to the next
+/// channel serving the model until `cooldown` has passed; then one is let through.
+pub struct Breaker {
+    config: BreakerConfig,
+    failures: AtomicU32,
+    open_until: Mutex<Option<Instant>>,
+}
+
+impl Breaker {
+    pub fn new(config: BreakerConfig) -> Self {
+        Self { config, failures: AtomicU32::new(0), open_until: Mutex::new(None) }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open_until.lock().ok().and_then(|until| *until).is_some_and(|until| Instant::now() < until)
+    }
+
+    /// When the channel takes tasks again, while it rests.
+    pub fn open_for(&self) -> Option<Duration> {
+        let until = self.open_until.lock().ok().and_then(|until| *until)?;
+        until.checked_duration_since(Instant::now())
+    }
+
+    pub fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a failed submission; true when this one opened the breaker.
+    pub fn failed(&self) -> bool {
+        if self.config.failures == 0 {
+            return false;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < self.config.failures {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        if let Ok(mut until) = self.open_until.lock() {
+            *until = Some(Instant::now() + self.config.cooldown);
+        }
+        true
     }
 }
 
@@ -91,7 +159,9 @@ impl Router {
                     ),
                 ),
                 Some(Err(err)) => problems.push(format!("channels[{i}].options"), format!("{err:#}")),
-                Some(Ok(provider)) => channels.push(Arc::new(channel(cfg, provider))),
+                Some(Ok(provider)) => {
+                    channels.push(Arc::new(channel(cfg, provider, cfg.deadline.unwrap_or(config.tasks.deadline))))
+                }
             }
         }
         if !problems.is_empty() {
@@ -129,7 +199,9 @@ impl Router {
         self.channels.iter().find_map(|c| c.model(model)).map(|m| m.kind)
     }
 
-    /// Usable channels serving `model` for `kind`, best first (priority, then order).
+    /// Usable channels serving `model` for `kind`, best first: higher priority first;
+    /// among equal priority, a weighted random order, so each channel takes new tasks in
+    /// proportion to its weight and the others catch what it cannot hold.
     pub fn candidates(&self, model: Option<&str>, kind: TaskKind) -> Result<(String, Vec<Arc<Channel>>), RouteError> {
         let model = match model {
             Some(m) => m.to_owned(),
@@ -142,7 +214,7 @@ impl Router {
         if !serving.iter().any(|c| c.model(&model).is_some_and(|m| m.kind == kind)) {
             return Err(RouteError::KindMismatch { model, kind });
         }
-        let mut usable: Vec<Arc<Channel>> = serving
+        let usable: Vec<Arc<Channel>> = serving
             .into_iter()
             .filter(|c| c.usable() && c.model(&model).is_some_and(|m| m.kind == kind))
             .cloned()
@@ -150,12 +222,32 @@ impl Router {
         if usable.is_empty() {
             return Err(RouteError::Unavailable(model));
         }
-        usable.sort_by_key(|c| std::cmp::Reverse(c.priority));
-        Ok((model, usable))
+        Ok((model, weighted_order(usable)))
     }
 }
 
-fn channel(cfg: &ChannelConfig, provider: Arc<dyn Provider>) -> Channel {
+/// Sorts by priority, and each run of equal priority by weighted random choice
+/// (Efraimidis–Spirakis keys: u^(1/w), highest first; weight 0 goes last).
+fn weighted_order(mut channels: Vec<Arc<Channel>>) -> Vec<Arc<Channel>> {
+    let mut keyed: Vec<(i32, f64, Arc<Channel>)> = channels
+        .drain(..)
+        .map(|c| {
+            let key = if c.weight == 0 { -1.0 } else { fastrand::f64().powf(1.0 / f64::from(c.weight)) };
+            (c.priority, key, c)
+        })
+        .collect();
+    keyed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
+    keyed.into_iter().map(|(_, _, c)| c).collect()
+}
+
+fn json_table(table: &toml::Table) -> serde_json::Map<String, Value> {
+    match serde_json::to_value(table) {
+        Ok(Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+fn channel(cfg: &ChannelConfig, provider: Arc<dyn Provider>, deadline: Duration) -> Channel {
     Channel {
         name: cfg.name.clone(),
         provider_type: cfg.provider.clone(),
@@ -175,8 +267,14 @@ fn channel(cfg: &ChannelConfig, provider: Arc<dyn Provider>) -> Channel {
         max_concurrency: cfg.max_concurrency.max(1),
         max_queue: cfg.max_queue,
         priority: cfg.priority,
+        weight: cfg.weight,
+        deadline,
         enabled: cfg.enabled,
+        client_keys: cfg.client_keys,
         wake: Notify::new(),
         healthy: AtomicBool::new(true),
+        defaults: json_table(&cfg.defaults),
+        overrides: json_table(&cfg.overrides),
+        breaker: Breaker::new(cfg.breaker),
     }
 }

@@ -196,6 +196,28 @@ pub struct ChannelConfig {
     /// Higher wins when several channels serve one model.
     #[serde(default)]
     pub priority: i32,
+    /// Among channels of equal priority, each takes new tasks in proportion to its
+    /// weight (0: only when the others are full or cooling down).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// How long a task may run on this channel; default `tasks.deadline`. A cloud 3D
+    /// model can take minutes, an image seconds.
+    #[serde(default, with = "humantime_serde")]
+    pub deadline: Option<Duration>,
+    /// Parameters filled in when a request leaves them out.
+    #[serde(default)]
+    pub defaults: toml::Table,
+    /// Parameters forced whatever the request says.
+    #[serde(default)]
+    pub overrides: toml::Table,
+    /// Whether a client may send its own provider key for a request
+    /// (`X-Provider-Key`), used for that task only.
+    #[serde(default)]
+    pub client_keys: bool,
+    /// The circuit breaker: after `failures` submissions in a row that the upstream did
+    /// not take, the channel gets no new tasks for `cooldown`.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
     /// The channel's credential: the shared signing secret of push workers, an API key
     /// of a cloud provider. Masked wherever the configuration is printed.
     #[serde(default)]
@@ -203,6 +225,26 @@ pub struct ChannelConfig {
     /// Provider-specific settings.
     #[serde(default)]
     pub options: toml::Table,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// When a channel whose submissions keep failing is rested.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the breaker; 0 turns it off.
+    pub failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self { failures: 3, cooldown: Duration::from_secs(30) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,6 +286,12 @@ impl ChannelConfig {
             max_concurrency: u32::try_from(cores).unwrap_or(u32::MAX).max(1),
             max_queue: RELIEF_MAX_QUEUE,
             priority: 0,
+            weight: default_weight(),
+            deadline: None,
+            defaults: toml::Table::new(),
+            overrides: toml::Table::new(),
+            client_keys: false,
+            breaker: BreakerConfig::default(),
             secret: None,
             options: toml::Table::new(),
         }

@@ -170,15 +170,22 @@ pub trait TaskRepo: Send + Sync {
     /// file's note in the same transaction. `None` when the task no longer runs or
     /// already has an output of that name.
     async fn add_artifact(&self, artifact: &Artifact, event: serde_json::Value) -> DbResult<Option<TaskEvent>>;
-    /// Remembers the provider's own id for the job.
-    async fn set_provider_job(&self, id: TaskId, job_id: &str) -> DbResult<()>;
-    /// Records the push worker a running task was dispatched to.
-    async fn set_worker(&self, id: TaskId, worker: &str) -> DbResult<()>;
-    /// Running tasks of a channel per push worker.
-    async fn worker_loads(&self, channel: &str) -> DbResult<Vec<(String, u32)>>;
-    /// Makes a channel's running tasks on `worker` claimable again at once (the worker
-    /// was lost); returns how many.
-    async fn release_worker(&self, channel: &str, worker: &str) -> DbResult<u64>;
+    /// Marks a submission to the upstream as in flight (`true`) or as provably not taken
+    /// (`false`), while the task runs.
+    async fn mark_submitting(&self, id: TaskId, submitting: bool) -> DbResult<()>;
+    /// Records the upstream's id for the job and where it was placed, with a
+    /// `processing` event, in one transaction; `None` when the task no longer runs.
+    async fn record_submission(&self, id: TaskId, job_id: &str, placement: Option<&str>)
+    -> DbResult<Option<TaskEvent>>;
+    /// Records where a running task was placed (a push worker's base URL).
+    async fn place(&self, id: TaskId, placement: &str) -> DbResult<()>;
+    /// Running tasks of a channel per placement.
+    async fn placement_loads(&self, channel: &str) -> DbResult<Vec<(String, u32)>>;
+    /// Makes a channel's running tasks placed on `placement` claimable again at once
+    /// (the push worker was lost); returns how many.
+    async fn release_placement(&self, channel: &str, placement: &str) -> DbResult<u64>;
+    /// A task's sealed client secret (a client's own provider key), while it runs.
+    async fn client_secret(&self, id: TaskId) -> DbResult<Option<String>>;
     /// The output of a task with that name, if one was recorded.
     async fn find_artifact(&self, id: TaskId, name: &str) -> DbResult<Option<Artifact>>;
     /// Ends a task if its status allows it, with its terminal event.
@@ -186,8 +193,8 @@ pub trait TaskRepo: Send + Sync {
 
     async fn list_events(&self, id: TaskId, after: i64) -> DbResult<Vec<TaskEvent>>;
     async fn list_artifacts(&self, id: TaskId) -> DbResult<Vec<Artifact>>;
-    /// Running tasks whose deadline has passed.
-    async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<TaskId>>;
+    /// Running tasks whose deadline has passed, with their channels.
+    async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<(TaskId, String)>>;
 
     async fn channel_loads(&self) -> DbResult<Vec<ChannelLoad>>;
     async fn count_by_status(&self) -> DbResult<Vec<(TaskStatus, u64)>>;

@@ -404,9 +404,11 @@ impl Gateway {
             None => None,
         };
         let (model, channels) = self.router.candidates(sub.model.as_deref(), kind).map_err(route_error)?;
+        // The best channel's verdict on the parameters is the client's answer; a
+        // spill-over channel whose provider refuses them is skipped.
         channels[0]
             .provider
-            .check_params(kind, &sub.params)
+            .check_params(kind, &channels[0].params_for(&sub.params))
             .map_err(|m| ApiError::with_message(Code::InvalidParams, m))?;
         let picture = match sub.input {
             Input::Image { upload, filename } => Some(self.store_picture(upload, filename).await?),
@@ -431,7 +433,11 @@ impl Gateway {
         });
         let idempotency = sub.idempotency_key.as_deref().zip(hash.as_deref());
         let mut waiting = 0;
-        for channel in &channels {
+        for (i, channel) in channels.iter().enumerate() {
+            let params = channel.params_for(&sub.params);
+            if i > 0 && channel.provider.check_params(kind, &params).is_err() {
+                continue;
+            }
             let new = NewTask {
                 id: TaskId::new(),
                 kind,
@@ -439,7 +445,8 @@ impl Gateway {
                 channel: channel.name.clone(),
                 prompt: prompt.clone(),
                 picture_id: picture.as_ref().map(|p| p.id),
-                params: sub.params.clone(),
+                params,
+                client_secret: None,
             };
             match self.db.enqueue(&new, channel.capacity(), idempotency).await? {
                 Enqueued::Created(task, event) => {

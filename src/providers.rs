@@ -2,11 +2,15 @@
 //! reports progress and outputs through its [`JobContext`], and returns how the job
 //! ended. Each provider lives in its own module and is added to [`Registry::builtin`]
 //! with one line; nothing else in kiln changes to add one.
+//!
+//! Four shapes fit the one trait: in-process engines (`relief`: run and report), push
+//! workers (`worker`: dispatch, then signed callbacks end the task), and submit-and-poll
+//! or synchronous cloud APIs.
 
 pub mod relief;
 pub mod worker;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{any::Any, collections::BTreeMap, path::PathBuf, sync::Arc};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::ChannelConfig,
+    input::{SpoolError, Spooler, Upload},
     tasks::{TaskId, TaskKind},
-    webhooks::SigningKey,
 };
 
 /// A decoded-and-validated input picture, as stored.
@@ -46,27 +50,62 @@ pub struct Job {
     pub attempt: u32,
     /// When kiln gives the task up.
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
+    /// What an earlier run of this task submitted upstream, if anything.
+    pub upstream: Upstream,
 }
 
-/// A file a provider produced.
-#[derive(Debug, Clone)]
+/// What an earlier run of a task left upstream. A remote provider resumes a submitted
+/// job instead of creating (and paying for) another.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Upstream {
+    /// Nothing was sent.
+    #[default]
+    None,
+    /// A submission was sent and its answer never recorded: the upstream may hold a
+    /// job kiln cannot name.
+    Unknown,
+    /// The upstream took the job under this id, placed as recorded (for cloud APIs, the
+    /// fingerprint of the key that created it).
+    Submitted { id: String, placement: Option<String> },
+}
+
+impl Upstream {
+    /// From a task's record.
+    pub fn of(task: &crate::tasks::Task) -> Self {
+        match (&task.provider_job_id, task.submitting_at) {
+            (Some(id), _) => Upstream::Submitted { id: id.clone(), placement: task.placement.clone() },
+            (None, Some(_)) => Upstream::Unknown,
+            (None, None) => Upstream::None,
+        }
+    }
+}
+
+/// A file a provider produced, spooled to a temporary file as it was made or
+/// downloaded: outputs stream to storage and are never held whole in memory.
+#[derive(Debug)]
 pub struct Output {
     /// File name, e.g. `model.glb`: letters, digits, `.`, `-`, `_` only.
     pub name: String,
     /// `model`, `preview`, `archive`, `image` …
     pub role: String,
     pub content_type: String,
-    pub bytes: Bytes,
+    pub file: Upload,
     pub metadata: Value,
 }
 
-/// Where a running job reports to. Implemented by the scheduler.
+/// Where a running job reports to. Implemented by the scheduler (and by `kiln worker`,
+/// which turns reports into callbacks).
 #[async_trait]
 pub trait JobSink: Send + Sync {
     async fn progress(&self, progress: u8, stage: &str) -> anyhow::Result<()>;
     async fn output(&self, output: Output) -> anyhow::Result<()>;
-    async fn provider_job(&self, job_id: &str) -> anyhow::Result<()>;
-    async fn assign_worker(&self, worker: &str) -> anyhow::Result<()>;
+    /// A submission to the upstream is about to be sent (`true`), or provably was not
+    /// taken (`false`).
+    async fn submitting(&self, in_flight: bool) -> anyhow::Result<()>;
+    /// The upstream took the job: its id and where it was placed.
+    async fn submitted(&self, job_id: &str, placement: Option<&str>) -> anyhow::Result<()>;
+    /// Where the job was placed (a push worker's base URL), before it is sent there.
+    async fn place(&self, placement: &str) -> anyhow::Result<()>;
 }
 
 /// A running job's link to kiln.
@@ -74,11 +113,26 @@ pub trait JobSink: Send + Sync {
 pub struct JobContext {
     sink: Arc<dyn JobSink>,
     cancel: CancellationToken,
+    spool_dir: PathBuf,
 }
 
 impl JobContext {
-    pub fn new(sink: Arc<dyn JobSink>, cancel: CancellationToken) -> Self {
-        Self { sink, cancel }
+    pub fn new(sink: Arc<dyn JobSink>, cancel: CancellationToken, spool_dir: PathBuf) -> Self {
+        Self { sink, cancel, spool_dir }
+    }
+
+    /// A temporary file on the data disk to write an output into, refusing more than
+    /// `max_bytes`.
+    pub async fn spooler(&self, max_bytes: u64) -> Result<Spooler, SpoolError> {
+        Spooler::new(&self.spool_dir, max_bytes).await
+    }
+
+    /// Spools an output made in memory (an in-process engine's model, a decoded
+    /// base64 image) so it is stored like any other.
+    pub async fn spool_bytes(&self, bytes: &[u8]) -> Result<Upload, SpoolError> {
+        let mut spool = self.spooler(bytes.len() as u64).await?;
+        spool.write(bytes).await?;
+        spool.finish().await
     }
 
     /// Reports progress (0–100) and the current stage's name.
@@ -91,15 +145,23 @@ impl JobContext {
         self.sink.output(output).await
     }
 
-    /// Records the provider's own id for the job.
-    pub async fn provider_job(&self, job_id: &str) -> anyhow::Result<()> {
-        self.sink.provider_job(job_id).await
+    /// Records that a submission is about to be sent (`true`): if kiln dies before
+    /// [`JobContext::submitted`], the next run sees [`Upstream::Unknown`] and does not
+    /// submit again. `false` clears it when the upstream provably did not take it.
+    pub async fn submitting(&self, in_flight: bool) -> anyhow::Result<()> {
+        self.sink.submitting(in_flight).await
     }
 
-    /// Records the push worker the job was dispatched to, so it can be dispatched again
+    /// Records the upstream's id for the job (and the key fingerprint that can read
+    /// it) with a `processing` event, before polling starts.
+    pub async fn submitted(&self, job_id: &str, placement: Option<&str>) -> anyhow::Result<()> {
+        self.sink.submitted(job_id, placement).await
+    }
+
+    /// Records the push worker the job is dispatched to, so it can be dispatched again
     /// if that worker is lost, and so work is spread over the least busy workers.
-    pub async fn assign_worker(&self, worker: &str) -> anyhow::Result<()> {
-        self.sink.assign_worker(worker).await
+    pub async fn place(&self, placement: &str) -> anyhow::Result<()> {
+        self.sink.place(placement).await
     }
 
     /// Fires when the task is canceled or overdue; long work should stop.
@@ -138,8 +200,10 @@ impl ProviderError {
     }
 }
 
+/// The adaptor behind a channel type. `Any` lets a face that serves one provider type
+/// (the worker callbacks) reach its own provider's parts without widening this trait.
 #[async_trait]
-pub trait Provider: Send + Sync {
+pub trait Provider: Any + Send + Sync {
     /// One line for the catalog: what this provider is.
     fn describe(&self) -> String;
 
@@ -166,26 +230,23 @@ pub trait Provider: Send + Sync {
     fn can_start(&self) -> bool {
         true
     }
-
-    /// The key this provider's workers sign their callbacks with, for providers whose
-    /// jobs are finished by signed callbacks.
-    fn callback_key(&self) -> Option<&SigningKey> {
-        None
-    }
 }
 
 /// What a provider's background work may ask of kiln about its own channel.
 #[async_trait]
 pub trait ChannelRuntime: Send + Sync {
-    /// Running tasks of the channel per push worker.
-    async fn worker_loads(&self) -> anyhow::Result<Vec<(String, u32)>>;
-    /// Makes the tasks dispatched to a lost worker claimable again, so they are
+    /// Running tasks of the channel per placement (push worker, API key).
+    async fn placement_loads(&self) -> anyhow::Result<Vec<(String, u32)>>;
+    /// Makes the tasks placed on a lost push worker claimable again, so they are
     /// dispatched anew; returns how many.
-    async fn release_worker(&self, worker: &str) -> anyhow::Result<u64>;
+    async fn release_placement(&self, placement: &str) -> anyhow::Result<u64>;
     /// Whether the channel can take work, as the catalog and `/ready` report it.
     fn set_available(&self, available: bool);
     /// An absolute URL for a path on this kiln (`server.public_url`).
     fn url(&self, path: &str) -> String;
+    /// Tells the circuit breaker how a submission went: `true` taken, `false` provably
+    /// not taken (refused, unreachable, 429 or 5xx before acceptance).
+    fn submission(&self, taken: bool);
     /// Tells the dispatcher that capacity may have appeared.
     fn wake(&self);
     /// Fires when kiln shuts down.

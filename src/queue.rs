@@ -15,13 +15,16 @@ use crate::{
     channels::Channel,
     db::{ClaimTerms, Claimed, Finish},
     gateway::{Gateway, NewOutput, OutputBody, Recorded},
-    providers::{ChannelRuntime, InputImage, Job, JobContext, JobSink, Outcome, Output},
+    providers::{ChannelRuntime, InputImage, Job, JobContext, JobSink, Outcome, Output, Upstream},
     tasks::{Task, TaskId},
 };
 
 /// A run interrupted this many times (its process died each time) is failed rather
 /// than tried again: it may be what kills the process.
 const MAX_ATTEMPTS: u32 = 3;
+
+/// How long a canceled or overdue job gets to stop by itself before it is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Scheduler {
     gateway: Arc<Gateway>,
@@ -91,7 +94,7 @@ impl Scheduler {
                 let window = positions.window_for_claim();
                 let terms = ClaimTerms {
                     lease: cfg.lease,
-                    deadline: cfg.deadline,
+                    deadline: channel.deadline,
                     window,
                     max_running: channel.max_concurrency,
                 };
@@ -150,7 +153,7 @@ impl Scheduler {
         heartbeat.abort();
         gw.runs.unregister(id);
         let finish = match outcome {
-            RunEnd::Provider(Ok(Outcome::Completed { metadata })) => Some(Finish::Succeeded { metadata }),
+            RunEnd::Provider(Ok(Outcome::Completed { metadata })) => Some(succeeded(gw, &task, metadata).await),
             RunEnd::Provider(Ok(Outcome::Detached)) => {
                 // An external worker finishes it through callbacks. Keep the claim until
                 // the deadline so no dispatcher runs it again; the sweeper fails it if
@@ -167,7 +170,7 @@ impl Scheduler {
                 }
                 Some(Finish::Failed { code: err.code, message: err.message })
             }
-            RunEnd::Timeout => Some(timeout_finish(gw.config.tasks.deadline)),
+            RunEnd::Timeout => Some(timeout_finish(channel.deadline)),
             RunEnd::Canceled => None,
             RunEnd::Panicked(message) => {
                 tracing::error!(task_id = %id, panic = %message, "provider panicked");
@@ -209,15 +212,16 @@ impl Scheduler {
             params: task.params.clone(),
             attempt: task.attempts,
             deadline: task.deadline_at,
+            upstream: Upstream::of(task),
         };
         let sink = Arc::new(TaskSink::new(Arc::clone(gw), task.clone()));
-        let ctx = JobContext::new(sink, cancel.clone());
+        let ctx = JobContext::new(sink, cancel.clone(), gw.spool_dir());
         let provider = Arc::clone(&channel.provider);
         let mut handle = tokio::spawn(async move { provider.run(job, ctx).await });
         let deadline = task
             .deadline_at
             .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(gw.config.tasks.deadline);
+            .unwrap_or(channel.deadline);
         let end = tokio::select! {
             joined = &mut handle => match joined {
                 Ok(result) => RunEnd::Provider(result),
@@ -229,6 +233,8 @@ impl Scheduler {
         };
         if !handle.is_finished() {
             cancel.cancel();
+            // A moment to stop cleanly (a cloud provider cancels the upstream job).
+            let _ = tokio::time::timeout(STOP_GRACE, &mut handle).await;
             handle.abort();
         }
         end
@@ -276,8 +282,9 @@ impl Scheduler {
                     continue;
                 }
             };
-            for id in overdue {
-                if let Err(err) = self.gateway.finish(id, timeout_finish(self.gateway.config.tasks.deadline)).await {
+            for (id, channel) in overdue {
+                let deadline = self.gateway.router.channel(&channel).map_or(self.gateway.config.tasks.deadline, |c| c.deadline);
+                if let Err(err) = self.gateway.finish(id, timeout_finish(deadline)).await {
                     tracing::error!(task_id = %id, error = %err, "cannot fail an overdue task");
                 }
             }
@@ -304,12 +311,12 @@ struct ChannelHandle {
 
 #[async_trait]
 impl ChannelRuntime for ChannelHandle {
-    async fn worker_loads(&self) -> anyhow::Result<Vec<(String, u32)>> {
-        Ok(self.gateway.db.worker_loads(&self.channel.name).await?)
+    async fn placement_loads(&self) -> anyhow::Result<Vec<(String, u32)>> {
+        Ok(self.gateway.db.placement_loads(&self.channel.name).await?)
     }
 
-    async fn release_worker(&self, worker: &str) -> anyhow::Result<u64> {
-        let released = self.gateway.db.release_worker(&self.channel.name, worker).await?;
+    async fn release_placement(&self, placement: &str) -> anyhow::Result<u64> {
+        let released = self.gateway.db.release_placement(&self.channel.name, placement).await?;
         if released > 0 {
             self.channel.wake.notify_one();
         }
@@ -322,6 +329,18 @@ impl ChannelRuntime for ChannelHandle {
 
     fn url(&self, path: &str) -> String {
         self.gateway.url(path)
+    }
+
+    fn submission(&self, taken: bool) {
+        if taken {
+            self.channel.breaker.succeeded();
+        } else if self.channel.breaker.failed() {
+            tracing::warn!(
+                channel = %self.channel.name,
+                rest = ?self.channel.breaker.open_for(),
+                "submissions keep failing; the channel takes no new tasks for a while"
+            );
+        }
     }
 
     fn wake(&self) {
@@ -398,6 +417,24 @@ enum RunEnd {
     InputMissing,
 }
 
+/// A task succeeds only with the output its kind promises (a model for a 3D task, an
+/// image for a text-to-image one); a provider that ends without it has failed.
+async fn succeeded(gw: &Gateway, task: &Task, metadata: serde_json::Value) -> Finish {
+    let role = task.kind.main_role();
+    match gw.db.list_artifacts(task.id).await {
+        Ok(outputs) if outputs.iter().any(|a| a.role == role) => Finish::Succeeded { metadata },
+        Ok(_) => Finish::Failed {
+            code: "no_output".into(),
+            message: format!("The provider reported success but produced no {role}."),
+        },
+        // Unknown: let the provider's word stand rather than fail a finished task.
+        Err(err) => {
+            tracing::warn!(task_id = %task.id, error = %err, "cannot list outputs to check a success");
+            Finish::Succeeded { metadata }
+        }
+    }
+}
+
 pub fn timeout_finish(deadline: Duration) -> Finish {
     Finish::Failed {
         code: "generation_timeout".into(),
@@ -462,7 +499,7 @@ impl JobSink for TaskSink {
             role: output.role,
             content_type: output.content_type,
             metadata: output.metadata,
-            body: OutputBody::Bytes(output.bytes),
+            body: OutputBody::Spooled(output.file),
         };
         match self.gateway.record_output(&self.task, new).await? {
             Recorded::New(_) | Recorded::Again(_) | Recorded::Ended => {}
@@ -475,12 +512,19 @@ impl JobSink for TaskSink {
         Ok(())
     }
 
-    async fn provider_job(&self, job_id: &str) -> anyhow::Result<()> {
-        Ok(self.gateway.db.set_provider_job(self.task.id, job_id).await?)
+    async fn submitting(&self, in_flight: bool) -> anyhow::Result<()> {
+        Ok(self.gateway.db.mark_submitting(self.task.id, in_flight).await?)
     }
 
-    async fn assign_worker(&self, worker: &str) -> anyhow::Result<()> {
-        Ok(self.gateway.db.set_worker(self.task.id, worker).await?)
+    async fn submitted(&self, job_id: &str, placement: Option<&str>) -> anyhow::Result<()> {
+        if let Some(event) = self.gateway.db.record_submission(self.task.id, job_id, placement).await? {
+            self.gateway.bus.publish(&[event]);
+        }
+        Ok(())
+    }
+
+    async fn place(&self, placement: &str) -> anyhow::Result<()> {
+        Ok(self.gateway.db.place(self.task.id, placement).await?)
     }
 }
 

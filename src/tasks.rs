@@ -63,6 +63,14 @@ impl TaskKind {
         Self::ALL.into_iter().find(|k| k.as_str() == text)
     }
 
+    /// The role of the output without which a task of this kind has not succeeded.
+    pub fn main_role(self) -> &'static str {
+        match self {
+            TaskKind::ImageTo3d | TaskKind::TextTo3d => "model",
+            TaskKind::TextToImage => "image",
+        }
+    }
+
     /// Whether this kind takes a picture as its input (otherwise a prompt).
     pub fn takes_image(self) -> bool {
         matches!(self, TaskKind::ImageTo3d)
@@ -140,9 +148,13 @@ pub struct Task {
     pub error_message: Option<String>,
     /// Provider-defined metadata of the finished result.
     pub metadata: serde_json::Value,
+    /// The upstream's own id for the job, once a remote provider submitted it.
     pub provider_job_id: Option<String>,
-    /// The push worker (its base URL) the task was dispatched to, while it runs there.
-    pub worker: Option<String>,
+    /// Where the running job was placed: a push worker's base URL, or the fingerprint
+    /// of the API key that created a cloud job.
+    pub placement: Option<String>,
+    /// Set while a submission to an upstream is in flight (see [`crate::providers::Upstream`]).
+    pub submitting_at: Option<DateTime<Utc>>,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -168,6 +180,8 @@ pub struct NewTask {
     pub prompt: Option<String>,
     pub picture_id: Option<Uuid>,
     pub params: serde_json::Value,
+    /// A client's own provider key for this task, sealed ([`crate::providers::byok`]).
+    pub client_secret: Option<String>,
 }
 
 /// The kinds of entries in a task's event log.

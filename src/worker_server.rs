@@ -32,7 +32,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::ServerConfig,
     metrics::Metrics,
-    providers::{InputImage, Job, JobContext, JobSink, Outcome, Output, Provider},
+    providers::{InputImage, Job, JobContext, JobSink, Outcome, Output, Provider, Upstream},
     server::HttpServer,
     tasks::{TaskId, TaskKind},
     webhooks::{self, SigningKey, WebhookError},
@@ -284,6 +284,7 @@ async fn dispatch(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
         params: job.params,
         attempt: 1,
         deadline: None,
+        upstream: Upstream::None,
     };
     tracing::info!(%task_id, "job accepted");
     let runner = Arc::clone(&state);
@@ -304,7 +305,7 @@ async fn run_job(state: &Shared, job: Job, callback_url: String, timeout: Durati
         task_id,
         cancel: cancel.clone(),
     });
-    let ctx = JobContext::new(sink, cancel.clone());
+    let ctx = JobContext::new(sink, cancel.clone(), std::env::temp_dir().join("kiln-worker"));
     let provider = Arc::clone(&state.provider);
     let mut run = tokio::spawn(async move { provider.run(job, ctx).await });
     let status = tokio::select! {
@@ -438,20 +439,32 @@ impl JobSink for CallbackSink {
     }
 
     async fn output(&self, output: Output) -> anyhow::Result<()> {
+        // The signature covers the whole body, so the file is read in to be signed.
+        let mut file = output.file.file;
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut file, &mut bytes).map(|_| bytes)
+        })
+        .await??;
         let (content_type, body) = Form::new()
             .text("name", &output.name)
-            .file("file", &output.name, &output.content_type, &output.bytes)
+            .file("file", &output.name, &output.content_type, &bytes)
             .finish();
         let url = format!("{}/{}/{}", self.callback_url, worker_protocol::RESULT_PATH, self.task_id);
         let delivery = deliver(&self.state, &url, &content_type, body, CALLBACK_ATTEMPTS).await;
         self.react(delivery)
     }
 
-    async fn provider_job(&self, _job_id: &str) -> anyhow::Result<()> {
+    // `kiln worker` runs in-process engines only: nothing is submitted or placed.
+    async fn submitting(&self, _in_flight: bool) -> anyhow::Result<()> {
         Ok(())
     }
 
-    async fn assign_worker(&self, _worker: &str) -> anyhow::Result<()> {
+    async fn submitted(&self, _job_id: &str, _placement: Option<&str>) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn place(&self, _placement: &str) -> anyhow::Result<()> {
         Ok(())
     }
 }

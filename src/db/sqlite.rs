@@ -93,7 +93,8 @@ fn task_from_row(row: &SqliteRow) -> DbResult<Task> {
         error_message: row.try_get("error_message")?,
         metadata: parse_json(&metadata),
         provider_job_id: row.try_get("provider_job_id")?,
-        worker: row.try_get("worker")?,
+        placement: row.try_get("placement")?,
+        submitting_at: opt_time(row.try_get("submitting_at")?),
         attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
         created_at: to_time(row.try_get("created_at")?),
         started_at: opt_time(row.try_get("started_at")?),
@@ -292,8 +293,9 @@ impl TaskRepo for SqliteDatabase {
         let position = queued + 1;
         let now = now_ms();
         let row = sqlx::query(
-            "INSERT INTO tasks (id, kind, model, channel, status, prompt, picture_id, params, last_seq, last_position, created_at) \
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9) RETURNING *",
+            "INSERT INTO tasks (id, kind, model, channel, status, prompt, picture_id, params, last_seq, last_position, \
+                 created_at, client_secret) \
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9, ?10) RETURNING *",
         )
         .bind(task.id.to_string())
         .bind(task.kind.as_str())
@@ -304,6 +306,7 @@ impl TaskRepo for SqliteDatabase {
         .bind(task.params.to_string())
         .bind(position)
         .bind(now)
+        .bind(&task.client_secret)
         .fetch_one(&mut *tx)
         .await?;
         let stored = task_from_row(&row)?;
@@ -366,7 +369,8 @@ impl TaskRepo for SqliteDatabase {
             "UPDATE tasks SET status = 'running', lease_owner = ?1, lease_expires_at = ?2, attempts = attempts + 1, \
                  started_at = COALESCE(started_at, ?3), deadline_at = ?4, progress = 0, \
                  stage = CASE WHEN status = 'running' THEN 'restarting' ELSE 'starting' END, \
-                 last_seq = last_seq + 1, last_position = NULL, worker = NULL \
+                 last_seq = last_seq + 1, last_position = NULL, \
+                 placement = CASE WHEN provider_job_id IS NULL THEN NULL ELSE placement END \
              WHERE rowid = COALESCE( \
                  (SELECT rowid FROM tasks WHERE channel = ?5 AND status = 'running' AND lease_expires_at < ?3 \
                      ORDER BY rowid LIMIT 1), \
@@ -475,46 +479,92 @@ impl TaskRepo for SqliteDatabase {
         Ok(Some(event))
     }
 
-    async fn set_provider_job(&self, id: TaskId, job_id: &str) -> DbResult<()> {
-        sqlx::query("UPDATE tasks SET provider_job_id = ?1 WHERE id = ?2")
-            .bind(job_id)
+    async fn mark_submitting(&self, id: TaskId, submitting: bool) -> DbResult<()> {
+        sqlx::query("UPDATE tasks SET submitting_at = ?1 WHERE id = ?2 AND status = 'running'")
+            .bind(submitting.then(now_ms))
             .bind(id.to_string())
             .execute(&self.writer)
             .await?;
         Ok(())
     }
 
-    async fn set_worker(&self, id: TaskId, worker: &str) -> DbResult<()> {
-        sqlx::query("UPDATE tasks SET worker = ?1 WHERE id = ?2 AND status = 'running'")
-            .bind(worker)
+    async fn record_submission(
+        &self,
+        id: TaskId,
+        job_id: &str,
+        placement: Option<&str>,
+    ) -> DbResult<Option<TaskEvent>> {
+        let mut tx = begin(&self.writer).await?;
+        let done = sqlx::query(
+            "UPDATE tasks SET provider_job_id = ?1, placement = ?2, submitting_at = NULL, stage = 'submitted' \
+             WHERE id = ?3 AND status = 'running'",
+        )
+        .bind(job_id)
+        .bind(placement)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let progress: i64 = sqlx::query_scalar("SELECT progress FROM tasks WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let event = append_event(
+            &mut tx,
+            id,
+            EventKind::Processing,
+            payload::processing(progress.clamp(0, 100) as u8, "submitted"),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn place(&self, id: TaskId, placement: &str) -> DbResult<()> {
+        sqlx::query("UPDATE tasks SET placement = ?1 WHERE id = ?2 AND status = 'running'")
+            .bind(placement)
             .bind(id.to_string())
             .execute(&self.writer)
             .await?;
         Ok(())
     }
 
-    async fn worker_loads(&self, channel: &str) -> DbResult<Vec<(String, u32)>> {
+    async fn placement_loads(&self, channel: &str) -> DbResult<Vec<(String, u32)>> {
         let rows = sqlx::query(
-            "SELECT worker, COUNT(*) AS n FROM tasks WHERE channel = ?1 AND status = 'running' AND worker IS NOT NULL \
-             GROUP BY worker",
+            "SELECT placement, COUNT(*) AS n FROM tasks \
+             WHERE channel = ?1 AND status = 'running' AND placement IS NOT NULL GROUP BY placement",
         )
         .bind(channel)
         .fetch_all(&self.reader)
         .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("worker")?, row.try_get::<i64, _>("n")?.clamp(0, i64::from(u32::MAX)) as u32)))
+            .map(|row| {
+                Ok((row.try_get("placement")?, row.try_get::<i64, _>("n")?.clamp(0, i64::from(u32::MAX)) as u32))
+            })
             .collect()
     }
 
-    async fn release_worker(&self, channel: &str, worker: &str) -> DbResult<u64> {
+    async fn release_placement(&self, channel: &str, placement: &str) -> DbResult<u64> {
         let done = sqlx::query(
-            "UPDATE tasks SET lease_expires_at = 0 WHERE channel = ?1 AND worker = ?2 AND status = 'running'",
+            "UPDATE tasks SET lease_expires_at = 0 WHERE channel = ?1 AND placement = ?2 AND status = 'running'",
         )
         .bind(channel)
-        .bind(worker)
+        .bind(placement)
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn client_secret(&self, id: TaskId) -> DbResult<Option<String>> {
+        let secret: Option<Option<String>> =
+            sqlx::query_scalar("SELECT client_secret FROM tasks WHERE id = ?1 AND status IN ('queued', 'running')")
+                .bind(id.to_string())
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(secret.flatten())
     }
 
     async fn find_artifact(&self, id: TaskId, name: &str) -> DbResult<Option<Artifact>> {
@@ -554,7 +604,8 @@ impl TaskRepo for SqliteDatabase {
         let row = sqlx::query(
             "UPDATE tasks SET status = ?1, finished_at = ?2, error_code = ?3, error_message = ?4, metadata = ?5, \
                  progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, last_seq = last_seq + 1, \
-                 lease_owner = NULL, lease_expires_at = NULL, last_position = NULL, worker = NULL \
+                 lease_owner = NULL, lease_expires_at = NULL, last_position = NULL, placement = NULL, \
+                 submitting_at = NULL, client_secret = NULL \
              WHERE id = ?6 RETURNING *",
         )
         .bind(next.as_str())
@@ -593,12 +644,14 @@ impl TaskRepo for SqliteDatabase {
         rows.iter().map(artifact_from_row).collect()
     }
 
-    async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<TaskId>> {
-        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM tasks WHERE status = 'running' AND deadline_at < ?1")
+    async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<(TaskId, String)>> {
+        let rows = sqlx::query("SELECT id, channel FROM tasks WHERE status = 'running' AND deadline_at < ?1")
             .bind(now.timestamp_millis())
             .fetch_all(&self.reader)
             .await?;
-        ids.iter().map(|id| parse_uuid(id).map(TaskId)).collect()
+        rows.iter()
+            .map(|row| Ok((TaskId(parse_uuid(&row.try_get::<String, _>("id")?)?), row.try_get("channel")?)))
+            .collect()
     }
 
     async fn channel_loads(&self) -> DbResult<Vec<ChannelLoad>> {

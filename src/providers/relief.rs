@@ -70,11 +70,13 @@ impl Provider for Relief {
         let model = reconstruct(image.bytes, options.clone(), &ctx).await?;
         let size = model.glb.len();
         let stats = stats_json(&model.stats);
+        let file = ctx.spool_bytes(&model.glb).await.map_err(ProviderError::internal)?;
+        drop(model.glb);
         ctx.output(Output {
             name: "model.glb".to_owned(),
             role: "model".to_owned(),
             content_type: "model/gltf-binary".to_owned(),
-            bytes: Bytes::from(model.glb),
+            file,
             metadata: stats.clone(),
         })
         .await
@@ -274,15 +276,8 @@ mod tests {
     #[test]
     fn channel_options_set_the_defaults_and_are_checked() {
         let channel = |options: &str| ChannelConfig {
-            name: "relief".into(),
-            provider: "relief".into(),
-            models: Vec::new(),
-            enabled: true,
-            max_concurrency: 1,
-            max_queue: 1,
-            priority: 0,
-            secret: None,
             options: toml::from_str(options).expect("toml"),
+            ..ChannelConfig::relief()
         };
         assert!(factory(&channel("depth = 0.5\ntexture_size = 512")).is_ok());
         let err = factory(&channel("depht = 0.5")).err().expect("typo refused").to_string();

@@ -114,6 +114,18 @@ pub struct WorkerProvider {
     pool: Arc<Pool>,
 }
 
+impl WorkerProvider {
+    /// The key this channel's workers sign their callbacks with.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.pool.key
+    }
+
+    /// The signing key of a channel's provider, when it is a push-worker channel.
+    pub fn key_of(provider: &dyn Provider) -> Option<&SigningKey> {
+        (provider as &dyn std::any::Any).downcast_ref::<Self>().map(Self::signing_key)
+    }
+}
+
 /// A channel's workers and how to reach them.
 struct Pool {
     key: SigningKey,
@@ -210,7 +222,7 @@ impl Pool {
     /// Usable workers with a free slot, least busy first, ties taken in turn.
     async fn candidates(&self) -> Vec<Arc<Worker>> {
         let loads: HashMap<String, u32> = match self.runtime.get() {
-            Some(rt) => rt.worker_loads().await.unwrap_or_else(|err| {
+            Some(rt) => rt.placement_loads().await.unwrap_or_else(|err| {
                 tracing::warn!(error = %err, "cannot read worker loads; assuming idle workers");
                 Vec::new()
             }),
@@ -339,7 +351,7 @@ impl Pool {
             for (worker, change) in futures::future::join_all(probes).await {
                 match change {
                     ProbeChange::Joined => runtime.wake(),
-                    ProbeChange::Lost | ProbeChange::StillLost => match runtime.release_worker(&worker.base).await {
+                    ProbeChange::Lost | ProbeChange::StillLost => match runtime.release_placement(&worker.base).await {
                         Ok(0) => {}
                         Ok(n) => {
                             tracing::warn!(worker = %worker.base, tasks = n, "tasks of a lost worker will be dispatched again")
@@ -401,10 +413,6 @@ impl Provider for WorkerProvider {
         self.pool.workers.iter().any(|w| w.usable())
     }
 
-    fn callback_key(&self) -> Option<&SigningKey> {
-        Some(&self.pool.key)
-    }
-
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError> {
         let Some(callback_url) = self.pool.callback_base() else {
             return Err(ProviderError::internal(anyhow::anyhow!("the worker channel was not started")));
@@ -413,7 +421,7 @@ impl Provider for WorkerProvider {
         loop {
             for worker in self.pool.candidates().await {
                 // Recorded first, so a concurrent dispatch counts this one.
-                if let Err(err) = ctx.assign_worker(&worker.base).await {
+                if let Err(err) = ctx.place(&worker.base).await {
                     return Err(ProviderError::internal(err));
                 }
                 let started = Instant::now();

@@ -166,6 +166,19 @@ impl TestApp {
         (id, url)
     }
 
+    /// Waits until the task's record satisfies `done` (a stage recorded just after an
+    /// upstream saw the job, say).
+    pub async fn wait_task(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..400 {
+            let (_, task) = self.get_json(&format!("/api/v1/tasks/{id}")).await;
+            if done(&task) {
+                return task;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("task {id} never became {what}");
+    }
+
     pub async fn wait_terminal(&self, id: &str) -> Value {
         for _ in 0..400 {
             let (_, task) = self.get_json(&format!("/api/v1/tasks/{id}")).await;

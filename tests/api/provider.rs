@@ -58,11 +58,16 @@ impl Provider for Echo {
             (None, None) => Bytes::new(),
         };
         let size = body.len();
+        let file = ctx.spool_bytes(&body).await.map_err(ProviderError::internal)?;
+        let (name, content_type) = match job.kind.main_role() {
+            "image" => ("image.png", "image/png"),
+            _ => ("model.glb", "model/gltf-binary"),
+        };
         ctx.output(Output {
-            name: "model.glb".into(),
-            role: "model".into(),
-            content_type: "model/gltf-binary".into(),
-            bytes: body,
+            name: name.into(),
+            role: job.kind.main_role().into(),
+            content_type: content_type.into(),
+            file,
             metadata: json!({ "echoed_bytes": size }),
         })
         .await

@@ -536,9 +536,9 @@ async fn a_lost_workers_task_is_dispatched_again_to_another_worker() {
     first.stop.cancel();
     let (again, base) = second.wait_dispatched(1).await[0].clone();
     assert_eq!(again, id, "the lost task went to the other worker");
-    let (_, task) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    // The worker sees the dispatch a moment before kiln records it.
+    let task = app.wait_task(&id, "dispatched", |t| t["stage"] == "dispatched").await;
     assert_eq!(task["status"], "running");
-    assert_eq!(task["stage"], "dispatched");
 
     let client = &app.client;
     let (content_type, form) =
