@@ -5,9 +5,12 @@
 //!
 //! Four shapes fit the one trait: in-process engines (`relief`: run and report), push
 //! workers (`worker`: dispatch, then signed callbacks end the task), and submit-and-poll
-//! or synchronous cloud APIs.
+//! or synchronous cloud APIs, which implement the smaller [`remote::RemoteApi`] and get
+//! durable submission, batched polling and downloads from [`remote`].
 
 pub mod relief;
+pub mod remote;
+pub mod tripo;
 pub mod worker;
 
 use std::{any::Any, collections::BTreeMap, path::PathBuf, sync::Arc};
@@ -266,6 +269,7 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut registry = Self::default();
         registry.register("relief", relief::factory);
+        registry.register("tripo", tripo::factory);
         registry.register("worker", worker::factory);
         registry
     }
