@@ -219,6 +219,11 @@ pub trait Provider: Any + Send + Sync {
     /// Runs one job.
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError>;
 
+    /// Whether jobs leave this machine for a cloud API (the catalog says so).
+    fn is_cloud(&self) -> bool {
+        false
+    }
+
     /// Whether the provider can take work now; the message says why not.
     async fn health(&self) -> Result<(), String> {
         Ok(())

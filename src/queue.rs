@@ -218,10 +218,8 @@ impl Scheduler {
         let ctx = JobContext::new(sink, cancel.clone(), gw.spool_dir());
         let provider = Arc::clone(&channel.provider);
         let mut handle = tokio::spawn(async move { provider.run(job, ctx).await });
-        let deadline = task
-            .deadline_at
-            .map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO))
-            .unwrap_or(channel.deadline);
+        let deadline =
+            task.deadline_at.map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO)).unwrap_or(channel.deadline);
         let end = tokio::select! {
             joined = &mut handle => match joined {
                 Ok(result) => RunEnd::Provider(result),
@@ -283,7 +281,8 @@ impl Scheduler {
                 }
             };
             for (id, channel) in overdue {
-                let deadline = self.gateway.router.channel(&channel).map_or(self.gateway.config.tasks.deadline, |c| c.deadline);
+                let deadline =
+                    self.gateway.router.channel(&channel).map_or(self.gateway.config.tasks.deadline, |c| c.deadline);
                 if let Err(err) = self.gateway.finish(id, timeout_finish(deadline)).await {
                     tracing::error!(task_id = %id, error = %err, "cannot fail an overdue task");
                 }

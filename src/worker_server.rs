@@ -446,10 +446,8 @@ impl JobSink for CallbackSink {
             std::io::Read::read_to_end(&mut file, &mut bytes).map(|_| bytes)
         })
         .await??;
-        let (content_type, body) = Form::new()
-            .text("name", &output.name)
-            .file("file", &output.name, &output.content_type, &bytes)
-            .finish();
+        let (content_type, body) =
+            Form::new().text("name", &output.name).file("file", &output.name, &output.content_type, &bytes).finish();
         let url = format!("{}/{}/{}", self.callback_url, worker_protocol::RESULT_PATH, self.task_id);
         let delivery = deliver(&self.state, &url, &content_type, body, CALLBACK_ATTEMPTS).await;
         self.react(delivery)

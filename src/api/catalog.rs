@@ -17,8 +17,13 @@ struct ChannelView {
     name: String,
     /// Provider type.
     provider: String,
-    /// Enabled and healthy.
+    /// Enabled, healthy and not resting.
     available: bool,
+    /// A cloud API (work leaves this machine, and may be billed by the provider).
+    cloud: bool,
+    /// Seconds until the channel takes new tasks again, while its circuit breaker
+    /// rests it after submissions kept failing.
+    resting_for: Option<u64>,
     queued: u64,
     running: u64,
     max_concurrency: u32,
@@ -34,6 +39,8 @@ struct ModelView {
     default: bool,
     /// At least one channel can take work.
     available: bool,
+    /// Every channel serving it is a cloud API.
+    cloud: bool,
     channels: Vec<ChannelView>,
 }
 
@@ -56,6 +63,8 @@ async fn catalog(State(state): State<AppState>) -> ApiResult<Json<Catalog>> {
                 name: channel.name.clone(),
                 provider: channel.provider_type.clone(),
                 available: channel.usable(),
+                cloud: channel.provider.is_cloud(),
+                resting_for: channel.breaker.open_for().map(|d| d.as_secs().max(1)),
                 queued: load.map(|l| l.queued).unwrap_or(0),
                 running: load.map(|l| l.running).unwrap_or(0),
                 max_concurrency: channel.max_concurrency,
@@ -64,6 +73,7 @@ async fn catalog(State(state): State<AppState>) -> ApiResult<Json<Catalog>> {
             match models.iter_mut().find(|m| m.name == model.name && m.kind == model.kind) {
                 Some(existing) => {
                     existing.available |= view.available;
+                    existing.cloud &= view.cloud;
                     existing.channels.push(view);
                 }
                 None => models.push(ModelView {
@@ -72,6 +82,7 @@ async fn catalog(State(state): State<AppState>) -> ApiResult<Json<Catalog>> {
                     description: model.description.clone().unwrap_or_else(|| channel.provider.describe()),
                     default: router.default_model(model.kind) == Some(model.name.as_str()),
                     available: view.available,
+                    cloud: view.cloud,
                     channels: vec![view],
                 }),
             }

@@ -223,6 +223,11 @@ pub struct RemoteOptions {
     pub download_timeout: Duration,
     /// The largest output file kept.
     pub max_download_bytes: u64,
+    /// How often the upstream's health (a balance check, say) is probed; while it
+    /// fails, the channel takes no new tasks and the catalog says it is unavailable.
+    /// `0s` turns probing off.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
 }
 
 impl Default for RemoteOptions {
@@ -234,11 +239,13 @@ impl Default for RemoteOptions {
             request_timeout: Duration::from_secs(60),
             download_timeout: Duration::from_secs(300),
             max_download_bytes: 512 * 1024 * 1024,
+            health_interval: Duration::from_secs(60),
         }
     }
 }
 
-const REMOTE_KEYS: [&str; 6] = [
+const REMOTE_KEYS: [&str; 7] = [
+    "health_interval",
     "poll_interval",
     "poll_max_interval",
     "requests_per_minute",
@@ -495,11 +502,8 @@ impl<A: RemoteApi> RemoteProvider<A> {
         if declared.is_some_and(|n| n > max) {
             return Err(Fetch::TooLarge(max));
         }
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let content_type =
+            response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let mut spool = ctx.spooler(max).await.map_err(Fetch::spool)?;
         let mut body = response.bytes_stream();
         loop {
@@ -547,12 +551,17 @@ impl Fetch {
             Fetch::Expired => {
                 ProviderError::new("download_failed", "The provider's result link expired and could not be renewed.")
             }
-            Fetch::Failed(detail) => ProviderError::new("download_failed", "The provider's result could not be downloaded.")
-                .with_cause(anyhow::anyhow!(detail)),
-            Fetch::TooLarge(max) => {
-                ProviderError::new("bad_output", format!("The provider's result is larger than the limit of {max} bytes."))
+            Fetch::Failed(detail) => {
+                ProviderError::new("download_failed", "The provider's result could not be downloaded.")
+                    .with_cause(anyhow::anyhow!(detail))
             }
-            Fetch::Bad(detail) => ProviderError::new("bad_output", format!("The provider's result is not usable: {detail}.")),
+            Fetch::TooLarge(max) => ProviderError::new(
+                "bad_output",
+                format!("The provider's result is larger than the limit of {max} bytes."),
+            ),
+            Fetch::Bad(detail) => {
+                ProviderError::new("bad_output", format!("The provider's result is not usable: {detail}."))
+            }
         }
     }
 }
@@ -617,10 +626,42 @@ impl<A: RemoteApi> Provider for RemoteProvider<A> {
         self.api.check_params(kind, params)
     }
 
+    fn is_cloud(&self) -> bool {
+        true
+    }
+
     fn start(&self, runtime: Arc<dyn ChannelRuntime>) {
-        if self.runtime.set(Arc::clone(&runtime)).is_ok() {
-            Arc::clone(&self.poller).start(runtime.shutdown());
+        if self.runtime.set(Arc::clone(&runtime)).is_err() {
+            return;
         }
+        Arc::clone(&self.poller).start(runtime.shutdown());
+        if self.options.health_interval.is_zero() {
+            return;
+        }
+        let (api, http, key, every) =
+            (Arc::clone(&self.api), self.http.clone(), self.keys.keys[0].secret.clone(), self.options.health_interval);
+        tokio::spawn(async move {
+            let stop = runtime.shutdown();
+            let mut healthy = true;
+            loop {
+                let call = Call { http: &http, key: key.expose(), until: None };
+                let verdict = tokio::select! {
+                    verdict = api.health(&call) => verdict,
+                    _ = stop.cancelled() => return,
+                };
+                match (&verdict, healthy) {
+                    (Err(why), true) => tracing::warn!(why, "the provider cannot take work; its channel rests"),
+                    (Ok(()), false) => tracing::info!("the provider takes work again"),
+                    _ => {}
+                }
+                healthy = verdict.is_ok();
+                runtime.set_available(healthy);
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
     }
 
     async fn health(&self) -> Result<(), String> {
@@ -760,8 +801,9 @@ impl<A: RemoteApi> Poller<A> {
         let batch = self.api.batch_size().max(1);
         let mut by_key: HashMap<&str, (Secret, Vec<String>, Vec<String>)> = HashMap::new();
         for (id, watched) in jobs.iter() {
-            let entry =
-                by_key.entry(watched.fingerprint.as_str()).or_insert_with(|| (watched.key.clone(), Vec::new(), Vec::new()));
+            let entry = by_key
+                .entry(watched.fingerprint.as_str())
+                .or_insert_with(|| (watched.key.clone(), Vec::new(), Vec::new()));
             if watched.next <= now { entry.1.push(id.clone()) } else { entry.2.push(id.clone()) }
         }
         let mut requests = Vec::new();

@@ -59,9 +59,9 @@ enum Region {
 pub fn factory(channel: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
     let mut table = channel.options.clone();
     let remote = RemoteOptions::take(&mut table)?;
-    let options: Options = table
-        .try_into()
-        .map_err(|e| anyhow::anyhow!("{e} (expected `region = \"global\" | \"cn\"`, `base_url`, or the cloud settings)"))?;
+    let options: Options = table.try_into().map_err(|e| {
+        anyhow::anyhow!("{e} (expected `region = \"global\" | \"cn\"`, `base_url`, or the cloud settings)")
+    })?;
     let base = match (&options.base_url, options.region) {
         (Some(url), _) => url.as_str().trim_end_matches('/').to_owned(),
         (None, Region::Global) => GLOBAL.to_owned(),
@@ -222,9 +222,7 @@ fn failure(status: StatusCode, code: Option<i64>, message: &str, from_tripo: boo
             refused("upstream_invalid_params", said("Tripo refused the request's parameters."))
         }
         // A 5xx from a proxy in front of Tripo: the create may have gone through.
-        (500..=599, _) if creating && !from_tripo => {
-            Failure::Unknown(format!("{status} without Tripo's envelope"))
-        }
+        (500..=599, _) if creating && !from_tripo => Failure::Unknown(format!("{status} without Tripo's envelope")),
         (500..=599, _) => refused("upstream_unavailable", "Tripo failed to handle the request.".into()),
         _ => refused("upstream_error", said("Tripo answered with an unexpected error.")),
     }
@@ -344,9 +342,8 @@ impl RemoteApi for Tripo {
     }
 
     async fn submit(&self, call: &Call<'_>, job: &Job) -> Result<Submission, Failure> {
-        let mut body = check(job.kind, &job.params).map_err(|m| {
-            Failure::Refused(ProviderError::new("invalid_params", m))
-        })?;
+        let mut body =
+            check(job.kind, &job.params).map_err(|m| Failure::Refused(ProviderError::new("invalid_params", m)))?;
         body.insert("model".into(), json!(job.upstream_model));
         let path = match job.kind {
             TaskKind::ImageTo3d => {
@@ -403,7 +400,9 @@ impl RemoteApi for Tripo {
                 Ok(detail) => {
                     states.insert(id, state(detail));
                 }
-                Err(err) => tracing::warn!(upstream_id = %id, error = %err, "unreadable Tripo task detail; polling again"),
+                Err(err) => {
+                    tracing::warn!(upstream_id = %id, error = %err, "unreadable Tripo task detail; polling again")
+                }
             }
         }
         // Unreadable details are left out of `missed` too: keep them pending.
@@ -449,12 +448,16 @@ mod tests {
 
     #[test]
     fn status_and_code_together_decide_the_failure() {
-        let class = |status: u16, code: Option<i64>, tripo: bool, creating: bool| {
-            match failure(StatusCode::from_u16(status).expect("status"), code, "m", tripo, creating) {
-                Failure::NotTaken(e) => format!("not_taken:{}", e.code),
-                Failure::Refused(e) => format!("refused:{}", e.code),
-                Failure::Unknown(_) => "unknown".to_owned(),
-            }
+        let class = |status: u16, code: Option<i64>, tripo: bool, creating: bool| match failure(
+            StatusCode::from_u16(status).expect("status"),
+            code,
+            "m",
+            tripo,
+            creating,
+        ) {
+            Failure::NotTaken(e) => format!("not_taken:{}", e.code),
+            Failure::Refused(e) => format!("refused:{}", e.code),
+            Failure::Unknown(_) => "unknown".to_owned(),
         };
         assert_eq!(class(429, Some(2000), true, true), "not_taken:upstream_rate_limited");
         assert_eq!(class(403, Some(2010), true, true), "refused:upstream_no_credits");
@@ -480,7 +483,8 @@ mod tests {
             panic!("success")
         };
         assert_eq!(done.files.len(), 2);
-        let JobState::Failed(err) = state(detail(json!({ "status": "failed", "error_code": 2008, "error_message": "no" })))
+        let JobState::Failed(err) =
+            state(detail(json!({ "status": "failed", "error_code": 2008, "error_message": "no" })))
         else {
             panic!("failed")
         };

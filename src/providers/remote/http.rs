@@ -225,11 +225,7 @@ async fn read(request: RequestBuilder) -> Result<Answer, Fault> {
 /// A connection that was never made cannot have delivered the request; anything later
 /// might have.
 fn classify(err: &reqwest::Error) -> Fault {
-    if err.is_connect() || err.is_builder() {
-        Fault::NotSent(describe(err))
-    } else {
-        Fault::Lost(describe(err))
-    }
+    if err.is_connect() || err.is_builder() { Fault::NotSent(describe(err)) } else { Fault::Lost(describe(err)) }
 }
 
 /// What went wrong and the error chain below it, without the URL (which may carry a
