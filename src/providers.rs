@@ -55,6 +55,8 @@ pub struct Job {
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
     /// What an earlier run of this task submitted upstream, if anything.
     pub upstream: Upstream,
+    /// The client's own provider key for this task, when it brought one.
+    pub client_key: Option<crate::config::Secret>,
 }
 
 /// What an earlier run of a task left upstream. A remote provider resumes a submitted
@@ -218,6 +220,12 @@ pub trait Provider: Any + Send + Sync {
 
     /// Runs one job.
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError>;
+
+    /// Whether a client's own provider key has this provider's format (for channels with
+    /// `client_keys = true`).
+    fn check_client_key(&self, _key: &str) -> Result<(), String> {
+        Err("This provider does not take a client's own key.".into())
+    }
 
     /// Whether jobs leave this machine for a cloud API (the catalog says so).
     fn is_cloud(&self) -> bool {
