@@ -7,8 +7,8 @@ use reqwest::{Client, StatusCode, multipart};
 use serde_json::{Value, json};
 
 use crate::common::fakes::{
-    FakeModelScope, FakeTripo, Fault, MODELSCOPE_TOKEN, ModelScopeOptions, Outcome, Route, TRIPO_KEY, TripoOptions,
-    png_solid,
+    FakeModelScope, FakeOpenAi, FakeTripo, Fault, MODELSCOPE_TOKEN, ModelScopeOptions, OPENAI_KEY, OpenAiOptions,
+    Outcome, Route, TRIPO_KEY, TripoOptions, png_solid,
 };
 
 const FAST_QUEUE: Duration = Duration::from_millis(40);
@@ -655,4 +655,83 @@ async fn modelscope_faults_and_outcomes() {
         .await
         .expect("502");
     assert_eq!(response.status(), 502);
+}
+
+#[tokio::test]
+async fn openai_generations() {
+    let fake = FakeOpenAi::start(OpenAiOptions::default().latency(Duration::from_millis(10)));
+    let client = client();
+    let url = format!("{}/v1/images/generations", fake.base_url());
+    let post = |key: &str, body: Value| client.post(&url).bearer_auth(key).json(&body).send();
+
+    let response = post(OPENAI_KEY, json!({"model": "dall-e-2", "prompt": "a fox", "n": 2, "size": "256x256"}));
+    let body = body_json(response.await.expect("url")).await;
+    assert!(body["created"].is_u64());
+    let data = body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2);
+    let image = download(&client, data[1]["url"].as_str().expect("url")).await;
+    assert_eq!(image.status(), 200);
+    assert_eq!(png_size(&image.bytes().await.expect("png")), (256, 256));
+
+    let response = post(
+        OPENAI_KEY,
+        json!({"model": "dall-e-3", "prompt": "a fox", "size": "1024x1024", "response_format": "b64_json"}),
+    );
+    let body = body_json(response.await.expect("b64")).await;
+    let b64 = body["data"][0]["b64_json"].as_str().expect("b64_json");
+    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).expect("base64");
+    assert_eq!(png_size(&png), (1024, 1024));
+
+    // Errors in OpenAI's envelope.
+    let response = post("sk-wrong", json!({"prompt": "a fox"})).await.expect("401");
+    assert_eq!(response.status(), 401);
+    assert_eq!(body_json(response).await["error"]["code"], "invalid_api_key");
+    for (body, param) in [
+        (json!({"model": "dall-e-2"}), "prompt"),
+        (json!({"prompt": "a", "n": 11}), "n"),
+        (json!({"model": "dall-e-3", "prompt": "a", "n": 2}), "n"),
+        (json!({"model": "dall-e-2", "prompt": "a", "size": "1792x1024"}), "size"),
+        (json!({"prompt": "a", "response_format": "gif"}), "response_format"),
+        (json!({"model": "nope", "prompt": "a"}), "model"),
+    ] {
+        let response = post(OPENAI_KEY, body.clone()).await.expect("400");
+        assert_eq!(response.status(), 400, "{body}");
+        let answer = body_json(response).await;
+        assert_eq!(answer["error"]["param"], param, "{answer}");
+        assert_eq!(answer["error"]["type"], "invalid_request_error");
+    }
+    fake.push_fault(Route::Create, Fault::retry_after(429, 0, "Rate limit reached for images per minute.", 20));
+    let response = post(OPENAI_KEY, json!({"prompt": "a fox"})).await.expect("429");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "20");
+    assert_eq!(body_json(response).await["error"]["code"], "rate_limit_exceeded");
+
+    assert_eq!(fake.count(Route::Create), 10);
+    assert_eq!(fake.creates().len(), 2);
+    assert_eq!(fake.creates_by_key(OPENAI_KEY), 2);
+    assert_eq!(fake.downloads_with_authorization(), 0);
+}
+
+#[tokio::test]
+async fn openai_instant_mode_and_models() {
+    let fake = FakeOpenAi::start(OpenAiOptions::instant());
+    let client = client();
+    let started = Instant::now();
+    for _ in 0..20 {
+        let response = client
+            .post(format!("{}/v1/images/generations", fake.base_url()))
+            .bearer_auth(OPENAI_KEY)
+            .json(&json!({"prompt": "a fox", "n": 4, "response_format": "b64_json"}))
+            .send()
+            .await
+            .expect("instant");
+        let body = body_json(response).await;
+        assert_eq!(body["data"].as_array().expect("data").len(), 4);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    let response = client.get(format!("{}/v1/models", fake.base_url())).bearer_auth(OPENAI_KEY).send().await;
+    let body = body_json(response.expect("models")).await;
+    assert_eq!(body["object"], "list");
+    assert!(body["data"].as_array().expect("data").iter().any(|m| m["id"] == "gpt-image-1"));
+    assert_eq!(fake.count(Route::Models), 1);
 }
