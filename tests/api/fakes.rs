@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, StatusCode, multipart};
 use serde_json::{Value, json};
 
-use crate::common::fakes::{FakeTripo, Fault, Outcome, Route, TRIPO_KEY, TripoOptions, png_solid};
+use crate::common::fakes::{
+    FakeModelScope, FakeOpenAi, FakeTripo, Fault, MODELSCOPE_TOKEN, ModelScopeOptions, OPENAI_KEY, OpenAiOptions,
+    Outcome, Route, TRIPO_KEY, TripoOptions, png_solid,
+};
 
 const FAST_QUEUE: Duration = Duration::from_millis(40);
 const FAST_RUN: Duration = Duration::from_millis(120);
@@ -455,4 +458,280 @@ async fn tripo_urls_expire_and_downloads_fail() {
     let bytes = download(&client, &url).await.bytes().await.expect("wrong body");
     assert_ne!(&bytes[..4], b"glTF");
     assert_glb(&download(&client, &url).await.bytes().await.expect("good again"));
+}
+
+async fn ms_submit(client: &Client, fake: &FakeModelScope, body: Value) -> (StatusCode, Value) {
+    let response = client
+        .post(format!("{}/v1/images/generations", fake.base_url()))
+        .bearer_auth(MODELSCOPE_TOKEN)
+        .header("X-ModelScope-Async-Mode", "true")
+        .json(&body)
+        .send()
+        .await
+        .expect("submit");
+    (response.status(), body_json(response).await)
+}
+
+async fn ms_poll(client: &Client, fake: &FakeModelScope, id: &str) -> (StatusCode, Value) {
+    let response = client
+        .get(format!("{}/v1/tasks/{id}", fake.base_url()))
+        .bearer_auth(MODELSCOPE_TOKEN)
+        .header("X-ModelScope-Task-Type", "image_generation")
+        .send()
+        .await
+        .expect("poll");
+    (response.status(), body_json(response).await)
+}
+
+#[tokio::test]
+async fn modelscope_submit_poll_download() {
+    let fake = FakeModelScope::start(ModelScopeOptions::default().timeline(SEEN_QUEUE, SEEN_RUN));
+    let client = client();
+    let (status, body) =
+        ms_submit(&client, &fake, json!({"model": "Qwen/Qwen-Image", "prompt": "a lighthouse", "size": "128x96"}))
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["request_id"].is_string());
+    let id = body["task_id"].as_str().expect("task_id").to_owned();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen: Vec<String> = Vec::new();
+    let last = loop {
+        let (status, body) = ms_poll(&client, &fake, &id).await;
+        assert_eq!(status, 200, "{body}");
+        let state = body["task_status"].as_str().expect("task_status").to_owned();
+        if seen.last() != Some(&state) {
+            seen.push(state.clone());
+        }
+        if matches!(state.as_str(), "SUCCEED" | "FAILED") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    };
+    assert_eq!(seen, ["PENDING", "RUNNING", "SUCCEED"]);
+    let url = last["output_images"][0].as_str().expect("an image");
+    let response = download(&client, url).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(png_size(&response.bytes().await.expect("png")), (128, 96));
+    assert_eq!(fake.count(Route::Create), 1);
+    assert_eq!(fake.count(Route::Download), 1);
+    assert_eq!(fake.downloads_with_authorization(), 0);
+    assert_eq!(fake.creates_for_prompt("a lighthouse"), 1);
+
+    // Models.
+    let response = client.get(format!("{}/v1/models", fake.base_url())).bearer_auth(MODELSCOPE_TOKEN).send().await;
+    let body = body_json(response.expect("models")).await;
+    assert!(body["data"].as_array().expect("data").iter().any(|m| m["id"] == "Qwen/Qwen-Image"));
+}
+
+#[tokio::test]
+async fn modelscope_headers_auth_and_validation() {
+    let fake = FakeModelScope::start(ModelScopeOptions::default().timeline(FAST_QUEUE, FAST_RUN));
+    let client = client();
+    let url = format!("{}/v1/images/generations", fake.base_url());
+    let ok = json!({"model": "Qwen/Qwen-Image", "prompt": "a cat"});
+
+    // Without the async header: the exact refusal, request_id at the top.
+    let response = client.post(&url).bearer_auth(MODELSCOPE_TOKEN).json(&ok).send().await.expect("send");
+    assert_eq!(response.status(), 400);
+    let body = body_json(response).await;
+    assert!(
+        body["errors"]["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("image-gen task currently does not support synchronous calls"),
+        "{body}"
+    );
+    assert!(body["request_id"].is_string());
+    // Without a token.
+    let response = client.post(&url).header("X-ModelScope-Async-Mode", "true").json(&ok).send().await.expect("send");
+    assert_eq!(response.status(), 401);
+
+    // Parameters.
+    let bad = [
+        json!({"prompt": "a cat"}),
+        json!({"model": "Qwen/Qwen-Image"}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "x".repeat(2000)}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "size": "4096x64"}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "size": "big"}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "seed": -1}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "seed": 2_147_483_648_i64}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "steps": 0}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "guidance": 1.0}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "loras": {"a/x": 0.7, "b/y": 0.2}}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "loras": {"1":0.1,"2":0.1,"3":0.1,"4":0.1,"5":0.1,"6":0.1,"7":0.4}}),
+        json!({"model": "Qwen/Qwen-Image", "prompt": "a", "loras": 3}),
+        json!({"model": "nobody/none", "prompt": "a"}),
+    ];
+    for body in bad {
+        let (status, answer) = ms_submit(&client, &fake, body.clone()).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert!(answer["errors"]["message"].is_string() && answer["request_id"].is_string(), "{answer}");
+    }
+    let good = json!({"model": "Qwen/Qwen-Image", "prompt": "a", "size": "64x2048", "seed": 2_147_483_647_i64,
+        "steps": 100, "guidance": 1.5, "loras": {"a/x": 0.6, "b/y": 0.4}});
+    let (status, body) = ms_submit(&client, &fake, good).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) =
+        ms_submit(&client, &fake, json!({"model": "Qwen/Qwen-Image", "prompt": "a", "loras": "a/x"})).await;
+    assert_eq!(status, 200);
+
+    // Polling without the task-type header.
+    let id = body["task_id"].as_str().expect("task_id");
+    let response = client
+        .get(format!("{}/v1/tasks/{id}", fake.base_url()))
+        .bearer_auth(MODELSCOPE_TOKEN)
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(response.status(), 400);
+    assert_eq!(fake.task_count(), 2);
+}
+
+#[tokio::test]
+async fn modelscope_faults_and_outcomes() {
+    let fake = FakeModelScope::start(ModelScopeOptions::default().timeline(FAST_QUEUE, FAST_RUN));
+    let client = client();
+    let ok = json!({"model": "Qwen/Qwen-Image", "prompt": "a cat", "size": "64x64"});
+
+    fake.push_fault(Route::Create, Fault::retry_after(429, 0, "Request limit exceeded.", 3));
+    let response = client
+        .post(format!("{}/v1/images/generations", fake.base_url()))
+        .bearer_auth(MODELSCOPE_TOKEN)
+        .header("X-ModelScope-Async-Mode", "true")
+        .json(&ok)
+        .send()
+        .await
+        .expect("429");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "3");
+    for name in [
+        "modelscope-ratelimit-requests-limit",
+        "modelscope-ratelimit-requests-remaining",
+        "modelscope-ratelimit-model-requests-limit",
+        "modelscope-ratelimit-model-requests-remaining",
+    ] {
+        assert!(response.headers().contains_key(name), "{name}");
+    }
+    let body = body_json(response).await;
+    assert_eq!(body["errors"]["message"], "Request limit exceeded.");
+    assert!(body["errors"]["request_id"].is_string());
+
+    fake.push_fault(Route::Create, Fault::ResetAfterAccept);
+    let error = client
+        .post(format!("{}/v1/images/generations", fake.base_url()))
+        .bearer_auth(MODELSCOPE_TOKEN)
+        .header("X-ModelScope-Async-Mode", "true")
+        .json(&ok)
+        .send()
+        .await
+        .expect_err("reset");
+    assert!(!error.is_status() && !error.is_timeout(), "{error:?}");
+    assert_eq!(fake.task_count(), 1);
+
+    fake.push_outcome(Outcome::failed(0, "The prompt was rejected."));
+    fake.push_outcome(Outcome::EmptyOutput);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (_, body) = ms_submit(&client, &fake, ok.clone()).await;
+        ids.push(body["task_id"].as_str().expect("task_id").to_owned());
+    }
+    fake.complete_all();
+    let (_, failed) = ms_poll(&client, &fake, &ids[0]).await;
+    assert_eq!(failed["task_status"], "FAILED");
+    assert_eq!(failed["errors"]["message"], "The prompt was rejected.");
+    assert!(failed["request_id"].is_string());
+    let (_, empty) = ms_poll(&client, &fake, &ids[1]).await;
+    assert_eq!(empty["task_status"], "SUCCEED");
+    assert_eq!(empty["output_images"], json!([]));
+
+    fake.push_fault(Route::Get, Fault::NonJson502);
+    let response = client
+        .get(format!("{}/v1/tasks/{}", fake.base_url(), ids[0]))
+        .bearer_auth(MODELSCOPE_TOKEN)
+        .header("X-ModelScope-Task-Type", "image_generation")
+        .send()
+        .await
+        .expect("502");
+    assert_eq!(response.status(), 502);
+}
+
+#[tokio::test]
+async fn openai_generations() {
+    let fake = FakeOpenAi::start(OpenAiOptions::default().latency(Duration::from_millis(10)));
+    let client = client();
+    let url = format!("{}/v1/images/generations", fake.base_url());
+    let post = |key: &str, body: Value| client.post(&url).bearer_auth(key).json(&body).send();
+
+    let response = post(OPENAI_KEY, json!({"model": "dall-e-2", "prompt": "a fox", "n": 2, "size": "256x256"}));
+    let body = body_json(response.await.expect("url")).await;
+    assert!(body["created"].is_u64());
+    let data = body["data"].as_array().expect("data");
+    assert_eq!(data.len(), 2);
+    let image = download(&client, data[1]["url"].as_str().expect("url")).await;
+    assert_eq!(image.status(), 200);
+    assert_eq!(png_size(&image.bytes().await.expect("png")), (256, 256));
+
+    let response = post(
+        OPENAI_KEY,
+        json!({"model": "dall-e-3", "prompt": "a fox", "size": "1024x1024", "response_format": "b64_json"}),
+    );
+    let body = body_json(response.await.expect("b64")).await;
+    let b64 = body["data"][0]["b64_json"].as_str().expect("b64_json");
+    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).expect("base64");
+    assert_eq!(png_size(&png), (1024, 1024));
+
+    // Errors in OpenAI's envelope.
+    let response = post("sk-wrong", json!({"prompt": "a fox"})).await.expect("401");
+    assert_eq!(response.status(), 401);
+    assert_eq!(body_json(response).await["error"]["code"], "invalid_api_key");
+    for (body, param) in [
+        (json!({"model": "dall-e-2"}), "prompt"),
+        (json!({"prompt": "a", "n": 11}), "n"),
+        (json!({"model": "dall-e-3", "prompt": "a", "n": 2}), "n"),
+        (json!({"model": "dall-e-2", "prompt": "a", "size": "1792x1024"}), "size"),
+        (json!({"prompt": "a", "response_format": "gif"}), "response_format"),
+        (json!({"model": "nope", "prompt": "a"}), "model"),
+    ] {
+        let response = post(OPENAI_KEY, body.clone()).await.expect("400");
+        assert_eq!(response.status(), 400, "{body}");
+        let answer = body_json(response).await;
+        assert_eq!(answer["error"]["param"], param, "{answer}");
+        assert_eq!(answer["error"]["type"], "invalid_request_error");
+    }
+    fake.push_fault(Route::Create, Fault::retry_after(429, 0, "Rate limit reached for images per minute.", 20));
+    let response = post(OPENAI_KEY, json!({"prompt": "a fox"})).await.expect("429");
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "20");
+    assert_eq!(body_json(response).await["error"]["code"], "rate_limit_exceeded");
+
+    assert_eq!(fake.count(Route::Create), 10);
+    assert_eq!(fake.creates().len(), 2);
+    assert_eq!(fake.creates_by_key(OPENAI_KEY), 2);
+    assert_eq!(fake.downloads_with_authorization(), 0);
+}
+
+#[tokio::test]
+async fn openai_instant_mode_and_models() {
+    let fake = FakeOpenAi::start(OpenAiOptions::instant());
+    let client = client();
+    let started = Instant::now();
+    for _ in 0..20 {
+        let response = client
+            .post(format!("{}/v1/images/generations", fake.base_url()))
+            .bearer_auth(OPENAI_KEY)
+            .json(&json!({"prompt": "a fox", "n": 4, "response_format": "b64_json"}))
+            .send()
+            .await
+            .expect("instant");
+        let body = body_json(response).await;
+        assert_eq!(body["data"].as_array().expect("data").len(), 4);
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    let response = client.get(format!("{}/v1/models", fake.base_url())).bearer_auth(OPENAI_KEY).send().await;
+    let body = body_json(response.expect("models")).await;
+    assert_eq!(body["object"], "list");
+    assert!(body["data"].as_array().expect("data").iter().any(|m| m["id"] == "gpt-image-1"));
+    assert_eq!(fake.count(Route::Models), 1);
 }

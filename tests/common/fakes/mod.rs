@@ -3,6 +3,8 @@
 //! told to fail in the ways the real services do.
 //!
 //! - [`FakeTripo`] (`tripo.rs`): Tripo apiv3, reference §1.1, §1.6–1.8.
+//! - [`FakeModelScope`] (`modelscope.rs`): ModelScope API-Inference images, §2.
+//! - [`FakeOpenAi`] (`openai.rs`): an OpenAI-compatible image API.
 //!
 //! The reference is `/work/shared/reference/provider-apis.md`. Test crates reach this
 //! module as `common::fakes`; benchmarks include it alone with
@@ -14,8 +16,12 @@ mod assets;
 mod server;
 mod shared;
 
+pub mod modelscope;
+pub mod openai;
 pub mod tripo;
 
 pub use assets::{glb_triangle, png_solid};
+pub use modelscope::{FakeModelScope, MODELSCOPE_TOKEN, ModelScopeOptions};
+pub use openai::{FakeOpenAi, OPENAI_KEY, OpenAiOptions};
 pub use shared::{Call, CreateRecord, Fault, Outcome, Route};
 pub use tripo::{FakeTripo, TRIPO_KEY, TRIPO_MODELS, TripoOptions};
