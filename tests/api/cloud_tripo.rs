@@ -427,3 +427,21 @@ async fn a_kill_while_polling_resumes_every_job_without_a_second_create() {
     }
     server.kill();
 }
+
+#[tokio::test]
+async fn channel_defaults_fill_in_and_overrides_force_parameters() {
+    let fake = FakeTripo::start(fast());
+    let extra = "defaults = { face_limit = 5000, pbr = true }\noverrides = { texture = false }";
+    let app = TestApp::spawn_with(&channel(&fake, extra)).await;
+    let done = {
+        let (status, task) = submit_text(&app, "forced", json!({ "texture": true, "pbr": false })).await;
+        assert_eq!(status, 202, "{task}");
+        app.wait_terminal(task["id"].as_str().expect("id")).await
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let body = &fake.creates()[0].body;
+    assert_eq!(body["face_limit"], 5000, "a default fills in: {body}");
+    assert_eq!(body["pbr"], false, "the request's own value beats a default: {body}");
+    assert_eq!(body["texture"], false, "an override beats the request: {body}");
+    app.stop().await;
+}
