@@ -235,7 +235,7 @@ impl Default for RemoteOptions {
         Self {
             poll_interval: Duration::from_secs(1),
             poll_max_interval: None,
-            requests_per_minute: 120,
+            requests_per_minute: 300,
             request_timeout: Duration::from_secs(60),
             download_timeout: Duration::from_secs(300),
             max_download_bytes: 512 * 1024 * 1024,
