@@ -227,7 +227,7 @@ pub async fn read_submission(request: Request, gateway: &Gateway) -> ApiResult<S
 /// A key of 1–255 visible ASCII characters (`!` to `~`), as the docs promise: a space
 /// or a tab inside it would make two clients' keys differ only by what a log or a proxy
 /// might trim.
-fn idempotency_key(value: &axum::http::HeaderValue) -> Option<String> {
+pub(crate) fn idempotency_key(value: &axum::http::HeaderValue) -> Option<String> {
     let bytes = value.as_bytes();
     let visible = !bytes.is_empty() && bytes.len() <= 255 && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
     visible.then(|| String::from_utf8_lossy(bytes).into_owned())
