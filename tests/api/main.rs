@@ -14,6 +14,8 @@ mod crash;
 mod fakes;
 mod files;
 mod lifecycle;
+mod openai;
+mod openai_python;
 mod openapi;
 mod operations;
 mod pictures;
