@@ -10,6 +10,7 @@ mod repo;
 mod cli;
 mod connections;
 mod crash;
+mod fakes;
 mod files;
 mod lifecycle;
 mod openapi;
