@@ -8,6 +8,7 @@
 //! or synchronous cloud APIs, which implement the smaller [`remote::RemoteApi`] and get
 //! durable submission, batched polling and downloads from [`remote`].
 
+pub mod modelscope;
 pub mod relief;
 pub mod remote;
 pub mod tripo;
@@ -268,6 +269,7 @@ impl Registry {
     /// The providers shipped in the binary.
     pub fn builtin() -> Self {
         let mut registry = Self::default();
+        registry.register("modelscope", modelscope::factory);
         registry.register("relief", relief::factory);
         registry.register("tripo", tripo::factory);
         registry.register("worker", worker::factory);
