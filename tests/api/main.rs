@@ -8,6 +8,7 @@ mod provider;
 mod repo;
 
 mod cli;
+mod cloud_modelscope;
 mod connections;
 mod crash;
 mod fakes;
