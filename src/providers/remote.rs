@@ -865,6 +865,8 @@ impl<A: RemoteApi> Poller<A> {
             // The key no longer reads these jobs (revoked, out of credit): they cannot end
             // well; say so now rather than at the deadline.
             Err(Failure::Refused(err)) => {
+                let cause = err.cause.as_ref().map(|c| format!("{c:#}"));
+                tracing::warn!(jobs = ids.len(), code = %err.code, cause, "the provider refused a poll; its jobs fail");
                 for id in &ids {
                     if let Some(watched) = jobs.get_mut(id) {
                         let _ = watched.tx.send(JobState::Failed(ProviderError::new(&err.code, &err.message)));
