@@ -3,11 +3,15 @@
 //! API: tests/python/openai_client.py generates by URL and as base64 and checks the
 //! images.
 //!
-//! It needs that client's environment, so it is `#[ignore]`d: `cargo nextest run` works
-//! without Python. `make openai-client` (part of `make test`) installs tests/python/.venv
-//! and runs it with `KILN_TEST_PYTHON` set to its interpreter.
+//! The Python is `KILN_TEST_PYTHON` (which the Makefile sets), else the interpreter of
+//! tests/python/.venv, which `make test` installs first (`scripts/deps.sh --test`). Like
+//! the worker's and the glTF validator's tests, it fails saying what to install when
+//! neither is there, rather than passing without having run.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use crate::{
     common::fakes::{FakeOpenAi, OPENAI_KEY, OpenAiOptions, Route},
@@ -17,16 +21,24 @@ use crate::{
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
 
-#[tokio::test]
-#[ignore = "needs OpenAI's Python client: `make openai-client` (part of `make test`) runs it with KILN_TEST_PYTHON"]
-async fn openai_s_python_client_generates_images_through_kiln() {
-    let Some(python) = std::env::var_os("KILN_TEST_PYTHON") else {
-        panic!(
-            "KILN_TEST_PYTHON is not set: it names the Python that has the `openai` package. \
-             Run `make openai-client` (which `make test` runs), or: scripts/deps.sh --openai-client && \
-             KILN_TEST_PYTHON=tests/python/.venv/bin/python cargo nextest run --test api --run-ignored only openai_python"
-        )
+/// The Python that has OpenAI's client.
+fn python() -> PathBuf {
+    let python = match std::env::var_os("KILN_TEST_PYTHON") {
+        Some(python) => PathBuf::from(python),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/.venv/bin/python"),
     };
+    assert!(
+        python.exists(),
+        "no Python with OpenAI's client ({} is missing): run `make test`, or `scripts/deps.sh --openai-client`; \
+         KILN_TEST_PYTHON names another interpreter that has the `openai` package",
+        python.display()
+    );
+    python
+}
+
+#[tokio::test]
+async fn openai_s_python_client_generates_images_through_kiln() {
+    let python = python();
     let fake = FakeOpenAi::start(OpenAiOptions::default().latency(Duration::from_millis(20)));
     let app = TestApp::spawn_with(&format!("{}\n{ECHO_CHANNEL}", openai_channel(&fake, OPENAI_KEY, ""))).await;
     let run = tokio::process::Command::new(&python)
@@ -39,7 +51,7 @@ async fn openai_s_python_client_generates_images_through_kiln() {
     let output = tokio::time::timeout(Duration::from_secs(180), run)
         .await
         .expect("the Python client did not finish within 180 s")
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.to_string_lossy()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "openai_client.py failed ({}):\n{stdout}\n{stderr}", output.status);
