@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// Connections the kernel may queue before kiln accepts them (the `listen` backlog;
     /// the kernel caps it at `net.core.somaxconn`).
     pub listen_backlog: u32,
+    /// Base64 of 32 bytes that seal secrets kept at rest (a client's own provider key
+    /// while its task runs). Empty: `{data_dir}/sealing.key`, made on first use. Give
+    /// every replica sharing a database the same key.
+    pub sealing_key: Option<Secret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -339,6 +343,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             listen_backlog: 1024,
+            sealing_key: None,
         }
     }
 }

@@ -48,6 +48,8 @@ pub enum Code {
     SignatureInvalid,
     WrongChannel,
     ResultConflict,
+    ClientKeyNotAllowed,
+    InvalidClientKey,
     Internal,
 }
 
@@ -130,6 +132,16 @@ impl Code {
             Code::ResultConflict => {
                 ("result_conflict", S::CONFLICT, "A different file with this name was already recorded for the task.")
             }
+            Code::ClientKeyNotAllowed => (
+                "client_key_not_allowed",
+                S::BAD_REQUEST,
+                "No channel serving this model takes a client's own provider key (X-Provider-Key).",
+            ),
+            Code::InvalidClientKey => (
+                "invalid_client_key",
+                S::BAD_REQUEST,
+                "The provider key in X-Provider-Key does not have the provider's format.",
+            ),
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }
     }

@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    sync::OnceLock,
     sync::{Arc, Mutex},
 };
 
@@ -14,13 +15,14 @@ use uuid::Uuid;
 
 use crate::{
     channels::{RouteError, Router},
-    config::Config,
+    config::{Config, Secret},
     db::{Db, Enqueued, Finish, Transition},
     error::{ApiError, ApiResult, Code},
     events::EventBus,
     input::{self, Upload},
     journal,
     metrics::Metrics,
+    sealing::Sealer,
     storage::Storage,
     tasks::{Artifact, NewTask, Picture, Task, TaskId, TaskKind, TaskStatus},
 };
@@ -45,11 +47,22 @@ pub struct Submission {
     pub kind: Option<TaskKind>,
     pub params: Value,
     pub idempotency_key: Option<String>,
+    /// The client's own provider key for this task (`X-Provider-Key`), where the
+    /// channel allows it.
+    pub client_key: Option<Secret>,
 }
 
 impl Submission {
     pub fn new(input: Input) -> Self {
-        Self { input, prompt: None, model: None, kind: None, params: json!({}), idempotency_key: None }
+        Self {
+            input,
+            prompt: None,
+            model: None,
+            kind: None,
+            params: json!({}),
+            idempotency_key: None,
+            client_key: None,
+        }
     }
 }
 
@@ -103,6 +116,7 @@ pub struct Gateway {
     /// The memory picture decodes may hold together (`upload.decode_memory`).
     pub decodes: DecodeBudget,
     public_url: url::Url,
+    sealer: OnceLock<Result<Sealer, String>>,
 }
 
 /// The memory all picture decodes of this process may hold at once, whatever the number
@@ -226,7 +240,29 @@ impl Gateway {
     pub fn new(config: Arc<Config>, db: Db, storage: Storage, router: Router, metrics: Arc<Metrics>) -> Self {
         let public_url = config.public_url();
         let decodes = DecodeBudget::new(config.upload.decode_memory);
-        Self { config, db, storage, bus: EventBus::new(), router, metrics, runs: Runs::default(), decodes, public_url }
+        Self {
+            config,
+            db,
+            storage,
+            bus: EventBus::new(),
+            router,
+            metrics,
+            runs: Runs::default(),
+            decodes,
+            public_url,
+            sealer: OnceLock::new(),
+        }
+    }
+
+    /// The sealing key, loaded (or made) the first time a secret is kept at rest.
+    pub fn sealer(&self) -> ApiResult<&Sealer> {
+        let loaded = self.sealer.get_or_init(|| {
+            Sealer::load(&self.config).map_err(|err| {
+                tracing::error!(error = format!("{err:#}"), "cannot load the sealing key");
+                err.to_string()
+            })
+        });
+        loaded.as_ref().map_err(|_| ApiError::new(Code::Internal))
     }
 
     /// The absolute URL of a stored file.
@@ -403,7 +439,22 @@ impl Gateway {
             None if !takes_image => return Err(ApiError::new(Code::MissingInput)),
             None => None,
         };
-        let (model, channels) = self.router.candidates(sub.model.as_deref(), kind).map_err(route_error)?;
+        let (model, mut channels) = self.router.candidates(sub.model.as_deref(), kind).map_err(route_error)?;
+        let client_secret = match &sub.client_key {
+            None => None,
+            Some(key) => {
+                channels.retain(|c| c.client_keys);
+                let Some(first) = channels.first() else { return Err(ApiError::new(Code::ClientKeyNotAllowed)) };
+                first
+                    .provider
+                    .check_client_key(key.expose())
+                    .map_err(|m| ApiError::with_message(Code::InvalidClientKey, m))?;
+                Some(self.sealer()?.seal(key).map_err(|err| {
+                    tracing::error!(error = format!("{err:#}"), "cannot seal a client key");
+                    ApiError::new(Code::Internal)
+                })?)
+            }
+        };
         // The best channel's verdict on the parameters is the client's answer; a
         // spill-over channel whose provider refuses them is skipped.
         channels[0]
@@ -446,7 +497,7 @@ impl Gateway {
                 prompt: prompt.clone(),
                 picture_id: picture.as_ref().map(|p| p.id),
                 params,
-                client_secret: None,
+                client_secret: client_secret.clone(),
             };
             match self.db.enqueue(&new, channel.capacity(), idempotency).await? {
                 Enqueued::Created(task, event) => {

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod providers;
 pub mod queue;
 pub mod retention;
+pub mod sealing;
 pub mod server;
 pub mod storage;
 pub mod tasks;

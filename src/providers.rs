@@ -8,6 +8,7 @@
 //! or synchronous cloud APIs, which implement the smaller [`remote::RemoteApi`] and get
 //! durable submission, batched polling and downloads from [`remote`].
 
+pub mod modelscope;
 pub mod openai_images;
 pub mod relief;
 pub mod remote;
@@ -56,6 +57,8 @@ pub struct Job {
     pub deadline: Option<chrono::DateTime<chrono::Utc>>,
     /// What an earlier run of this task submitted upstream, if anything.
     pub upstream: Upstream,
+    /// The client's own provider key for this task, when it brought one.
+    pub client_key: Option<crate::config::Secret>,
 }
 
 /// What an earlier run of a task left upstream. A remote provider resumes a submitted
@@ -220,6 +223,12 @@ pub trait Provider: Any + Send + Sync {
     /// Runs one job.
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError>;
 
+    /// Whether a client's own provider key has this provider's format (for channels with
+    /// `client_keys = true`).
+    fn check_client_key(&self, _key: &str) -> Result<(), String> {
+        Err("This provider does not take a client's own key.".into())
+    }
+
     /// Whether jobs leave this machine for a cloud API (the catalog says so).
     fn is_cloud(&self) -> bool {
         false
@@ -274,6 +283,7 @@ impl Registry {
     /// The providers shipped in the binary.
     pub fn builtin() -> Self {
         let mut registry = Self::default();
+        registry.register("modelscope", modelscope::factory);
         registry.register("openai_images", openai_images::factory);
         registry.register("relief", relief::factory);
         registry.register("tripo", tripo::factory);

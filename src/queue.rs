@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     channels::Channel,
+    config::Secret,
     db::{ClaimTerms, Claimed, Finish},
     gateway::{Gateway, NewOutput, OutputBody, Recorded},
     providers::{ChannelRuntime, InputImage, Job, JobContext, JobSink, Outcome, Output, Upstream},
@@ -202,6 +203,10 @@ impl Scheduler {
             },
         };
         let upstream = channel.model(&task.model).map(|m| m.upstream.clone()).unwrap_or_else(|| task.model.clone());
+        let client_key = match client_key(gw, channel, task.id).await {
+            Ok(key) => key,
+            Err(end) => return end,
+        };
         let job = Job {
             task_id: task.id,
             kind: task.kind,
@@ -213,6 +218,7 @@ impl Scheduler {
             attempt: task.attempts,
             deadline: task.deadline_at,
             upstream: Upstream::of(task),
+            client_key,
         };
         let sink = Arc::new(TaskSink::new(Arc::clone(gw), task.clone()));
         let ctx = JobContext::new(sink, cancel.clone(), gw.spool_dir());
@@ -447,6 +453,31 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// The client's own provider key of a task, opened, on channels that take them.
+async fn client_key(gw: &Gateway, channel: &Channel, id: TaskId) -> Result<Option<Secret>, RunEnd> {
+    if !channel.client_keys {
+        return Ok(None);
+    }
+    let sealed = match gw.db.client_secret(id).await {
+        Ok(Some(sealed)) => sealed,
+        Ok(None) => return Ok(None),
+        Err(err) => {
+            tracing::error!(task_id = %id, error = %err, "cannot read a task's client key");
+            return Err(RunEnd::Provider(Err(crate::providers::ProviderError::internal(err))));
+        }
+    };
+    match gw.sealer().map(|s| s.open(&sealed)) {
+        Ok(Ok(key)) => Ok(Some(key)),
+        _ => {
+            tracing::error!(task_id = %id, "a task's client key does not open with this server's sealing key");
+            Err(RunEnd::Provider(Err(crate::providers::ProviderError::new(
+                "client_key_unreadable",
+                "The provider key sent with this task cannot be read by this server (its sealing key changed).",
+            ))))
+        }
+    }
 }
 
 async fn load_picture(gw: &Gateway, id: Uuid) -> Option<InputImage> {

@@ -285,6 +285,7 @@ async fn dispatch(State(state): State<Shared>, headers: HeaderMap, body: Bytes) 
         attempt: 1,
         deadline: None,
         upstream: Upstream::None,
+        client_key: None,
     };
     tracing::info!(%task_id, "job accepted");
     let runner = Arc::clone(&state);

@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
+    config::Secret,
     error::{ApiError, ApiResult, Code},
     gateway::{Gateway, Input, Submission},
     input::{SpoolError, Spooler, Upload, too_large},
@@ -195,6 +196,7 @@ pub async fn read_picture(request: Request, gateway: &Gateway) -> ApiResult<(Upl
 
 /// Reads a submission in either encoding.
 pub async fn read_submission(request: Request, gateway: &Gateway) -> ApiResult<Submission> {
+    let client_key = client_key(request.headers())?;
     let idempotency_key = request
         .headers()
         .get("idempotency-key")
@@ -221,7 +223,22 @@ pub async fn read_submission(request: Request, gateway: &Gateway) -> ApiResult<S
         return Err(ApiError::new(Code::UnsupportedMediaType));
     };
     submission.idempotency_key = idempotency_key;
+    submission.client_key = client_key;
     Ok(submission)
+}
+
+/// `X-Provider-Key`: a client's own provider key for this task (where the channel takes
+/// one). Visible ASCII only; never logged, never echoed.
+fn client_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<Secret>> {
+    let Some(value) = headers.get("x-provider-key") else { return Ok(None) };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 512 || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::with_message(
+            Code::InvalidClientKey,
+            "X-Provider-Key must be 1–512 visible ASCII characters.",
+        ));
+    }
+    Ok(Some(Secret::new(String::from_utf8_lossy(bytes).into_owned())))
 }
 
 /// A key of 1–255 visible ASCII characters (`!` to `~`), as the docs promise: a space

@@ -235,7 +235,7 @@ impl Default for RemoteOptions {
         Self {
             poll_interval: Duration::from_secs(1),
             poll_max_interval: None,
-            requests_per_minute: 120,
+            requests_per_minute: 300,
             request_timeout: Duration::from_secs(60),
             download_timeout: Duration::from_secs(300),
             max_download_bytes: 512 * 1024 * 1024,
@@ -284,6 +284,12 @@ impl Key {
     fn new(secret: &str) -> Self {
         let digest = Sha256::digest(secret.as_bytes());
         Self { secret: Secret::new(secret), fingerprint: format!("key-{}", &hex::encode(digest)[..12]) }
+    }
+
+    /// A client's own key, for one task.
+    fn client(secret: &str) -> Self {
+        let digest = Sha256::digest(secret.as_bytes());
+        Self { secret: Secret::new(secret), fingerprint: format!("client-{}", &hex::encode(digest)[..12]) }
     }
 }
 
@@ -630,6 +636,10 @@ impl<A: RemoteApi> Provider for RemoteProvider<A> {
         true
     }
 
+    fn check_client_key(&self, key: &str) -> Result<(), String> {
+        self.api.check_key(key)
+    }
+
     fn start(&self, runtime: Arc<dyn ChannelRuntime>) {
         if self.runtime.set(Arc::clone(&runtime)).is_err() {
             return;
@@ -670,10 +680,14 @@ impl<A: RemoteApi> Provider for RemoteProvider<A> {
     }
 
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError> {
+        // A client's own key is used for its task only, and named apart from the
+        // channel's keys so a resumed job finds it again.
+        let client = job.client_key.as_ref().map(|k| Key::client(k.expose()));
         let (id, key, request_id) = match &job.upstream {
             Upstream::Unknown => return Err(outcome_unknown()),
             Upstream::Submitted { id, placement } => {
-                let key = placement.as_deref().and_then(|p| self.keys.find(p)).ok_or_else(|| {
+                let own = client.as_ref().filter(|k| placement.as_deref() == Some(k.fingerprint.as_str()));
+                let key = own.or_else(|| placement.as_deref().and_then(|p| self.keys.find(p))).ok_or_else(|| {
                     ProviderError::new(
                         "upstream_key_missing",
                         "The API key that created this job upstream is no longer configured, so the job cannot be read.",
@@ -683,7 +697,7 @@ impl<A: RemoteApi> Provider for RemoteProvider<A> {
                 (id.clone(), key, None)
             }
             Upstream::None => {
-                let key = self.keys.next();
+                let key = client.as_ref().unwrap_or_else(|| self.keys.next());
                 match self.submit(&job, key, &ctx).await? {
                     Ok((id, request_id)) => (id, key, request_id),
                     Err(finished) => {

@@ -8,6 +8,8 @@ mod provider;
 mod repo;
 
 mod cli;
+mod cloud_modelscope;
+mod cloud_tripo;
 mod connections;
 mod crash;
 mod fakes;
