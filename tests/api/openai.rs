@@ -477,3 +477,34 @@ async fn a_body_that_stalls_gets_408_in_openai_s_envelope() {
     assert_openai_error(&serde_json::from_str(body.trim()).expect("json"), "invalid_request_error", "request_timeout");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_s_own_provider_key_is_used_for_its_task_where_the_channel_takes_one() {
+    let own = "sk-the-client-s-own-openai-key";
+    let fake = FakeOpenAi::start(OpenAiOptions::default().key(own).latency(Duration::from_millis(20)));
+    let channel = openai_channel(&fake, OPENAI_KEY, "").replace("max_queue = 10", "max_queue = 10\nclient_keys = true");
+    let app = TestApp::spawn_with(&channel).await;
+    let response = app
+        .client
+        .post(app.url("/v1/images/generations"))
+        .header("X-Provider-Key", own)
+        .json(&json!({ "model": "dall-e-2", "prompt": "x", "size": "256x256" }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("text");
+    assert!(!text.contains(own), "{text}");
+    assert_eq!(fake.creates().last().map(|c| c.key.clone()).as_deref(), Some(own));
+    let response = app
+        .client
+        .post(app.url("/v1/images/generations"))
+        .header("X-Provider-Key", "has a space")
+        .json(&json!({ "model": "dall-e-2", "prompt": "x" }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 400);
+    assert_openai_error(&response.json().await.expect("json"), "invalid_request_error", "invalid_client_key");
+    app.stop().await;
+}
