@@ -396,7 +396,11 @@ async fn openai() -> Value {
             percentile(&times, 99.0),
             added(99.0),
             done as f64 / 10.0,
-            if cpu.is_nan() { "—".to_owned() } else { format!("{:.0} req per CPU-second ({cpu:.1} s)", done as f64 / cpu) },
+            if cpu.is_nan() {
+                "—".to_owned()
+            } else {
+                format!("{:.0} req per CPU-second ({cpu:.1} s)", done as f64 / cpu)
+            },
         );
         out.insert(
             name.into(),
