@@ -1,7 +1,8 @@
 //! OpenAI's own Python client (`openai`, pinned in tests/python/requirements.txt),
 //! unchanged, against kiln's OpenAI-compatible face in front of the fake OpenAI image
-//! API: tests/python/openai_client.py generates by URL and as base64 and checks the
-//! images.
+//! API and the fake ModelScope (asynchronous upstream, polled by kiln while the client
+//! waits): tests/python/openai_client.py generates by URL and as base64 with each and
+//! checks the images.
 //!
 //! The Python is `KILN_TEST_PYTHON` (which the Makefile sets), else the interpreter of
 //! tests/python/.venv, which `make test` installs first (`scripts/deps.sh --test`). Like
@@ -14,9 +15,9 @@ use std::{
 };
 
 use crate::{
-    common::fakes::{FakeOpenAi, OPENAI_KEY, OpenAiOptions, Route},
+    common::fakes::{FakeModelScope, FakeOpenAi, ModelScopeOptions, OPENAI_KEY, OpenAiOptions, Route},
     helpers::{ECHO_CHANNEL, TestApp},
-    openai::openai_channel,
+    openai::{modelscope_channel, openai_channel},
 };
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/openai_client.py");
@@ -40,11 +41,19 @@ fn python() -> PathBuf {
 async fn openai_s_python_client_generates_images_through_kiln() {
     let python = python();
     let fake = FakeOpenAi::start(OpenAiOptions::default().latency(Duration::from_millis(20)));
-    let app = TestApp::spawn_with(&format!("{}\n{ECHO_CHANNEL}", openai_channel(&fake, OPENAI_KEY, ""))).await;
+    let modelscope = FakeModelScope::start(
+        ModelScopeOptions::default().timeline(Duration::from_millis(60), Duration::from_millis(120)),
+    );
+    let app = TestApp::spawn_with(&format!(
+        "{}\n{}\n{ECHO_CHANNEL}",
+        openai_channel(&fake, OPENAI_KEY, ""),
+        modelscope_channel(&modelscope)
+    ))
+    .await;
     let run = tokio::process::Command::new(&python)
         .arg(SCRIPT)
         .env("KILN_BASE_URL", &app.base)
-        .env("KILN_MODELS", "dall-e-2,painter")
+        .env("KILN_MODELS", "dall-e-2,painter,qwen-image")
         .env("PYTHONUNBUFFERED", "1")
         .kill_on_drop(true)
         .output();
@@ -56,8 +65,10 @@ async fn openai_s_python_client_generates_images_through_kiln() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "openai_client.py failed ({}):\n{stdout}\n{stderr}", output.status);
     assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
-    // Two models, by URL and as base64: four generations upstream, one each.
+    // Each model by URL and as base64: one generation upstream each.
     assert_eq!(fake.creates().len(), 4, "{stdout}");
     assert_eq!(fake.count(Route::Create), 4);
+    assert_eq!(modelscope.creates().len(), 2, "{stdout}");
+    assert!(modelscope.creates().iter().all(|c| c.body["model"] == "Qwen/Qwen-Image"));
     app.stop().await;
 }
