@@ -174,7 +174,8 @@ options = {{ base_url = "{base}", health_interval = "0s" }}
         "downloads": downloads,
     });
     println!(
-        "| tripo, {TASKS} tasks | completion → `completed` p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms | {:.2} API requests/s ({api_calls} in {:.1} s, plus {downloads} downloads) | {completed}/{TASKS} completed |",
+        "| tripo, {TASKS} tasks | all submitted upstream in {:.1} s | completion → `completed` p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms | {:.2} API requests/s ({api_calls} in {:.1} s, plus {downloads} downloads) | {completed}/{TASKS} completed |",
+        submitted_in.as_secs_f64(),
         percentile(&delays, 50.0),
         percentile(&delays, 95.0),
         delays.last().copied().unwrap_or(f64::NAN),
@@ -284,6 +285,7 @@ fn litellm_child(dir: &std::path::Path, fake: &str) -> Option<Child> {
         .arg(&path)
         .args(["--port", &port.to_string(), "--num_workers", "1"])
         .env("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+        .env("LITELLM_MASTER_KEY", LITELLM_KEY)
         .env("LITELLM_TELEMETRY", "False")
         .env("LITELLM_LOG", "ERROR")
         .stdout(std::process::Stdio::null())
@@ -293,17 +295,30 @@ fn litellm_child(dir: &std::path::Path, fake: &str) -> Option<Child> {
     Some(Child { process, base: format!("http://127.0.0.1:{port}") })
 }
 
+/// LiteLLM's proxy refuses to start without a master key; clients send it.
+const LITELLM_KEY: &str = "sk-bench-0f3c9a1e7d2b4c6a8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d";
+
 const BODY: &str = r#"{"model":"painter","prompt":"a red teapot","n":1,"size":"256x256","response_format":"b64_json"}"#;
+
+/// The fake wants its API key, LiteLLM its master key; kiln's face takes any (accounts
+/// come later).
+fn bearer_for(url: &str) -> &'static str {
+    let litellm = BENCH_LITELLM.get().is_some_and(|base| url.starts_with(base.as_str()));
+    if litellm { LITELLM_KEY } else { OPENAI_KEY }
+}
+
+static BENCH_LITELLM: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// One request at a time: latency percentiles in milliseconds.
 async fn latencies(client: &reqwest::Client, url: &str, body: &str, count: usize) -> Vec<f64> {
+    let key = bearer_for(url);
     let mut times = Vec::with_capacity(count);
     for _ in 0..count {
         let started = Instant::now();
         let response = client
             .post(url)
             .header("content-type", "application/json")
-            .bearer_auth(OPENAI_KEY)
+            .bearer_auth(key)
             .body(body.to_owned())
             .send()
             .await
@@ -325,12 +340,13 @@ async fn throughput(url: &str, body: &'static str, clients: usize, window: Durat
         let url = url.to_owned();
         workers.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
+            let key = bearer_for(&url);
             let mut done = 0usize;
             while Instant::now() < until {
                 let ok = client
                     .post(&url)
                     .header("content-type", "application/json")
-                    .bearer_auth(OPENAI_KEY)
+                    .bearer_auth(key)
                     .body(body)
                     .send()
                     .await
@@ -361,6 +377,7 @@ async fn openai() -> Value {
     wait_ready(&client, &format!("{}/health", kiln.base)).await;
     let litellm = litellm_child(dir.path(), &fake.base_url());
     if let Some(litellm) = &litellm {
+        let _ = BENCH_LITELLM.set(litellm.base.clone());
         wait_ready(&client, &format!("{}/health/liveliness", litellm.base)).await;
     }
     let count = 300;
