@@ -132,7 +132,7 @@ describe('the web page', () => {
     const states = await seen(page)
     assert.ok(states.some((s) => /^queued\|(2nd|3rd) in line\|live$/.test(s)), `no place in line among ${states}`)
     assert.ok(
-      states.some((s) => /^running\|(Starting|Finding the object|Building the shape|Painting the surface|Packing the model|Saving the model)/.test(s)),
+      states.some((s) => /^running\|(Starting|Finding the object|Building the shape|Painting the surface|Packing the model|Saving the result)/.test(s)),
       `no stage among ${states}`,
     )
     // Metadata and the download.
