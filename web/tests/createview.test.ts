@@ -139,7 +139,7 @@ describe('the create page', () => {
     await flushPromises()
     expect(wrapper.get('[data-testid="cloud-badge"]').text()).toBe('云端')
     expect(wrapper.get('[data-testid="cloud-tip"]').text()).toContain('服务商可能会收费')
-    expect(wrapper.get('optgroup[label="文字 → 图片"]').exists()).toBe(true)
+    expect(wrapper.find('optgroup[label="文字 → 图片"]').exists()).toBe(true)
   })
 
   it('switches to a picture model for a picture from the library', async () => {
