@@ -137,9 +137,11 @@ impl Code {
                 S::BAD_REQUEST,
                 "No channel serving this model takes a client's own provider key (X-Provider-Key).",
             ),
-            Code::InvalidClientKey => {
-                ("invalid_client_key", S::BAD_REQUEST, "The provider key in X-Provider-Key does not have the provider's format.")
-            }
+            Code::InvalidClientKey => (
+                "invalid_client_key",
+                S::BAD_REQUEST,
+                "The provider key in X-Provider-Key does not have the provider's format.",
+            ),
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }
     }

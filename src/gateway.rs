@@ -2,8 +2,8 @@
 //! cancel it. Faces translate wire formats; the rules live here, once.
 
 use std::{
-    sync::OnceLock,
     collections::HashMap,
+    sync::OnceLock,
     sync::{Arc, Mutex},
 };
 
@@ -445,7 +445,10 @@ impl Gateway {
             Some(key) => {
                 channels.retain(|c| c.client_keys);
                 let Some(first) = channels.first() else { return Err(ApiError::new(Code::ClientKeyNotAllowed)) };
-                first.provider.check_client_key(key.expose()).map_err(|m| ApiError::with_message(Code::InvalidClientKey, m))?;
+                first
+                    .provider
+                    .check_client_key(key.expose())
+                    .map_err(|m| ApiError::with_message(Code::InvalidClientKey, m))?;
                 Some(self.sealer()?.seal(key).map_err(|err| {
                     tracing::error!(error = format!("{err:#}"), "cannot seal a client key");
                     ApiError::new(Code::Internal)

@@ -50,9 +50,8 @@ impl Sealer {
     fn from_file(path: &Path) -> anyhow::Result<Self> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let key: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))?;
+                let key: [u8; 32] =
+                    bytes.try_into().map_err(|_| anyhow::anyhow!("{} must hold exactly 32 bytes", path.display()))?;
                 Ok(Self::from_key(&key))
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {

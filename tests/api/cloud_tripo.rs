@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    common::fakes::{Fault, FakeTripo, Outcome, Route, TRIPO_KEY, TripoOptions},
-    helpers::{ChildServer, TestApp, config_toml, fixture},
+    common::fakes::{FakeTripo, Fault, Outcome, Route, TRIPO_KEY, TripoOptions},
+    helpers::{ChildServer, TestApp, config_toml},
 };
 
 const MODEL: &str = "v3.1-20260211";
@@ -80,9 +80,10 @@ async fn a_picture_becomes_a_stored_model_and_preview_made_once_upstream() {
     assert!(names.contains(&"model.glb"), "{result}");
     assert!(names.iter().any(|n| n.starts_with("preview.")), "{result}");
     let model = outputs.iter().find(|o| o["name"] == "model.glb").expect("model");
-    let glb = app.client.get(model["url"].as_str().expect("url")).send().await.expect("GET").bytes().await.expect("body");
+    let glb =
+        app.client.get(model["url"].as_str().expect("url")).send().await.expect("GET").bytes().await.expect("body");
     assert_eq!(&glb[..4], b"glTF");
-    assert!(model["key"].as_str().is_some_and(|k| k.starts_with(&format!("reconstruction/{id}/"))), "{model}");
+    assert!(model["url"].as_str().is_some_and(|u| u.contains(&format!("/files/reconstruction/{id}/"))), "{model}");
 
     assert_eq!(fake.count(Route::Upload), 1, "the picture is uploaded once");
     assert_eq!(fake.count(Route::Create), 1, "the job is created once");
@@ -91,7 +92,7 @@ async fn a_picture_becomes_a_stored_model_and_preview_made_once_upstream() {
     assert_eq!(create.path, "/v3/generation/image-to-model");
     assert_eq!(create.body["model"], MODEL);
     assert!(create.body["input"].as_str().is_some_and(|t| t.starts_with("file_")), "{}", create.body);
-    assert_eq!(done["metadata"]["upstream_task_id"], create.task_id.as_str());
+    assert_eq!(result["metadata"]["provider"]["upstream_task_id"], create.task_id.as_str(), "{result}");
 
     let events = app.events(&id, None, 100).await;
     assert!(events.iter().any(|(_, kind, data)| kind == "processing" && data["stage"] == "submitted"));
@@ -116,11 +117,11 @@ async fn a_prompt_becomes_a_model_with_its_parameters_forwarded_and_bad_ones_ref
     assert_eq!(body["texture"], false);
 
     let (status, refused) = submit_text(&app, "x", json!({ "compress": true })).await;
-    assert_eq!(status, 422, "{refused}");
+    assert_eq!(status, 400, "{refused}");
     assert_eq!(refused["error"]["code"], "invalid_params");
     assert!(refused["error"]["message"].as_str().is_some_and(|m| m.contains("geometry")), "{refused}");
     let (status, refused) = submit_text(&app, "x", json!({ "wings": 2 })).await;
-    assert_eq!(status, 422, "{refused}");
+    assert_eq!(status, 400, "{refused}");
     assert_eq!(fake.count(Route::Create), 1, "refused tasks never reach Tripo");
     app.stop().await;
 }
@@ -214,7 +215,8 @@ async fn an_unreachable_tripo_fails_after_a_bounded_number_of_tries_and_rests_th
     assert_eq!(done["channel"], "dead");
     assert_eq!(code(&done), "upstream_unavailable", "{done}");
     let (_, catalog) = app.get_json("/api/v1/catalog").await;
-    let dead_view = catalog["models"][0]["channels"].as_array().expect("channels").iter().find(|c| c["name"] == "dead").cloned();
+    let dead_view =
+        catalog["models"][0]["channels"].as_array().expect("channels").iter().find(|c| c["name"] == "dead").cloned();
     let dead_view = dead_view.expect("dead channel listed");
     assert_eq!(dead_view["available"], false, "{catalog}");
     assert!(dead_view["resting_for"].as_u64().is_some_and(|s| s > 0), "{catalog}");
@@ -245,7 +247,8 @@ async fn an_expired_url_is_renewed_once_and_broken_downloads_fail_with_their_cod
 #[tokio::test]
 async fn an_oversized_download_is_cut_at_the_limit() {
     let fake = FakeTripo::start(fast());
-    let config = channel(&fake, "").replace("health_interval = \"0s\"", "health_interval = \"0s\"\nmax_download_bytes = 65536");
+    let config =
+        channel(&fake, "").replace("health_interval = \"0s\"", "health_interval = \"0s\"\nmax_download_bytes = 65536");
     let app = TestApp::spawn_with(&config).await;
     fake.push_fault(Route::Download, Fault::OversizedChunked(10 * 1024 * 1024));
     let done = text_task(&app, "huge").await;
@@ -256,7 +259,8 @@ async fn an_oversized_download_is_cut_at_the_limit() {
 #[tokio::test]
 async fn jobs_are_spread_over_keys_and_each_is_polled_with_its_own() {
     let fake = FakeTripo::start(fast().key("tsk_second_key", 10_000));
-    let config = channel(&fake, "").replace(&format!("secret = \"{TRIPO_KEY}\""), &format!("secret = \"{TRIPO_KEY}, tsk_second_key\""));
+    let config = channel(&fake, "")
+        .replace(&format!("secret = \"{TRIPO_KEY}\""), &format!("secret = \"{TRIPO_KEY}, tsk_second_key\""));
     let app = TestApp::spawn_with(&config).await;
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -331,7 +335,7 @@ async fn canceling_stops_the_polling() {
     let (_, task) = submit_text(&app, "forever", json!({})).await;
     let id = task["id"].as_str().expect("id").to_owned();
     app.wait_task(&id, "polled", |t| t["stage"] == "upstream_running").await;
-    let response = app.client.post(app.url(&format!("/api/v1/tasks/{id}/cancel"))).send().await.expect("cancel");
+    let response = app.client.delete(app.url(&format!("/api/v1/tasks/{id}"))).send().await.expect("cancel");
     assert!(response.status().is_success(), "{}", response.status());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let polls = fake.count(Route::List);
@@ -422,4 +426,22 @@ async fn a_kill_while_polling_resumes_every_job_without_a_second_create() {
         assert_eq!(fake.creates_for_prompt(&format!("kill {i}")), 1);
     }
     server.kill();
+}
+
+#[tokio::test]
+async fn channel_defaults_fill_in_and_overrides_force_parameters() {
+    let fake = FakeTripo::start(fast());
+    let extra = "defaults = { face_limit = 5000, pbr = true }\noverrides = { texture = false }";
+    let app = TestApp::spawn_with(&channel(&fake, extra)).await;
+    let done = {
+        let (status, task) = submit_text(&app, "forced", json!({ "texture": true, "pbr": false })).await;
+        assert_eq!(status, 202, "{task}");
+        app.wait_terminal(task["id"].as_str().expect("id")).await
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let body = &fake.creates()[0].body;
+    assert_eq!(body["face_limit"], 5000, "a default fills in: {body}");
+    assert_eq!(body["pbr"], false, "the request's own value beats a default: {body}");
+    assert_eq!(body["texture"], false, "an override beats the request: {body}");
+    app.stop().await;
 }

@@ -8,8 +8,10 @@ mod provider;
 mod repo;
 
 mod cli;
+mod cloud_tripo;
 mod connections;
 mod crash;
+mod fakes;
 mod files;
 mod lifecycle;
 mod openapi;

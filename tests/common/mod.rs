@@ -1,9 +1,12 @@
 //! What the integration-test crates share (`tests/api`, `tests/campaign`): the picture
-//! fixtures, and the real `kiln` binary as a child process.
+//! fixtures, the real `kiln` binary as a child process, and fake upstream providers
+//! (`fakes`, which benchmarks include on their own).
 //!
 //! Each crate includes this file with `#[path = "../common/mod.rs"] mod common;` and
 //! uses a different part of it.
 #![allow(dead_code)]
+
+pub mod fakes;
 
 use std::{
     io::{BufRead, BufReader},

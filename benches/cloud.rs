@@ -11,7 +11,6 @@
 //! JSON.
 
 #[path = "../tests/common/fakes/mod.rs"]
-#[allow(dead_code)]
 mod fakes;
 
 use std::{
