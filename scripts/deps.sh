@@ -2,22 +2,26 @@
 # Installs what `make run` and `make test` need beyond the Rust toolchain. Idempotent:
 # each step checks first and does nothing when the tool is already there.
 #
-# Usage: scripts/deps.sh [--test | --worker | --schemathesis]. With --test (as `make test`
-# runs it) it also installs what only the tests need: the glTF validator, which needs
-# Node.js and npm, the Python worker's test environment and schemathesis's. With --worker
-# (as `make worker-test` runs it) or --schemathesis (as `make schemathesis` runs it) it
+# Usage: scripts/deps.sh [--test | --worker | --schemathesis | --openai-client]. With --test
+# (as `make test` runs it) it also installs what only the tests need: the glTF validator,
+# which needs Node.js and npm, the Python worker's test environment, schemathesis's and
+# the OpenAI client's. With --worker (as `make worker-test` runs it), --schemathesis (as
+# `make schemathesis` runs it) or --openai-client (as `make openai-client` runs it) it
 # installs only that one Python environment.
 set -euo pipefail
 
 for_tests=false
 only_worker=false
 only_schemathesis=false
+only_openai_client=false
 if [ "${1:-}" = "--test" ]; then
     for_tests=true
 elif [ "${1:-}" = "--worker" ]; then
     only_worker=true
 elif [ "${1:-}" = "--schemathesis" ]; then
     only_schemathesis=true
+elif [ "${1:-}" = "--openai-client" ]; then
+    only_openai_client=true
 fi
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -91,12 +95,37 @@ schemathesis_env() {
     echo "$want" >"$stamp"
 }
 
+# The OpenAI client test's environment, tests/python/.venv: OpenAI's own Python client
+# (requirements.txt) with every dependency at the version of constraints.txt, which
+# tests/api/openai_python.rs runs tests/python/openai_client.py with. Created when missing;
+# `pip install` runs again only when one of the two files changed since the last install
+# (their hash is kept in the venv).
+openai_client_env() {
+    local python=${PYTHON:-python3}
+    local dir=$root/tests/python
+    local venv=$dir/.venv
+    check_python "$python" "the OpenAI client test"
+    local want stamp=$venv/.kiln-deps-sha256
+    want=$(cat "$dir/requirements.txt" "$dir/constraints.txt" | sha256sum | cut -d' ' -f1)
+    if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    make_venv "$python" "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "$dir/requirements.txt" -c "$dir/constraints.txt"
+    echo "$want" >"$stamp"
+}
+
 if $only_worker; then
     worker_env
     exit 0
 fi
 if $only_schemathesis; then
     schemathesis_env
+    exit 0
+fi
+if $only_openai_client; then
+    openai_client_env
     exit 0
 fi
 
@@ -134,4 +163,5 @@ fi
 if $for_tests; then
     worker_env
     schemathesis_env
+    openai_client_env
 fi

@@ -11,6 +11,7 @@ mod forms;
 mod generate;
 mod limits;
 mod models;
+mod openai;
 mod openapi;
 mod ops;
 mod params;
@@ -97,6 +98,7 @@ pub(crate) fn faces() -> Vec<(&'static str, OpenApiRouter<AppState>)> {
         ("thumbnails", thumbnails::routes()),
         ("files", files::routes()),
         ("ops", ops::routes()),
+        ("openai", openai::routes()),
     ]
 }
 

@@ -306,6 +306,12 @@ impl Envelope {
     }
 }
 
+/// How a face whose errors are not in the native envelope words an error made after its
+/// handler answered (a request body that stalled, say): the face puts it in its answers'
+/// extensions, and whatever replaces such an answer renders its error through it.
+#[derive(Clone, Copy)]
+pub struct ErrorShape(pub fn(ApiError) -> Response);
+
 /// The JSON envelope `{"error": {"code", "message"}, "request_id"}`.
 pub fn envelope(code: Code, message: &str, request_id: Option<&str>) -> Vec<u8> {
     let body = ErrorBody {

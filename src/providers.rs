@@ -8,6 +8,8 @@
 //! or synchronous cloud APIs, which implement the smaller [`remote::RemoteApi`] and get
 //! durable submission, batched polling and downloads from [`remote`].
 
+pub mod modelscope;
+pub mod openai_images;
 pub mod relief;
 pub mod remote;
 pub mod tripo;
@@ -281,6 +283,8 @@ impl Registry {
     /// The providers shipped in the binary.
     pub fn builtin() -> Self {
         let mut registry = Self::default();
+        registry.register("modelscope", modelscope::factory);
+        registry.register("openai_images", openai_images::factory);
         registry.register("relief", relief::factory);
         registry.register("tripo", tripo::factory);
         registry.register("worker", worker::factory);

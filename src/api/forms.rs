@@ -244,7 +244,7 @@ fn client_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<Secret>> {
 /// A key of 1–255 visible ASCII characters (`!` to `~`), as the docs promise: a space
 /// or a tab inside it would make two clients' keys differ only by what a log or a proxy
 /// might trim.
-fn idempotency_key(value: &axum::http::HeaderValue) -> Option<String> {
+pub(crate) fn idempotency_key(value: &axum::http::HeaderValue) -> Option<String> {
     let bytes = value.as_bytes();
     let visible = !bytes.is_empty() && bytes.len() <= 255 && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
     visible.then(|| String::from_utf8_lossy(bytes).into_owned())

@@ -139,7 +139,7 @@ fn failure_words(code: &str, message: Option<&str>) -> (StatusCode, String) {
     }
 }
 
-fn prefers_async(headers: &HeaderMap) -> bool {
+pub(crate) fn prefers_async(headers: &HeaderMap) -> bool {
     headers
         .get_all("prefer")
         .iter()

@@ -35,7 +35,7 @@ use crate::api::{AppState, stream_docs::CONTENT_SCHEMA};
         title = "kiln",
         description = "A self-hostable gateway for generative jobs. Errors use one envelope: \
             `{\"error\": {\"code\", \"message\"}, \"request_id\"}` with a stable `code` \
-            (seed 002's face answers in its own shape). Any operation may answer 500 \
+            (seed 002's face answers in its own shape, the OpenAI-compatible face in OpenAI's). Any operation may answer 500 \
             `internal_error`; one that takes a body may answer 408 `request_timeout` and 503 \
             `shutting_down` (with `Retry-After`); a path asked with a method it does not have \
             answers 405 `method_not_allowed` with `Allow`.",
@@ -48,6 +48,8 @@ use crate::api::{AppState, stream_docs::CONTENT_SCHEMA};
         (name = "models (seed 000)", description = "Seed 000/001's model-generation face"),
         (name = "reconstruction (seed 004)", description = "Seed 004's picture library, reconstructions, events and worker callbacks"),
         (name = "generate (seed 002)", description = "Seed 002's one-GPU face: generate, follow, fetch the GLB"),
+        (name = "openai (seed 003)", description = "OpenAI's image API, for OpenAI's own clients: errors in OpenAI's envelope \
+            `{\"error\": {\"message\", \"type\", \"param\", \"code\"}}`; `Authorization` is accepted and ignored"),
         (name = "catalog", description = "Models and their availability"),
         (name = "worker callbacks", description = "Signed reports from push workers (docs/worker-protocol.md)"),
         (name = "files", description = "Stored inputs and outputs"),
@@ -132,21 +134,25 @@ fn name_form_fields(doc: &mut Value) {
 }
 
 const ERROR_BODY: &str = "#/components/schemas/ErrorBody";
-const SEED_002_ANSWER: &str = "#/components/schemas/GenerateAnswer";
 
-/// The schema an operation's errors have: seed 002's answer where its own errors use it,
-/// else the native envelope.
-fn error_schema(operation: &Value) -> &'static str {
-    let uses_seed_002 = operation["responses"].as_object().is_some_and(|responses| {
-        responses
-            .iter()
-            .any(|(status, response)| !status.starts_with('2') && response.to_string().contains(SEED_002_ANSWER))
-    });
-    if uses_seed_002 { SEED_002_ANSWER } else { ERROR_BODY }
+/// The schema an operation's errors have: the one its own error answers use (seed 002's
+/// answer, OpenAI's envelope), else the native envelope.
+fn error_schema(operation: &Value) -> String {
+    operation["responses"]
+        .as_object()
+        .and_then(|responses| {
+            responses
+                .iter()
+                .filter(|(status, _)| status.starts_with('4') || status.starts_with('5'))
+                .find_map(|(_, response)| response["content"]["application/json"]["schema"]["$ref"].as_str())
+        })
+        .unwrap_or(ERROR_BODY)
+        .to_owned()
 }
 
 fn add_common_responses(operation: &mut Value) {
     let schema = error_schema(operation);
+    let schema = schema.as_str();
     let takes_body = operation.get("requestBody").is_some();
     let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { return };
     common(responses, "500", "Internal error (`internal_error`); the cause is only in the server's log", schema, false);
@@ -226,6 +232,9 @@ fn links() -> Vec<LinkSpec> {
         (r, "post", "200", "GetReconstructionStatus", "status", reconstruction(), None),
         ("/api/generate", "post", "200", "FollowGeneration", "status_stream", generation(), None),
         ("/api/generate", "post", "202", "FollowGeneration", "status_stream", generation(), None),
+        ("/v1/images/generations", "post", "202", "GetImageGeneration", "get_image_generation", task(), None),
+        ("/v1/images/generations", "post", "202", "FollowImageTask", "task_events", task(), None),
+        ("/v1/images/generations", "post", "202", "GetImageTask", "get_task", task(), None),
     ]
 }
 
@@ -275,6 +284,9 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+
+    const SEED_002_ANSWER: &str = "#/components/schemas/GenerateAnswer";
+    const OPENAI_ERROR: &str = "#/components/schemas/OpenAiErrorBody";
 
     fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
         let mut out = Vec::new();
@@ -383,6 +395,11 @@ mod tests {
         }
         let generate = &doc["paths"]["/api/generate"]["post"]["responses"];
         assert_eq!(generate["408"]["content"]["application/json"]["schema"]["$ref"], SEED_002_ANSWER);
+        let openai = &doc["paths"]["/v1/images/generations"]["post"]["responses"];
+        assert_eq!(openai["408"]["content"]["application/json"]["schema"]["$ref"], OPENAI_ERROR);
+        assert_eq!(openai["500"]["content"]["application/json"]["schema"]["$ref"], OPENAI_ERROR);
+        let models = &doc["paths"]["/v1/models"]["get"]["responses"];
+        assert_eq!(models["500"]["content"]["application/json"]["schema"]["$ref"], OPENAI_ERROR);
         let tasks = &doc["paths"]["/api/v1/tasks"]["post"]["responses"];
         assert_eq!(tasks["408"]["content"]["application/json"]["schema"]["$ref"], ERROR_BODY);
         assert!(tasks["503"]["description"].as_str().is_some_and(|d| d.contains("shutting_down")));

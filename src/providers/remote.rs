@@ -235,7 +235,7 @@ impl Default for RemoteOptions {
         Self {
             poll_interval: Duration::from_secs(1),
             poll_max_interval: None,
-            requests_per_minute: 120,
+            requests_per_minute: 300,
             request_timeout: Duration::from_secs(60),
             download_timeout: Duration::from_secs(300),
             max_download_bytes: 512 * 1024 * 1024,
@@ -865,6 +865,8 @@ impl<A: RemoteApi> Poller<A> {
             // The key no longer reads these jobs (revoked, out of credit): they cannot end
             // well; say so now rather than at the deadline.
             Err(Failure::Refused(err)) => {
+                let cause = err.cause.as_ref().map(|c| format!("{c:#}"));
+                tracing::warn!(jobs = ids.len(), code = %err.code, cause, "the provider refused a poll; its jobs fail");
                 for id in &ids {
                     if let Some(watched) = jobs.get_mut(id) {
                         let _ = watched.tx.send(JobState::Failed(ProviderError::new(&err.code, &err.message)));

@@ -32,7 +32,7 @@ use tower::Service as _;
 use super::{Shutdown, connection::Activity};
 use crate::{
     api::request_id,
-    error::{ApiError, Code},
+    error::{ApiError, Code, ErrorShape},
 };
 
 /// The longest request target kiln reads; longer ones get 414.
@@ -148,7 +148,11 @@ fn replace_answer(original: Response<Body>, reason: CutReason, body_timeout: Dur
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .unwrap_or_else(request_id::generate);
-    let mut response = error.into_response();
+    // In the shape of the face that answered (OpenAI's envelope on its face).
+    let mut response = match original.extensions().get::<ErrorShape>() {
+        Some(shape) => (shape.0)(error),
+        None => error.into_response(),
+    };
     // The rest of the body will not be read, so the connection cannot carry another
     // request.
     response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

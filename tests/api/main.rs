@@ -8,12 +8,15 @@ mod provider;
 mod repo;
 
 mod cli;
+mod cloud_modelscope;
 mod cloud_tripo;
 mod connections;
 mod crash;
 mod fakes;
 mod files;
 mod lifecycle;
+mod openai;
+mod openai_python;
 mod openapi;
 mod operations;
 mod pictures;

@@ -261,6 +261,14 @@ async fn judge(doc_root: &Value, operation: &Value, response: reqwest::Response)
     if schema.ends_with("/GenerateAnswer") && status >= 400 && !(body["success"] == false && is_text(&body["error"])) {
         return Some(format!("answered {status} without seed 002's error shape: {body}"));
     }
+    let openai_shape = is_text(&body["error"]["message"])
+        && is_text(&body["error"]["type"])
+        && is_text(&body["error"]["code"])
+        && body["error"].as_object().is_some_and(|e| e.contains_key("param"))
+        && body.get("request_id").is_none();
+    if schema.ends_with("/OpenAiErrorBody") && !openai_shape {
+        return Some(format!("answered {status} without OpenAI's error envelope: {body}"));
+    }
     None
 }
 

@@ -99,7 +99,7 @@ impl Default for HttpSettings {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(10),
             max_retry_after: Duration::from_secs(30),
-            requests_per_minute: 120,
+            requests_per_minute: 300,
         }
     }
 }
