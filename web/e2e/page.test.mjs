@@ -343,9 +343,8 @@ describe('the web page', () => {
 })
 
 // A prompt model end to end: kiln's `openai_images` channel against a tiny
-// OpenAI-compatible image API run by the harness (harness.mjs), next to relief. Its
-// kiln is its own, since a binary without that provider refuses the configuration:
-// the case is then skipped, and says so.
+// OpenAI-compatible image API run by the harness (harness.mjs), next to relief, in a
+// kiln of its own.
 /** @param {string} base */
 const PROMPT_CONFIG = (base) => `
 [[channels]]
@@ -364,27 +363,19 @@ models = [{ name = "painter", kind = "text_to_image", upstream = "painter-v1" }]
 describe('a prompt model (text to picture, through an OpenAI-compatible API)', () => {
   /** @type {Awaited<ReturnType<typeof startFakeImageApi>>} */
   let fake
-  /** @type {Awaited<ReturnType<typeof startKiln>> | undefined} */
-  let cloud
-  let missing = ''
+  /** @type {Awaited<ReturnType<typeof startKiln>>} */
+  let kiln
 
   before(async () => {
     fake = await startFakeImageApi({ latency: 1500 })
-    try {
-      cloud = await startKiln({ config: PROMPT_CONFIG(fake.url) })
-    } catch (err) {
-      if (!/channels\[\d+\]\.type|openai_images/.test(String(err))) throw err
-      missing = 'this kiln binary has no openai_images provider yet'
-    }
+    kiln = await startKiln({ config: PROMPT_CONFIG(fake.url) })
   })
   after(async () => {
-    await cloud?.stop()
+    await kiln?.stop()
     await fake?.stop()
   })
 
-  it('takes a prompt, shows the picture with its download, and lists it with a thumbnail', async (t) => {
-    if (!cloud) return t.skip(missing)
-    const kiln = cloud
+  it('takes a prompt, shows the picture with its download, and lists it with a thumbnail', async () => {
     const { page, context, problems } = await newPage(browser)
     await recordStatuses(context)
     await page.goto(kiln.url)

@@ -9,6 +9,7 @@ import {
   initialModel,
   inputFor,
   mainOutput,
+  madeImages,
   mainRole,
   modelKey,
   restingFor,
@@ -99,6 +100,16 @@ describe('how an output is shown', () => {
   it('names the download after the task and the output format', () => {
     expect(downloadName('0190abcd-0000-7000-8000-0000deadbeef', png)).toBe('kiln-deadbeef.png')
     expect(downloadName('0190abcd-0000-7000-8000-0000deadbeef', glb)).toBe('kiln-deadbeef.glb')
+    expect(downloadName('0190abcd-0000-7000-8000-0000deadbeef', png, 1)).toBe('kiln-deadbeef-2.png')
+  })
+
+  it('shows every picture a text-to-image task made, the main one first', () => {
+    const second = output({ name: 'image-2.webp', role: 'image', format: 'webp', content_type: 'image/webp' })
+    expect(madeImages('text_to_image', [second, png])).toEqual([second, png])
+    expect(madeImages('text_to_image', [glb, png, second])).toEqual([png, second])
+    expect(madeImages('text_to_image', [])).toEqual([])
+    // A 3D task's picture is its preview, never shown as its result.
+    expect(madeImages('text_to_3d', [preview, glb])).toEqual([glb])
   })
 })
 

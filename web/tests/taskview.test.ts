@@ -210,6 +210,18 @@ describe('the task page', () => {
     expect(wrapper.get('[data-testid="download"]').text()).toBe('下载 PNG')
   })
 
+  it('shows every picture when the API made several', async () => {
+    api.task.mockResolvedValue(task({ kind: 'text_to_image', status: 'succeeded', queue_position: null, prompt: 'two foxes', picture: null }))
+    const second = { ...IMAGE, name: 'image-2.png', url: 'http://kiln/files/images/task-7/image-2.png' }
+    api.result.mockResolvedValue(finished([IMAGE, second]))
+    const { wrapper } = await mountAt('task-1')
+    expect(wrapper.findAll('[data-testid="result-image"]').map((i) => i.attributes('src'))).toEqual([
+      `${location.origin}/files/images/task-7/image.png`,
+      `${location.origin}/files/images/task-7/image-2.png`,
+    ])
+    expect(wrapper.findAll('[data-testid="download"]').map((a) => a.attributes('download'))).toEqual(['kiln-task-1.png', 'kiln-task-1-2.png'])
+  })
+
   it('shows the model of a 3D task in the viewer, not its preview render', async () => {
     api.task.mockResolvedValue(task({ kind: 'text_to_3d', status: 'succeeded', queue_position: null, prompt: 'a vase', picture: null }))
     api.result.mockResolvedValue(finished([PREVIEW, output({})]))

@@ -49,10 +49,20 @@ export function mainOutput(kind: TaskKind, outputs: readonly Output[]): Output |
   )
 }
 
-/** A file name for the download: `kiln-<last 8 of the id>.<format>`. */
-export function downloadName(taskId: string, output: Output): string {
+/**
+ * Every picture a text-to-image task made (an API asked for `n` images answers several),
+ * the main one first; a 3D task's preview render is not among them.
+ */
+export function madeImages(kind: TaskKind, outputs: readonly Output[]): Output[] {
+  const main = mainOutput(kind, outputs)
+  if (!main || kind !== 'text_to_image') return main ? [main] : []
+  return [main, ...outputs.filter((o) => o !== main && o.role === 'image' && displayOf(o) === 'image')]
+}
+
+/** A file name for the download: `kiln-<last 8 of the id>.<format>`, `-2`, `-3` … after the first of several. */
+export function downloadName(taskId: string, output: Output, index = 0): string {
   const format = output.format || output.name.split('.').pop() || 'bin'
-  return `kiln-${taskId.slice(-8)}.${format}`
+  return `kiln-${taskId.slice(-8)}${index > 0 ? `-${index + 1}` : ''}.${format}`
 }
 
 /** The model the create form starts with: the default picture model, else any default, else the first usable one. */
