@@ -198,16 +198,18 @@ export async function gradientPng(width, height) {
 /**
  * A tiny OpenAI-compatible image API in this process, for kiln's `openai_images`
  * channel: `POST …/images/generations` answers `{"created", "data": [{"b64_json", "url"}]}`
- * with one PNG (640 × 480) after `latency` ms, `GET …/models` lists one model (the
- * channel's health probe), and the URL serves the same PNG without a key. Paths are
- * matched by their end, so the channel's `base_url` may or may not end in `/v1`.
- * Every request is kept in `requests` (method, path, authorization, JSON body).
- * @param {{ key?: string, latency?: number }} [options]
+ * with one picture (`picture`, else a 640 × 480 PNG) after `latency` ms, `GET …/models`
+ * lists one model (the channel's health probe), and the URL serves the same picture
+ * without a key. Paths are matched by their end, so the channel's `base_url` may or may
+ * not end in `/v1`. Every request is kept in `requests` (method, path, authorization,
+ * JSON body).
+ * @param {{ key?: string, latency?: number, picture?: Buffer, contentType?: string }} [options]
  */
 export async function startFakeImageApi(options = {}) {
   const key = options.key ?? 'sk-test'
   const latency = options.latency ?? 1500
-  const picture = await gradientPng(640, 480)
+  const picture = options.picture ?? (await gradientPng(640, 480))
+  const contentType = options.contentType ?? 'image/png'
   /** @type {{ method: string, path: string, authorization: string | undefined, body: any }[]} */
   const requests = []
   const server = createHttpServer((request, response) => {
@@ -228,7 +230,7 @@ export async function startFakeImageApi(options = {}) {
         response.end(JSON.stringify(value))
       }
       if (path.startsWith('/dl/')) {
-        response.writeHead(200, { 'Content-Type': 'image/png', 'Content-Length': picture.length })
+        response.writeHead(200, { 'Content-Type': contentType, 'Content-Length': picture.length })
         response.end(picture)
         return
       }
