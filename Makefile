@@ -2,8 +2,11 @@
 
 CARGO ?= cargo
 KILN_BIND ?= 127.0.0.1:8080
+# The Python with OpenAI's own client, for tests/api/openai_python.rs (in `unit`); `make
+# test-deps` installs it.
+export KILN_TEST_PYTHON ?= $(CURDIR)/tests/python/.venv/bin/python
 
-.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis openai-client screenshots
+.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis screenshots
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
 run: deps web
@@ -11,7 +14,7 @@ run: deps web
 	./target/release/kiln serve --bind $(KILN_BIND)
 
 ## Run every check and test.
-test: test-deps web lint unit campaign web-test e2e worker-test schemathesis openai-client
+test: test-deps web lint unit campaign web-test e2e worker-test schemathesis
 
 deps:
 	@./scripts/deps.sh
@@ -41,20 +44,6 @@ campaign:
 		$(CARGO) nextest run --locked --test campaign --run-ignored only --no-fail-fast --no-capture; \
 	else \
 		$(CARGO) test --locked --test campaign --no-fail-fast -- --ignored --nocapture --test-threads 1; \
-	fi
-
-## OpenAI's own Python client, unchanged, against kiln's OpenAI-compatible face in front
-## of the fake OpenAI image API (tests/api/openai_python.rs). It is #[ignore]d, so that
-## `unit` and a developer's `cargo nextest run` need no Python; here it runs with the
-## interpreter of tests/python/.venv, installed first.
-openai-client:
-	@./scripts/deps.sh --openai-client
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		KILN_TEST_PYTHON=$(CURDIR)/tests/python/.venv/bin/python \
-			$(CARGO) nextest run --locked --test api --run-ignored only --no-fail-fast -E 'test(openai_python::)'; \
-	else \
-		KILN_TEST_PYTHON=$(CURDIR)/tests/python/.venv/bin/python \
-			$(CARGO) test --locked --test api --no-fail-fast -- --ignored openai_python::; \
 	fi
 
 ## The TRELLIS.2 worker's tests (Python, no GPU; a stand-in pipeline). Installs worker/.venv first.

@@ -6,8 +6,8 @@
 # (as `make test` runs it) it also installs what only the tests need: the glTF validator,
 # which needs Node.js and npm, the Python worker's test environment, schemathesis's and
 # the OpenAI client's. With --worker (as `make worker-test` runs it), --schemathesis (as
-# `make schemathesis` runs it) or --openai-client (as `make openai-client` runs it) it
-# installs only that one Python environment.
+# `make schemathesis` runs it) or --openai-client it installs only that one Python
+# environment.
 set -euo pipefail
 
 for_tests=false

@@ -229,7 +229,7 @@ pub async fn read_submission(request: Request, gateway: &Gateway) -> ApiResult<S
 
 /// `X-Provider-Key`: a client's own provider key for this task (where the channel takes
 /// one). Visible ASCII only; never logged, never echoed.
-fn client_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<Secret>> {
+pub(crate) fn client_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<Secret>> {
     let Some(value) = headers.get("x-provider-key") else { return Ok(None) };
     let bytes = value.as_bytes();
     if bytes.is_empty() || bytes.len() > 512 || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {

@@ -533,6 +533,7 @@ fn read_request(body: &[u8], headers: &HeaderMap) -> Result<ImageRequest, OpenAi
             })
         })
         .transpose()?;
+    submission.client_key = crate::api::forms::client_key(headers)?;
     Ok(ImageRequest { submission, format })
 }
 
@@ -550,8 +551,9 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// starts, and as long again for its turn in the queue); a task not ended by then
 /// answers 504 `wait_timeout` and goes on. With `Prefer: respond-async` the answer is 202
 /// at once with the task; `GET /v1/images/generations/{id}` gives the images when it
-/// has ended. `Authorization` is accepted and ignored. The header `X-Kiln-Task-Id` names
-/// the task on every answer that made one.
+/// has ended. `Authorization` is accepted and ignored; `X-Provider-Key` carries a
+/// client's own provider key as on the native API. The header `X-Kiln-Task-Id` names the
+/// task on every answer that made one.
 #[utoipa::path(
     post, path = "/v1/images/generations", tag = "openai (seed 003)",
     request_body(content((OpenAiImageRequest = "application/json"))),
@@ -559,6 +561,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         ("Prefer" = Option<String>, Header, description = "`respond-async`: answer 202 at once with the task"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried request return the first task: 1–255 visible ASCII characters",
             min_length = 1, max_length = 255, pattern = r"^[!-~]([ -~]*[!-~])?$"),
+        ("X-Provider-Key" = Option<String>, Header, description = "The client's own provider key for this task, where the model's channel takes one \
+            (`client_keys`): 1–512 visible ASCII characters; never logged or echoed",
+            min_length = 1, max_length = 512, pattern = r"^[!-~]+$"),
     ),
     responses(
         (status = 200, description = "The images", body = OpenAiImages,

@@ -9,7 +9,9 @@ use reqwest::header;
 use serde_json::{Value, json};
 
 use crate::{
-    common::fakes::{FakeOpenAi, Fault, OPENAI_KEY, OpenAiOptions, Route},
+    common::fakes::{
+        FakeModelScope, FakeOpenAi, Fault, MODELSCOPE_TOKEN, ModelScopeOptions, OPENAI_KEY, OpenAiOptions, Route,
+    },
     helpers::{ECHO_CHANNEL, TestApp},
 };
 
@@ -34,6 +36,28 @@ models = [
 [channels.options]
 base_url = "{base}/v1"
 {options}
+"#,
+        base = fake.base_url()
+    )
+}
+
+/// A `modelscope` channel in front of `fake`, serving `qwen-image` (`Qwen/Qwen-Image`
+/// upstream), polled quickly.
+pub fn modelscope_channel(fake: &FakeModelScope) -> String {
+    format!(
+        r#"
+[[channels]]
+name = "modelscope"
+type = "modelscope"
+secret = "{MODELSCOPE_TOKEN}"
+max_concurrency = 2
+max_queue = 10
+models = [{{ name = "qwen-image", kind = "text_to_image", upstream = "Qwen/Qwen-Image" }}]
+
+[channels.options]
+base_url = "{base}"
+poll_interval = "50ms"
+poll_max_interval = "100ms"
 "#,
         base = fake.base_url()
     )
@@ -475,5 +499,80 @@ async fn a_body_that_stalls_gets_408_in_openai_s_envelope() {
     assert!(head.starts_with("HTTP/1.1 408"), "{text}");
     assert!(head.to_ascii_lowercase().contains("x-request-id:"), "{text}");
     assert_openai_error(&serde_json::from_str(body.trim()).expect("json"), "invalid_request_error", "request_timeout");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_s_own_provider_key_is_used_for_its_task_where_the_channel_takes_one() {
+    let own = "sk-the-client-s-own-openai-key";
+    let fake = FakeOpenAi::start(OpenAiOptions::default().key(own).latency(Duration::from_millis(20)));
+    let channel = openai_channel(&fake, OPENAI_KEY, "").replace("max_queue = 10", "max_queue = 10\nclient_keys = true");
+    let app = TestApp::spawn_with(&channel).await;
+    let response = app
+        .client
+        .post(app.url("/v1/images/generations"))
+        .header("X-Provider-Key", own)
+        .json(&json!({ "model": "dall-e-2", "prompt": "x", "size": "256x256" }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.expect("text");
+    assert!(!text.contains(own), "{text}");
+    assert_eq!(fake.creates().last().map(|c| c.key.clone()).as_deref(), Some(own));
+    let response = app
+        .client
+        .post(app.url("/v1/images/generations"))
+        .header("X-Provider-Key", "has a space")
+        .json(&json!({ "model": "dall-e-2", "prompt": "x" }))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 400);
+    assert_openai_error(&response.json().await.expect("json"), "invalid_request_error", "invalid_client_key");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn in_front_of_modelscope_the_extras_go_through_and_the_answer_waits_for_the_polled_task() {
+    let fake = FakeModelScope::start(
+        ModelScopeOptions::default().timeline(Duration::from_millis(60), Duration::from_millis(120)),
+    );
+    let app = TestApp::spawn_with(&modelscope_channel(&fake)).await;
+    let response = generate(
+        &app,
+        json!({
+            "model": "qwen-image", "prompt": "a castle", "n": 1, "size": "512x512", "response_format": "b64_json",
+            "negative_prompt": "blur", "seed": 7, "steps": 20, "guidance": 4.5, "loras": "org/style-lora",
+        }),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let id = task_id(&response);
+    let body: Value = response.json().await.expect("json");
+    let image = base64::engine::general_purpose::STANDARD
+        .decode(body["data"][0]["b64_json"].as_str().expect("b64_json"))
+        .expect("base64");
+    assert!(!image.is_empty());
+    let sent = &fake.creates()[0].body;
+    assert_eq!(sent["model"], "Qwen/Qwen-Image", "{sent}");
+    for (field, value) in [
+        ("negative_prompt", json!("blur")),
+        ("seed", json!(7)),
+        ("steps", json!(20)),
+        ("guidance", json!(4.5)),
+        ("loras", json!("org/style-lora")),
+        ("size", json!("512x512")),
+    ] {
+        assert_eq!(sent[field], value, "{field}: {sent}");
+    }
+    let (_, task) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(task["channel"], "modelscope");
+    assert_eq!(task["status"], "succeeded");
+
+    // Two images are more than ModelScope makes per task: its refusal, in OpenAI's words.
+    let response = generate(&app, json!({ "model": "qwen-image", "prompt": "a castle", "n": 2 })).await;
+    assert_eq!(response.status(), 400);
+    assert_openai_error(&response.json().await.expect("json"), "invalid_request_error", "invalid_params");
     app.stop().await;
 }

@@ -17,7 +17,7 @@ use crate::{
     common::{KilnProcess, fixture, log_tail},
     damaged::{self, PICTURE_CODES, Verdict},
     raw::{Multipart, RawAnswer, RawRequest, exchange},
-    support::{ServerDir, check_envelope, check_seed002, free_port, shown},
+    support::{ServerDir, check_envelope, check_openai, check_seed002, free_port, shown},
 };
 
 /// Whose rules an answer follows.
@@ -27,6 +27,8 @@ enum Shape {
     Native,
     /// Seed 002's face (`/api/generate`, `/api/status/…`, `/static/…`).
     Seed002,
+    /// The OpenAI-compatible face (`/v1/…`): OpenAI's envelope.
+    OpenAi,
 }
 
 /// What a case must get.
@@ -48,7 +50,7 @@ enum Expect {
     Hyper(u16),
 }
 
-use Shape::{Native, Seed002};
+use Shape::{Native, OpenAi, Seed002};
 
 fn refused(status: u16, code: &'static str) -> Expect {
     Expect::Refused(Native, Some(status), Some(code))
@@ -134,6 +136,10 @@ fn judge(answer: &RawAnswer, expect: Expect) -> Result<(), String> {
         Seed002 => {
             let json = check_seed002(content_type, &answer.body)?;
             (json["code"].as_str().unwrap_or_default().to_owned(), "seed 002 answer")
+        }
+        OpenAi => {
+            let json = check_openai(content_type, &answer.body)?;
+            (json["error"]["code"].as_str().unwrap_or_default().to_owned(), "OpenAI envelope")
         }
     };
     if matches!(expect, Expect::Picture(_)) && (answer.status != 400 || !PICTURE_CODES.contains(&code.as_str())) {
@@ -531,6 +537,64 @@ async fn broken_json_is_refused_with_the_envelope_on_every_json_face() {
     for (what, request, expect) in seed004 {
         cases.push(case(format!("POST {path}: {what}"), request, expect));
     }
+    // The OpenAI-compatible face: its own envelope every time. The campaign's server has
+    // no image model, so a body that reads well meets 404 `model_not_found`.
+    let path = "/v1/images/generations";
+    let json = |body: &[u8]| RawRequest::post(path).json(body.to_vec());
+    let malformed = refused(400, "malformed_json").on(OpenAi);
+    let invalid = refused(400, "invalid_request").on(OpenAi);
+    let openai = [
+        ("not JSON", json(b"{oops"), malformed),
+        ("an empty body", json(b""), malformed),
+        ("null", json(b"null"), malformed),
+        ("an array", json(b"[]"), malformed),
+        ("a string", json(b"\"a cat\""), malformed),
+        ("invalid UTF-8 in a string", json(b"{\"prompt\": \"\xFF\xFE\"}"), malformed),
+        ("a byte-order mark", json(b"\xEF\xBB\xBF{\"prompt\": \"x\"}"), malformed),
+        (
+            "3000 nested arrays",
+            json(format!("{{\"prompt\": \"x\", \"loras\": {}1{}}}", "[".repeat(3000), "]".repeat(3000)).as_bytes()),
+            malformed,
+        ),
+        ("a number past f64", json(b"{\"prompt\": \"x\", \"guidance\": 1e400}"), malformed),
+        ("trailing garbage", json(b"{\"prompt\": \"x\"} {}"), malformed),
+        ("no prompt", json(b"{}"), invalid),
+        ("a number for `prompt`", json(b"{\"prompt\": 5}"), invalid),
+        ("a 30-digit `n`", json(b"{\"prompt\": \"x\", \"n\": 123456789012345678901234567890}"), invalid),
+        ("`n` of 0", json(b"{\"prompt\": \"x\", \"n\": 0}"), invalid),
+        ("a bad `response_format`", json(b"{\"prompt\": \"x\", \"response_format\": \"gif\"}"), invalid),
+        ("`stream: true`", json(b"{\"prompt\": \"x\", \"stream\": true}"), invalid),
+        ("a prompt with a NUL", json(b"{\"prompt\": \"a\\u0000b\"}"), Expect::Refused(OpenAi, Some(400), None)),
+        (
+            "an unknown model",
+            json(b"{\"prompt\": \"x\", \"model\": \"nope\"}"),
+            refused(404, "model_not_found").on(OpenAi),
+        ),
+        ("no image model at all", json(b"{\"prompt\": \"x\"}"), refused(404, "model_not_found").on(OpenAi)),
+        (
+            "a 3D model",
+            json(b"{\"prompt\": \"x\", \"model\": \"relief\"}"),
+            refused(400, "model_kind_mismatch").on(OpenAi),
+        ),
+        (
+            "a body over 256 KiB",
+            json(format!("{{\"prompt\": \"{}\"}}", "p".repeat(300 * 1024)).as_bytes()),
+            refused(413, "payload_too_large").on(OpenAi),
+        ),
+        (
+            "text/plain",
+            RawRequest::post(path).header("Content-Type", "text/plain").body(b"a cat".to_vec()),
+            refused(415, "unsupported_media_type").on(OpenAi),
+        ),
+        (
+            "`application/json; charset=utf-16`",
+            RawRequest::post(path).header("Content-Type", "application/json; charset=utf-16").body(b"{\"x\":".to_vec()),
+            malformed,
+        ),
+    ];
+    for (what, request, expect) in openai {
+        cases.push(case(format!("POST {path}: {what}"), request, expect));
+    }
     // Worker callbacks: unsigned, malformed, oversized; the envelope every time.
     for path in [
         "/api/v1/worker-callbacks/progress",
@@ -758,6 +822,14 @@ async fn bad_query_strings_and_path_ids_get_the_envelope_on_every_face() {
             Expect::Success(200),
         ));
     }
+    // The OpenAI-compatible face's one query parameter.
+    for query in ["response_format=gif", "response_format=", "response_format=%FF"] {
+        cases.push(case(
+            format!("GET /v1/images/generations/{{id}}?{query}"),
+            RawRequest::get(format!("/v1/images/generations/{task}?{query}")),
+            refused(400, "invalid_request").on(OpenAi),
+        ));
+    }
     // Listing parameters.
     let bad = refused(400, "invalid_request");
     for query in [
@@ -812,7 +884,7 @@ async fn bad_query_strings_and_path_ids_get_the_envelope_on_every_face() {
         ("a UUID and one more character", format!("{task}0")),
         ("4 KiB of id", "a".repeat(4096)),
     ];
-    let id_routes: [(&str, &str, Shape); 14] = [
+    let id_routes: [(&str, &str, Shape); 16] = [
         ("GET", "/api/v1/tasks/{}", Native),
         ("GET", "/api/v1/tasks/{}/status", Native),
         ("GET", "/api/v1/tasks/{}/result", Native),
@@ -827,6 +899,8 @@ async fn bad_query_strings_and_path_ids_get_the_envelope_on_every_face() {
         ("GET", "/api/reconstruction/events/{}", Native),
         ("GET", "/api/status/{}", Seed002),
         ("GET", "/static/{}.glb", Seed002),
+        ("GET", "/v1/images/generations/{}", OpenAi),
+        ("GET", "/v1/models/{}", OpenAi),
     ];
     for (method, route, shape) in id_routes {
         for (what, id) in &ids {

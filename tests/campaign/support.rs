@@ -157,6 +157,25 @@ pub fn check_envelope(content_type: Option<&str>, request_id: Option<&str>, body
     }
 }
 
+/// Checks OpenAI's error envelope, `{"error": {"message", "type", "param", "code"}}`, of
+/// the OpenAI-compatible face: nothing of kiln's native envelope beside it.
+pub fn check_openai(content_type: Option<&str>, body: &[u8]) -> Result<Value, String> {
+    if !content_type.is_some_and(|t| t.starts_with("application/json")) {
+        return Err(format!("content-type {content_type:?}, not JSON; body: {}", shown(body)));
+    }
+    let json: Value = serde_json::from_slice(body).map_err(|e| format!("body is not JSON ({e}): {}", shown(body)))?;
+    let error = &json["error"];
+    for field in ["message", "type", "code"] {
+        if error[field].as_str().is_none_or(str::is_empty) {
+            return Err(format!("no error.{field}: {json}"));
+        }
+    }
+    if !error.as_object().is_some_and(|e| e.contains_key("param")) || json.get("request_id").is_some() {
+        return Err(format!("not OpenAI's envelope: {json}"));
+    }
+    Ok(json)
+}
+
 /// Checks seed 002's error shape, `{"success": false, "error": "…", "code": "…"}`.
 pub fn check_seed002(content_type: Option<&str>, body: &[u8]) -> Result<Value, String> {
     if !content_type.is_some_and(|t| t.starts_with("application/json")) {
