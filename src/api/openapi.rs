@@ -212,6 +212,7 @@ fn links() -> Vec<LinkSpec> {
         (t, "post", "202", "GetTaskResult", "task_result", task(), None),
         (t, "post", "202", "FollowTask", "task_events", task(), None),
         (t, "post", "202", "CancelTask", "cancel_task", task(), None),
+        (t, "post", "202", "GetTaskThumbnail", "task_thumbnail", task(), None),
         (m, "post", "202", "GetJobStatus", "model_status", job(), None),
         (m, "post", "202", "GetJobResult", "model_result", job(), None),
         (p, "post", "201", "GetPicture", "get_picture", picture(), None),

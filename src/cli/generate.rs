@@ -1,6 +1,7 @@
 //! `kiln generate`: a client of the native API. Submits a picture or a prompt, shows a
 //! progress bar fed by the task's event stream (resuming with `Last-Event-ID` if the
-//! connection drops), and downloads the main output.
+//! connection drops), and downloads the main output: the model of a 3D task, the image
+//! of a text-to-image task, named after its format unless `--output` says otherwise.
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -18,8 +19,9 @@ pub struct GenerateArgs {
     /// Text prompt, for text-to-3D or text-to-image models.
     #[arg(long)]
     prompt: Option<String>,
-    /// Model to use (default: the server's default for the input).
-    #[arg(long)]
+    /// Model to use (default: the server's default for the input); its kind decides
+    /// what is made (`GET /api/v1/catalog` lists them).
+    #[arg(short, long)]
     model: Option<String>,
     /// Provider options as a JSON object.
     #[arg(long, value_name = "JSON")]
@@ -27,8 +29,9 @@ pub struct GenerateArgs {
     /// kiln server.
     #[arg(long, env = "KILN_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Where to write the result (default: `<task id>.<format>`).
-    #[arg(short, long, value_name = "FILE")]
+    /// Where to write the result (default: `<task id>.<format>`, e.g. `….glb` for a
+    /// model, `….png` for an image; into it when it is a directory).
+    #[arg(short, long, visible_alias = "out", value_name = "FILE")]
     output: Option<PathBuf>,
     /// No progress bar.
     #[arg(long, short)]
@@ -104,6 +107,7 @@ async fn generate(args: GenerateArgs) -> Result<(), Failure> {
     }
     let task: Value = response.json().await?;
     let id = task["id"].as_str().ok_or_else(|| Failure("the server's answer has no task id".into()))?.to_owned();
+    let kind = task["kind"].as_str().unwrap_or_default().to_owned();
     let events_url = format!("{base}/api/v1/tasks/{id}/events");
 
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(100) };
@@ -178,14 +182,15 @@ async fn generate(args: GenerateArgs) -> Result<(), Failure> {
     }
     let result: Value = response.json().await?;
     let outputs = result["outputs"].as_array().cloned().unwrap_or_default();
-    let main = outputs
-        .iter()
-        .find(|o| matches!(o["role"].as_str(), Some("model" | "image")))
-        .or(outputs.first())
-        .ok_or_else(|| Failure("the task finished without outputs".into()))?;
+    let main = main_output(&kind, &outputs).ok_or_else(|| Failure("the task finished without outputs".into()))?;
     let url = main["url"].as_str().ok_or_else(|| Failure("the output has no URL".into()))?;
-    let format = main["format"].as_str().unwrap_or("bin");
-    let path = args.output.unwrap_or_else(|| PathBuf::from(format!("{id}.{format}")));
+    let format = main["format"].as_str().filter(|f| !f.is_empty()).unwrap_or("bin");
+    let path = destination(args.output, &id, format);
+    if let Some(asked) = path.extension().and_then(|e| e.to_str())
+        && !same_format(asked, format)
+    {
+        eprintln!("kiln: note: the result is {}, written to {} as asked", format.to_uppercase(), path.display());
+    }
     let response = client.get(url).send().await?;
     if !response.status().is_success() {
         return Err(server_error(response).await);
@@ -197,6 +202,37 @@ async fn generate(args: GenerateArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The output a task is about: the one with its kind's main role (`image` for
+/// text-to-image, `model` otherwise), else a model or an image, else the first.
+fn main_output<'a>(kind: &str, outputs: &'a [Value]) -> Option<&'a Value> {
+    let role = if kind == "text_to_image" { "image" } else { "model" };
+    outputs
+        .iter()
+        .find(|o| o["role"] == role)
+        .or_else(|| outputs.iter().find(|o| matches!(o["role"].as_str(), Some("model" | "image"))))
+        .or(outputs.first())
+}
+
+/// Where the result goes: `--output` as given, or `<task id>.<format>` (inside
+/// `--output` when that is a directory).
+fn destination(output: Option<PathBuf>, id: &str, format: &str) -> PathBuf {
+    let name = format!("{id}.{format}");
+    match output {
+        Some(dir) if dir.is_dir() => dir.join(name),
+        Some(path) => path,
+        None => PathBuf::from(name),
+    }
+}
+
+/// Whether a file extension names this output format (`jpg` and `jpeg` are one).
+fn same_format(extension: &str, format: &str) -> bool {
+    let canonical = |f: &str| match f.to_ascii_lowercase().as_str() {
+        "jpeg" => "jpg".to_owned(),
+        other => other.to_owned(),
+    };
+    canonical(extension) == canonical(format)
+}
+
 fn ordinal(n: u64) -> String {
     let suffix = match (n % 10, n % 100) {
         (_, 11..=13) => "th",
@@ -206,4 +242,35 @@ fn ordinal(n: u64) -> String {
         _ => "th",
     };
     format!("{n}{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_main_output_follows_the_kind() {
+        let preview = json!({ "role": "preview", "format": "webp" });
+        let model = json!({ "role": "model", "format": "glb" });
+        let image = json!({ "role": "image", "format": "png" });
+        let outputs = [preview.clone(), model.clone(), image.clone()];
+        assert_eq!(main_output("text_to_3d", &outputs), Some(&model));
+        assert_eq!(main_output("image_to_3d", &outputs), Some(&model));
+        assert_eq!(main_output("text_to_image", &outputs), Some(&image));
+        // Never the preview render while the model is there; an unknown kind takes either.
+        assert_eq!(main_output("", &[preview.clone(), image.clone()]), Some(&image));
+        assert_eq!(main_output("text_to_3d", std::slice::from_ref(&preview)), Some(&preview));
+        assert_eq!(main_output("text_to_3d", &[]), None);
+    }
+
+    #[test]
+    fn the_file_is_named_after_the_format_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(destination(None, "t1", "png"), PathBuf::from("t1.png"));
+        assert_eq!(destination(None, "t1", "glb"), PathBuf::from("t1.glb"));
+        assert_eq!(destination(Some(dir.path().into()), "t1", "png"), dir.path().join("t1.png"));
+        assert_eq!(destination(Some("fox.png".into()), "t1", "png"), PathBuf::from("fox.png"));
+        assert!(same_format("JPEG", "jpg") && same_format("png", "png") && !same_format("glb", "png"));
+    }
 }

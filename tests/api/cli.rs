@@ -111,6 +111,81 @@ async fn generate_submits_follows_and_downloads_the_result() {
     app.stop().await;
 }
 
+/// An echo channel serving every kind: a picture model, and a prompt model for each text kind.
+const EVERY_KIND: &str = r#"
+[[channels]]
+name = "echo"
+type = "echo"
+max_concurrency = 2
+max_queue = 50
+models = [
+  { name = "echo", kind = "image_to_3d" },
+  { name = "sculptor", kind = "text_to_3d" },
+  { name = "painter", kind = "text_to_image" },
+]
+"#;
+
+#[tokio::test]
+async fn generate_makes_every_kind_and_names_the_file_after_its_format() {
+    let app = TestApp::spawn_with(EVERY_KIND).await;
+    let work = app.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let generate = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(KILN);
+        command.arg("generate").args(args).args(["--quiet", "--server", &app.base]).current_dir(&work);
+        command.output()
+    };
+    let written = |stdout: &[u8]| {
+        let line = String::from_utf8_lossy(stdout);
+        work.join(line.split(" (").next().unwrap_or_default().trim())
+    };
+
+    // Text to image, default name: `<task id>.png`, a real picture.
+    let output = generate(&["--prompt", "a red fox in the snow", "-m", "painter"]).await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let path = written(&output.stdout);
+    assert_eq!(path.extension().unwrap(), "png", "{}", path.display());
+    let picture = image::load_from_memory(&std::fs::read(&path).unwrap()).expect("the download is a picture");
+    assert_eq!((picture.width(), picture.height()), (400, 300));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("png"));
+
+    // `--out` (and `-o`) take a file name, or a directory to put `<task id>.png` in.
+    let output = generate(&["--prompt", "a fox", "--model", "painter", "--out", "fox.png"]).await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(image::load_from_memory(&std::fs::read(work.join("fox.png")).unwrap()).is_ok());
+    std::fs::create_dir(work.join("pictures")).unwrap();
+    let output = generate(&["--prompt", "a fox", "-m", "painter", "-o", "pictures"]).await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let inside: Vec<_> = std::fs::read_dir(work.join("pictures")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(inside.len(), 1);
+    assert_eq!(inside[0].extension().unwrap(), "png");
+    // A name that says another format is kept, with a note.
+    let output = generate(&["--prompt", "a fox", "-m", "painter", "-o", "fox.glb"]).await.unwrap();
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("the result is PNG"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // Text to 3D: `<task id>.glb`.
+    let output = generate(&["--prompt", "a vase", "-m", "sculptor"]).await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let path = written(&output.stdout);
+    assert_eq!(path.extension().unwrap(), "glb", "{}", path.display());
+    assert_eq!(std::fs::read(&path).unwrap(), b"a vase");
+
+    // A prompt for a picture model is refused with the server's words.
+    let output = generate(&["--prompt", "a vase", "-m", "echo"]).await.unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("missing_input"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn cleanup_deletes_old_files_on_demand() {
     let app = TestApp::spawn().await;

@@ -87,3 +87,64 @@ async fn picture_uploads_are_refused_like_task_uploads() {
     assert_eq!(page["total"], 0, "nothing refused was stored");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_that_made_a_picture_has_a_thumbnail_of_it() {
+    let app = TestApp::spawn_with(
+        r#"
+[[channels]]
+name = "echo"
+type = "echo"
+models = [{ name = "echo", kind = "image_to_3d" }, { name = "painter", kind = "text_to_image" }]
+"#,
+    )
+    .await;
+    let task: Value =
+        app.submit_prompt(json!({ "prompt": "a red fox", "model": "painter" })).await.json().await.unwrap();
+    let id = task["id"].as_str().unwrap().to_owned();
+    assert_eq!(task["kind"], "text_to_image");
+    assert_eq!(app.wait_terminal(&id).await["status"], "succeeded");
+
+    let thumbnail = app.get(&format!("/api/v1/tasks/{id}/thumbnail")).await;
+    assert_eq!(thumbnail.status().as_u16(), 200);
+    assert_eq!(thumbnail.headers()["content-type"], "image/jpeg");
+    assert_eq!(thumbnail.headers()["cache-control"], "public, max-age=86400, immutable");
+    let etag = thumbnail.headers()["etag"].to_str().unwrap().to_owned();
+    // The echo provider's picture is 400 × 300.
+    let small = image::load_from_memory(&thumbnail.bytes().await.unwrap()).expect("the thumbnail is a picture");
+    assert_eq!((small.width(), small.height()), (320, 240));
+    let again = app.client.get(app.url(&format!("/api/v1/tasks/{id}/thumbnail"))).header("if-none-match", &etag);
+    assert_eq!(again.send().await.unwrap().status().as_u16(), 304);
+
+    // A task that made no picture (a model, here from the echo of a JPEG named model.glb),
+    // one that has not finished, and one that does not exist.
+    let model = app.submit_image(&[]).await;
+    let model = model["id"].as_str().unwrap();
+    app.wait_terminal(model).await;
+    let (status, body) = app.get_json(&format!("/api/v1/tasks/{model}/thumbnail")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("file_not_found")));
+    let slow: Value = app
+        .submit_prompt(json!({ "prompt": "a slow fox", "model": "painter", "params": { "steps": 50, "step_ms": 100 } }))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let (status, body) = app.get_json(&format!("/api/v1/tasks/{}/thumbnail", slow["id"].as_str().unwrap())).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("file_not_found")));
+    let (status, body) = app.get_json("/api/v1/tasks/00000000-0000-4000-8000-000000000000/thumbnail").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("task_not_found")));
+    let (status, _) = app.get_json("/api/v1/tasks/not-an-id/thumbnail").await;
+    assert_eq!(status, 404);
+
+    // Deleted after the retention period.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["cleanup", "--older-than", "0s", "--config"])
+        .arg(app.dir.path().join("kiln.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (status, body) = app.get_json(&format!("/api/v1/tasks/{id}/thumbnail")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (410, Some("artifact_expired")));
+    app.stop().await;
+}

@@ -1,5 +1,7 @@
 //! `echo`: a test-only provider. It reports a few progress steps, writes one output that
-//! echoes its input, and can be told through `params` to be slow, to fail or to panic.
+//! echoes its input (for a text-to-image task, whose output must be a picture: a real
+//! 400 × 300 PNG, with the prompt's length in its metadata), and can be told through
+//! `params` to be slow, to fail or to panic.
 
 use std::{sync::Arc, time::Duration};
 
@@ -58,6 +60,10 @@ impl Provider for Echo {
             (None, None) => Bytes::new(),
         };
         let size = body.len();
+        let body = match job.kind.main_role() {
+            "image" => picture(),
+            _ => body,
+        };
         let file = ctx.spool_bytes(&body).await.map_err(ProviderError::internal)?;
         let (name, content_type) = match job.kind.main_role() {
             "image" => ("image.png", "image/png"),
@@ -74,4 +80,13 @@ impl Provider for Echo {
         .map_err(ProviderError::internal)?;
         Ok(Outcome::Completed { metadata: json!({ "attempt": job.attempt, "model": job.upstream_model }) })
     }
+}
+
+/// A 400 × 300 PNG: a gradient, so it compresses to a few kilobytes.
+pub fn picture() -> Bytes {
+    let image =
+        image::RgbImage::from_fn(400, 300, |x, y| image::Rgb([(x * 255 / 400) as u8, (y * 255 / 300) as u8, 90]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).expect("encode the echo picture");
+    Bytes::from(out.into_inner())
 }

@@ -4,6 +4,7 @@
 // through playwright-core (no browser is ever downloaded).
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer as createHttpServer } from 'node:http'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
@@ -174,4 +175,94 @@ export async function postPicture(url, file, fields = {}) {
   for (const [k, v] of Object.entries(fields)) form.append(k, v)
   const response = await fetch(`${url}/api/v1/tasks`, { method: 'POST', body: form })
   return { status: response.status, body: await response.json() }
+}
+
+/**
+ * A small PNG: a gradient, `width` × `height`.
+ * @param {number} width @param {number} height
+ */
+export async function gradientPng(width, height) {
+  const { PNG } = await import('pngjs')
+  const png = new PNG({ width, height })
+  for (let y = 0; y < height; y++)
+    for (let x = 0; x < width; x++) {
+      const at = (width * y + x) * 4
+      png.data[at] = Math.round((x * 255) / width)
+      png.data[at + 1] = Math.round((y * 255) / height)
+      png.data[at + 2] = 160
+      png.data[at + 3] = 255
+    }
+  return PNG.sync.write(png)
+}
+
+/**
+ * A tiny OpenAI-compatible image API in this process, for kiln's `openai_images`
+ * channel: `POST …/images/generations` answers `{"created", "data": [{"b64_json", "url"}]}`
+ * with one picture (`picture`, else a 640 × 480 PNG) after `latency` ms, `GET …/models`
+ * lists one model (the channel's health probe), and the URL serves the same picture
+ * without a key. Paths are matched by their end, so the channel's `base_url` may or may
+ * not end in `/v1`. Every request is kept in `requests` (method, path, authorization,
+ * JSON body).
+ * @param {{ key?: string, latency?: number, picture?: Buffer, contentType?: string }} [options]
+ */
+export async function startFakeImageApi(options = {}) {
+  const key = options.key ?? 'sk-test'
+  const latency = options.latency ?? 1500
+  const picture = options.picture ?? (await gradientPng(640, 480))
+  const contentType = options.contentType ?? 'image/png'
+  /** @type {{ method: string, path: string, authorization: string | undefined, body: any }[]} */
+  const requests = []
+  const server = createHttpServer((request, response) => {
+    let raw = ''
+    request.on('data', (chunk) => (raw += chunk))
+    request.on('end', () => {
+      const path = new URL(request.url ?? '/', 'http://fake').pathname
+      let body = null
+      try {
+        body = raw ? JSON.parse(raw) : null
+      } catch {
+        body = raw
+      }
+      requests.push({ method: request.method ?? '', path, authorization: request.headers.authorization, body })
+      /** @param {number} status @param {unknown} value */
+      const json = (status, value) => {
+        response.writeHead(status, { 'Content-Type': 'application/json' })
+        response.end(JSON.stringify(value))
+      }
+      if (path.startsWith('/dl/')) {
+        response.writeHead(200, { 'Content-Type': contentType, 'Content-Length': picture.length })
+        response.end(picture)
+        return
+      }
+      if (request.headers.authorization !== `Bearer ${key}`) {
+        json(401, { error: { message: 'Incorrect API key provided.', type: 'invalid_request_error', param: null, code: 'invalid_api_key' } })
+        return
+      }
+      if (request.method === 'GET' && path.endsWith('/models')) {
+        json(200, { object: 'list', data: [{ id: 'painter-v1', object: 'model', owned_by: 'kiln-e2e' }] })
+        return
+      }
+      if (request.method === 'POST' && path.endsWith('/images/generations')) {
+        const address = /** @type {import('node:net').AddressInfo} */ (server.address())
+        setTimeout(
+          () =>
+            json(200, {
+              created: Math.floor(Date.now() / 1000),
+              data: [{ b64_json: picture.toString('base64'), url: `http://127.0.0.1:${address.port}/dl/image.png`, revised_prompt: body?.prompt ?? '' }],
+            }),
+          latency,
+        )
+        return
+      }
+      json(404, { error: { message: `Unknown path ${path}`, type: 'invalid_request_error', param: null, code: null } })
+    })
+  })
+  await new Promise((listening) => server.listen(0, '127.0.0.1', () => listening(null)))
+  const address = /** @type {import('node:net').AddressInfo} */ (server.address())
+  return {
+    url: `http://127.0.0.1:${address.port}`,
+    requests,
+    picture,
+    stop: () => new Promise((closed) => server.close(() => closed(null))),
+  }
 }

@@ -6,7 +6,7 @@ import { mkdirSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { PNG } from 'pngjs'
-import { FIXTURES, launchBrowser, newPage, postPicture, startKiln } from './harness.mjs'
+import { FIXTURES, launchBrowser, newPage, postPicture, startFakeImageApi, startKiln } from './harness.mjs'
 
 const OUTPUT = join(import.meta.dirname, 'output')
 mkdirSync(OUTPUT, { recursive: true })
@@ -132,7 +132,7 @@ describe('the web page', () => {
     const states = await seen(page)
     assert.ok(states.some((s) => /^queued\|(2nd|3rd) in line\|live$/.test(s)), `no place in line among ${states}`)
     assert.ok(
-      states.some((s) => /^running\|(Starting|Finding the object|Building the shape|Painting the surface|Packing the model|Saving the model)/.test(s)),
+      states.some((s) => /^running\|(Starting|Finding the object|Building the shape|Painting the surface|Packing the model|Saving the result)/.test(s)),
       `no stage among ${states}`,
     )
     // Metadata and the download.
@@ -339,5 +339,116 @@ describe('the web page', () => {
     const plain = await fetch(kiln.url + script, { headers: { 'accept-encoding': 'identity' } })
     assert.equal(plain.headers.get('content-encoding'), null)
     assert.equal(await asset.text(), await plain.text())
+  })
+})
+
+// A prompt model end to end: kiln's `openai_images` channel against a tiny
+// OpenAI-compatible image API run by the harness (harness.mjs), next to relief, in a
+// kiln of its own.
+/** @param {string} base */
+const PROMPT_CONFIG = (base) => `
+[[channels]]
+name = "relief"
+type = "relief"
+models = [{ name = "relief", kind = "image_to_3d" }]
+
+[[channels]]
+name = "images"
+type = "openai_images"
+secret = "sk-test"
+options = { base_url = "${base}" }
+models = [{ name = "painter", kind = "text_to_image", upstream = "painter-v1" }]
+`
+
+describe('a prompt model (text to picture, through an OpenAI-compatible API)', () => {
+  /** @type {Awaited<ReturnType<typeof startFakeImageApi>>} */
+  let fake
+  /** @type {Awaited<ReturnType<typeof startKiln>>} */
+  let kiln
+
+  before(async () => {
+    fake = await startFakeImageApi({ latency: 1500 })
+    kiln = await startKiln({ config: PROMPT_CONFIG(fake.url) })
+  })
+  after(async () => {
+    await kiln?.stop()
+    await fake?.stop()
+  })
+
+  it('takes a prompt, shows the picture with its download, and lists it with a thumbnail', async () => {
+    const { page, context, problems } = await newPage(browser)
+    await recordStatuses(context)
+    await page.goto(kiln.url)
+    // Every model of the catalog, grouped by kind; the picture model first.
+    const picker = page.locator('[data-testid="model"]')
+    await picker.locator('option[value="text_to_image:painter"]').waitFor({ state: 'attached' })
+    assert.equal(await picker.inputValue(), 'image_to_3d:relief')
+    assert.equal(await page.locator('optgroup[label="Text → picture"] option').innerText(), 'painter · cloud (default)')
+    await page.locator('[data-testid="drop"]').waitFor()
+    // Choosing it asks for a prompt instead of a picture, and says the job leaves the machine.
+    await picker.selectOption('text_to_image:painter')
+    await page.locator('[data-testid="prompt"]').waitFor()
+    assert.equal(await page.locator('[data-testid="drop"]').count(), 0)
+    const badge = page.locator('[data-testid="cloud-badge"]')
+    assert.equal(await page.locator('[data-testid="cloud-tip"]').isVisible(), false)
+    await badge.focus()
+    await page.locator('[data-testid="cloud-tip"]').waitFor({ state: 'visible' })
+    assert.match(await page.locator('[data-testid="cloud-tip"]').innerText(), /leaves this machine.+bill/)
+    assert.equal(await page.getByRole('heading', { level: 1 }).innerText(), 'Turn words into a picture')
+    await page.locator('[data-testid="prompt"]').fill('a lighthouse at dusk, in watercolour')
+    await page.locator('[data-testid="submit"]').click()
+    await page.waitForURL(/\/tasks\/[0-9a-f-]+$/)
+
+    // The picture, whole, with its download; no 3D viewer (and no three.js).
+    const image = page.locator('[data-testid="image-result"][data-state="loaded"] [data-testid="result-image"]')
+    await image.waitFor({ timeout: 60_000 })
+    const natural = await image.evaluate((img) => [/** @type {HTMLImageElement} */ (img).naturalWidth, /** @type {HTMLImageElement} */ (img).naturalHeight])
+    assert.deepEqual(natural, [640, 480])
+    await page.screenshot({ path: join(OUTPUT, 'prompt-picture.png') })
+    assert.equal(await page.locator('[data-testid="viewer"]').count(), 0)
+    assert.equal(await page.locator('[data-testid="dimensions"]').innerText(), '640×480')
+    assert.match(await page.locator('[data-testid="metadata"]').innerText(), /PNG/)
+    assert.match(await page.locator('[data-testid="task-prompt"]').innerText(), /a lighthouse at dusk/)
+    const download = page.locator('[data-testid="download"]')
+    assert.match((await download.getAttribute('download')) ?? '', /^kiln-[0-9a-f]{8}\.png$/)
+    const href = (await download.getAttribute('href')) ?? ''
+    assert.match(href, /\/files\/images\/.+\.png$/)
+    const file = await fetch(new URL(href, kiln.url))
+    assert.equal(file.status, 200)
+    assert.deepEqual(Buffer.from(await file.arrayBuffer()), fake.picture)
+    const states = await seen(page)
+    assert.ok(states.some((s) => s.startsWith('running|') || s.startsWith('queued|')), `no progress among ${states}`)
+
+    // kiln asked the API with its key, the prompt and the upstream model.
+    const generation = fake.requests.find((r) => r.path.endsWith('/images/generations'))
+    assert.ok(generation, JSON.stringify(fake.requests))
+    assert.equal(generation.authorization, 'Bearer sk-test')
+    assert.equal(generation.body?.prompt, 'a lighthouse at dusk, in watercolour')
+    assert.equal(generation.body?.model, 'painter-v1')
+
+    // The history shows the picture it made, as a small thumbnail.
+    await page.getByRole('link', { name: 'History' }).click()
+    const row = page.locator('[data-testid="history-row"]').first()
+    await row.waitFor()
+    assert.match(await row.innerText(), /painter · Text → picture/)
+    const thumb = row.locator('[data-testid="history-thumb"]')
+    await thumb.waitFor()
+    await thumb.evaluate(
+      (img) =>
+        /** @type {HTMLImageElement} */ (img).complete ||
+        new Promise((resolve) => img.addEventListener('load', resolve, { once: true })),
+    )
+    assert.match((await thumb.getAttribute('src')) ?? '', /\/api\/v1\/tasks\/[0-9a-f-]+\/thumbnail$/)
+    const width = await thumb.evaluate((img) => /** @type {HTMLImageElement} */ (img).naturalWidth)
+    assert.equal(width, 320)
+    await row.getByRole('link', { name: 'View picture' }).click()
+    await page.locator('[data-testid="result-image"]').waitFor()
+
+    // In Chinese.
+    await page.locator('[data-testid="language"]').selectOption('zh-CN')
+    await page.locator('[data-testid="download"]', { hasText: '下载 PNG' }).waitFor()
+    await page.locator('[data-testid="language"]').selectOption('en')
+    assert.deepEqual(problems, [])
+    await context.close()
   })
 })

@@ -1,15 +1,22 @@
 // @ts-check
 // Takes the screenshots in docs/screenshots: every screen, at desktop and phone width, in
-// Chinese (the users' language) and the create and viewer screens in English too.
+// Chinese (the users' language) and the create and viewer screens in English too. A
+// picture model (an `openai_images` channel against the harness's small image API) is
+// there for the prompt and the picture a task made.
 // `make screenshots` runs it; it needs the kiln binary and fonts-noto-cjk.
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { FIXTURES, REPO, launchBrowser, newPage, postPicture, startKiln } from './harness.mjs'
+import { FIXTURES, REPO, launchBrowser, newPage, postPicture, startFakeImageApi, startKiln } from './harness.mjs'
 
 const OUT = join(REPO, 'docs', 'screenshots')
 mkdirSync(OUT, { recursive: true })
 
 // One run at a time and slow options, so the queue and the progress can be caught.
+const images = await startFakeImageApi({
+  latency: 800,
+  picture: readFileSync(join(FIXTURES, 'mug.jpg')),
+  contentType: 'image/jpeg',
+})
 const CONFIG = `
 [[channels]]
 name = "relief"
@@ -23,6 +30,13 @@ kind = "image_to_3d"
 resolution = 512
 texture_size = 4096
 max_triangles = 400000
+
+[[channels]]
+name = "images"
+type = "openai_images"
+secret = "sk-test"
+options = { base_url = "${images.url}" }
+models = [{ name = "painter", kind = "text_to_image", upstream = "painter-v1", description = "OpenAI-compatible image API" }]
 `
 
 const kiln = await startKiln({ config: CONFIG })
@@ -37,7 +51,7 @@ try {
   for (const name of ['mug.jpg', 'toy.webp']) await postPicture(kiln.url, join(FIXTURES, name))
 
   for (const [lang, screens] of /** @type {const} */ ([
-    ['zh-CN', ['create', 'preview', 'queued', 'progress', 'viewer', 'library', 'history']],
+    ['zh-CN', ['create', 'preview', 'queued', 'progress', 'viewer', 'prompt', 'picture', 'library', 'history']],
     ['en', ['create', 'viewer']],
   ])) {
     for (const [device, size] of Object.entries(sizes)) {
@@ -74,6 +88,15 @@ try {
         await context.close()
         continue
       }
+      await page.goto(kiln.url)
+      await page.locator('[data-testid="model"] option[value="text_to_image:painter"]').waitFor({ state: 'attached' })
+      await page.locator('[data-testid="model"]').selectOption('text_to_image:painter')
+      await page.locator('[data-testid="prompt"]').fill('一只红色的陶瓷马克杯，白色背景')
+      await page.locator('[data-testid="cloud-badge"]').focus()
+      await shot('prompt')
+      await page.locator('[data-testid="submit"]').click()
+      await page.locator('[data-testid="image-result"][data-state="loaded"]').waitFor({ timeout: 60_000 })
+      await shot('picture')
       await page.goto(`${kiln.url}/library`)
       await page.locator('[data-testid="picture"] img').first().waitFor()
       // The thumbnails load lazily: bring each into view once for the full-page shot.
@@ -93,4 +116,5 @@ try {
 } finally {
   await browser.close()
   await kiln.stop()
+  await images.stop()
 }

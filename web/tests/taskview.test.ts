@@ -1,9 +1,10 @@
 // The task page with a scripted server: the place in line, the stage and progress from
-// the stream, and the 180-second notice with its two ways out.
+// the stream, the 180-second notice with its two ways out, and the result shown as its
+// kind and role say (a picture as a picture, a model in the viewer).
 import { flushPromises, mount } from '@vue/test-utils'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { createMemoryHistory, createRouter } from 'vue-router'
-import type { Task } from '../src/api/types'
+import type { Output, Task } from '../src/api/types'
 import { locale } from '../src/i18n'
 
 const task = (over: Partial<Task> = {}): Task => ({
@@ -34,6 +35,33 @@ const api = vi.hoisted(() => ({
   createFromPrompt: vi.fn(),
 }))
 vi.mock('../src/api/client', async (original) => ({ ...(await original<object>()), api }))
+// The viewer needs WebGL; here it only has to be the one chosen, with its URL.
+vi.mock('../src/components/ModelViewer.vue', () => ({
+  __esModule: true,
+  default: { props: ['url', 'downloadName'], template: '<div data-testid="viewer" :data-url="url" :data-name="downloadName"></div>' },
+}))
+
+const output = (over: Partial<Output>): Output => ({
+  name: 'model.glb',
+  role: 'model',
+  url: 'http://kiln/files/reconstruction/task-1/model.glb',
+  format: 'glb',
+  content_type: 'model/gltf-binary',
+  size: 2048,
+  expired: false,
+  metadata: {},
+  ...over,
+})
+const IMAGE = output({
+  name: 'image.png',
+  role: 'image',
+  url: 'http://kiln/files/images/task-7/image.png',
+  format: 'png',
+  content_type: 'image/png',
+  size: 5 * 1024,
+})
+const PREVIEW = output({ name: 'preview.webp', role: 'preview', url: 'http://kiln/files/reconstruction/task-1/preview.webp', format: 'webp', content_type: 'image/webp' })
+const finished = (outputs: Output[]) => ({ id: 'task-1', status: 'succeeded', outputs, metadata: {}, expired: false, error: null })
 
 class FakeSource {
   static last: FakeSource | null = null
@@ -142,5 +170,101 @@ describe('the task page', () => {
     await flushPromises()
     expect(wrapper.get('[data-testid="task-error"]').text()).toContain('没有找到物体')
     expect(wrapper.find('[data-testid="retry"]').exists()).toBe(true)
+  })
+
+  it('shows a picture a text-to-image task made as a picture, with its download', async () => {
+    api.task.mockResolvedValue(
+      task({
+        id: '0190abcd-0000-7000-8000-0000deadbeef',
+        kind: 'text_to_image',
+        model: 'painter',
+        status: 'succeeded',
+        queue_position: null,
+        prompt: 'a red fox in the snow',
+        picture: null,
+        generation_time: 4.2,
+        links: { self: 'http://kiln/api/v1/tasks/0190abcd-0000-7000-8000-0000deadbeef', status: '', result: '', events: '' },
+      }),
+    )
+    api.result.mockResolvedValue(finished([IMAGE]))
+    const { wrapper } = await mountAt('0190abcd-0000-7000-8000-0000deadbeef')
+    const img = wrapper.get('[data-testid="result-image"]')
+    // Under the server's own base, made relative to the page.
+    expect(img.attributes('src')).toBe(`${location.origin}/files/images/task-7/image.png`)
+    expect(img.attributes('alt')).toBe('The picture made from “a red fox in the snow”')
+    const download = wrapper.get('[data-testid="download"]')
+    expect(download.attributes('href')).toBe(img.attributes('src'))
+    expect(download.attributes('download')).toBe('kiln-deadbeef.png')
+    expect(download.text()).toBe('Download PNG')
+    expect(wrapper.find('[data-testid="viewer"]').exists()).toBe(false)
+    expect(wrapper.get('[data-testid="task-prompt"]').text()).toContain('a red fox in the snow')
+    // Its size in pixels once decoded; no triangles for a picture.
+    Object.defineProperty(img.element, 'naturalWidth', { value: 1024 })
+    Object.defineProperty(img.element, 'naturalHeight', { value: 768 })
+    await img.trigger('load')
+    expect(wrapper.get('[data-testid="dimensions"]').text()).toBe('1024×768')
+    expect(wrapper.find('[data-testid="triangles"]').exists()).toBe(false)
+    expect(wrapper.get('[data-testid="metadata"]').text()).toContain('Text → picture')
+    locale.value = 'zh-CN'
+    await flushPromises()
+    expect(wrapper.get('[data-testid="download"]').text()).toBe('下载 PNG')
+  })
+
+  it('shows every picture when the API made several', async () => {
+    api.task.mockResolvedValue(task({ kind: 'text_to_image', status: 'succeeded', queue_position: null, prompt: 'two foxes', picture: null }))
+    const second = { ...IMAGE, name: 'image-2.png', url: 'http://kiln/files/images/task-7/image-2.png' }
+    api.result.mockResolvedValue(finished([IMAGE, second]))
+    const { wrapper } = await mountAt('task-1')
+    expect(wrapper.findAll('[data-testid="result-image"]').map((i) => i.attributes('src'))).toEqual([
+      `${location.origin}/files/images/task-7/image.png`,
+      `${location.origin}/files/images/task-7/image-2.png`,
+    ])
+    expect(wrapper.findAll('[data-testid="download"]').map((a) => a.attributes('download'))).toEqual(['kiln-task-1.png', 'kiln-task-1-2.png'])
+  })
+
+  it('shows the model of a 3D task in the viewer, not its preview render', async () => {
+    api.task.mockResolvedValue(task({ kind: 'text_to_3d', status: 'succeeded', queue_position: null, prompt: 'a vase', picture: null }))
+    api.result.mockResolvedValue(finished([PREVIEW, output({})]))
+    const { wrapper } = await mountAt('task-1')
+    const viewer = wrapper.get('[data-testid="viewer"]')
+    expect(viewer.attributes('data-url')).toBe(`${location.origin}/files/reconstruction/task-1/model.glb`)
+    expect(viewer.attributes('data-name')).toBe('kiln-task-1.glb')
+    expect(wrapper.find('[data-testid="result-image"]').exists()).toBe(false)
+  })
+
+  it('says when the result is missing or was deleted, in the words of its kind', async () => {
+    api.task.mockResolvedValue(task({ kind: 'text_to_image', status: 'succeeded', queue_position: null, prompt: 'x', picture: null }))
+    api.result.mockResolvedValue(finished([{ ...IMAGE, expired: true }]))
+    let { wrapper } = await mountAt('task-1')
+    expect(wrapper.get('[data-testid="result-expired"]').text()).toBe('This picture was deleted after the retention period.')
+    expect(wrapper.find('[data-testid="result-image"]').exists()).toBe(false)
+    wrapper.unmount()
+
+    api.result.mockResolvedValue(finished([]))
+    ;({ wrapper } = await mountAt('task-1'))
+    expect(wrapper.get('[data-testid="no-result"]').text()).toBe('This task has no picture to show.')
+    wrapper.unmount()
+
+    api.task.mockResolvedValue(task({ status: 'succeeded', queue_position: null }))
+    api.result.mockResolvedValue(finished([PREVIEW]))
+    ;({ wrapper } = await mountAt('task-1'))
+    expect(wrapper.get('[data-testid="no-result"]').text()).toBe('This task has no 3D model to show.')
+  })
+
+  it('starts a prompt task again with its prompt, model and kind', async () => {
+    api.task.mockResolvedValue(
+      task({ kind: 'text_to_image', model: 'painter', status: 'failed', queue_position: null, prompt: 'a fox', picture: null,
+        error: { code: 'upstream_no_credits', message: 'The provider account is out of credits.' } }),
+    )
+    const { wrapper, router } = await mountAt('task-1')
+    expect(wrapper.get('[data-testid="task-error"]').text()).toBe('The provider account is out of credits.')
+    locale.value = 'zh-CN'
+    await flushPromises()
+    expect(wrapper.get('[data-testid="task-error"]').text()).toBe('服务商账户余额不足。')
+    api.createFromPrompt.mockResolvedValue(task({ id: 'task-2' }))
+    await wrapper.get('[data-testid="retry"]').trigger('click')
+    await flushPromises()
+    expect(api.createFromPrompt).toHaveBeenCalledWith('a fox', 'painter', 'text_to_image')
+    expect(router.currentRoute.value.fullPath).toBe('/tasks/task-2')
   })
 })

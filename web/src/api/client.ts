@@ -9,6 +9,7 @@ import type {
   StatusView,
   Task,
   TaskPage,
+  TaskKind,
   TaskResult,
 } from './types'
 
@@ -78,13 +79,19 @@ export const api = {
   pictures: (offset: number, limit: number) => request<PicturePage>(`/api/v1/pictures?offset=${offset}&limit=${limit}`),
   createFromPicture: (pictureId: string, model: string | null) =>
     request<Task>('/api/v1/tasks', json({ picture_id: pictureId, model })),
-  createFromPrompt: (prompt: string, model: string | null) =>
-    request<Task>('/api/v1/tasks', json({ prompt, model })),
+  /** A prompt task; `kind` tells text-to-3D from text-to-image when a model name serves both. */
+  createFromPrompt: (prompt: string, model: string | null, kind?: TaskKind) =>
+    request<Task>('/api/v1/tasks', json(kind ? { prompt, model, kind } : { prompt, model })),
 }
 
 /** A stored picture's small copy (at most 320 px), for lists. */
 export function thumbnailUrl(pictureId: string): string {
   return `/api/v1/pictures/${encodeURIComponent(pictureId)}/thumbnail`
+}
+
+/** A small copy of the picture a task made (its image, else its preview render), for lists. */
+export function taskThumbnailUrl(taskId: string): string {
+  return `/api/v1/tasks/${encodeURIComponent(taskId)}/thumbnail`
 }
 
 export function eventsUrl(id: string, after: number): string {

@@ -85,12 +85,26 @@ export interface PicturePage {
   next_offset: number | null
 }
 
+export interface CatalogChannel {
+  name: string
+  provider: string
+  /** Enabled, healthy and not resting. */
+  available: boolean
+  /** A cloud API: the job leaves this machine and may be billed by the provider. */
+  cloud: boolean
+  /** Seconds until the channel takes new tasks again, while its circuit breaker rests it. */
+  resting_for: number | null
+}
+
 export interface CatalogModel {
   name: string
   kind: TaskKind
   description: string
   default: boolean
   available: boolean
+  /** Every channel serving it is a cloud API. */
+  cloud: boolean
+  channels: CatalogChannel[]
 }
 
 export interface Limits {

@@ -1,5 +1,6 @@
-// What the page learns from the server once per visit: the input limits and the model
-// catalog. Both fall back to safe values when the server cannot be asked.
+// What the page learns from the server: the input limits (once per visit) and the model
+// catalog (again each time the create page opens, since a channel's health and rest
+// change). Both fall back to safe values when the server cannot be asked.
 import { ref } from 'vue'
 import { api } from '../api/client'
 import type { CatalogModel } from '../api/types'
@@ -10,21 +11,25 @@ export const models = ref<CatalogModel[] | null>(null)
 
 let loaded: Promise<void> | null = null
 
+function loadCatalog(): Promise<void> {
+  return api.catalog().then(
+    (c) => void (models.value = c.models),
+    () => void (models.value ??= []),
+  )
+}
+
+/** Limits and catalog on the first call; later calls ask for the catalog again. */
 export function loadServerInfo(): Promise<void> {
-  loaded ??= Promise.all([
+  if (loaded) {
+    void loadCatalog()
+    return loaded
+  }
+  loaded = Promise.all([
     api.limits().then(
       (l) => void (limits.value = l.upload),
       () => undefined,
     ),
-    api.catalog().then(
-      (c) => void (models.value = c.models),
-      () => void (models.value = []),
-    ),
+    loadCatalog(),
   ]).then(() => undefined)
   return loaded
-}
-
-/** The models for a kind of input, the default first. */
-export function modelsFor(kinds: readonly string[], all: readonly CatalogModel[]): CatalogModel[] {
-  return all.filter((m) => kinds.includes(m.kind)).sort((a, b) => Number(b.default) - Number(a.default))
 }
