@@ -44,6 +44,7 @@ models = [{{ name = "{MODEL}", kind = "text_to_image", upstream = "{UPSTREAM}" }
 base_url = "{base}"
 poll_interval = "50ms"
 poll_max_interval = "100ms"
+health_interval = "0s"
 "#,
         base = fake.base_url(),
     )
