@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::{
-    common::fakes::{FakeTripo, Fault, Outcome, Route, TRIPO_KEY, TripoOptions},
+    common::fakes::{
+        FakeModelScope, FakeTripo, Fault, MODELSCOPE_TOKEN, ModelScopeOptions, Outcome, Route, TRIPO_KEY, TripoOptions,
+    },
     helpers::{ChildServer, TestApp, config_toml},
 };
 
@@ -368,21 +370,44 @@ models = [{ name = "tripo-text", kind = "text_to_3d" }]
     app.stop().await;
 }
 
-/// SIGKILL while Tripo jobs are being polled: after a restart every task completes, and
-/// Tripo saw exactly one create per task.
+/// SIGKILL while Tripo and ModelScope jobs are being polled: after a restart every task
+/// completes, and each upstream saw exactly one create per task.
 #[tokio::test]
 async fn a_kill_while_polling_resumes_every_job_without_a_second_create() {
     let fake = FakeTripo::start(TripoOptions::default().timeline(Duration::from_millis(200), Duration::from_secs(3)));
+    let scope = FakeModelScope::start(ModelScopeOptions {
+        queued_for: Duration::from_millis(200),
+        run_for: Duration::from_secs(3),
+        ..ModelScopeOptions::default()
+    });
+    let modelscope = format!(
+        r#"
+[[channels]]
+name = "modelscope"
+type = "modelscope"
+secret = "{MODELSCOPE_TOKEN}"
+max_concurrency = 10
+deadline = "30s"
+models = [{{ name = "qwen-image", kind = "text_to_image", upstream = "Qwen/Qwen-Image" }}]
+[channels.options]
+base_url = "{base}"
+poll_interval = "50ms"
+poll_max_interval = "200ms"
+health_interval = "0s"
+"#,
+        base = scope.base_url()
+    );
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("kiln.toml");
-    std::fs::write(&config, config_toml(dir.path(), &channel(&fake, ""))).expect("config");
+    std::fs::write(&config, config_toml(dir.path(), &format!("{}{modelscope}", channel(&fake, "")))).expect("config");
     let server = ChildServer::start(&config);
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
-    for i in 0..5 {
+    for i in 0..8 {
+        let model = if i < 5 { "tripo-text" } else { "qwen-image" };
         let response = client
             .post(format!("{}/api/v1/tasks", server.base))
-            .json(&json!({ "prompt": format!("kill {i}"), "model": "tripo-text" }))
+            .json(&json!({ "prompt": format!("kill {i}"), "model": model }))
             .send()
             .await
             .expect("POST");
@@ -390,14 +415,15 @@ async fn a_kill_while_polling_resumes_every_job_without_a_second_create() {
         let task: Value = response.json().await.expect("json");
         ids.push(task["id"].as_str().expect("id").to_owned());
     }
-    // Wait until Tripo has all five jobs, then kill kiln mid-poll.
+    // Wait until both upstreams have every job, then kill kiln mid-poll.
     for _ in 0..200 {
-        if fake.task_count() == 5 {
+        if fake.task_count() == 5 && scope.task_count() == 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(fake.task_count(), 5);
+    assert_eq!(scope.task_count(), 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill();
 
@@ -422,10 +448,34 @@ async fn a_kill_while_polling_resumes_every_job_without_a_second_create() {
         assert_eq!(last["status"], "succeeded", "{last}");
     }
     assert_eq!(fake.count(Route::Create), 5, "exactly one create per task");
+    assert_eq!(scope.count(Route::Create), 3, "exactly one create per task");
     for i in 0..5 {
         assert_eq!(fake.creates_for_prompt(&format!("kill {i}")), 1);
     }
+    for i in 5..8 {
+        assert_eq!(scope.creates_for_prompt(&format!("kill {i}")), 1);
+    }
     server.kill();
+}
+
+#[tokio::test]
+async fn a_create_that_times_out_is_not_resent_and_a_slow_poll_is_only_retried() {
+    let fake = FakeTripo::start(fast());
+    let config =
+        channel(&fake, "").replace("health_interval = \"0s\"", "health_interval = \"0s\"\nrequest_timeout = \"300ms\"");
+    let app = TestApp::spawn_with(&config).await;
+    fake.push_fault(Route::Create, Fault::Delay(Duration::from_secs(2)));
+    let done = text_task(&app, "slow create").await;
+    assert_eq!(code(&done), "upstream_outcome_unknown", "{done}");
+    assert_eq!(fake.count(Route::Create), 1, "a timed-out create is never sent again");
+    assert_eq!(fake.task_count(), 1, "it did make the job upstream");
+
+    fake.push_fault(Route::List, Fault::Delay(Duration::from_secs(2)));
+    fake.push_fault(Route::List, Fault::status(500, 1000, "server error"));
+    let done = text_task(&app, "slow poll").await;
+    assert_eq!(done["status"], "succeeded", "a slow or failed read is tried again: {done}");
+    assert_eq!(fake.count(Route::Create), 2);
+    app.stop().await;
 }
 
 #[tokio::test]
