@@ -242,15 +242,7 @@ fn read(answer: &Answer, creating: bool) -> Result<Value, Failure> {
     }
     let message = json.as_ref().and_then(error_message).unwrap_or_default();
     let detail = anyhow::anyhow!("ModelScope answered {}: {message} (request id {request_id:?})", answer.status);
-    Err(with_detail(failure(answer, &message, json.is_some(), creating), detail))
-}
-
-fn with_detail(failure: Failure, detail: anyhow::Error) -> Failure {
-    match failure {
-        Failure::NotTaken(e) => Failure::NotTaken(e.with_cause(detail)),
-        Failure::Refused(e) => Failure::Refused(e.with_cause(detail)),
-        Failure::Unknown(text) => Failure::Unknown(format!("{text}: {detail}")),
-    }
+    Err(failure(answer, &message, json.is_some(), creating).with_cause(detail))
 }
 
 /// `request_id` at the top level (400s, failed tasks) or inside `errors` (429s).

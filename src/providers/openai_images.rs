@@ -390,11 +390,7 @@ impl RemoteApi for OpenAiImages {
             error.code,
             crate::input::printable(&scrub(message, call.key), 300),
         );
-        Err(match failure(answer.status, &error, call.key) {
-            Failure::NotTaken(e) => Failure::NotTaken(e.with_cause(detail)),
-            Failure::Refused(e) => Failure::Refused(e.with_cause(detail)),
-            Failure::Unknown(text) => Failure::Unknown(format!("{text}: {detail}")),
-        })
+        Err(failure(answer.status, &error, call.key).with_cause(detail))
     }
 
     /// Never called: a synchronous API has no jobs to poll. Should it be, every job is

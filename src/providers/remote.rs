@@ -178,6 +178,16 @@ impl Failure {
         }
     }
 
+    /// Adds the internal detail of an answer (status, upstream code, trace id): logged
+    /// with the failure, never shown.
+    pub fn with_cause(self, detail: anyhow::Error) -> Self {
+        match self {
+            Failure::NotTaken(err) => Failure::NotTaken(err.with_cause(detail)),
+            Failure::Refused(err) => Failure::Refused(err.with_cause(detail)),
+            Failure::Unknown(text) => Failure::Unknown(format!("{text}: {detail}")),
+        }
+    }
+
     fn into_error(self) -> ProviderError {
         match self {
             Failure::NotTaken(err) | Failure::Refused(err) => err,
@@ -281,15 +291,19 @@ struct Key {
 }
 
 impl Key {
+    /// One of the channel's keys.
     fn new(secret: &str) -> Self {
-        let digest = Sha256::digest(secret.as_bytes());
-        Self { secret: Secret::new(secret), fingerprint: format!("key-{}", &hex::encode(digest)[..12]) }
+        Self::named("key", secret)
     }
 
     /// A client's own key, for one task.
     fn client(secret: &str) -> Self {
-        let digest = Sha256::digest(secret.as_bytes());
-        Self { secret: Secret::new(secret), fingerprint: format!("client-{}", &hex::encode(digest)[..12]) }
+        Self::named("client", secret)
+    }
+
+    fn named(kind: &str, secret: &str) -> Self {
+        let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+        Self { secret: Secret::new(secret), fingerprint: format!("{kind}-{}", &digest[..12]) }
     }
 }
 

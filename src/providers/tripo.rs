@@ -183,21 +183,7 @@ fn read(answer: &Answer, creating: bool) -> Result<Value, Failure> {
         None => (None, String::new()),
     };
     let detail = anyhow::anyhow!("Tripo answered {} code {code:?}: {message} (trace {trace:?})", answer.status);
-    Err(failure(answer.status, code, &message, envelope.is_some(), creating).with_detail(detail))
-}
-
-trait WithDetail {
-    fn with_detail(self, detail: anyhow::Error) -> Self;
-}
-
-impl WithDetail for Failure {
-    fn with_detail(self, detail: anyhow::Error) -> Self {
-        match self {
-            Failure::NotTaken(e) => Failure::NotTaken(e.with_cause(detail)),
-            Failure::Refused(e) => Failure::Refused(e.with_cause(detail)),
-            Failure::Unknown(text) => Failure::Unknown(format!("{text}: {detail}")),
-        }
-    }
+    Err(failure(answer.status, code, &message, envelope.is_some(), creating).with_cause(detail))
 }
 
 /// The kiln failure an HTTP status and Tripo code mean (§1.7 of the reference).
