@@ -113,11 +113,26 @@ impl ValidImage {
     }
 
     pub fn extension(&self) -> &'static str {
-        match self.format {
-            ImageFormatName::Jpeg => "jpg",
-            ImageFormatName::Png => "png",
-            ImageFormatName::Webp => "webp",
-        }
+        extension(self.format)
+    }
+}
+
+/// The file extension kiln gives a picture of this format.
+pub fn extension(format: ImageFormatName) -> &'static str {
+    match format {
+        ImageFormatName::Jpeg => "jpg",
+        ImageFormatName::Png => "png",
+        ImageFormatName::Webp => "webp",
+    }
+}
+
+/// One of the formats kiln accepts, by the `image` crate's name for it.
+pub fn accepted_format(format: ImageFormat) -> Option<ImageFormatName> {
+    match format {
+        ImageFormat::Jpeg => Some(ImageFormatName::Jpeg),
+        ImageFormat::Png => Some(ImageFormatName::Png),
+        ImageFormat::WebP => Some(ImageFormatName::Webp),
+        _ => None,
     }
 }
 
@@ -154,12 +169,7 @@ fn human_size(bytes: u64) -> String {
 
 /// Detects the format from the first bytes; `None` for anything not accepted.
 pub fn sniff(bytes: &[u8], accepted: &[ImageFormatName]) -> Option<ImageFormatName> {
-    let format = match image::guess_format(bytes).ok()? {
-        ImageFormat::Jpeg => ImageFormatName::Jpeg,
-        ImageFormat::Png => ImageFormatName::Png,
-        ImageFormat::WebP => ImageFormatName::Webp,
-        _ => return None,
-    };
+    let format = accepted_format(image::guess_format(bytes).ok()?)?;
     accepted.contains(&format).then_some(format)
 }
 

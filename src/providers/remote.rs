@@ -42,7 +42,7 @@ use self::http::{Fault, Http, HttpSettings};
 use super::{ChannelRuntime, Job, JobContext, Outcome, Output, Provider, ProviderError, Upstream};
 use crate::{
     config::{ChannelConfig, Secret},
-    input::{SpoolError, Upload},
+    input::{self, SpoolError, Upload},
     tasks::TaskKind,
 };
 
@@ -618,14 +618,11 @@ async fn check_file(upload: Upload, check: Check) -> Result<Checked, Fetch> {
                 let image = image::ImageReader::new(&mut reader)
                     .with_guessed_format()
                     .map_err(|e| Fetch::Bad(format!("unreadable image: {e}")))?;
-                let (ext, content_type) = match image.format() {
-                    Some(image::ImageFormat::Png) => ("png", "image/png"),
-                    Some(image::ImageFormat::Jpeg) => ("jpg", "image/jpeg"),
-                    Some(image::ImageFormat::WebP) => ("webp", "image/webp"),
-                    _ => return Err(Fetch::Bad("not a PNG, JPEG or WebP image".into())),
+                let Some(format) = image.format().and_then(input::accepted_format) else {
+                    return Err(Fetch::Bad("not a PNG, JPEG or WebP image".into()));
                 };
                 image.into_dimensions().map_err(|e| Fetch::Bad(format!("the image's header does not decode: {e}")))?;
-                (Some(ext), Some(content_type.to_owned()))
+                (Some(input::extension(format)), Some(input::content_type(format).to_owned()))
             }
         };
         let mut file = reader.into_inner();
