@@ -275,18 +275,7 @@ async fn in_openai_shape(request: Request, next: Next) -> Response {
     let (mut parts, body) = response.into_parts();
     let (code, message) = match parts.extensions.remove::<Envelope>() {
         Some(envelope) => (envelope.code, envelope.message),
-        None => {
-            let code = Code::for_status(parts.status);
-            let text = match axum::body::to_bytes(body, 512).await {
-                Ok(bytes) if parts.status.is_client_error() => String::from_utf8(bytes.to_vec()).ok(),
-                _ => None,
-            };
-            let message = text
-                .map(|t| t.trim().chars().filter(|c| !c.is_control()).collect::<String>())
-                .filter(|t| !t.is_empty())
-                .unwrap_or_else(|| code.default_message().to_owned());
-            (code, message)
-        }
+        None => crate::api::request_id::rejection(parts.status, body).await,
     };
     let mut error = OpenAiError::from_code(code, message);
     error.status = parts.status;

@@ -71,20 +71,28 @@ fn is_json(response: &Response) -> bool {
         .is_some_and(|v| v.starts_with("application/json") || v.contains("+json"))
 }
 
-/// An error answer without the envelope, given one: its plain-text message is kept when
-/// it is a short sentence of a client error (axum's rejections explain themselves well),
-/// never for a server error.
-async fn enveloped(response: Response) -> Response {
-    let (mut parts, body) = response.into_parts();
-    let code = Code::for_status(parts.status);
+/// The code and message of an error answer made without an envelope (a library's
+/// rejection): its plain-text message is kept when it is a short sentence of a client
+/// error, never for a server error. Every face that envelopes such answers reads them so.
+pub(crate) async fn rejection(status: axum::http::StatusCode, body: Body) -> (Code, String) {
+    let code = Code::for_status(status);
     let text = match axum::body::to_bytes(body, MAX_REJECTION_TEXT).await {
-        Ok(bytes) if parts.status.is_client_error() => String::from_utf8(bytes.to_vec()).ok(),
+        Ok(bytes) if status.is_client_error() => String::from_utf8(bytes.to_vec()).ok(),
         _ => None,
     };
     let message = text
         .map(|t| t.trim().chars().filter(|c| !c.is_control()).collect::<String>())
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| code.default_message().to_owned());
+    (code, message)
+}
+
+/// An error answer without the envelope, given one: its plain-text message is kept when
+/// it is a short sentence of a client error (axum's rejections explain themselves well),
+/// never for a server error.
+async fn enveloped(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let (code, message) = rejection(parts.status, body).await;
     let envelope = Envelope { code, message };
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);
