@@ -75,36 +75,15 @@ worker_env() {
     echo "$want" >"$stamp"
 }
 
-# schemathesis's environment, tools/schemathesis/.venv, for `make schemathesis`: the pinned
-# schemathesis (requirements.txt) with every dependency at the version of
-# constraints.txt. Created when missing; `pip install` runs again only when one of the two
-# files changed since the last install (their hash is kept in the venv).
-schemathesis_env() {
-    local python=${PYTHON:-python3}
-    local dir=$root/tools/schemathesis
-    local venv=$dir/.venv
-    check_python "$python" "schemathesis"
-    local want stamp=$venv/.kiln-deps-sha256
-    want=$(cat "$dir/requirements.txt" "$dir/constraints.txt" | sha256sum | cut -d' ' -f1)
-    if [ -x "$venv/bin/schemathesis" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-        return 0
-    fi
-    make_venv "$python" "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -r "$dir/requirements.txt" -c "$dir/constraints.txt"
-    echo "$want" >"$stamp"
-}
-
-# The OpenAI client test's environment, tests/python/.venv: OpenAI's own Python client
-# (requirements.txt) with every dependency at the version of constraints.txt, which
-# tests/api/openai_python.rs runs tests/python/openai_client.py with. Created when missing;
+# A pinned Python environment `$1/.venv`: the packages of `$1/requirements.txt` with every
+# dependency at the version of `$1/constraints.txt` (a full freeze). Created when missing;
 # `pip install` runs again only when one of the two files changed since the last install
-# (their hash is kept in the venv).
-openai_client_env() {
+# (their hash is kept in the venv). `$2` names what it is for, in error messages.
+pinned_env() {
     local python=${PYTHON:-python3}
-    local dir=$root/tests/python
+    local dir=$1
     local venv=$dir/.venv
-    check_python "$python" "the OpenAI client test"
+    check_python "$python" "$2"
     local want stamp=$venv/.kiln-deps-sha256
     want=$(cat "$dir/requirements.txt" "$dir/constraints.txt" | sha256sum | cut -d' ' -f1)
     if [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -114,6 +93,17 @@ openai_client_env() {
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         -r "$dir/requirements.txt" -c "$dir/constraints.txt"
     echo "$want" >"$stamp"
+}
+
+# schemathesis, for `make schemathesis`.
+schemathesis_env() {
+    pinned_env "$root/tools/schemathesis" "schemathesis"
+}
+
+# OpenAI's own Python client, which tests/api/openai_python.rs runs
+# tests/python/openai_client.py with.
+openai_client_env() {
+    pinned_env "$root/tests/python" "the OpenAI client test"
 }
 
 if $only_worker; then
