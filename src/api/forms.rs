@@ -290,6 +290,17 @@ fn submission_has_no_image(submission: &Submission) -> bool {
     matches!(submission.input, Input::Prompt)
 }
 
+/// `Prefer: respond-async` (RFC 7240): the client wants 202 and the task at once rather
+/// than a wait for the result, on the faces that wait by default.
+pub(crate) fn prefers_async(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,15 +139,6 @@ fn failure_words(code: &str, message: Option<&str>) -> (StatusCode, String) {
     }
 }
 
-pub(crate) fn prefers_async(headers: &HeaderMap) -> bool {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
-}
-
 /// Generate a 3D model from a picture (seed 002).
 ///
 /// `multipart/form-data` with the picture in `image`. Waits for the model up to the task
@@ -178,7 +169,7 @@ async fn generate(State(state): State<AppState>, request: Request) -> Result<Res
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5).into());
     }
     let gateway = &state.gateway;
-    let respond_async = prefers_async(request.headers());
+    let respond_async = forms::prefers_async(request.headers());
     let (upload, filename) = forms::read_picture(request, gateway).await?;
     let task = gateway.submit(Submission::new(Input::Image { upload, filename })).await?.task;
     let id = task.id;

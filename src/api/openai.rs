@@ -39,7 +39,7 @@ use utoipa_axum::{
 };
 
 use crate::{
-    api::{AppState, generate::prefers_async},
+    api::{AppState, forms::prefers_async},
     error::{ApiError, Code, Envelope, ErrorShape},
     events::follow,
     gateway::{Gateway, Input, Submission},
