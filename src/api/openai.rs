@@ -759,7 +759,10 @@ async fn get_image_generation(
     let Ok(axum::extract::Path(id)) = path else { return Err(not_found()) };
     let id: TaskId = id.parse().map_err(|_| not_found())?;
     let gateway = &state.gateway;
-    let task = gateway.db.get_task(id).await.map_err(ApiError::from)?.ok_or_else(not_found)?;
+    let task = match gateway.task(id).await {
+        Err(err) if err.code == Code::TaskNotFound => return Err(not_found()),
+        other => other?,
+    };
     if task.kind != TaskKind::TextToImage {
         return Err(not_found());
     }
