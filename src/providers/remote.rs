@@ -339,8 +339,8 @@ pub struct RemoteProvider<A: RemoteApi> {
 }
 
 impl<A: RemoteApi> RemoteProvider<A> {
-    /// Builds a cloud channel's provider around its adaptor. `batch_cap` is the poll
-    /// backoff's ceiling when the provider leaves `poll_max_interval` unset.
+    /// Builds a cloud channel's provider around its adaptor, with the channel's keys
+    /// (`secret`) and the shared settings taken from its options.
     pub fn new(api: A, channel: &ChannelConfig, options: RemoteOptions) -> anyhow::Result<Self> {
         let keys = Keys::parse(channel.secret.as_ref())?;
         let http = Http::new(HttpSettings {
@@ -360,7 +360,6 @@ impl<A: RemoteApi> RemoteProvider<A> {
             cap,
             jobs: Mutex::new(HashMap::new()),
             wake: Notify::new(),
-            started: OnceLock::new(),
         });
         Ok(Self { api, keys, http, options, poller, runtime: OnceLock::new() })
     }
@@ -749,7 +748,6 @@ struct Poller<A: RemoteApi> {
     cap: Duration,
     jobs: Mutex<HashMap<String, Watched>>,
     wake: Notify,
-    started: OnceLock<()>,
 }
 
 struct Watched {
@@ -798,10 +796,8 @@ impl<A: RemoteApi> Poller<A> {
         WatchGuard { poller: Arc::clone(self), id: id.to_owned(), rx }
     }
 
+    /// Runs the loop until `stop`; called once, from the provider's `start`.
     fn start(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        if self.started.set(()).is_err() {
-            return;
-        }
         tokio::spawn(async move {
             loop {
                 let next = self.jobs.lock().ok().and_then(|jobs| jobs.values().map(|w| w.next).min());

@@ -135,17 +135,13 @@ impl Http {
         Ok(Self { api, files, budget, settings: Arc::new(settings) })
     }
 
-    pub fn settings(&self) -> &HttpSettings {
-        &self.settings
-    }
-
     /// The client for API requests; credentials are added per request by the provider.
     pub fn client(&self) -> &reqwest::Client {
         &self.api
     }
 
     /// Waits for the channel's budget to allow one more upstream request.
-    pub async fn spend(&self) {
+    async fn spend(&self) {
         if let Some(budget) = &self.budget {
             budget.until_ready_with_jitter(Jitter::up_to(Duration::from_millis(50))).await;
         }
