@@ -1,6 +1,7 @@
 //! kiln: a self-hostable gateway for generative jobs. See `docs/architecture.md` for
 //! how the modules fit together.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod callbacks;
