@@ -6,6 +6,8 @@
 
 use uuid::Uuid;
 
+use crate::db::Scope;
+
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -53,6 +55,8 @@ pub struct Principal {
     pub role: Role,
     /// The token the request came with; `None` for a page session.
     pub token: Option<TokenGrant>,
+    /// The user's own limit of tasks queued and running at once, when set.
+    pub max_active: Option<u32>,
 }
 
 /// Whoever sent a request.
@@ -75,9 +79,47 @@ impl Caller {
         }
     }
 
+    /// The API token the request came with.
+    pub fn token_id(&self) -> Option<Uuid> {
+        match self {
+            Caller::User(Principal { token: Some(token), .. }) => Some(token.id),
+            _ => None,
+        }
+    }
+
     /// Whether this caller may see or change something owned by `owner` (`None`:
     /// made anonymously). Admins see everything; everyone else only their own.
     pub fn may_access(&self, owner: Option<Uuid>) -> bool {
         self.is_admin() || self.owner() == owner
+    }
+
+    /// What a listing shows this caller.
+    pub fn scope(&self) -> Scope {
+        if self.is_admin() { Scope::All } else { Scope::Owner(self.owner()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(role: Role) -> Caller {
+        Caller::User(Principal { user_id: Uuid::now_v7(), username: "u".into(), role, token: None, max_active: None })
+    }
+
+    #[test]
+    fn a_user_reaches_only_their_own_and_an_admin_everything() {
+        let a = user(Role::User);
+        let b = user(Role::User);
+        let admin = user(Role::Admin);
+        assert!(a.may_access(a.owner()));
+        assert!(!a.may_access(b.owner()), "another user's");
+        assert!(!a.may_access(None), "an anonymous caller's");
+        assert!(admin.may_access(a.owner()) && admin.may_access(None));
+        assert!(Caller::Anonymous.may_access(None));
+        assert!(!Caller::Anonymous.may_access(a.owner()), "anonymous never sees a user's");
+        assert_eq!(admin.scope(), Scope::All);
+        assert_eq!(a.scope(), Scope::Owner(a.owner()));
+        assert_eq!(Caller::Anonymous.scope(), Scope::Owner(None));
     }
 }

@@ -5,6 +5,7 @@
 pub mod request_id;
 
 pub(crate) mod callbacks;
+mod caller;
 mod catalog;
 mod files;
 mod forms;
@@ -21,6 +22,7 @@ pub mod sse;
 mod stream_docs;
 mod tasks;
 mod thumbnails;
+mod usage;
 mod web;
 
 use std::{
@@ -99,6 +101,7 @@ pub(crate) fn faces() -> Vec<(&'static str, OpenApiRouter<AppState>)> {
         ("files", files::routes()),
         ("ops", ops::routes()),
         ("openai", openai::routes()),
+        ("usage", usage::routes()),
     ]
 }
 
@@ -114,7 +117,7 @@ pub fn openapi_document() -> serde_json::Value {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    let config = &state.gateway.config;
+    let config = &state.gateway.config();
     let body_limit = (config.upload.max_bytes as usize).saturating_add(forms::ENVELOPE_ALLOWANCE);
     let (api, spec) = documented().split_for_parts();
     api.merge(openapi::routes(openapi::finish(spec)))
@@ -170,7 +173,7 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
-    state.gateway.metrics.request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
+    state.gateway.metrics().request(&route, &method, response.status().as_u16(), started.elapsed().as_secs_f64());
     response
 }
 

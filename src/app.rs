@@ -89,7 +89,7 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.state.gateway.config.server.bind
+        self.state.gateway.config().server.bind
     }
 
     /// Cancel it to shut the server down as a signal would.
@@ -109,12 +109,12 @@ impl Application {
         if signals {
             tokio::spawn(listen_for_signals(shutdown.clone()));
         }
-        let config = Arc::clone(&state.gateway.config);
+        let config = Arc::clone(state.gateway.config());
         let dispatch_stop = CancellationToken::new();
         let background = state.scheduler.start(dispatch_stop.clone());
         let retention = tokio::spawn(retention::run_daily(Arc::clone(&state.gateway), dispatch_stop.clone()));
         let app = api::router(state.clone());
-        let http = HttpServer::new(listener, app, limits, shutdown.clone(), Arc::clone(&state.gateway.metrics));
+        let http = HttpServer::new(listener, app, limits, shutdown.clone(), Arc::clone(state.gateway.metrics()));
         let force_close = http.force_close();
         let mut server = tokio::spawn(http.run());
         state.readiness.set_started();

@@ -45,7 +45,7 @@ impl CallbackCheck {
         webhooks::check_fresh(headers, now).map_err(refused)?;
         let own_key = task.and_then(|t| channel_key(gateway, &t.channel));
         let mut others = Vec::new();
-        for channel in gateway.router.channels() {
+        for channel in gateway.router().channels() {
             if let Some(key) = WorkerProvider::key_of(channel.provider.as_ref())
                 && task.is_none_or(|t| t.channel != channel.name)
             {
@@ -78,7 +78,7 @@ impl CallbackCheck {
             },
         };
         let now = Utc::now();
-        if !gateway.db.remember_message(&id, now).await? {
+        if !gateway.db().remember_message(&id, now).await? {
             return Err(refused(WebhookError::Replayed));
         }
         Ok(())
@@ -86,13 +86,13 @@ impl CallbackCheck {
 }
 
 fn channel_key<'a>(gateway: &'a Gateway, channel: &str) -> Option<&'a SigningKey> {
-    gateway.router.channel(channel).and_then(|c| WorkerProvider::key_of(c.provider.as_ref()))
+    gateway.router().channel(channel).and_then(|c| WorkerProvider::key_of(c.provider.as_ref()))
 }
 
 /// Forgets message ids too old to be accepted again anyway.
 pub async fn forget_old_messages(gateway: &Gateway) {
     let cutoff = Utc::now() - chrono::Duration::seconds(REMEMBER_MESSAGES_SECS);
-    if let Err(err) = gateway.db.forget_messages_before(cutoff).await {
+    if let Err(err) = gateway.db().forget_messages_before(cutoff).await {
         tracing::warn!(error = %err, "cannot forget old callback message ids");
     }
 }
@@ -100,7 +100,7 @@ pub async fn forget_old_messages(gateway: &Gateway) {
 /// The task a callback names, if it exists.
 pub async fn find_task(gateway: &Gateway, id: &str) -> ApiResult<Option<Task>> {
     match id.trim().parse::<TaskId>() {
-        Ok(id) => Ok(gateway.db.get_task(id).await?),
+        Ok(id) => Ok(gateway.db().get_task(id).await?),
         Err(_) => Ok(None),
     }
 }
@@ -178,7 +178,7 @@ pub async fn status(gateway: &Gateway, task: Option<Task>, report: &StatusReport
             if task.status == TaskStatus::Succeeded {
                 return Ok(task.status);
             }
-            let outputs = gateway.db.list_artifacts(task.id).await?;
+            let outputs = gateway.db().list_artifacts(task.id).await?;
             let role = task.kind.main_role();
             if outputs.iter().any(|a| a.role == role) {
                 Finish::Succeeded { metadata: json!({ "files": outputs.len() }) }

@@ -30,6 +30,8 @@ pub struct Config {
     pub tasks: TasksConfig,
     pub retention: RetentionConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+    pub files: FilesConfig,
     /// Provider instances. The embedded default is one channel, the `relief` CPU engine
     /// ([`ChannelConfig::relief`]). A `channels` list in a file or the environment
     /// replaces that default as a whole; it is not added to it.
@@ -156,6 +158,49 @@ pub struct RetentionConfig {
     pub max_age: Duration,
     /// Local time of day (HH:MM) at which the daily cleanup runs.
     pub run_at: String,
+}
+
+/// Who may use the API, and the limits every user shares.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `open`: callers without credentials may use the API (one person on a trusted
+    /// network); `tokens`: every API call needs an API token or a page session.
+    pub mode: AuthMode,
+    /// How long a console sign-in lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Sign-in attempts per minute for one address and username.
+    pub signin_attempts: u32,
+    /// Tasks one user may have queued and running at once (0: no limit); a user's own
+    /// setting wins.
+    pub max_active_per_user: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Open,
+    Tokens,
+}
+
+/// How stored files are handed out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// `public`: a file's URL works for anyone who has it; `signed`: URLs carry an
+    /// expiry and an HMAC, and a URL without a valid one is refused.
+    pub access: FileAccess,
+    /// How long a signed URL works.
+    #[serde(with = "humantime_serde")]
+    pub signed_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileAccess {
+    Public,
+    Signed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,6 +370,8 @@ impl Default for Config {
             tasks: TasksConfig::default(),
             retention: RetentionConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            files: FilesConfig::default(),
             channels: vec![ChannelConfig::relief()],
         }
     }
@@ -389,6 +436,23 @@ impl Default for TasksConfig {
 impl Default for RetentionConfig {
     fn default() -> Self {
         Self { enabled: true, max_age: Duration::from_secs(48 * 3600), run_at: "03:00".to_owned() }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Open,
+            session_ttl: Duration::from_secs(7 * 24 * 3600),
+            signin_attempts: 5,
+            max_active_per_user: 0,
+        }
+    }
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self { access: FileAccess::Public, signed_ttl: Duration::from_secs(3600) }
     }
 }
 

@@ -6,6 +6,7 @@
 //! caller publishes the returned events only after that transaction committed.
 
 mod sqlite;
+mod usage;
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
 pub use sqlite::SqliteDatabase;
+pub use usage::{Billing, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -42,6 +44,12 @@ pub enum Enqueued {
     KeyConflict,
     /// The channel already holds `max_queue` waiting tasks.
     QueueFull { waiting: u32 },
+    /// The payer's balance does not cover the task's price.
+    InsufficientQuota { balance: i64, price: i64 },
+    /// The token's spending cap does not cover it.
+    SpendCapReached { cap: i64, spent: i64, price: i64 },
+    /// The owner already has this many tasks queued or running.
+    TooManyActive { limit: u32 },
 }
 
 /// The terms of a claim.
@@ -96,9 +104,20 @@ pub enum Transition {
     NotFound,
 }
 
+/// Whose records a listing covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Everyone's (an admin's view).
+    #[default]
+    All,
+    /// One owner's; `None` is what anonymous callers made.
+    Owner(Option<Uuid>),
+}
+
 /// A page of tasks, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
+    pub scope: Scope,
     pub status: Option<TaskStatus>,
     /// Only tasks made from this stored picture.
     pub picture_id: Option<Uuid>,
@@ -144,8 +163,16 @@ pub struct ChannelLoad {
 #[async_trait]
 pub trait TaskRepo: Send + Sync {
     /// Admits a task to its channel's queue (refusing it when `max_queue` are waiting),
-    /// records it with its `queued` event, and binds the Idempotency-Key, atomically.
-    async fn enqueue(&self, task: &NewTask, max_queue: u32, idempotency: Option<(&str, &str)>) -> DbResult<Enqueued>;
+    /// checks the owner's limit of active tasks, reserves its price from the payer's
+    /// balance (and the token's cap), and records it with its `queued` event and its
+    /// usage record, binding the Idempotency-Key — all in one transaction.
+    async fn enqueue(
+        &self,
+        task: &NewTask,
+        max_queue: u32,
+        idempotency: Option<(&str, &str)>,
+        billing: &Billing,
+    ) -> DbResult<Enqueued>;
 
     async fn get_task(&self, id: TaskId) -> DbResult<Option<Task>>;
     async fn list_tasks(&self, filter: &TaskFilter) -> DbResult<Vec<Task>>;
@@ -188,7 +215,8 @@ pub trait TaskRepo: Send + Sync {
     async fn client_secret(&self, id: TaskId) -> DbResult<Option<String>>;
     /// The output of a task with that name, if one was recorded.
     async fn find_artifact(&self, id: TaskId, name: &str) -> DbResult<Option<Artifact>>;
-    /// Ends a task if its status allows it, with its terminal event.
+    /// Ends a task if its status allows it, with its terminal event, and settles its
+    /// usage: the price charged on success, the rest of the reservation refunded.
     async fn finish(&self, id: TaskId, finish: &Finish, window: u32) -> DbResult<Transition>;
 
     async fn list_events(&self, id: TaskId, after: i64) -> DbResult<Vec<TaskEvent>>;
@@ -207,7 +235,7 @@ pub trait FileRepo: Send + Sync {
     async fn insert_picture(&self, picture: &Picture) -> DbResult<()>;
     async fn get_picture(&self, id: Uuid) -> DbResult<Option<Picture>>;
     /// Newest first; `offset`/`limit` paging.
-    async fn list_pictures(&self, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)>;
+    async fn list_pictures(&self, scope: Scope, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)>;
     async fn find_file(&self, key: &str) -> DbResult<Option<StoredFile>>;
     /// Marks pictures and artifacts created before `cutoff` as expired and returns
     /// their storage keys, for deletion.
@@ -239,7 +267,7 @@ pub trait MessageRepo: Send + Sync {
 
 /// The whole database.
 #[async_trait]
-pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo {
+pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo + UsageRepo {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).

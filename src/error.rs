@@ -50,6 +50,22 @@ pub enum Code {
     ResultConflict,
     ClientKeyNotAllowed,
     InvalidClientKey,
+    Unauthorized,
+    InvalidToken,
+    InvalidCredentials,
+    TooManySigninAttempts,
+    Forbidden,
+    CsrfFailed,
+    ModelNotAllowed,
+    InsufficientQuota,
+    SpendCapReached,
+    TooManyActiveTasks,
+    RateLimited,
+    UsernameTaken,
+    WeakPassword,
+    UserNotFound,
+    TokenNotFound,
+    InvalidWebhookUrl,
     Internal,
 }
 
@@ -142,6 +158,40 @@ impl Code {
                 S::BAD_REQUEST,
                 "The provider key in X-Provider-Key does not have the provider's format.",
             ),
+            Code::Unauthorized => {
+                ("unauthorized", S::UNAUTHORIZED, "Send an API token (Authorization: Bearer kiln_…) or sign in.")
+            }
+            Code::InvalidToken => ("invalid_token", S::UNAUTHORIZED, "The API token is unknown, revoked or expired."),
+            Code::InvalidCredentials => ("invalid_credentials", S::UNAUTHORIZED, "Wrong username or password."),
+            Code::TooManySigninAttempts => {
+                ("too_many_signin_attempts", S::TOO_MANY_REQUESTS, "Too many sign-in attempts; wait and retry.")
+            }
+            Code::Forbidden => ("forbidden", S::FORBIDDEN, "Your account may not do this."),
+            Code::CsrfFailed => {
+                ("csrf_failed", S::FORBIDDEN, "The request lacks this session's X-CSRF-Token; reload the page.")
+            }
+            Code::ModelNotAllowed => ("model_not_allowed", S::FORBIDDEN, "This API token may not use this model."),
+            Code::InsufficientQuota => {
+                ("insufficient_quota", S::PAYMENT_REQUIRED, "Your balance does not cover this task's price.")
+            }
+            Code::SpendCapReached => {
+                ("spend_cap_reached", S::PAYMENT_REQUIRED, "This API token's spending cap does not cover this task.")
+            }
+            Code::TooManyActiveTasks => (
+                "too_many_active_tasks",
+                S::TOO_MANY_REQUESTS,
+                "You have as many tasks queued and running as you may; wait for one to end.",
+            ),
+            Code::RateLimited => ("rate_limited", S::TOO_MANY_REQUESTS, "Too many requests with this API token."),
+            Code::UsernameTaken => ("username_taken", S::CONFLICT, "This username is taken."),
+            Code::WeakPassword => ("weak_password", S::BAD_REQUEST, "The password must be 8 to 256 characters."),
+            Code::UserNotFound => ("user_not_found", S::NOT_FOUND, "No user with this id."),
+            Code::TokenNotFound => ("token_not_found", S::NOT_FOUND, "No API token with this id."),
+            Code::InvalidWebhookUrl => (
+                "invalid_webhook_url",
+                S::UNPROCESSABLE_ENTITY,
+                "The webhook URL is not an http(s) URL kiln may send to.",
+            ),
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }
     }
@@ -184,8 +234,12 @@ impl Code {
 pub struct ApiError {
     pub code: Code,
     pub message: String,
-    /// Seconds, for 503 answers.
+    /// Seconds, for 503 and 429 answers.
     pub retry_after: Option<u64>,
+    /// Facts a client acts on (a balance, a price), sent as `error.details`.
+    pub details: Option<serde_json::Value>,
+    /// Headers the answer carries (`RateLimit`, say).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
     /// The internal cause, logged and never sent.
     pub source: Option<anyhow::Error>,
 }
@@ -194,7 +248,14 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(code: Code) -> Self {
-        Self { code, message: code.default_message().to_owned(), retry_after: None, source: None }
+        Self {
+            code,
+            message: code.default_message().to_owned(),
+            retry_after: None,
+            details: None,
+            headers: Vec::new(),
+            source: None,
+        }
     }
 
     pub fn with_message(code: Code, message: impl Into<String>) -> Self {
@@ -203,6 +264,16 @@ impl ApiError {
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -265,6 +336,10 @@ pub struct ErrorDetail {
     /// A sentence for people.
     #[schema(example = "Unsupported image format: send a JPEG, PNG or WebP picture.")]
     pub message: String,
+    /// Facts to act on, for some codes: `balance` and `price` with `insufficient_quota`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -287,6 +362,9 @@ impl ApiError {
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
+        for (name, value) in &self.headers {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
     }
 }
 
@@ -297,12 +375,13 @@ impl ApiError {
 pub struct Envelope {
     pub code: Code,
     pub message: String,
+    pub details: Option<serde_json::Value>,
 }
 
 impl Envelope {
     /// The JSON body.
     pub fn render(&self, request_id: Option<&str>) -> Vec<u8> {
-        envelope(self.code, &self.message, request_id)
+        envelope_with(self.code, &self.message, self.details.clone(), request_id)
     }
 }
 
@@ -314,8 +393,18 @@ pub struct ErrorShape(pub fn(ApiError) -> Response);
 
 /// The JSON envelope `{"error": {"code", "message"}, "request_id"}`.
 pub fn envelope(code: Code, message: &str, request_id: Option<&str>) -> Vec<u8> {
+    envelope_with(code, message, None, request_id)
+}
+
+/// The JSON envelope with `error.details`.
+pub fn envelope_with(
+    code: Code,
+    message: &str,
+    details: Option<serde_json::Value>,
+    request_id: Option<&str>,
+) -> Vec<u8> {
     let body = ErrorBody {
-        error: ErrorDetail { code: code.as_str().to_owned(), message: message.to_owned() },
+        error: ErrorDetail { code: code.as_str().to_owned(), message: message.to_owned(), details },
         request_id: request_id.map(str::to_owned),
     };
     // Plain strings only: serialising cannot fail.
@@ -325,7 +414,7 @@ pub fn envelope(code: Code, message: &str, request_id: Option<&str>) -> Vec<u8> 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message = self.log_and_public_message().to_owned();
-        let envelope = Envelope { code: self.code, message };
+        let envelope = Envelope { code: self.code, message, details: self.details.clone() };
         let mut response = (
             self.status(),
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],

@@ -1,6 +1,8 @@
 //! The core operations every API face calls: store a picture, submit a task, read it,
 //! cancel it. Faces translate wire formats; the rules live here, once.
 
+mod usage;
+
 use std::{
     collections::HashMap,
     sync::OnceLock,
@@ -14,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    access::{Caller, Principal, Role},
     channels::{RouteError, Router},
     config::{Config, Secret},
-    db::{Db, Enqueued, Finish, Transition},
+    db::{Billing, Db, Enqueued, Finish, TaskFilter, Transition},
     error::{ApiError, ApiResult, Code},
     events::EventBus,
     input::{self, Upload},
@@ -104,17 +107,21 @@ pub enum Recorded {
     Ended,
 }
 
+/// The core every face calls. Its parts are private: a face reads through methods that
+/// take the [`Caller`], so who may see what is decided here and nowhere else. The
+/// core's own background work (scheduler, callbacks, retention) reaches the parts
+/// through the crate-private accessors.
 pub struct Gateway {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub storage: Storage,
-    pub bus: Arc<EventBus>,
-    pub router: Router,
-    pub metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    db: Db,
+    storage: Storage,
+    bus: Arc<EventBus>,
+    router: Router,
+    metrics: Arc<Metrics>,
     /// Jobs running in this process, so ending a task stops its run at once.
-    pub runs: Runs,
+    runs: Runs,
     /// The memory picture decodes may hold together (`upload.decode_memory`).
-    pub decodes: DecodeBudget,
+    decodes: DecodeBudget,
     public_url: url::Url,
     sealer: OnceLock<Result<Sealer, String>>,
 }
@@ -254,6 +261,41 @@ impl Gateway {
         }
     }
 
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn decodes(&self) -> &DecodeBudget {
+        &self.decodes
+    }
+
+    /// The channels and the models they serve.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The database, for the core's background work (and tests); faces read through
+    /// the methods that take a [`Caller`] — `tests/api/boundaries.rs` holds them to it.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn bus(&self) -> &Arc<EventBus> {
+        &self.bus
+    }
+
+    pub fn runs(&self) -> &Runs {
+        &self.runs
+    }
+
     /// The sealing key, loaded (or made) the first time a secret is kept at rest.
     pub fn sealer(&self) -> ApiResult<&Sealer> {
         let loaded = self.sealer.get_or_init(|| {
@@ -282,7 +324,7 @@ impl Gateway {
     }
 
     /// Validates, stores and records a picture.
-    pub async fn store_picture(&self, upload: Upload, filename: Option<String>) -> ApiResult<Picture> {
+    pub async fn store_picture(&self, caller: &Caller, upload: Upload, filename: Option<String>) -> ApiResult<Picture> {
         let received = upload.len;
         let limits = self.config.upload.clone();
         // The header first: it refuses most bad pictures and tells what decoding costs.
@@ -343,6 +385,7 @@ impl Gateway {
             original_name: filename.map(|n| input::printable(&n, 255)).filter(|n| !n.is_empty()),
             created_at: Utc::now(),
             expired_at: None,
+            owner_id: caller.owner(),
         };
         if let Err(err) = self.db.insert_picture(&picture).await {
             journal::abandon(&self.db, &self.storage, &picture.key).await;
@@ -423,12 +466,77 @@ impl Gateway {
         }
     }
 
-    pub async fn picture(&self, id: Uuid) -> ApiResult<Picture> {
-        self.db.get_picture(id).await?.ok_or_else(|| ApiError::new(Code::PictureNotFound))
+    /// A stored picture the caller may see; another user's answers as if it did not exist.
+    pub async fn picture(&self, caller: &Caller, id: Uuid) -> ApiResult<Picture> {
+        self.db
+            .get_picture(id)
+            .await?
+            .filter(|p| caller.may_access(p.owner_id))
+            .ok_or_else(|| ApiError::new(Code::PictureNotFound))
+    }
+
+    /// A page of the pictures the caller may see, newest first, with their total.
+    pub async fn pictures(&self, caller: &Caller, offset: u64, limit: u32) -> ApiResult<(Vec<Picture>, u64)> {
+        Ok(self.db.list_pictures(caller.scope(), offset, limit).await?)
+    }
+
+    /// The picture a task was made from, while it is stored.
+    pub async fn task_picture(&self, task: &Task) -> ApiResult<Option<Picture>> {
+        let Some(id) = task.picture_id else { return Ok(None) };
+        Ok(self.db.get_picture(id).await?.filter(|p| p.expired_at.is_none()))
+    }
+
+    /// The bytes of a stored file the caller reached through a record it may see.
+    pub async fn read_file(&self, key: &str) -> ApiResult<bytes::Bytes> {
+        self.storage.get(key).await.map_err(ApiError::from)
+    }
+
+    /// A file served under `/files/{key}`.
+    pub async fn stored_file(&self, key: &str) -> ApiResult<crate::db::StoredFile> {
+        self.db.find_file(key).await?.ok_or_else(|| ApiError::new(Code::FileNotFound))
+    }
+
+    /// A byte range of a stored file, streamed.
+    pub async fn stream_file(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> ApiResult<futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>> {
+        use futures::StreamExt;
+        Ok(self.storage.stream(key, range).await?.boxed())
+    }
+
+    /// A task's events from after `after`, then live ones until it ends or `stop` fires.
+    pub fn follow(
+        &self,
+        task: &Task,
+        after: i64,
+        stop: CancellationToken,
+    ) -> impl futures::Stream<Item = Arc<crate::events::Published>> + Send + 'static + use<> {
+        crate::events::follow(self.db.clone(), self.bus.clone(), task.id, after, stop)
+    }
+
+    /// Whether the database answers and the storage takes writes, for `/ready`.
+    pub async fn check_stores(&self) -> (bool, bool) {
+        let (db, storage) = tokio::join!(self.db.ping(), self.storage.check_writable());
+        (db.is_ok(), storage.is_ok())
+    }
+
+    /// The metrics in the OpenMetrics text format, with the task counts read now.
+    pub async fn render_metrics(&self) -> String {
+        let counts = self.db.count_by_status().await.unwrap_or_default();
+        let loads = self.db.channel_loads().await.unwrap_or_default();
+        let channels: Vec<String> = self.router.channels().iter().map(|c| c.name.clone()).collect();
+        self.metrics.render(&counts, &loads, &channels)
+    }
+
+    /// Queued and running tasks per channel.
+    pub async fn channel_loads(&self) -> ApiResult<Vec<crate::db::ChannelLoad>> {
+        Ok(self.db.channel_loads().await?)
     }
 
     /// Validates a submission, routes it to a channel and queues it.
-    pub async fn submit(&self, sub: Submission) -> ApiResult<Submitted> {
+    pub async fn submit(&self, caller: &Caller, sub: Submission) -> ApiResult<Submitted> {
         let takes_image = !matches!(sub.input, Input::Prompt);
         let kind = self.kind_of(&sub, takes_image)?;
         if !sub.params.is_object() {
@@ -440,6 +548,16 @@ impl Gateway {
             None => None,
         };
         let (model, mut channels) = self.router.candidates(sub.model.as_deref(), kind).map_err(route_error)?;
+        if let Caller::User(Principal { token: Some(token), .. }) = caller
+            && let Some(models) = &token.models
+            && !models.contains(&model)
+        {
+            return Err(ApiError::with_message(
+                Code::ModelNotAllowed,
+                format!("This API token may not use `{model}`; it may use: {}.", models.join(", ")),
+            ));
+        }
+        let billing = self.billing(caller, kind, &sub.params);
         let client_secret = match &sub.client_key {
             None => None,
             Some(key) => {
@@ -462,9 +580,9 @@ impl Gateway {
             .check_params(kind, &channels[0].params_for(&sub.params))
             .map_err(|m| ApiError::with_message(Code::InvalidParams, m))?;
         let picture = match sub.input {
-            Input::Image { upload, filename } => Some(self.store_picture(upload, filename).await?),
+            Input::Image { upload, filename } => Some(self.store_picture(caller, upload, filename).await?),
             Input::Picture(id) => {
-                let picture = self.picture(id).await?;
+                let picture = self.picture(caller, id).await?;
                 if picture.expired_at.is_some() {
                     return Err(ApiError::with_message(
                         Code::ArtifactExpired,
@@ -482,7 +600,12 @@ impl Gateway {
             });
             hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
         });
-        let idempotency = sub.idempotency_key.as_deref().zip(hash.as_deref());
+        // Keys are the caller's own: another user's same key is another key.
+        let scoped_key = sub.idempotency_key.as_deref().map(|key| match caller.owner() {
+            Some(owner) => format!("{owner}:{key}"),
+            None => key.to_owned(),
+        });
+        let idempotency = scoped_key.as_deref().zip(hash.as_deref());
         let mut waiting = 0;
         for (i, channel) in channels.iter().enumerate() {
             let params = channel.params_for(&sub.params);
@@ -498,8 +621,10 @@ impl Gateway {
                 picture_id: picture.as_ref().map(|p| p.id),
                 params,
                 client_secret: client_secret.clone(),
+                owner_id: caller.owner(),
+                token_id: caller.token_id(),
             };
-            match self.db.enqueue(&new, channel.capacity(), idempotency).await? {
+            match self.db.enqueue(&new, channel.capacity(), idempotency, &billing).await? {
                 Enqueued::Created(task, event) => {
                     self.bus.publish(std::slice::from_ref(&event));
                     channel.wake.notify_one();
@@ -511,6 +636,27 @@ impl Gateway {
                 Enqueued::Replayed(task) => return Ok(Submitted { task, replayed: true, position: None }),
                 Enqueued::KeyConflict => return Err(ApiError::new(Code::IdempotencyKeyReused)),
                 Enqueued::QueueFull { waiting: w } => waiting = w,
+                Enqueued::InsufficientQuota { balance, price } => {
+                    return Err(ApiError::with_message(
+                        Code::InsufficientQuota,
+                        format!("This task costs {price} credits; your balance is {balance}."),
+                    )
+                    .details(json!({ "balance": balance, "price": price })));
+                }
+                Enqueued::SpendCapReached { cap, spent, price } => {
+                    return Err(ApiError::with_message(
+                        Code::SpendCapReached,
+                        format!("This task costs {price} credits; this token has spent {spent} of its cap of {cap}."),
+                    )
+                    .details(json!({ "cap": cap, "spent": spent, "price": price })));
+                }
+                Enqueued::TooManyActive { limit } => {
+                    return Err(ApiError::with_message(
+                        Code::TooManyActiveTasks,
+                        format!("You may have {limit} tasks queued or running at once; wait for one to end."),
+                    )
+                    .retry_after(self.retry_after_seconds()));
+                }
             }
         }
         self.metrics.queue_full(&channels[0].name);
@@ -519,6 +665,24 @@ impl Gateway {
             format!("The queue for `{model}` is full ({waiting} waiting); retry later."),
         )
         .retry_after(self.retry_after_seconds()))
+    }
+
+    /// Who pays for a task and the limits its owner is held to: users pay the model's
+    /// price; admins and anonymous callers (open mode) run free, and are recorded.
+    fn billing(&self, caller: &Caller, kind: TaskKind, params: &Value) -> Billing {
+        let Caller::User(principal) = caller else { return Billing::default() };
+        let configured = Some(self.config.auth.max_active_per_user).filter(|&n| n > 0);
+        let images = if kind == TaskKind::TextToImage {
+            params.get("n").and_then(Value::as_u64).map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX))
+        } else {
+            0
+        };
+        Billing {
+            payer: (principal.role == Role::User).then_some(principal.user_id),
+            token: principal.token.as_ref().map(|t| t.id),
+            images,
+            max_active: principal.max_active.filter(|&n| n > 0).or(configured),
+        }
     }
 
     fn kind_of(&self, sub: &Submission, takes_image: bool) -> ApiResult<TaskKind> {
@@ -551,12 +715,30 @@ impl Gateway {
         10
     }
 
-    pub async fn task(&self, id: TaskId) -> ApiResult<Task> {
-        self.db.get_task(id).await?.ok_or_else(|| ApiError::new(Code::TaskNotFound))
+    /// A task the caller may see; another user's answers as if it did not exist.
+    pub async fn task(&self, caller: &Caller, id: TaskId) -> ApiResult<Task> {
+        self.db
+            .get_task(id)
+            .await?
+            .filter(|t| caller.may_access(t.owner_id))
+            .ok_or_else(|| ApiError::new(Code::TaskNotFound))
     }
 
-    pub async fn artifacts(&self, id: TaskId) -> ApiResult<Vec<Artifact>> {
+    /// A page of the tasks the caller may see, newest first.
+    pub async fn tasks(&self, caller: &Caller, mut filter: TaskFilter) -> ApiResult<Vec<Task>> {
+        filter.scope = caller.scope();
+        Ok(self.db.list_tasks(&filter).await?)
+    }
+
+    /// The outputs of a task, to serve one as a file: stored files are reached by their
+    /// URL, under `files.access`, whoever asks.
+    pub async fn served_outputs(&self, id: TaskId) -> ApiResult<Vec<Artifact>> {
         Ok(self.db.list_artifacts(id).await?)
+    }
+
+    /// The outputs of a task the caller reached through [`Gateway::task`].
+    pub async fn artifacts(&self, task: &Task) -> ApiResult<Vec<Artifact>> {
+        Ok(self.db.list_artifacts(task.id).await?)
     }
 
     pub async fn queue_position(&self, task: &Task) -> ApiResult<Option<u32>> {
@@ -589,8 +771,9 @@ impl Gateway {
         Ok(transition)
     }
 
-    /// Cancels a queued or running task.
-    pub async fn cancel(&self, id: TaskId) -> ApiResult<Task> {
+    /// Cancels a queued or running task the caller may see.
+    pub async fn cancel(&self, caller: &Caller, id: TaskId) -> ApiResult<Task> {
+        self.task(caller, id).await?;
         match self.finish(id, Finish::Canceled).await? {
             Transition::Done(task, _) => Ok(task),
             Transition::Refused(_) => Err(ApiError::new(Code::TaskAlreadyFinished)),

@@ -43,7 +43,7 @@ impl Scheduler {
     /// when `stop` fires; running jobs go on until [`Scheduler::drain`].
     pub fn start(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
         let mut handles = Vec::new();
-        for channel in self.gateway.router.channels() {
+        for channel in self.gateway.router().channels() {
             if !channel.enabled {
                 continue;
             }
@@ -64,7 +64,7 @@ impl Scheduler {
     }
 
     async fn dispatch(self: Arc<Self>, channel: Arc<Channel>, stop: CancellationToken) {
-        let cfg = self.gateway.config.tasks.clone();
+        let cfg = self.gateway.config().tasks.clone();
         let slots = Arc::new(Semaphore::new(channel.max_concurrency as usize));
         let mut backoff = Duration::from_millis(100);
         let mut positions = Announcer::new(cfg.position_window, cfg.position_interval);
@@ -99,7 +99,7 @@ impl Scheduler {
                     window,
                     max_running: channel.max_concurrency,
                 };
-                match self.gateway.db.claim(&channel.name, &self.owner, &terms).await {
+                match self.gateway.db().claim(&channel.name, &self.owner, &terms).await {
                     Ok(Some(claimed)) => {
                         backoff = Duration::from_millis(100);
                         let me = Arc::clone(&self);
@@ -134,7 +134,7 @@ impl Scheduler {
 
     async fn run(self: Arc<Self>, channel: Arc<Channel>, claimed: Claimed) {
         let gw = &self.gateway;
-        gw.bus.publish(&claimed.events);
+        gw.bus().publish(&claimed.events);
         let task = claimed.task;
         let id = task.id;
         if task.attempts > MAX_ATTEMPTS {
@@ -148,11 +148,11 @@ impl Scheduler {
             return;
         }
         tracing::info!(task_id = %id, channel = %channel.name, attempt = task.attempts, "task started");
-        let cancel = gw.runs.register(id);
+        let cancel = gw.runs().register(id);
         let heartbeat = self.spawn_heartbeat(id, cancel.clone());
         let outcome = self.execute(&channel, &task, cancel.clone()).await;
         heartbeat.abort();
-        gw.runs.unregister(id);
+        gw.runs().unregister(id);
         let finish = match outcome {
             RunEnd::Provider(Ok(Outcome::Completed { metadata })) => Some(succeeded(gw, &task, metadata).await),
             RunEnd::Provider(Ok(Outcome::Detached)) => {
@@ -160,7 +160,7 @@ impl Scheduler {
                 // the deadline so no dispatcher runs it again; the sweeper fails it if
                 // nothing arrives by then.
                 let until = task.deadline_at.map(|d| (d - Utc::now()).to_std().unwrap_or_default()).unwrap_or_default();
-                if let Err(err) = gw.db.renew_lease(id, &self.owner, until + Duration::from_secs(60)).await {
+                if let Err(err) = gw.db().renew_lease(id, &self.owner, until + Duration::from_secs(60)).await {
                     tracing::error!(task_id = %id, error = %err, "cannot keep the claim on a detached task");
                 }
                 None
@@ -247,12 +247,12 @@ impl Scheduler {
     fn spawn_heartbeat(self: &Arc<Self>, id: TaskId, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            let lease = me.gateway.config.tasks.lease;
+            let lease = me.gateway.config().tasks.lease;
             let mut tick = tokio::time::interval(lease / 3);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                match me.gateway.db.renew_lease(id, &me.owner, lease).await {
+                match me.gateway.db().renew_lease(id, &me.owner, lease).await {
                     Ok(true) => {}
                     // Canceled, failed by the sweeper, or taken over: stop working on it.
                     Ok(false) => {
@@ -268,7 +268,7 @@ impl Scheduler {
     /// Fails running tasks whose deadline passed, whichever process runs them, and once a
     /// minute forgets callback message ids too old to be replayed.
     async fn sweep_deadlines(self: Arc<Self>, stop: CancellationToken) {
-        let every = self.gateway.config.tasks.poll_interval.min(Duration::from_secs(1));
+        let every = self.gateway.config().tasks.poll_interval.min(Duration::from_secs(1));
         let mut last_forget = tokio::time::Instant::now();
         loop {
             tokio::select! {
@@ -279,7 +279,7 @@ impl Scheduler {
                 last_forget = tokio::time::Instant::now();
                 crate::callbacks::forget_old_messages(&self.gateway).await;
             }
-            let overdue = match self.gateway.db.overdue(Utc::now()).await {
+            let overdue = match self.gateway.db().overdue(Utc::now()).await {
                 Ok(ids) => ids,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot look for overdue tasks");
@@ -287,8 +287,11 @@ impl Scheduler {
                 }
             };
             for (id, channel) in overdue {
-                let deadline =
-                    self.gateway.router.channel(&channel).map_or(self.gateway.config.tasks.deadline, |c| c.deadline);
+                let deadline = self
+                    .gateway
+                    .router()
+                    .channel(&channel)
+                    .map_or(self.gateway.config().tasks.deadline, |c| c.deadline);
                 if let Err(err) = self.gateway.finish(id, timeout_finish(deadline)).await {
                     tracing::error!(task_id = %id, error = %err, "cannot fail an overdue task");
                 }
@@ -301,7 +304,7 @@ impl Scheduler {
     pub async fn drain(&self, grace: Duration) {
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            let left = self.gateway.runs.len();
+            let left = self.gateway.runs().len();
             tracing::warn!(left, "grace period over; unfinished tasks stay claimed and run again at the next start");
         }
     }
@@ -317,11 +320,11 @@ struct ChannelHandle {
 #[async_trait]
 impl ChannelRuntime for ChannelHandle {
     async fn placement_loads(&self) -> anyhow::Result<Vec<(String, u32)>> {
-        Ok(self.gateway.db.placement_loads(&self.channel.name).await?)
+        Ok(self.gateway.db().placement_loads(&self.channel.name).await?)
     }
 
     async fn release_placement(&self, placement: &str) -> anyhow::Result<u64> {
-        let released = self.gateway.db.release_placement(&self.channel.name, placement).await?;
+        let released = self.gateway.db().release_placement(&self.channel.name, placement).await?;
         if released > 0 {
             self.channel.wake.notify_one();
         }
@@ -403,8 +406,8 @@ impl Announcer {
     async fn flush(&mut self, gateway: &Gateway, channel: &str) {
         self.pending = false;
         self.last = Some(tokio::time::Instant::now());
-        match gateway.db.announce_positions(channel, self.window).await {
-            Ok(events) => gateway.bus.publish(&events),
+        match gateway.db().announce_positions(channel, self.window).await {
+            Ok(events) => gateway.bus().publish(&events),
             Err(err) => {
                 // Try again after another interval.
                 self.pending = true;
@@ -426,7 +429,7 @@ enum RunEnd {
 /// image for a text-to-image one); a provider that ends without it has failed.
 async fn succeeded(gw: &Gateway, task: &Task, metadata: serde_json::Value) -> Finish {
     let role = task.kind.main_role();
-    match gw.db.list_artifacts(task.id).await {
+    match gw.db().list_artifacts(task.id).await {
         Ok(outputs) if outputs.iter().any(|a| a.role == role) => Finish::Succeeded { metadata },
         Ok(_) => Finish::Failed {
             code: "no_output".into(),
@@ -460,7 +463,7 @@ async fn client_key(gw: &Gateway, channel: &Channel, id: TaskId) -> Result<Optio
     if !channel.client_keys {
         return Ok(None);
     }
-    let sealed = match gw.db.client_secret(id).await {
+    let sealed = match gw.db().client_secret(id).await {
         Ok(Some(sealed)) => sealed,
         Ok(None) => return Ok(None),
         Err(err) => {
@@ -481,7 +484,7 @@ async fn client_key(gw: &Gateway, channel: &Channel, id: TaskId) -> Result<Optio
 }
 
 async fn load_picture(gw: &Gateway, id: Uuid) -> Option<InputImage> {
-    let picture = match gw.db.get_picture(id).await {
+    let picture = match gw.db().get_picture(id).await {
         Ok(Some(p)) if p.expired_at.is_none() => p,
         Ok(_) => return None,
         Err(err) => {
@@ -489,7 +492,7 @@ async fn load_picture(gw: &Gateway, id: Uuid) -> Option<InputImage> {
             return None;
         }
     };
-    match gw.storage.get(&picture.key).await {
+    match gw.storage().get(&picture.key).await {
         Ok(bytes) => Some(InputImage {
             bytes,
             format: picture.format,
@@ -543,18 +546,18 @@ impl JobSink for TaskSink {
     }
 
     async fn submitting(&self, in_flight: bool) -> anyhow::Result<()> {
-        Ok(self.gateway.db.mark_submitting(self.task.id, in_flight).await?)
+        Ok(self.gateway.db().mark_submitting(self.task.id, in_flight).await?)
     }
 
     async fn submitted(&self, job_id: &str, placement: Option<&str>) -> anyhow::Result<()> {
-        if let Some(event) = self.gateway.db.record_submission(self.task.id, job_id, placement).await? {
-            self.gateway.bus.publish(&[event]);
+        if let Some(event) = self.gateway.db().record_submission(self.task.id, job_id, placement).await? {
+            self.gateway.bus().publish(&[event]);
         }
         Ok(())
     }
 
     async fn place(&self, placement: &str) -> anyhow::Result<()> {
-        Ok(self.gateway.db.place(self.task.id, placement).await?)
+        Ok(self.gateway.db().place(self.task.id, placement).await?)
     }
 }
 

@@ -26,12 +26,12 @@ pub struct Swept {
 /// interrupted write left without a record ([`journal::sweep`]).
 pub async fn sweep(gateway: &Gateway, older_than: Duration) -> anyhow::Result<Swept> {
     let cutoff = Utc::now() - chrono::Duration::from_std(older_than)?;
-    let keys = gateway.db.expire_files_before(cutoff).await?;
-    let leftovers = journal::sweep(&gateway.db, &gateway.storage, LEFTOVER_AGE).await?;
+    let keys = gateway.db().expire_files_before(cutoff).await?;
+    let leftovers = journal::sweep(gateway.db(), gateway.storage(), LEFTOVER_AGE).await?;
     journal::sweep_spool(&gateway.spool_dir(), LEFTOVER_AGE);
     let mut swept = Swept { expired: keys.len(), deleted: 0, leftovers };
     for key in &keys {
-        match gateway.storage.delete(key).await {
+        match gateway.storage().delete(key).await {
             Ok(()) | Err(StorageError::NotFound(_)) => swept.deleted += 1,
             Err(err) => tracing::warn!(key, error = %err, "cannot delete an expired file"),
         }
@@ -51,7 +51,7 @@ fn until_next(hour: u32, minute: u32) -> Duration {
 
 /// Runs the sweep every day at the configured time until `stop` fires.
 pub async fn run_daily(gateway: Arc<Gateway>, stop: CancellationToken) {
-    let retention = gateway.config.retention.clone();
+    let retention = gateway.config().retention.clone();
     if !retention.enabled {
         return;
     }

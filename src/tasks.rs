@@ -160,6 +160,10 @@ pub struct Task {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub deadline_at: Option<DateTime<Utc>>,
+    /// The user the task belongs to; `None` when an anonymous caller made it.
+    pub owner_id: Option<Uuid>,
+    /// The API token it was submitted with.
+    pub token_id: Option<Uuid>,
 }
 
 impl Task {
@@ -182,6 +186,8 @@ pub struct NewTask {
     pub params: serde_json::Value,
     /// A client's own provider key for this task, sealed ([`crate::providers::byok`]).
     pub client_secret: Option<String>,
+    pub owner_id: Option<Uuid>,
+    pub token_id: Option<Uuid>,
 }
 
 /// The kinds of entries in a task's event log.
@@ -320,6 +326,8 @@ pub struct Picture {
     pub original_name: Option<String>,
     pub created_at: DateTime<Utc>,
     pub expired_at: Option<DateTime<Utc>>,
+    /// The user the picture belongs to; `None` when an anonymous caller sent it.
+    pub owner_id: Option<Uuid>,
 }
 
 #[cfg(test)]

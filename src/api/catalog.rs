@@ -53,8 +53,8 @@ struct Catalog {
 #[utoipa::path(get, path = "/api/v1/catalog", tag = "catalog",
     responses((status = 200, description = "The catalog", body = Catalog)))]
 async fn catalog(State(state): State<AppState>) -> ApiResult<Json<Catalog>> {
-    let router = &state.gateway.router;
-    let loads = state.gateway.db.channel_loads().await?;
+    let router = &state.gateway.router();
+    let loads = state.gateway.channel_loads().await?;
     let mut models: Vec<ModelView> = Vec::new();
     for channel in router.channels() {
         let load = loads.iter().find(|l| l.channel == channel.name);

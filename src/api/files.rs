@@ -44,7 +44,7 @@ pub async fn serve_file(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let file = state.gateway.db.find_file(&key).await?.ok_or_else(|| ApiError::new(Code::FileNotFound))?;
+    let file = state.gateway.stored_file(&key).await?;
     serve(&state.gateway, &file, &method, &headers).await
 }
 
@@ -96,6 +96,6 @@ pub async fn serve(gateway: &Gateway, file: &StoredFile, method: &Method, header
     if method == Method::HEAD || start == end {
         return builder.body(Body::empty()).map_err(ApiError::internal);
     }
-    let stream = gateway.storage.stream(&file.key, start..end).await?;
+    let stream = gateway.stream_file(&file.key, start..end).await?;
     builder.body(Body::from_stream(stream)).map_err(ApiError::internal)
 }

@@ -104,7 +104,7 @@ pub fn check_declared_length(request: &Request, max_bytes: u64) -> ApiResult<()>
 /// Reads a multipart form, streaming the picture to a temporary file under the byte
 /// limit.
 pub async fn read_form(request: Request, gateway: &Gateway) -> ApiResult<Form> {
-    let max_bytes = gateway.config.upload.max_bytes;
+    let max_bytes = gateway.config().upload.max_bytes;
     check_declared_length(&request, max_bytes)?;
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
         ApiError::with_message(Code::InvalidRequest, format!("Cannot read the form: {}", e.body_text()))

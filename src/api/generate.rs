@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    access::Caller,
     api::{
         AppState, files, forms,
         openapi::Binary,
@@ -26,7 +27,6 @@ use crate::{
     },
     db::StoredFile,
     error::{ApiError, Code},
-    events::follow,
     gateway::{Gateway, Input, Submission},
     tasks::{EventKind, Task, TaskEvent, TaskId, TaskStatus},
 };
@@ -164,14 +164,14 @@ fn failure_words(code: &str, message: Option<&str>) -> (StatusCode, String) {
         (status = 504, description = "Generation timeout", body = GenerateAnswer),
     )
 )]
-async fn generate(State(state): State<AppState>, request: Request) -> Result<Response, Seed002Error> {
+async fn generate(State(state): State<AppState>, caller: Caller, request: Request) -> Result<Response, Seed002Error> {
     if state.readiness.stopping() {
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5).into());
     }
     let gateway = &state.gateway;
     let respond_async = forms::prefers_async(request.headers());
     let (upload, filename) = forms::read_picture(request, gateway).await?;
-    let task = gateway.submit(Submission::new(Input::Image { upload, filename })).await?.task;
+    let task = gateway.submit(&caller, Submission::new(Input::Image { upload, filename })).await?.task;
     let id = task.id;
     if respond_async {
         let answer = GenerateAnswer {
@@ -185,8 +185,8 @@ async fn generate(State(state): State<AppState>, request: Request) -> Result<Res
         };
         return Ok((StatusCode::ACCEPTED, Json(answer)).into_response());
     }
-    let wait = gateway.config.tasks.deadline;
-    let mut events = Box::pin(follow(gateway.db.clone(), gateway.bus.clone(), id, 0, state.shutdown.clone()));
+    let wait = gateway.config().tasks.deadline;
+    let mut events = Box::pin(gateway.follow(&task, 0, state.shutdown.clone()));
     let waited = tokio::time::timeout(wait, async {
         while let Some(event) = events.next().await {
             if event.event.kind.is_terminal() {
@@ -198,7 +198,7 @@ async fn generate(State(state): State<AppState>, request: Request) -> Result<Res
     .await;
     match waited {
         Ok(true) => {
-            let task = gateway.task(id).await?;
+            let task = gateway.task(&caller, id).await?;
             let (status, answer) = ended(gateway, &task);
             Ok((status, Json(answer)).into_response())
         }
@@ -268,12 +268,13 @@ fn seed002_event(gateway: &Gateway, event: &TaskEvent) -> Option<(&'static str, 
 )]
 async fn status_stream(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<Path<String>, ApiError>,
     query: Result<Query<StreamQuery>, ApiError>,
     headers: HeaderMap,
 ) -> Result<Response, Seed002Error> {
     let (Path(task_id), Query(query)) = (path?, query?);
-    Ok(sse::task_stream(&state, &task_id, query.after, &headers, sse::Face::Seed002, seed002_event).await?)
+    Ok(sse::task_stream(&state, &caller, &task_id, query.after, &headers, sse::Face::Seed002, seed002_event).await?)
 }
 
 /// Get a generated model (seed 002).
@@ -304,7 +305,7 @@ async fn static_model(
     let not_found = || ApiError::with_message(Code::FileNotFound, "No such model.");
     let id: TaskId = file.strip_suffix(".glb").and_then(|s| s.parse().ok()).ok_or_else(not_found)?;
     let model = gateway
-        .artifacts(id)
+        .served_outputs(id)
         .await?
         .into_iter()
         .find(|a| a.role == "model" && a.name.to_ascii_lowercase().ends_with(".glb"))

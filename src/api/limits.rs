@@ -44,7 +44,7 @@ pub struct Limits {
 #[utoipa::path(get, path = "/api/v1/limits", tag = "catalog",
     responses((status = 200, description = "The limits in force", body = Limits)))]
 async fn limits(State(state): State<AppState>) -> Json<Limits> {
-    let upload = &state.gateway.config.upload;
+    let upload = &state.gateway.config().upload;
     Json(Limits {
         upload: UploadLimits {
             max_bytes: upload.max_bytes,

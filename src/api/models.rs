@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    access::Caller,
     api::{
         AppState, forms,
         params::Path,
@@ -70,13 +71,13 @@ struct JobCreated {
         (status = 503, description = "Queue full or no provider available; see Retry-After", body = ErrorBody),
     )
 )]
-async fn create_model(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
+async fn create_model(State(state): State<AppState>, caller: Caller, request: Request) -> ApiResult<Response> {
     if state.readiness.stopping() {
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
     }
     let gateway = &state.gateway;
     let submission = forms::read_submission(request, gateway).await?;
-    let task = gateway.submit(submission).await?.task;
+    let task = gateway.submit(&caller, submission).await?.task;
     let id = task.id;
     let body = JobCreated {
         job_id: id.to_string(),
@@ -122,8 +123,12 @@ fn job_error(task: &Task) -> Option<JobError> {
         (status = 404, description = "No such job", body = ErrorBody),
     )
 )]
-async fn model_status(State(state): State<AppState>, Path(job_id): Path<String>) -> ApiResult<Json<JobStatus>> {
-    let task = state.gateway.task(parse_id(&job_id)?).await?;
+async fn model_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<JobStatus>> {
+    let task = state.gateway.task(&caller, parse_id(&job_id)?).await?;
     let queue_position = state.gateway.queue_position(&task).await?;
     Ok(Json(JobStatus {
         job_id: task.id.to_string(),
@@ -180,8 +185,12 @@ struct JobResult {
         (status = 409, description = "Not finished yet", body = ErrorBody),
     )
 )]
-async fn model_result(State(state): State<AppState>, Path(job_id): Path<String>) -> ApiResult<Json<JobResult>> {
-    let (task, outputs) = finished(&state.gateway, &job_id, status_word).await?;
+async fn model_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(job_id): Path<String>,
+) -> ApiResult<Json<JobResult>> {
+    let (task, outputs) = finished(&state.gateway, &caller, &job_id, status_word).await?;
     let main = main_output(&outputs);
     Ok(Json(JobResult {
         job_id: task.id.to_string(),

@@ -39,9 +39,9 @@ use utoipa_axum::{
 };
 
 use crate::{
+    access::Caller,
     api::{AppState, forms::prefers_async},
     error::{ApiError, Code, Envelope, ErrorShape},
-    events::follow,
     gateway::{Gateway, Input, Submission},
     tasks::{Artifact, EventKind, Task, TaskId, TaskKind, TaskStatus},
 };
@@ -577,7 +577,11 @@ fn is_json(headers: &HeaderMap) -> bool {
             answer stopped waiting (`wait_timeout`; it goes on)", body = OpenAiErrorBody),
     )
 )]
-async fn create_image(State(state): State<AppState>, request: Request) -> Result<Response, OpenAiError> {
+async fn create_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    request: Request,
+) -> Result<Response, OpenAiError> {
     if state.readiness.stopping() {
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5).into());
     }
@@ -600,7 +604,7 @@ async fn create_image(State(state): State<AppState>, request: Request) -> Result
     let ImageRequest { submission, format } = read_request(&body, &headers)?;
     // An unknown model is 404 before anything else is judged, as OpenAI answers it.
     if let Some(model) = &submission.model
-        && gateway.router.kind_of(model).is_none()
+        && gateway.router().kind_of(model).is_none()
     {
         return Err(ApiError::with_message(
             Code::UnknownModel,
@@ -608,11 +612,11 @@ async fn create_image(State(state): State<AppState>, request: Request) -> Result
         )
         .into());
     }
-    let task = gateway.submit(submission).await?.task;
+    let task = gateway.submit(&caller, submission).await?.task;
     if prefers_async(&headers) {
         return Ok(accepted(gateway, &task));
     }
-    match wait(&state, &task).await {
+    match wait(&state, &caller, &task).await {
         Waited::Ended(task) => answer(gateway, &task, format).await,
         Waited::NotYet(seconds) => {
             let mut error = OpenAiError::new(
@@ -642,13 +646,13 @@ enum Waited {
 /// Follows the task's events until it ends: at most its channel's deadline for its
 /// turn in the queue, and the deadline again (and a little) once it runs, by which
 /// time kiln has ended it.
-async fn wait(state: &AppState, task: &Task) -> Waited {
+async fn wait(state: &AppState, caller: &Caller, task: &Task) -> Waited {
     let gateway = &state.gateway;
-    let deadline = gateway.router.channel(&task.channel).map_or(gateway.config.tasks.deadline, |c| c.deadline);
+    let deadline = gateway.router().channel(&task.channel).map_or(gateway.config().tasks.deadline, |c| c.deadline);
     let began = tokio::time::Instant::now();
     let mut until = began + deadline + if task.status == TaskStatus::Running { SLACK } else { Duration::ZERO };
     let mut running = task.status == TaskStatus::Running;
-    let mut events = Box::pin(follow(gateway.db.clone(), gateway.bus.clone(), task.id, 0, state.shutdown.clone()));
+    let mut events = Box::pin(gateway.follow(task, 0, state.shutdown.clone()));
     loop {
         match tokio::time::timeout_at(until, events.next()).await {
             Err(_) => return Waited::NotYet(began.elapsed().as_secs()),
@@ -665,7 +669,7 @@ async fn wait(state: &AppState, task: &Task) -> Waited {
             Ok(None) => break,
         }
     }
-    match gateway.task(task.id).await {
+    match gateway.task(caller, task.id).await {
         Ok(task) if task.status.is_terminal() => Waited::Ended(Box::new(task)),
         // The stream ended without the end: kiln is shutting down.
         _ => Waited::Stopping,
@@ -684,7 +688,7 @@ async fn answer(gateway: &Gateway, task: &Task, format: ResponseFormat) -> Resul
         return Err(OpenAiError::of_task(task));
     }
     let mut images: Vec<Artifact> =
-        gateway.artifacts(task.id).await?.into_iter().filter(|a| a.role == TaskKind::TextToImage.main_role()).collect();
+        gateway.artifacts(task).await?.into_iter().filter(|a| a.role == TaskKind::TextToImage.main_role()).collect();
     images.sort_by(|a, b| image_number(a).cmp(&image_number(b)).then_with(|| a.name.cmp(&b.name)));
     if images.iter().any(|a| a.expired_at.is_some()) {
         let mut error = OpenAiError::new(
@@ -708,7 +712,7 @@ async fn answer(gateway: &Gateway, task: &Task, format: ResponseFormat) -> Resul
                 OpenAiImage { url: Some(gateway.file_url(&image.key)), b64_json: None, revised_prompt }
             }
             ResponseFormat::B64Json => {
-                let bytes = gateway.storage.get(&image.key).await.map_err(ApiError::from)?;
+                let bytes = gateway.read_file(&image.key).await?;
                 let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
                 OpenAiImage { url: None, b64_json: Some(b64), revised_prompt }
             }
@@ -750,6 +754,7 @@ struct FormatQuery {
 )]
 async fn get_image_generation(
     State(state): State<AppState>,
+    caller: Caller,
     path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
     query: Result<axum::extract::Query<FormatQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, OpenAiError> {
@@ -759,7 +764,7 @@ async fn get_image_generation(
     let Ok(axum::extract::Path(id)) = path else { return Err(not_found()) };
     let id: TaskId = id.parse().map_err(|_| not_found())?;
     let gateway = &state.gateway;
-    let task = match gateway.task(id).await {
+    let task = match gateway.task(&caller, id).await {
         Err(err) if err.code == Code::TaskNotFound => return Err(not_found()),
         other => other?,
     };
@@ -802,7 +807,7 @@ fn model(id: &str) -> OpenAiModel {
 /// The image models, once each, in configuration order.
 fn image_models(gateway: &Gateway) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for channel in gateway.router.channels() {
+    for channel in gateway.router().channels() {
         for spec in channel.models.iter().filter(|m| m.kind == TaskKind::TextToImage) {
             if !names.contains(&spec.name) {
                 names.push(spec.name.clone());

@@ -51,9 +51,8 @@ struct Readiness {
 async fn ready(State(state): State<AppState>) -> Response {
     let gateway = &state.gateway;
     let serving = state.readiness.serving();
-    let db = gateway.db.ping().await;
-    let storage = gateway.storage.check_writable().await;
-    let usable = gateway.router.channels().iter().filter(|c| c.usable()).count();
+    let (db, storage) = gateway.check_stores().await;
+    let usable = gateway.router().channels().iter().filter(|c| c.usable()).count();
     let checks = vec![
         Check {
             name: "lifecycle",
@@ -61,12 +60,12 @@ async fn ready(State(state): State<AppState>) -> Response {
             detail: (!serving)
                 .then(|| if state.readiness.stopping() { "shutting down" } else { "starting" }.to_owned()),
         },
-        Check { name: "database", ok: db.is_ok(), detail: db.err().map(|_| "unreachable".to_owned()) },
-        Check { name: "storage", ok: storage.is_ok(), detail: storage.err().map(|_| "not writable".to_owned()) },
+        Check { name: "database", ok: db, detail: (!db).then(|| "unreachable".to_owned()) },
+        Check { name: "storage", ok: storage, detail: (!storage).then(|| "not writable".to_owned()) },
         Check {
             name: "channels",
             ok: usable > 0,
-            detail: Some(format!("{usable} of {} usable", gateway.router.channels().len())),
+            detail: Some(format!("{usable} of {} usable", gateway.router().channels().len())),
         },
     ];
     let ok = checks.iter().all(|c| c.ok);
@@ -79,10 +78,6 @@ async fn ready(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "Metrics, in the OpenMetrics 1.0 text format",
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let gateway = &state.gateway;
-    let counts = gateway.db.count_by_status().await.unwrap_or_default();
-    let loads = gateway.db.channel_loads().await.unwrap_or_default();
-    let channels: Vec<String> = gateway.router.channels().iter().map(|c| c.name.clone()).collect();
-    let body = gateway.metrics.render(&counts, &loads, &channels);
+    let body = state.gateway.render_metrics().await;
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }

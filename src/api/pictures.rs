@@ -14,6 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
+    access::Caller,
     api::{
         AppState, forms,
         params::{self, Path, Query},
@@ -98,13 +99,13 @@ pub fn picture_view(gateway: &Gateway, picture: Picture) -> PictureView {
         (status = 415, description = "Not multipart/form-data (also an empty body)", body = ErrorBody),
     )
 )]
-async fn upload_picture(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
+async fn upload_picture(State(state): State<AppState>, caller: Caller, request: Request) -> ApiResult<Response> {
     if state.readiness.stopping() {
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
     }
     let gateway = &state.gateway;
     let (upload, filename) = forms::read_picture(request, gateway).await?;
-    let picture = gateway.store_picture(upload, filename).await?;
+    let picture = gateway.store_picture(&caller, upload, filename).await?;
     let view = picture_view(gateway, picture);
     let mut response = (StatusCode::CREATED, Json(&view)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/pictures/{}", view.id)) {
@@ -140,10 +141,14 @@ struct PicturePage {
         (status = 400, description = "Bad paging parameters", body = ErrorBody),
     )
 )]
-async fn list_pictures(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Json<PicturePage>> {
+async fn list_pictures(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<PicturePage>> {
     let offset = query.offset.unwrap_or(0);
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
-    let (pictures, total) = state.gateway.db.list_pictures(offset, limit).await?;
+    let (pictures, total) = state.gateway.pictures(&caller, offset, limit).await?;
     let shown = offset.saturating_add(pictures.len() as u64);
     let items = pictures.into_iter().map(|p| picture_view(&state.gateway, p)).collect();
     Ok(Json(PicturePage { items, total, next_offset: (shown < total).then_some(shown) }))
@@ -158,8 +163,12 @@ async fn list_pictures(State(state): State<AppState>, Query(query): Query<ListQu
         (status = 404, description = "No such picture", body = ErrorBody),
     )
 )]
-async fn get_picture(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<PictureView>> {
+async fn get_picture(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PictureView>> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(Code::PictureNotFound))?;
-    let picture = state.gateway.picture(id).await?;
+    let picture = state.gateway.picture(&caller, id).await?;
     Ok(Json(picture_view(&state.gateway, picture)))
 }

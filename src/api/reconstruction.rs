@@ -18,6 +18,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
+    access::Caller,
     api::{
         AppState, callbacks, forms,
         params::{self, Path, Query},
@@ -93,12 +94,12 @@ fn picture_info(gateway: &Gateway, p: Picture) -> PictureInfo {
         (status = 415, description = "Not multipart/form-data (also an empty body)", body = ErrorBody),
     )
 )]
-async fn upload(State(state): State<AppState>, request: Request) -> ApiResult<Json<PictureInfo>> {
+async fn upload(State(state): State<AppState>, caller: Caller, request: Request) -> ApiResult<Json<PictureInfo>> {
     if state.readiness.stopping() {
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
     }
     let (upload, filename) = forms::read_picture(request, &state.gateway).await?;
-    let picture = state.gateway.store_picture(upload, filename).await?;
+    let picture = state.gateway.store_picture(&caller, upload, filename).await?;
     Ok(Json(picture_info(&state.gateway, picture)))
 }
 
@@ -111,9 +112,13 @@ async fn upload(State(state): State<AppState>, request: Request) -> ApiResult<Js
         (status = 404, description = "No such picture", body = ErrorBody),
     )
 )]
-async fn get_picture(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<PictureInfo>> {
+async fn get_picture(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<PictureInfo>> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(Code::PictureNotFound))?;
-    Ok(Json(picture_info(&state.gateway, state.gateway.picture(id).await?)))
+    Ok(Json(picture_info(&state.gateway, state.gateway.picture(&caller, id).await?)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -148,12 +153,16 @@ struct PictureInfoPage {
         (status = 400, description = "Bad paging parameters", body = ErrorBody),
     )
 )]
-async fn list_page(State(state): State<AppState>, Query(query): Query<PageQuery>) -> ApiResult<Json<PictureInfoPage>> {
+async fn list_page(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Json<PictureInfoPage>> {
     let current = query.current.unwrap_or(1).max(1);
     let size = query.page_size.unwrap_or(10).clamp(1, 100);
     // Far past the end is just an empty page; the database takes offsets up to i64::MAX.
     let offset = (current - 1).saturating_mul(u64::from(size)).min(i64::MAX as u64);
-    let (pictures, total) = state.gateway.db.list_pictures(offset, size).await?;
+    let (pictures, total) = state.gateway.pictures(&caller, offset, size).await?;
     Ok(Json(PictureInfoPage {
         records: pictures.into_iter().map(|p| picture_info(&state.gateway, p)).collect(),
         total,
@@ -204,6 +213,7 @@ struct Created {
 )]
 async fn create_from_image(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Json<CreateFromImage>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<Created>> {
     if state.readiness.stopping() {
@@ -213,7 +223,7 @@ async fn create_from_image(
     let mut submission = Submission::new(Input::Picture(body.picture_id));
     submission.model = body.model.filter(|m| !m.trim().is_empty());
     submission.params = body.params.unwrap_or_else(|| json!({}));
-    let task = state.gateway.submit(submission).await?.task;
+    let task = state.gateway.submit(&caller, submission).await?.task;
     let id = task.id;
     Ok(Json(Created {
         task_id: id.to_string(),
@@ -292,11 +302,12 @@ struct StreamQuery {
 )]
 async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     Path(task_id): Path<String>,
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    sse::task_stream(&state, &task_id, query.after, &headers, sse::Face::Seed004, seed004_event).await
+    sse::task_stream(&state, &caller, &task_id, query.after, &headers, sse::Face::Seed004, seed004_event).await
 }
 
 /// A reconstruction task with the fields of seed 004's §4.4 table.
@@ -332,22 +343,21 @@ struct ReconstructionStatus {
         (status = 404, description = "No such task", body = ErrorBody),
     )
 )]
-async fn status(State(state): State<AppState>, Path(task_id): Path<String>) -> ApiResult<Json<ReconstructionStatus>> {
+async fn status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<String>,
+) -> ApiResult<Json<ReconstructionStatus>> {
     let gateway = &state.gateway;
-    let task: Task = gateway.task(parse_id(&task_id)?).await?;
-    let artifacts = gateway.artifacts(task.id).await?;
+    let task: Task = gateway.task(&caller, parse_id(&task_id)?).await?;
+    let artifacts = gateway.artifacts(&task).await?;
     let url_of = |pick: &dyn Fn(&str) -> bool| {
         artifacts
             .iter()
             .find(|a| a.expired_at.is_none() && pick(&a.name.to_ascii_lowercase()))
             .map(|a| gateway.file_url(&a.key))
     };
-    let original = match task.picture_id {
-        Some(id) => {
-            gateway.db.get_picture(id).await?.filter(|p| p.expired_at.is_none()).map(|p| gateway.file_url(&p.key))
-        }
-        None => None,
-    };
+    let original = gateway.task_picture(&task).await?.map(|p| gateway.file_url(&p.key));
     let updated = [Some(task.created_at), task.started_at, task.finished_at]
         .into_iter()
         .flatten()

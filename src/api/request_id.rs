@@ -93,7 +93,7 @@ pub(crate) async fn rejection(status: axum::http::StatusCode, body: Body) -> (Co
 async fn enveloped(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
     let (code, message) = rejection(parts.status, body).await;
-    let envelope = Envelope { code, message };
+    let envelope = Envelope { code, message, details: None };
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.extensions.insert(envelope.clone());

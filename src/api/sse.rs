@@ -19,11 +19,12 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 
 use crate::{
+    access::Caller,
     api::{AppState, tasks::parse_id},
     error::ApiResult,
-    events::{Published, RENDERINGS, follow},
+    events::{Published, RENDERINGS},
     gateway::Gateway,
-    tasks::{TaskEvent, TaskId},
+    tasks::{Task, TaskEvent},
 };
 
 pub const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -121,29 +122,28 @@ fn encode(seq: i64, name: &str, data: &Value) -> Option<Bytes> {
 /// events after the resume point, as `face` renders them.
 pub async fn task_stream(
     state: &AppState,
+    caller: &Caller,
     task_id: &str,
     after: Option<i64>,
     headers: &HeaderMap,
     face: Face,
     render: Render,
 ) -> ApiResult<Response> {
-    let id = parse_id(task_id)?;
-    state.gateway.task(id).await?;
-    Ok(stream(state, id, resume_point(headers, after), face, render))
+    let task = state.gateway.task(caller, parse_id(task_id)?).await?;
+    Ok(stream(state, &task, resume_point(headers, after), face, render))
 }
 
 /// A task's events as an SSE answer.
-pub fn stream(state: &AppState, id: TaskId, after: i64, face: Face, render: Render) -> Response {
+pub fn stream(state: &AppState, task: &Task, after: i64, face: Face, render: Render) -> Response {
     let gateway = state.gateway.clone();
-    let events = follow(gateway.db.clone(), gateway.bus.clone(), id, after, state.shutdown.clone()).filter_map(
-        move |published: std::sync::Arc<Published>| {
+    let events =
+        gateway.follow(task, after, state.shutdown.clone()).filter_map(move |published: std::sync::Arc<Published>| {
             let bytes = published.rendered(face.slot(), |event| {
                 let (name, data) = render(&gateway, event)?;
                 encode(event.seq, name, &data)
             });
             std::future::ready(bytes)
-        },
-    );
+        });
     let mut response = Response::new(Body::from_stream(with_heartbeats(events)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

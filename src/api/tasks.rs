@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
+    access::Caller,
     api::{
         AppState, forms,
         params::{self, Path, Query},
@@ -112,10 +113,7 @@ pub async fn view(gateway: &Gateway, task: Task) -> ApiResult<TaskView> {
 
 /// Like [`view`], with the queue position already known.
 pub async fn view_at(gateway: &Gateway, task: Task, queue_position: Option<u32>) -> ApiResult<TaskView> {
-    let picture = match task.picture_id {
-        Some(id) => gateway.db.get_picture(id).await?.map(|p| PictureRef { id: p.id, url: gateway.file_url(&p.key) }),
-        None => None,
-    };
+    let picture = gateway.task_picture(&task).await?.map(|p| PictureRef { id: p.id, url: gateway.file_url(&p.key) });
     Ok(TaskView {
         id: task.id,
         kind: task.kind,
@@ -162,13 +160,13 @@ pub async fn view_at(gateway: &Gateway, task: Task, queue_position: Option<u32>)
         (status = 503, description = "Queue full or no provider available; see Retry-After", body = ErrorBody),
     )
 )]
-async fn create_task(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
+async fn create_task(State(state): State<AppState>, caller: Caller, request: Request) -> ApiResult<Response> {
     if state.readiness.stopping() {
         return Err(ApiError::new(Code::ShuttingDown).retry_after(5));
     }
     let gateway = &state.gateway;
     let submission = forms::read_submission(request, gateway).await?;
-    let submitted = gateway.submit(submission).await?;
+    let submitted = gateway.submit(&caller, submission).await?;
     let view = match submitted.position {
         Some(position) => view_at(gateway, submitted.task, Some(position)).await?,
         None => view(gateway, submitted.task).await?,
@@ -236,11 +234,21 @@ fn decode_cursor(cursor: &str) -> ApiResult<TaskId> {
         (status = 400, description = "Bad cursor, status, limit or picture_id", body = ErrorBody),
     )
 )]
-async fn list_tasks(State(state): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult<Json<TaskPage>> {
+async fn list_tasks(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<TaskPage>> {
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
-    let filter = TaskFilter { status: query.status, picture_id: query.picture_id, before, limit: limit + 1 };
-    let mut tasks = state.gateway.db.list_tasks(&filter).await?;
+    let filter = TaskFilter {
+        status: query.status,
+        picture_id: query.picture_id,
+        before,
+        limit: limit + 1,
+        ..Default::default()
+    };
+    let mut tasks = state.gateway.tasks(&caller, filter).await?;
     let next_cursor = if tasks.len() > limit as usize {
         tasks.truncate(limit as usize);
         tasks.last().map(|t| encode_cursor(t.id))
@@ -263,8 +271,8 @@ async fn list_tasks(State(state): State<AppState>, Query(query): Query<ListQuery
         (status = 404, description = "No such task", body = ErrorBody),
     )
 )]
-async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
-    let task = state.gateway.task(parse_id(&id)?).await?;
+async fn get_task(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
+    let task = state.gateway.task(&caller, parse_id(&id)?).await?;
     Ok(Json(view(&state.gateway, task).await?))
 }
 
@@ -280,8 +288,12 @@ async fn get_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
         (status = 409, description = "Already finished", body = ErrorBody),
     )
 )]
-async fn cancel_task(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
-    let task = state.gateway.cancel(parse_id(&id)?).await?;
+async fn cancel_task(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TaskView>> {
+    let task = state.gateway.cancel(&caller, parse_id(&id)?).await?;
     Ok(Json(view(&state.gateway, task).await?))
 }
 
@@ -305,8 +317,12 @@ struct StatusView {
         (status = 404, description = "No such task", body = ErrorBody),
     )
 )]
-async fn task_status(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<StatusView>> {
-    let task = state.gateway.task(parse_id(&id)?).await?;
+async fn task_status(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusView>> {
+    let task = state.gateway.task(&caller, parse_id(&id)?).await?;
     let queue_position = state.gateway.queue_position(&task).await?;
     Ok(Json(StatusView {
         id: task.id,
@@ -354,17 +370,18 @@ pub fn output_view(gateway: &Gateway, artifact: &Artifact) -> OutputView {
 /// `task_not_finished` (saying `status`) while it is queued or running.
 pub async fn finished(
     gateway: &Gateway,
+    caller: &Caller,
     id: &str,
     status: fn(TaskStatus) -> &'static str,
 ) -> ApiResult<(Task, Vec<OutputView>)> {
-    let task = gateway.task(parse_id(id)?).await?;
+    let task = gateway.task(caller, parse_id(id)?).await?;
     if !task.status.is_terminal() {
         return Err(ApiError::with_message(
             Code::TaskNotFinished,
             format!("The task is {}; its result is not ready yet.", status(task.status)),
         ));
     }
-    let outputs = gateway.artifacts(task.id).await?.iter().map(|a| output_view(gateway, a)).collect();
+    let outputs = gateway.artifacts(&task).await?.iter().map(|a| output_view(gateway, a)).collect();
     Ok((task, outputs))
 }
 
@@ -413,8 +430,12 @@ struct ResultView {
         (status = 409, description = "Not finished yet", body = ErrorBody),
     )
 )]
-async fn task_result(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ResultView>> {
-    let (task, outputs) = finished(&state.gateway, &id, TaskStatus::as_str).await?;
+async fn task_result(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ResultView>> {
+    let (task, outputs) = finished(&state.gateway, &caller, &id, TaskStatus::as_str).await?;
     let main = main_output(&outputs);
     Ok(Json(ResultView {
         id: task.id,
@@ -460,9 +481,10 @@ struct EventsQuery {
 )]
 async fn task_events(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    sse::task_stream(&state, &id, query.after, &headers, sse::Face::Native, sse::native_event).await
+    sse::task_stream(&state, &caller, &id, query.after, &headers, sse::Face::Native, sse::native_event).await
 }

@@ -22,6 +22,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
+    access::Caller,
     api::{AppState, openapi::Binary, params::Path, tasks::parse_id},
     config::ImageFormatName,
     error::{ApiError, ApiResult, Code, ErrorBody},
@@ -53,9 +54,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         (status = 410, description = "The picture was deleted after the retention period", body = ErrorBody),
     )
 )]
-async fn thumbnail(State(state): State<AppState>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+async fn thumbnail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(Code::PictureNotFound))?;
-    let picture = state.gateway.picture(id).await?;
+    let picture = state.gateway.picture(&caller, id).await?;
     if picture.expired_at.is_some() {
         return Err(ApiError::new(Code::ArtifactExpired));
     }
@@ -68,7 +74,7 @@ async fn thumbnail(State(state): State<AppState>, Path(id): Path<String>, header
     if let Some(answer) = not_modified(&headers, &etag) {
         return Ok(answer);
     }
-    let bytes = state.gateway.storage.get(&picture.key).await.map_err(ApiError::internal)?;
+    let bytes = state.gateway.read_file(&picture.key).await?;
     // Decoded like an upload, and within the same memory budget.
     let inspection = input::inspect_stored(&mut Cursor::new(&bytes), bytes.len() as u64, format, SIDE)
         .map_err(|e| ApiError::internal(anyhow::anyhow!("cannot read the stored picture's header: {e}")))?;
@@ -97,11 +103,12 @@ async fn thumbnail(State(state): State<AppState>, Path(id): Path<String>, header
 )]
 async fn task_thumbnail(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let task = state.gateway.task(parse_id(&id)?).await?;
-    let outputs = state.gateway.artifacts(task.id).await?;
+    let task = state.gateway.task(&caller, parse_id(&id)?).await?;
+    let outputs = state.gateway.artifacts(&task).await?;
     let none = || ApiError::with_message(Code::FileNotFound, "This task has no picture to show.");
     let output = PICTURE_ROLES.iter().find_map(|role| outputs.iter().find(|o| o.role == *role)).ok_or_else(none)?;
     if output.expired_at.is_some() {
@@ -111,7 +118,7 @@ async fn task_thumbnail(
     if let Some(answer) = not_modified(&headers, &etag) {
         return Ok(answer);
     }
-    let bytes = state.gateway.storage.get(&output.key).await.map_err(ApiError::internal)?;
+    let bytes = state.gateway.read_file(&output.key).await?;
     // Providers' outputs are checked when they are kept, but not against the upload
     // formats: one this server cannot shrink is no picture to show.
     let head = &bytes[..bytes.len().min(32)];
@@ -148,7 +155,7 @@ async fn shrink(
     bytes: bytes::Bytes,
     inspection: Inspection,
 ) -> ApiResult<anyhow::Result<(Vec<u8>, &'static str)>> {
-    let permit = state.gateway.decodes.reserve(inspection.memory).await?;
+    let permit = state.gateway.decodes().reserve(inspection.memory).await?;
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         make(&bytes, &inspection)

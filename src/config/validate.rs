@@ -1,7 +1,7 @@
 //! Turns the merged layers into a [`Config`], collecting every problem instead of
 //! stopping at the first: a bad key is reported, set aside, and extraction retried.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use figment::{
     Figment,
@@ -152,6 +152,15 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     }
     if parse_time_of_day(&config.retention.run_at).is_none() {
         problems.push("retention.run_at", format!("`{}` is not a time of day like 03:00", config.retention.run_at));
+    }
+    if config.auth.session_ttl < Duration::from_secs(60) {
+        problems.push("auth.session_ttl", "must be at least 1m");
+    }
+    if config.auth.signin_attempts == 0 {
+        problems.push("auth.signin_attempts", "must be at least 1");
+    }
+    if config.files.signed_ttl < Duration::from_secs(1) {
+        problems.push("files.signed_ttl", "must be at least 1s");
     }
     if config.retention.max_age.is_zero() {
         problems.push("retention.max_age", "must be longer than 0s");

@@ -16,10 +16,12 @@ use sqlx::{
 use uuid::Uuid;
 
 use super::{
-    ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
-    MessageRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload,
+    Billing, ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
+    MessageRepo, Scope, StoredFile, TaskFilter, TaskRepo, Transition, payload,
 };
 use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
+
+mod usage;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -71,6 +73,10 @@ fn parse_uuid(text: &str) -> DbResult<Uuid> {
     Uuid::parse_str(text).map_err(|_| DbError::Corrupt(format!("bad uuid `{text}`")))
 }
 
+fn opt_uuid(text: Option<String>) -> DbResult<Option<Uuid>> {
+    text.as_deref().map(parse_uuid).transpose()
+}
+
 fn task_from_row(row: &SqliteRow) -> DbResult<Task> {
     let kind: String = row.try_get("kind")?;
     let status: String = row.try_get("status")?;
@@ -100,6 +106,8 @@ fn task_from_row(row: &SqliteRow) -> DbResult<Task> {
         started_at: opt_time(row.try_get("started_at")?),
         finished_at: opt_time(row.try_get("finished_at")?),
         deadline_at: opt_time(row.try_get("deadline_at")?),
+        owner_id: opt_uuid(row.try_get("owner_id")?)?,
+        token_id: opt_uuid(row.try_get("token_id")?)?,
     })
 }
 
@@ -149,6 +157,7 @@ fn picture_from_row(row: &SqliteRow) -> DbResult<Picture> {
         original_name: row.try_get("original_name")?,
         created_at: to_time(row.try_get("created_at")?),
         expired_at: opt_time(row.try_get("expired_at")?),
+        owner_id: opt_uuid(row.try_get("owner_id")?)?,
     })
 }
 
@@ -254,13 +263,32 @@ async fn file_recorded(conn: &mut SqliteConnection, key: &str) -> DbResult<()> {
     Ok(())
 }
 
+/// Narrows a query on `tasks` or `pictures` to what a caller may see.
+fn push_scope(query: &mut sqlx::QueryBuilder<Sqlite>, scope: Scope) {
+    match scope {
+        Scope::All => {}
+        Scope::Owner(Some(owner)) => {
+            query.push(" AND owner_id = ").push_bind(owner.to_string());
+        }
+        Scope::Owner(None) => {
+            query.push(" AND owner_id IS NULL");
+        }
+    }
+}
+
 async fn begin(pool: &SqlitePool) -> DbResult<Transaction<'static, Sqlite>> {
     Ok(pool.begin().await?)
 }
 
 #[async_trait]
 impl TaskRepo for SqliteDatabase {
-    async fn enqueue(&self, task: &NewTask, capacity: u32, idempotency: Option<(&str, &str)>) -> DbResult<Enqueued> {
+    async fn enqueue(
+        &self,
+        task: &NewTask,
+        capacity: u32,
+        idempotency: Option<(&str, &str)>,
+        billing: &Billing,
+    ) -> DbResult<Enqueued> {
         let mut tx = begin(&self.writer).await?;
         if let Some((key, hash)) = idempotency {
             let existing = sqlx::query("SELECT request_hash, task_id FROM idempotency_keys WHERE key = ?1")
@@ -294,8 +322,8 @@ impl TaskRepo for SqliteDatabase {
         let now = now_ms();
         let row = sqlx::query(
             "INSERT INTO tasks (id, kind, model, channel, status, prompt, picture_id, params, last_seq, last_position, \
-                 created_at, client_secret) \
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9, ?10) RETURNING *",
+                 created_at, client_secret, owner_id, token_id) \
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12) RETURNING *",
         )
         .bind(task.id.to_string())
         .bind(task.kind.as_str())
@@ -307,9 +335,16 @@ impl TaskRepo for SqliteDatabase {
         .bind(position)
         .bind(now)
         .bind(&task.client_secret)
+        .bind(task.owner_id.map(|u| u.to_string()))
+        .bind(task.token_id.map(|u| u.to_string()))
         .fetch_one(&mut *tx)
         .await?;
         let stored = task_from_row(&row)?;
+        // After the task's row, which its usage record references; a refusal drops the
+        // transaction, and the row with it.
+        if let Err(refused) = usage::reserve(&mut tx, task, billing).await? {
+            return Ok(refused);
+        }
         let event = insert_event(&mut tx, task.id, 1, EventKind::Queued, payload::queued(position as u32)).await?;
         if let Some((key, hash)) = idempotency {
             sqlx::query(
@@ -345,6 +380,7 @@ impl TaskRepo for SqliteDatabase {
         if let Some(before) = filter.before {
             query.push(" AND id < ").push_bind(before.to_string());
         }
+        push_scope(&mut query, filter.scope);
         query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(&self.reader).await?;
         rows.iter().map(task_from_row).collect()
@@ -617,6 +653,7 @@ impl TaskRepo for SqliteDatabase {
         .fetch_one(&mut *tx)
         .await?;
         let finished = task_from_row(&row)?;
+        usage::settle(&mut tx, &finished, usage::images_of(&artifacts)).await?;
         let seq: i64 = row.try_get("last_seq")?;
         let data = payload::finish(finish, outputs_json(&artifacts), generation);
         let mut events = vec![insert_event(&mut tx, id, seq, EventKind::for_status(next), data).await?];
@@ -688,8 +725,9 @@ impl FileRepo for SqliteDatabase {
     async fn insert_picture(&self, picture: &Picture) -> DbResult<()> {
         let mut tx = begin(&self.writer).await?;
         sqlx::query(
-            "INSERT INTO pictures (id, key, content_type, format, width, height, size, sha256, original_name, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO pictures (id, key, content_type, format, width, height, size, sha256, original_name, created_at, \
+                 owner_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
         .bind(picture.id.to_string())
         .bind(&picture.key)
@@ -701,6 +739,7 @@ impl FileRepo for SqliteDatabase {
         .bind(&picture.sha256)
         .bind(&picture.original_name)
         .bind(picture.created_at.timestamp_millis())
+        .bind(picture.owner_id.map(|u| u.to_string()))
         .execute(&mut *tx)
         .await?;
         file_recorded(&mut tx, &picture.key).await?;
@@ -716,15 +755,17 @@ impl FileRepo for SqliteDatabase {
         row.as_ref().map(picture_from_row).transpose()
     }
 
-    async fn list_pictures(&self, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)> {
-        let rows = sqlx::query("SELECT * FROM pictures ORDER BY created_at DESC, id DESC LIMIT ?1 OFFSET ?2")
-            .bind(i64::from(limit))
-            // Past i64::MAX is past any table. `as` would wrap it negative, which SQLite
-            // takes as no offset at all: the first page instead of an empty one.
-            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-            .fetch_all(&self.reader)
-            .await?;
-        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pictures").fetch_one(&self.reader).await?;
+    async fn list_pictures(&self, scope: Scope, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)> {
+        let mut query = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM pictures WHERE 1 = 1");
+        push_scope(&mut query, scope);
+        query.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(limit));
+        // Past i64::MAX is past any table. `as` would wrap it negative, which SQLite
+        // takes as no offset at all: the first page instead of an empty one.
+        query.push(" OFFSET ").push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
+        let rows = query.build().fetch_all(&self.reader).await?;
+        let mut count = sqlx::QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM pictures WHERE 1 = 1");
+        push_scope(&mut count, scope);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
         Ok((rows.iter().map(picture_from_row).collect::<DbResult<_>>()?, total.max(0) as u64))
     }
 

@@ -152,7 +152,7 @@ async fn past_the_connection_cap_a_client_gets_503_and_a_freed_place_is_taken_ag
     assert_eq!(status, 503);
     assert!(head.contains("retry-after: 1"), "{head}");
     assert_envelope(&body, "too_many_connections");
-    let metrics = app.gateway.metrics.render(&[], &[], &[]);
+    let metrics = app.gateway.metrics().render(&[], &[], &[]);
     assert!(metrics.contains("kiln_http_connections_refused_total 1"), "{metrics}");
 
     drop(held.pop());

@@ -63,10 +63,10 @@ async fn files_a_crash_left_without_a_record_are_removed_at_the_next_start() {
     let app = Application::build(config.clone(), &crate::provider::registry()).await.unwrap();
     let gateway = app.gateway();
     // A picture written, and the process killed before its record committed.
-    gateway.db.begin_file("pictures/orphan.png").await.unwrap();
-    gateway.storage.put("pictures/orphan.png", bytes::Bytes::from(fixture("vase.png")), "image/png").await.unwrap();
+    gateway.db().begin_file("pictures/orphan.png").await.unwrap();
+    gateway.storage().put("pictures/orphan.png", bytes::Bytes::from(fixture("vase.png")), "image/png").await.unwrap();
     // A note whose file never got written at all.
-    gateway.db.begin_file("reconstruction/none/model.glb").await.unwrap();
+    gateway.db().begin_file("reconstruction/none/model.glb").await.unwrap();
     // An upload spooled under a name (a filesystem without unnamed temporary files).
     std::fs::create_dir_all(dir.path().join("data/tmp")).unwrap();
     std::fs::write(dir.path().join("data/tmp/.tmpLEFT"), b"partial").unwrap();
@@ -78,7 +78,7 @@ async fn files_a_crash_left_without_a_record_are_removed_at_the_next_start() {
     assert!(!files.join("pictures/orphan.png").exists(), "the unrecorded picture is deleted at start-up");
     assert!(!dir.path().join("data/tmp/.tmpLEFT").exists(), "the spool is emptied");
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
-    assert!(app.gateway().db.pending_files_before(later).await.unwrap().is_empty(), "no note is left");
+    assert!(app.gateway().db().pending_files_before(later).await.unwrap().is_empty(), "no note is left");
 }
 
 #[tokio::test]
@@ -99,7 +99,7 @@ async fn an_output_that_arrives_after_its_task_ended_is_not_kept() {
     let first = app.submit_image(&[("params", r#"{"steps": 50, "step_ms": 100}"#)]).await;
     let waiting = app.submit_image(&[]).await;
     let id: kiln::tasks::TaskId = waiting["id"].as_str().unwrap().parse().unwrap();
-    let task = app.gateway.task(id).await.unwrap();
+    let task = app.gateway.task(&kiln::access::Caller::Anonymous, id).await.unwrap();
     let output = NewOutput {
         name: "late.glb".into(),
         role: "model".into(),

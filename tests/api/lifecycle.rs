@@ -84,7 +84,7 @@ async fn a_running_task_is_stopped_when_canceled() {
     // The provider stopped: no progress after the cancel.
     let events = app.events(id, None, 1000).await;
     assert_eq!(events.last().unwrap().1, "canceled");
-    assert!(app.gateway.runs.is_empty());
+    assert!(app.gateway.runs().is_empty());
     app.stop().await;
 }
 
@@ -93,7 +93,7 @@ const SHORT_DEADLINE: &str = "deadline = \"1s\"\nlease = \"1s\"\npoll_interval =
 #[tokio::test]
 async fn a_task_past_its_deadline_fails_with_generation_timeout() {
     let app = TestApp::spawn_configured(SHORT_DEADLINE, crate::helpers::ECHO_CHANNEL).await;
-    assert_eq!(app.gateway.config.tasks.deadline, Duration::from_secs(1));
+    assert_eq!(app.gateway.config().tasks.deadline, Duration::from_secs(1));
     let task = app.submit_image(&[("params", r#"{"steps": 100, "step_ms": 100}"#)]).await;
     let id = task["id"].as_str().unwrap();
     let events = app.events(id, None, 1000).await;

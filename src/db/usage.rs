@@ -1,0 +1,97 @@
+//! Prices and usage records: what a model costs, and what each task reserved, was
+//! charged and took. Credits are reserved in the transaction that queues a task and
+//! settled in the one that ends it (see [`super::TaskRepo::enqueue`] and
+//! [`super::TaskRepo::finish`]); this trait reads the records and sets prices.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::DbResult;
+use crate::tasks::TaskId;
+
+/// What one model costs, in whole credits.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Price {
+    pub model: String,
+    /// Charged for every task that succeeds.
+    pub per_task: i64,
+    /// Charged for every image a succeeded task produced (text-to-image).
+    pub per_image: i64,
+}
+
+/// Who pays for a task being queued, and the limits checked in the same transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Billing {
+    /// The user whose balance is charged; `None` runs free (anonymous callers in open
+    /// mode, admins).
+    pub payer: Option<Uuid>,
+    /// The token whose spending cap also applies.
+    pub token: Option<Uuid>,
+    /// Images the task asks for (`n`), reserved at the per-image price.
+    pub images: u32,
+    /// The owner's limit of queued and running tasks at once.
+    pub max_active: Option<u32>,
+}
+
+/// One task's usage record.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct UsageRecord {
+    #[schema(value_type = String, format = Uuid)]
+    pub task_id: TaskId,
+    pub user_id: Option<Uuid>,
+    pub username: Option<String>,
+    pub token_id: Option<Uuid>,
+    pub token_name: Option<String>,
+    pub channel: String,
+    pub model: String,
+    pub kind: String,
+    /// Credits held while the task was queued or running.
+    pub reserved: i64,
+    /// Credits charged when it ended; `None` while it has not.
+    pub charged: Option<i64>,
+    /// `succeeded`, `failed`, `canceled`; `None` while it has not ended.
+    pub outcome: Option<String>,
+    /// The error code of a failed task.
+    pub error_code: Option<String>,
+    pub queue_ms: Option<i64>,
+    pub run_ms: Option<i64>,
+    /// The provider's own id for the job.
+    pub upstream_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Which usage records to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub user: Option<Uuid>,
+    pub token: Option<Uuid>,
+    pub model: Option<String>,
+    pub channel: Option<String>,
+    pub outcome: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Records older than this task (the cursor).
+    pub before: Option<TaskId>,
+    pub limit: u32,
+}
+
+/// Totals over the records a filter selects.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
+pub struct UsageTotals {
+    pub tasks: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub canceled: u64,
+    pub charged: i64,
+}
+
+#[async_trait]
+pub trait UsageRepo: Send + Sync {
+    async fn list_prices(&self) -> DbResult<Vec<Price>>;
+    /// Sets a model's price; zero for both removes it.
+    async fn set_price(&self, price: &Price) -> DbResult<()>;
+    async fn list_usage(&self, filter: &UsageFilter) -> DbResult<Vec<UsageRecord>>;
+    async fn usage_totals(&self, filter: &UsageFilter) -> DbResult<UsageTotals>;
+}
