@@ -77,7 +77,7 @@ impl Application {
             tracing::warn!(error = format!("{err:#}"), "cannot remove files left by an interrupted write");
         }
         journal::sweep_spool(&config.server.data_dir.join("tmp"), leftover_age);
-        let gateway = Arc::new(Gateway::new(Arc::new(config), db, storage, router, Arc::new(Metrics::new())));
+        let gateway = Arc::new(Gateway::new(Arc::new(config), db, storage, router, Arc::new(Metrics::new()))?);
         let scheduler = Scheduler::new(Arc::clone(&gateway));
         let state = AppState {
             gateway,

@@ -209,6 +209,6 @@ async fn cleanup(config: Config, age: Duration) -> anyhow::Result<crate::retenti
         storage,
         router,
         std::sync::Arc::new(crate::metrics::Metrics::new()),
-    );
+    )?;
     crate::retention::sweep(&gateway, age).await
 }

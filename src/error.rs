@@ -66,6 +66,7 @@ pub enum Code {
     UserNotFound,
     TokenNotFound,
     InvalidWebhookUrl,
+    FileUrlInvalid,
     Internal,
 }
 
@@ -191,6 +192,11 @@ impl Code {
                 "invalid_webhook_url",
                 S::UNPROCESSABLE_ENTITY,
                 "The webhook URL is not an http(s) URL kiln may send to.",
+            ),
+            Code::FileUrlInvalid => (
+                "file_url_invalid",
+                S::FORBIDDEN,
+                "This file URL is not signed, has expired or was altered; ask the API for a fresh one.",
             ),
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }

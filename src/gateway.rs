@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     access::{Caller, Principal, Role},
     channels::{RouteError, Router},
-    config::{Config, Secret},
+    config::{Config, FileAccess, Secret},
     db::{Billing, Db, Enqueued, Finish, TaskFilter, Transition},
     error::{ApiError, ApiResult, Code},
     events::EventBus,
@@ -26,6 +26,7 @@ use crate::{
     journal,
     metrics::Metrics,
     sealing::Sealer,
+    signed_urls::{Refusal, UrlSigner},
     storage::Storage,
     tasks::{Artifact, NewTask, Picture, Task, TaskId, TaskKind, TaskStatus},
 };
@@ -124,6 +125,8 @@ pub struct Gateway {
     decodes: DecodeBudget,
     public_url: url::Url,
     sealer: OnceLock<Result<Sealer, String>>,
+    /// Signs file URLs when `files.access = "signed"`.
+    url_signer: Option<UrlSigner>,
 }
 
 /// The memory all picture decodes of this process may hold at once, whatever the number
@@ -244,10 +247,28 @@ impl Runs {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, db: Db, storage: Storage, router: Router, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        db: Db,
+        storage: Storage,
+        router: Router,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let public_url = config.public_url();
         let decodes = DecodeBudget::new(config.upload.decode_memory);
-        Self {
+        let sealer = OnceLock::new();
+        // Signed URLs need the key at once: every answer with a file URL signs it.
+        let url_signer = match config.files.access {
+            FileAccess::Public => None,
+            FileAccess::Signed => {
+                let loaded =
+                    Sealer::load(&config).map_err(|e| e.context("cannot load the sealing key to sign file URLs"))?;
+                let signer = UrlSigner::new(&loaded, config.files.signed_ttl);
+                let _ = sealer.set(Ok(loaded));
+                Some(signer)
+            }
+        };
+        Ok(Self {
             config,
             db,
             storage,
@@ -257,8 +278,9 @@ impl Gateway {
             runs: Runs::default(),
             decodes,
             public_url,
-            sealer: OnceLock::new(),
-        }
+            sealer,
+            url_signer,
+        })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -307,9 +329,33 @@ impl Gateway {
         loaded.as_ref().map_err(|_| ApiError::new(Code::Internal))
     }
 
-    /// The absolute URL of a stored file.
+    /// The absolute URL of a stored file, signed when `files.access = "signed"`.
     pub fn file_url(&self, key: &str) -> String {
-        self.url(&format!("files/{key}"))
+        self.served_url(&format!("files/{key}"))
+    }
+
+    /// The absolute URL of a path that serves a stored file (`files/…`, seed 002's
+    /// `static/…`), signed when `files.access = "signed"`.
+    pub fn served_url(&self, path: &str) -> String {
+        let url = self.url(path);
+        match &self.url_signer {
+            None => url,
+            Some(signer) => format!("{url}?{}", signer.query(path.trim_start_matches('/'), Utc::now().timestamp())),
+        }
+    }
+
+    /// Whether a request for a served file may have it: always with public files; with
+    /// signed ones, when its `expires` and `sig` are valid for the path.
+    pub fn check_served(&self, path: &str, expires: Option<&str>, sig: Option<&str>) -> ApiResult<()> {
+        let Some(signer) = &self.url_signer else { return Ok(()) };
+        signer.verify(path.trim_start_matches('/'), expires, sig, Utc::now().timestamp()).map_err(|refusal| {
+            let why = match refusal {
+                Refusal::Missing => "This file URL is not signed; ask the API for the file's URL.",
+                Refusal::Expired => "This file URL has expired; ask the API for a fresh one.",
+                Refusal::BadSignature => "This file URL's signature does not match.",
+            };
+            ApiError::with_message(Code::FileUrlInvalid, why)
+        })
     }
 
     /// An absolute URL for a path on this server.

@@ -19,6 +19,7 @@ use crate::config::{Config, Secret};
 #[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
+    key: [u8; 32],
 }
 
 impl std::fmt::Debug for Sealer {
@@ -32,7 +33,17 @@ const PREFIX: &str = "v1:";
 
 impl Sealer {
     pub fn from_key(key: &[u8; 32]) -> Self {
-        Self { cipher: XChaCha20Poly1305::new(key.into()) }
+        Self { cipher: XChaCha20Poly1305::new(key.into()), key: *key }
+    }
+
+    /// A key for another purpose (signing file URLs, say), derived from the sealing key
+    /// so that every replica given the same sealing key derives the same one, and
+    /// knowing the derived key reveals nothing of the sealing key.
+    pub fn subkey(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// The configured key, or the one kept under the data directory (made if missing).

@@ -12,7 +12,11 @@ use axum::{
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
-    api::{AppState, openapi::Binary, params::Path},
+    api::{
+        AppState,
+        openapi::Binary,
+        params::{Path, Query},
+    },
     db::StoredFile,
     error::{ApiError, ApiResult, Code},
     gateway::Gateway,
@@ -28,11 +32,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(
     get, path = "/files/{key}", tag = "files",
     params(("key" = String, Path, description = "The file's key, as in the URLs kiln hands out"),
-        ("Range" = Option<String>, Header, description = "One byte range")),
+        ("Range" = Option<String>, Header, description = "One byte range"),
+        ("expires" = Option<i64>, Query, description = "With `files.access = \"signed\"`: when the URL expires (Unix seconds)"),
+        ("sig" = Option<String>, Query, description = "With `files.access = \"signed\"`: the URL's signature")),
     responses(
         (status = 200, description = "The file, with its recorded `Content-Type`", content_type = "*/*", body = Binary),
         (status = 206, description = "Part of the file", content_type = "*/*", body = Binary),
         (status = 304, description = "Unchanged (If-None-Match)"),
+        (status = 403, description = "A signed URL that is missing, expired or altered (`file_url_invalid`)", body = crate::error::ErrorBody),
         (status = 404, description = "No such file", body = crate::error::ErrorBody),
         (status = 410, description = "Deleted after the retention period", body = crate::error::ErrorBody),
         (status = 416, description = "Range outside the file", body = crate::error::ErrorBody),
@@ -42,10 +49,26 @@ pub async fn serve_file(
     State(state): State<AppState>,
     method: Method,
     Path(key): Path<String>,
+    Query(signature): Query<Signature>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
+    signature.check(&state.gateway, &format!("files/{key}"))?;
     let file = state.gateway.stored_file(&key).await?;
     serve(&state.gateway, &file, &method, &headers).await
+}
+
+/// A signed file URL's query (`files.access = "signed"`); ignored for public files.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct Signature {
+    expires: Option<String>,
+    sig: Option<String>,
+}
+
+impl Signature {
+    /// Refuses the request unless the URL of `path` may be served.
+    pub fn check(&self, gateway: &Gateway, path: &str) -> ApiResult<()> {
+        gateway.check_served(path, self.expires.as_deref(), self.sig.as_deref())
+    }
 }
 
 /// Serves a recorded file; shared by every face that hands out file URLs.

@@ -99,7 +99,7 @@ impl IntoResponse for Seed002Error {
 }
 
 fn model_url(gateway: &Gateway, id: TaskId) -> String {
-    gateway.url(&format!("static/{id}.glb"))
+    gateway.served_url(&format!("static/{id}.glb"))
 }
 
 /// How a finished task is told: the status and the answer.
@@ -298,10 +298,12 @@ async fn static_model(
     State(state): State<AppState>,
     method: Method,
     path: Result<Path<String>, ApiError>,
+    signature: Result<Query<files::Signature>, ApiError>,
     headers: HeaderMap,
 ) -> Result<Response, Seed002Error> {
-    let Path(file) = path?;
+    let (Path(file), Query(signature)) = (path?, signature?);
     let gateway = &state.gateway;
+    signature.check(gateway, &format!("static/{file}"))?;
     let not_found = || ApiError::with_message(Code::FileNotFound, "No such model.");
     let id: TaskId = file.strip_suffix(".glb").and_then(|s| s.parse().ok()).ok_or_else(not_found)?;
     let model = gateway

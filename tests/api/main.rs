@@ -22,6 +22,7 @@ mod openapi;
 mod operations;
 mod pictures;
 mod relief;
+mod signed_files;
 mod sse;
 mod submit;
 mod validation;
