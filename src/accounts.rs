@@ -102,7 +102,7 @@ pub fn check_username(username: &str) -> Result<(), AccountError> {
         return fail(&format!("must be {} to {} characters long", USERNAME_CHARS.start(), USERNAME_CHARS.end()));
     }
     if !username.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) {
-        return fail("may hold only the letters a-z, digits, `.`, `_` and `-`");
+        return fail("may hold only ASCII letters, digits, `.`, `_` and `-`");
     }
     if !username.as_bytes()[0].is_ascii_alphanumeric() {
         return fail("must start with a letter or a digit");
