@@ -154,7 +154,8 @@ mod tests {
         let started = Instant::now();
         assert!(!verify(&password, None).await.unwrap(), "no user: never a match, whatever the password");
         let unknown = started.elapsed();
-        // The same work either way; a skipped verification would be ~1000x faster.
-        assert!(unknown * 4 > known, "unknown user took {unknown:?}, a known one {known:?}");
+        // The same work either way; a skipped verification would be ~1000x faster, so
+        // a wide margin keeps this steady on a loaded machine.
+        assert!(unknown * 10 > known, "unknown user took {unknown:?}, a known one {known:?}");
     }
 }

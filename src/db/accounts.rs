@@ -222,8 +222,8 @@ pub trait AccountRepo: Send + Sync {
     async fn find_session_by_hash(&self, id_hash: &str) -> DbResult<Option<(Session, User)>>;
     /// Records that the session was just used.
     async fn touch_session(&self, id_hash: &str) -> DbResult<()>;
-    /// Revokes one session; false when there was no live one by that hash. With `user`,
-    /// only a session of that user.
+    /// Revokes one session; false when there was no unrevoked one by that hash. With
+    /// `user`, only a session of that user.
     async fn revoke_session(&self, id_hash: &str, user: Option<Uuid>) -> DbResult<bool>;
     /// Revokes every live session of a user (after a password change, on disabling);
     /// returns how many.
