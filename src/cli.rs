@@ -1,6 +1,7 @@
-//! The `kiln` command line: `serve`, `migrate`, `config check`, `cleanup` and the
-//! `generate` client.
+//! The `kiln` command line: `serve`, `migrate`, `config check`, `cleanup`, `admin` and
+//! the `generate` client.
 
+mod admin;
 mod generate;
 mod worker;
 mod worker_check;
@@ -39,6 +40,9 @@ enum Command {
     Config(ConfigCommand),
     /// Delete stored inputs and outputs older than a given age, now.
     Cleanup(CleanupArgs),
+    /// Make users and reset passwords, in the configured database.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     /// Submit a picture or a prompt to a kiln server, follow it, and download the result.
     Generate(generate::GenerateArgs),
     /// Serve the built-in relief engine to a kiln over the worker protocol (secret from
@@ -159,6 +163,7 @@ async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Admin(command) => admin::run(&cli.config, command).await,
         Command::Generate(args) => generate::run(args).await,
         Command::Worker(args) => worker::run(args).await,
         Command::WorkerCheck(args) => worker_check::run_check(args).await,

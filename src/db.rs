@@ -5,6 +5,7 @@
 //! Every status change is written together with its event in one transaction, and the
 //! caller publishes the returned events only after that transaction committed.
 
+mod accounts;
 mod sqlite;
 mod usage;
 
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
+pub use accounts::*;
 pub use sqlite::SqliteDatabase;
 pub use usage::{Billing, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals};
 
@@ -267,7 +269,7 @@ pub trait MessageRepo: Send + Sync {
 
 /// The whole database.
 #[async_trait]
-pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo + UsageRepo {
+pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo + UsageRepo + AccountRepo {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).

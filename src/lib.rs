@@ -2,6 +2,7 @@
 //! how the modules fit together.
 
 pub mod access;
+pub mod accounts;
 pub mod api;
 pub mod app;
 pub mod callbacks;

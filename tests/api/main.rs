@@ -7,6 +7,7 @@ mod helpers;
 mod provider;
 mod repo;
 
+mod admin_cli;
 mod boundaries;
 mod cli;
 mod cloud_modelscope;
