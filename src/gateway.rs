@@ -1,7 +1,10 @@
 //! The core operations every API face calls: store a picture, submit a task, read it,
 //! cancel it. Faces translate wire formats; the rules live here, once.
 
+mod accounts;
 mod usage;
+
+pub use accounts::{BalanceChange, account_error};
 
 use std::{
     collections::HashMap,
@@ -127,6 +130,10 @@ pub struct Gateway {
     sealer: OnceLock<Result<Sealer, String>>,
     /// Signs file URLs when `files.access = "signed"`.
     url_signer: Option<UrlSigner>,
+    /// Sign-in attempts per address and username.
+    signin: crate::accounts::SigninLimiter,
+    /// Request rates per API token.
+    rates: crate::ratelimit::TokenRates,
 }
 
 /// The memory all picture decodes of this process may hold at once, whatever the number
@@ -257,6 +264,7 @@ impl Gateway {
         let public_url = config.public_url();
         let decodes = DecodeBudget::new(config.upload.decode_memory);
         let sealer = OnceLock::new();
+        let signin = crate::accounts::SigninLimiter::new(config.auth.signin_attempts);
         // Signed URLs need the key at once: every answer with a file URL signs it.
         let url_signer = match config.files.access {
             FileAccess::Public => None,
@@ -280,6 +288,8 @@ impl Gateway {
             public_url,
             sealer,
             url_signer,
+            signin,
+            rates: Default::default(),
         })
     }
 

@@ -53,6 +53,9 @@ pub(super) struct Service {
     activity: Arc<Activity>,
     body_timeout: Duration,
     shutdown: Arc<Shutdown>,
+    /// The client's address, handed to handlers as axum's `ConnectInfo` (sign-in limits
+    /// and the audit log use it).
+    peer: std::net::SocketAddr,
 }
 
 impl Service {
@@ -61,8 +64,9 @@ impl Service {
         activity: Arc<Activity>,
         body_timeout: Duration,
         shutdown: Arc<Shutdown>,
+        peer: std::net::SocketAddr,
     ) -> Self {
-        Self { app, activity, body_timeout, shutdown }
+        Self { app, activity, body_timeout, shutdown, peer }
     }
 }
 
@@ -78,6 +82,8 @@ impl hyper::service::Service<Request<Incoming>> for Service {
             return Box::pin(async move { Ok(refusal.map(|body| Tracked { body, _done: done })) });
         }
         let cut = Arc::new(Cut::default());
+        let mut request = request;
+        request.extensions_mut().insert(axum::extract::ConnectInfo(self.peer));
         let request = request.map(|incoming| Guarded {
             inner: incoming,
             timeout: self.body_timeout,
