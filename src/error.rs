@@ -50,6 +50,7 @@ pub enum Code {
     ResultConflict,
     ClientKeyNotAllowed,
     InvalidClientKey,
+    InvalidWebhookUrl,
     Internal,
 }
 
@@ -141,6 +142,11 @@ impl Code {
                 "invalid_client_key",
                 S::BAD_REQUEST,
                 "The provider key in X-Provider-Key does not have the provider's format.",
+            ),
+            Code::InvalidWebhookUrl => (
+                "invalid_webhook_url",
+                S::UNPROCESSABLE_ENTITY,
+                "The webhook URL is not an http(s) URL kiln may send to.",
             ),
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }
