@@ -4,6 +4,8 @@
 //! queue in-process instead of fighting over the file lock, and every write transaction
 //! is a few short statements; reads use a separate pool and never wait for writes (WAL).
 
+mod deliveries;
+
 use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
