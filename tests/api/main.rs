@@ -24,4 +24,5 @@ mod relief;
 mod sse;
 mod submit;
 mod validation;
+mod webhooks_out;
 mod workers;
