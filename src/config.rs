@@ -29,6 +29,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub tasks: TasksConfig,
     pub retention: RetentionConfig,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub files: FilesConfig,
@@ -203,6 +204,21 @@ pub enum FileAccess {
     Signed,
 }
 
+/// Outbound webhooks: notifications of finished tasks ([`crate::deliveries`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Allow destinations in loopback, private, link-local, shared (CGNAT) and
+    /// unique-local ranges. The cloud metadata address stays refused.
+    pub allow_private: bool,
+    /// How long a delivery is retried after its task ended.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long one attempt may take: connection, request and answer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -369,6 +385,7 @@ impl Default for Config {
             storage: StorageConfig::Fs { root: None },
             tasks: TasksConfig::default(),
             retention: RetentionConfig::default(),
+            webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             files: FilesConfig::default(),
@@ -453,6 +470,12 @@ impl Default for AuthConfig {
 impl Default for FilesConfig {
     fn default() -> Self {
         Self { access: FileAccess::Public, signed_ttl: Duration::from_secs(3600) }
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self { allow_private: false, max_age: Duration::from_secs(24 * 3600), timeout: Duration::from_secs(10) }
     }
 }
 
@@ -598,6 +621,26 @@ mod tests {
         assert!(err.to_string().contains("upload.decode_memory"), "{err}");
         let config = load(Some("[upload]\ndecode_memory = 268435456\nmax_decode_memory = 100000000\n"));
         assert_eq!((config.upload.decode_memory, config.upload.max_decode_memory), (268435456, 100000000));
+    }
+
+    #[test]
+    fn webhooks_default_to_public_destinations_for_a_day() {
+        let config = load(None);
+        assert!(!config.webhooks.allow_private);
+        assert_eq!(config.webhooks.max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(config.webhooks.timeout, Duration::from_secs(10));
+        let config = load(Some("[webhooks]\nallow_private = true\nmax_age = \"2h\"\ntimeout = \"3s\"\n"));
+        assert!(config.webhooks.allow_private);
+        assert_eq!(
+            (config.webhooks.max_age, config.webhooks.timeout),
+            (Duration::from_secs(7200), Duration::from_secs(3))
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(&path, "[webhooks]\nmax_age = \"0s\"\ntimeout = \"10m\"\n").expect("write");
+        let err = Config::load_from(Some(&path), Vec::new(), &Overrides::default()).expect_err("out of range");
+        assert!(err.to_string().contains("webhooks.max_age"), "{err}");
+        assert!(err.to_string().contains("webhooks.timeout"), "{err}");
     }
 
     #[test]

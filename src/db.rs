@@ -6,6 +6,7 @@
 //! caller publishes the returned events only after that transaction committed.
 
 mod accounts;
+mod deliveries;
 mod sqlite;
 mod usage;
 
@@ -18,6 +19,7 @@ use uuid::Uuid;
 use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
 pub use accounts::*;
+pub use deliveries::{DeliveryRepo, NextStep};
 pub use sqlite::SqliteDatabase;
 pub use usage::{Billing, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals};
 
@@ -269,7 +271,7 @@ pub trait MessageRepo: Send + Sync {
 
 /// The whole database.
 #[async_trait]
-pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo + UsageRepo + AccountRepo {
+pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo + UsageRepo + AccountRepo + DeliveryRepo {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).

@@ -199,9 +199,7 @@ impl Code {
                 S::FORBIDDEN,
                 "This file URL is not signed, has expired or was altered; ask the API for a fresh one.",
             ),
-            Code::LastAdmin => {
-                ("last_admin", S::CONFLICT, "This is the last enabled admin; make another admin first.")
-            }
+            Code::LastAdmin => ("last_admin", S::CONFLICT, "This is the last enabled admin; make another admin first."),
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }
     }

@@ -10,6 +10,7 @@ pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod deliveries;
 pub mod error;
 pub mod events;
 pub mod gateway;

@@ -165,6 +165,15 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     if config.retention.max_age.is_zero() {
         problems.push("retention.max_age", "must be longer than 0s");
     }
+    let webhooks = &config.webhooks;
+    if webhooks.max_age < std::time::Duration::from_secs(1) {
+        problems.push("webhooks.max_age", "must be at least 1s");
+    }
+    if webhooks.timeout < std::time::Duration::from_millis(100)
+        || webhooks.timeout > std::time::Duration::from_secs(300)
+    {
+        problems.push("webhooks.timeout", "must be between 100ms and 5m");
+    }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         problems.push("log.level", format!("not a valid filter: {err}"));
     }

@@ -5,6 +5,7 @@
 //! is a few short statements; reads use a separate pool and never wait for writes (WAL).
 
 mod accounts;
+mod deliveries;
 
 use std::{str::FromStr, time::Duration};
 

@@ -102,9 +102,10 @@ impl Gateway {
             }
             Err(SignInError::Failed(err)) => return Err(account_error(err)),
         };
-        let signed = sessions::start(&*self.db, user.id, self.config.auth.session_ttl, Some(ip.to_string()), user_agent)
-            .await
-            .map_err(account_error)?;
+        let signed =
+            sessions::start(&*self.db, user.id, self.config.auth.session_ttl, Some(ip.to_string()), user_agent)
+                .await
+                .map_err(account_error)?;
         tracing::info!(user = %user.id, username = %user.username, %ip, "signed in");
         Ok((user, signed))
     }

@@ -236,8 +236,7 @@ pub(super) async fn serve(
     let stream = Arc::new(stream);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched { stream: Arc::clone(&stream), activity: Arc::clone(&activity) });
-    let service =
-        request::Service::new(app, Arc::clone(&activity), limits.body_timeout, Arc::clone(&shutdown), peer);
+    let service = request::Service::new(app, Arc::clone(&activity), limits.body_timeout, Arc::clone(&shutdown), peer);
     let end = {
         let connection = hyper::server::conn::http1::Builder::new()
             // kiln's own watchdog times headers, with a separate idle timeout.

@@ -27,4 +27,5 @@ mod signed_files;
 mod sse;
 mod submit;
 mod validation;
+mod webhooks_out;
 mod workers;

@@ -225,8 +225,8 @@ fn classify(err: &reqwest::Error) -> Fault {
 }
 
 /// What went wrong and the error chain below it, without the URL (which may carry a
-/// presigned signature).
-fn describe(err: &reqwest::Error) -> String {
+/// presigned signature, or a webhook receiver's token).
+pub(crate) fn describe(err: &reqwest::Error) -> String {
     let mut text = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {
