@@ -5,6 +5,8 @@
 pub mod request_id;
 
 pub(crate) mod callbacks;
+mod account;
+mod admin;
 mod caller;
 mod catalog;
 mod files;
@@ -89,6 +91,8 @@ impl Readiness {
 /// schema name two meanings, which merging them would hide.
 pub(crate) fn faces() -> Vec<(&'static str, OpenApiRouter<AppState>)> {
     vec![
+        ("account", account::routes()),
+        ("admin", admin::routes()),
         ("tasks", tasks::routes()),
         ("pictures", pictures::routes()),
         ("models", models::routes()),
@@ -124,6 +128,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(web::fallback(&config.public_url()))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), caller::authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(cors(&config.server.cors_origins))
         .layer(middleware::from_fn(trace_request))

@@ -68,6 +68,17 @@ impl Application {
                 tracing::info!(released, "tasks interrupted by the last stop will run again");
             }
         }
+        if let (Some(username), Some(password)) = (&config.admin.username, &config.admin.password) {
+            match crate::accounts::ensure_first_admin(&*db, username, password).await {
+                Ok(crate::accounts::FirstAdmin::Created(user)) => {
+                    tracing::info!(username = %user.username, "the first admin was made from the configuration")
+                }
+                Ok(crate::accounts::FirstAdmin::AlreadyPresent) => {}
+                Err(err) => {
+                    return Err(StartupError::Other(anyhow::anyhow!("cannot make the first admin: {err}")));
+                }
+            }
+        }
         let storage =
             Storage::from_config(&config).map_err(|e| anyhow::Error::new(e).context("cannot open storage"))?;
         // Files an earlier run was writing when it died. With a database only this

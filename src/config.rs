@@ -32,6 +32,9 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    /// The first admin, made at start-up when no admin exists yet
+    /// (`KILN_ADMIN__USERNAME`, `KILN_ADMIN__PASSWORD`).
+    pub admin: AdminConfig,
     pub files: FilesConfig,
     /// Provider instances. The embedded default is one channel, the `relief` CPU engine
     /// ([`ChannelConfig::relief`]). A `channels` list in a file or the environment
@@ -178,11 +181,19 @@ pub struct AuthConfig {
     pub max_active_per_user: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     Open,
     Tokens,
+}
+
+/// The first admin's credentials; used only while the database has no admin.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 /// How stored files are handed out.
@@ -388,6 +399,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
             files: FilesConfig::default(),
             channels: vec![ChannelConfig::relief()],
         }

@@ -21,7 +21,9 @@ use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStat
 pub use accounts::*;
 pub use deliveries::{DeliveryRepo, NextStep};
 pub use sqlite::SqliteDatabase;
-pub use usage::{Billing, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals};
+pub use usage::{
+    Activity, Billing, HourlyCredits, HourlyTasks, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

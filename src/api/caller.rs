@@ -1,14 +1,146 @@
 //! Turns a request's credentials into the [`Caller`] every face hands to the gateway.
+//!
+//! A middleware authenticates every request once — an `Authorization: Bearer` API token,
+//! else the console's session cookie — refuses a token over its rate with 429 and the
+//! `RateLimit` headers (which also go on every answer to a rate-limited token), and
+//! leaves the result in the request. The [`Caller`] extractor then refuses anonymous
+//! callers when `auth.mode = "tokens"`; [`Visitor`] takes anyone (the sign-in routes,
+//! `GET /api/v1/me`).
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use axum::{
+    extract::{FromRequestParts, Request, State},
+    http::{HeaderName, HeaderValue, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
 
 use super::AppState;
-use crate::{access::Caller, error::ApiError};
+use crate::{
+    access::Caller,
+    accounts::sessions::{COOKIE_NAME, CSRF_HEADER},
+    config::AuthMode,
+    error::{ApiError, Code},
+    ratelimit::Standing,
+};
+
+/// What the middleware found: the caller, or the refusal of bad credentials.
+#[derive(Clone)]
+enum Authenticated {
+    Caller(Caller),
+    Refused(Code),
+}
+
+/// The value of the named cookie in a request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn add_rate_headers(response: &mut Response, standing: &Standing) {
+    for (name, value) in standing.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(HeaderName::from_static(name), value);
+        }
+    }
+}
+
+pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let found = state
+        .gateway
+        .authenticate(
+            bearer(headers),
+            cookie(headers, COOKIE_NAME),
+            request.method(),
+            headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
+        )
+        .await;
+    let standing = match found {
+        Ok((caller, standing)) => {
+            request.extensions_mut().insert(Authenticated::Caller(caller));
+            standing
+        }
+        Err(err) if err.code == Code::Internal => return err.into_response(),
+        Err(err) => {
+            request.extensions_mut().insert(Authenticated::Refused(err.code));
+            None
+        }
+    };
+    if let Some(standing) = standing.filter(|s| !s.allowed) {
+        let mut response = ApiError::with_message(
+            Code::RateLimited,
+            format!("This API token may make {} requests a minute; retry in {} s.", standing.limit, standing.reset),
+        )
+        .retry_after(standing.reset)
+        .into_response();
+        add_rate_headers(&mut response, &standing);
+        return response;
+    }
+    let mut response = next.run(request).await;
+    if let Some(standing) = standing {
+        add_rate_headers(&mut response, &standing);
+    }
+    response
+}
+
+fn found(parts: &Parts) -> Result<Caller, ApiError> {
+    match parts.extensions.get::<Authenticated>() {
+        Some(Authenticated::Caller(caller)) => Ok(caller.clone()),
+        Some(Authenticated::Refused(code)) => Err(ApiError::new(*code)),
+        // A route outside the middleware: nobody.
+        None => Ok(Caller::Anonymous),
+    }
+}
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(Caller::Anonymous)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = found(parts)?;
+        if caller == Caller::Anonymous && state.gateway.auth_mode() == AuthMode::Tokens {
+            return Err(ApiError::new(Code::Unauthorized));
+        }
+        Ok(caller)
+    }
+}
+
+/// Whoever calls, anonymous callers included whatever the mode; bad credentials are
+/// still refused.
+pub struct Visitor(pub Caller);
+
+impl FromRequestParts<AppState> for Visitor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &AppState) -> Result<Self, Self::Rejection> {
+        found(parts).map(Visitor)
+    }
+}
+
+/// The client's address (for sign-in limits and the audit log); unspecified when the
+/// request did not come through kiln's server (a test calling the router directly).
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Ok(ClientIp(ip))
     }
 }

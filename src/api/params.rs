@@ -34,6 +34,12 @@ pub struct Query<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
 
+/// `axum::Json` as a request body, refusing through [`ApiError`] (see the
+/// `JsonRejection` mapping below).
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::with_message(Code::InvalidRequest, rejection.body_text())

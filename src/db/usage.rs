@@ -87,8 +87,37 @@ pub struct UsageTotals {
     pub charged: i64,
 }
 
+/// Tasks of one model and outcome made within one hour.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct HourlyTasks {
+    pub hour: DateTime<Utc>,
+    pub model: String,
+    /// `succeeded`, `failed`, `canceled`, or `pending`.
+    pub outcome: String,
+    pub count: u64,
+}
+
+/// Credits charged for tasks that ended within one hour.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct HourlyCredits {
+    pub hour: DateTime<Utc>,
+    pub credits: i64,
+}
+
+/// What the console's dashboard draws, since a moment.
+#[derive(Debug, Clone, Default)]
+pub struct Activity {
+    pub tasks: Vec<HourlyTasks>,
+    pub credits: Vec<HourlyCredits>,
+    /// Run times (ms) of tasks that ended, per channel.
+    pub run_times: Vec<(String, Vec<i64>)>,
+}
+
 #[async_trait]
 pub trait UsageRepo: Send + Sync {
+    /// Tasks per hour by model and outcome, credits per hour, and run times per channel,
+    /// from `since`.
+    async fn activity(&self, since: DateTime<Utc>) -> DbResult<Activity>;
     async fn list_prices(&self) -> DbResult<Vec<Price>>;
     /// Sets a model's price; zero for both removes it.
     async fn set_price(&self, price: &Price) -> DbResult<()>;

@@ -110,6 +110,17 @@ impl Gateway {
         Ok((user, signed))
     }
 
+    /// The CSRF token of a live session, for the page that holds its cookie.
+    pub async fn session_csrf(&self, cookie: &str) -> ApiResult<Option<String>> {
+        Ok(accounts::authenticate_session(&*self.db, cookie).await?.map(|(_, csrf)| csrf))
+    }
+
+    /// Refuses a webhook URL kiln may not send to (422 `invalid_webhook_url`).
+    pub fn check_webhook_url(&self, url: &str) -> ApiResult<()> {
+        crate::deliveries::check_destination(url, self.config.webhooks.allow_private)?;
+        Ok(())
+    }
+
     pub async fn sign_out(&self, cookie: &str) -> ApiResult<()> {
         sessions::end(&*self.db, cookie).await?;
         Ok(())

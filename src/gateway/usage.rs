@@ -4,7 +4,7 @@
 use super::Gateway;
 use crate::{
     access::Caller,
-    db::{Price, UsageFilter, UsageRecord, UsageTotals},
+    db::{Activity, Price, UsageFilter, UsageRecord, UsageTotals},
     error::{ApiError, ApiResult, Code},
 };
 
@@ -21,15 +21,20 @@ impl Gateway {
         Ok((records, totals))
     }
 
+    /// The dashboard's numbers over the last `hours` (admins only).
+    pub async fn activity(&self, caller: &Caller, hours: u32) -> ApiResult<Activity> {
+        self.require_admin(caller)?;
+        let since = chrono::Utc::now() - chrono::Duration::hours(i64::from(hours.clamp(1, 24 * 31)));
+        Ok(self.db.activity(since).await?)
+    }
+
     pub async fn prices(&self) -> ApiResult<Vec<Price>> {
         Ok(self.db.list_prices().await?)
     }
 
     /// Sets a model's price (admins only).
-    pub async fn set_price(&self, caller: &Caller, price: &Price) -> ApiResult<()> {
-        if !caller.is_admin() {
-            return Err(ApiError::new(Code::Forbidden));
-        }
+    pub async fn set_price(&self, caller: &Caller, price: &Price, ip: std::net::IpAddr) -> ApiResult<()> {
+        self.require_admin(caller)?;
         if price.per_task < 0 || price.per_image < 0 {
             return Err(ApiError::with_message(Code::InvalidRequest, "Prices are whole credits, 0 or more."));
         }
@@ -39,6 +44,9 @@ impl Gateway {
                 format!("No channel serves `{}`; GET /api/v1/catalog lists the models.", price.model),
             ));
         }
-        Ok(self.db.set_price(price).await?)
+        self.db.set_price(price).await?;
+        let detail = serde_json::json!({ "per_task": price.per_task, "per_image": price.per_image });
+        self.audit(caller, ip, "price.set", &price.model, detail).await;
+        Ok(())
     }
 }

@@ -6,7 +6,10 @@ use sqlx::{Row, Sqlite, SqliteConnection, sqlite::SqliteRow};
 
 use super::{SqliteDatabase, begin, now_ms, opt_time, opt_uuid, parse_uuid, to_time};
 use crate::{
-    db::{Billing, DbResult, Enqueued, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals},
+    db::{
+        Activity, Billing, DbResult, Enqueued, HourlyCredits, HourlyTasks, Price, UsageFilter, UsageRecord, UsageRepo,
+        UsageTotals,
+    },
     tasks::{NewTask, Task, TaskId, TaskStatus},
 };
 
@@ -205,6 +208,58 @@ fn push_filter(query: &mut sqlx::QueryBuilder<Sqlite>, filter: &UsageFilter) {
 
 #[async_trait]
 impl UsageRepo for SqliteDatabase {
+    async fn activity(&self, since: chrono::DateTime<chrono::Utc>) -> DbResult<Activity> {
+        const HOUR: i64 = 3_600_000;
+        let since = since.timestamp_millis();
+        let rows = sqlx::query(
+            "SELECT (created_at / ?2) * ?2 AS hour, model, COALESCE(outcome, 'pending') AS outcome, COUNT(*) AS n \
+             FROM usage WHERE created_at >= ?1 GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+        )
+        .bind(since)
+        .bind(HOUR)
+        .fetch_all(&self.reader)
+        .await?;
+        let tasks = rows
+            .iter()
+            .map(|row| {
+                Ok(HourlyTasks {
+                    hour: to_time(row.try_get("hour")?),
+                    model: row.try_get("model")?,
+                    outcome: row.try_get("outcome")?,
+                    count: row.try_get::<i64, _>("n")?.max(0) as u64,
+                })
+            })
+            .collect::<DbResult<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT (finished_at / ?2) * ?2 AS hour, SUM(charged) AS credits FROM usage \
+             WHERE finished_at >= ?1 AND charged > 0 GROUP BY 1 ORDER BY 1",
+        )
+        .bind(since)
+        .bind(HOUR)
+        .fetch_all(&self.reader)
+        .await?;
+        let credits = rows
+            .iter()
+            .map(|row| Ok(HourlyCredits { hour: to_time(row.try_get("hour")?), credits: row.try_get("credits")? }))
+            .collect::<DbResult<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT channel, run_ms FROM usage WHERE finished_at >= ?1 AND run_ms IS NOT NULL ORDER BY channel, run_ms",
+        )
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut run_times: Vec<(String, Vec<i64>)> = Vec::new();
+        for row in &rows {
+            let channel: String = row.try_get("channel")?;
+            let ms: i64 = row.try_get("run_ms")?;
+            match run_times.last_mut() {
+                Some((last, times)) if *last == channel => times.push(ms),
+                _ => run_times.push((channel, vec![ms])),
+            }
+        }
+        Ok(Activity { tasks, credits, run_times })
+    }
+
     async fn list_prices(&self) -> DbResult<Vec<Price>> {
         let rows =
             sqlx::query("SELECT model, per_task, per_image FROM prices ORDER BY model").fetch_all(&self.reader).await?;
