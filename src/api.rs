@@ -4,9 +4,9 @@
 
 pub mod request_id;
 
-pub(crate) mod callbacks;
 mod account;
 mod admin;
+pub(crate) mod callbacks;
 mod caller;
 mod catalog;
 mod files;

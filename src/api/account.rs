@@ -14,11 +14,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    access::{Caller, Role},
+    access::Role,
     accounts::{TokenRequest, sessions::COOKIE_NAME},
     api::{
         AppState,
-        caller::{ClientIp, Visitor, cookie},
+        caller::{ClientIp, SignedIn, Visitor, cookie},
         params::{Json as Body, Path},
     },
     config::{AuthMode, Secret},
@@ -255,7 +255,7 @@ struct PasswordChange {
 )]
 async fn change_password(
     State(state): State<AppState>,
-    caller: Caller,
+    SignedIn(caller): SignedIn,
     ClientIp(ip): ClientIp,
     Body(body): Body<PasswordChange>,
 ) -> ApiResult<StatusCode> {
@@ -268,7 +268,7 @@ async fn change_password(
     get, path = "/api/v1/me/tokens", tag = "account",
     responses((status = 200, description = "Tokens", body = TokenList), (status = 401, description = "Not signed in", body = ErrorBody))
 )]
-async fn my_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<TokenList>> {
+async fn my_tokens(State(state): State<AppState>, SignedIn(caller): SignedIn) -> ApiResult<Json<TokenList>> {
     let items = state.gateway.tokens(&caller, None, false).await?.into_iter().map(TokenView::from).collect();
     Ok(Json(TokenList { items }))
 }
@@ -282,14 +282,15 @@ async fn my_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<J
 )]
 async fn create_my_token(
     State(state): State<AppState>,
-    caller: Caller,
+    SignedIn(caller): SignedIn,
     ClientIp(ip): ClientIp,
     Body(body): Body<NewTokenBody>,
 ) -> ApiResult<Response> {
     let request = body.into_request(&state.gateway)?;
     let issued = state.gateway.issue_token(&caller, None, request, ip).await?;
     let view = IssuedTokenView { token: issued.text.expose().to_owned(), item: issued.token.into() };
-    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(view)).into_response())
+    Ok((StatusCode::CREATED, [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(view))
+        .into_response())
 }
 
 /// Revoke one of one's API tokens.
@@ -300,7 +301,7 @@ async fn create_my_token(
 )]
 async fn revoke_my_token(
     State(state): State<AppState>,
-    caller: Caller,
+    SignedIn(caller): SignedIn,
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {

@@ -17,11 +17,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    access::{Caller, Role},
+    access::Role,
     api::{
         AppState,
         account::{IssuedTokenView, NewTokenBody, TokenList, TokenView, UserView},
-        caller::ClientIp,
+        caller::{Admin, ClientIp},
         params::{Json as Body, Path, Query},
     },
     config::Secret,
@@ -68,8 +68,13 @@ struct UserPage {
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(PageQuery),
     responses((status = 200, description = "Users", body = UserPage),
         (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
-async fn list_users(State(state): State<AppState>, caller: Caller, Query(q): Query<PageQuery>) -> ApiResult<Json<UserPage>> {
-    let (users, total) = state.gateway.users(&caller, q.offset.unwrap_or(0), q.limit.unwrap_or(50).clamp(1, 200)).await?;
+async fn list_users(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<UserPage>> {
+    let (users, total) =
+        state.gateway.users(&caller, q.offset.unwrap_or(0), q.limit.unwrap_or(50).clamp(1, 200)).await?;
     Ok(Json(UserPage { items: users.into_iter().map(UserView::from).collect(), total }))
 }
 
@@ -94,7 +99,7 @@ fn user_role() -> Role {
         (status = 409, description = "The username is taken", body = ErrorBody)))]
 async fn create_user(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ClientIp(ip): ClientIp,
     Body(body): Body<NewUserBody>,
 ) -> ApiResult<Response> {
@@ -105,7 +110,11 @@ async fn create_user(
 /// One user.
 #[utoipa::path(get, path = "/api/v1/admin/users/{id}", tag = "admin", params(("id" = String, Path, description = "User id")),
     responses((status = 200, description = "The user", body = UserView), (status = 404, description = "No such user", body = ErrorBody)))]
-async fn get_user(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<UserView>> {
+async fn get_user(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserView>> {
     Ok(Json(state.gateway.user(&caller, user_id(&id)?).await?.into()))
 }
 
@@ -135,7 +144,7 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<O
         (status = 409, description = "It would leave no enabled admin (`last_admin`)", body = ErrorBody)))]
 async fn update_user(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
     Body(body): Body<UserPatch>,
@@ -170,7 +179,7 @@ struct BalanceView {
         (status = 404, description = "No such user", body = ErrorBody)))]
 async fn change_balance(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
     Body(body): Body<BalanceBody>,
@@ -188,8 +197,13 @@ async fn change_balance(
 /// A user's API tokens.
 #[utoipa::path(get, path = "/api/v1/admin/users/{id}/tokens", tag = "admin", params(("id" = String, Path, description = "User id")),
     responses((status = 200, description = "Tokens", body = TokenList)))]
-async fn user_tokens(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<TokenList>> {
-    let items = state.gateway.tokens(&caller, Some(user_id(&id)?), false).await?.into_iter().map(TokenView::from).collect();
+async fn user_tokens(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenList>> {
+    let items =
+        state.gateway.tokens(&caller, Some(user_id(&id)?), false).await?.into_iter().map(TokenView::from).collect();
     Ok(Json(TokenList { items }))
 }
 
@@ -199,7 +213,7 @@ async fn user_tokens(State(state): State<AppState>, caller: Caller, Path(id): Pa
     responses((status = 201, description = "Made", body = IssuedTokenView), (status = 404, description = "No such user", body = ErrorBody)))]
 async fn create_user_token(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
     Body(body): Body<NewTokenBody>,
@@ -212,7 +226,7 @@ async fn create_user_token(
 
 /// Every API token.
 #[utoipa::path(get, path = "/api/v1/admin/tokens", tag = "admin", responses((status = 200, description = "Tokens", body = TokenList)))]
-async fn all_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<TokenList>> {
+async fn all_tokens(State(state): State<AppState>, Admin(caller): Admin) -> ApiResult<Json<TokenList>> {
     let items = state.gateway.tokens(&caller, None, true).await?.into_iter().map(TokenView::from).collect();
     Ok(Json(TokenList { items }))
 }
@@ -222,7 +236,7 @@ async fn all_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<
     responses((status = 204, description = "Revoked"), (status = 404, description = "No such token", body = ErrorBody)))]
 async fn revoke_token(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ClientIp(ip): ClientIp,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
@@ -247,7 +261,7 @@ struct PriceList {
 
 /// Prices per model, and the models that can be priced.
 #[utoipa::path(get, path = "/api/v1/admin/prices", tag = "admin", responses((status = 200, description = "Prices", body = PriceList)))]
-async fn list_prices(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<PriceList>> {
+async fn list_prices(State(state): State<AppState>, Admin(caller): Admin) -> ApiResult<Json<PriceList>> {
     state.gateway.require_admin(&caller)?;
     let mut models: Vec<ModelRef> = state
         .gateway
@@ -277,7 +291,7 @@ struct PriceBody {
     responses((status = 200, description = "The price", body = Price), (status = 400, description = "Unknown model or negative price", body = ErrorBody)))]
 async fn set_price(
     State(state): State<AppState>,
-    caller: Caller,
+    Admin(caller): Admin,
     ClientIp(ip): ClientIp,
     Path(model): Path<String>,
     Body(body): Body<PriceBody>,
@@ -322,7 +336,11 @@ struct AuditPage {
 /// The audit log, newest first: who did what, when, from where.
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditQuery),
     responses((status = 200, description = "Entries", body = AuditPage)))]
-async fn audit_log(State(state): State<AppState>, caller: Caller, Query(q): Query<AuditQuery>) -> ApiResult<Json<AuditPage>> {
+async fn audit_log(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<AuditPage>> {
     let filter = AuditFilter {
         actor_id: q.actor,
         action: q.action,
@@ -348,7 +366,7 @@ async fn audit_log(State(state): State<AppState>, caller: Caller, Query(q): Quer
 
 /// The effective configuration, secrets masked.
 #[utoipa::path(get, path = "/api/v1/admin/settings", tag = "admin", responses((status = 200, description = "The configuration", body = Object)))]
-async fn settings(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn settings(State(state): State<AppState>, Admin(caller): Admin) -> ApiResult<Json<Value>> {
     state.gateway.require_admin(&caller)?;
     Ok(Json(serde_json::to_value(&**state.gateway.config()).map_err(ApiError::internal)?))
 }
@@ -397,7 +415,11 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 /// queue depth now and run times per channel.
 #[utoipa::path(get, path = "/api/v1/admin/dashboard", tag = "admin", params(DashboardQuery),
     responses((status = 200, description = "The numbers", body = Dashboard)))]
-async fn dashboard(State(state): State<AppState>, caller: Caller, Query(q): Query<DashboardQuery>) -> ApiResult<Json<Dashboard>> {
+async fn dashboard(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Query(q): Query<DashboardQuery>,
+) -> ApiResult<Json<Dashboard>> {
     let hours = q.hours.unwrap_or(24).clamp(1, 24 * 31);
     let activity = state.gateway.activity(&caller, hours).await?;
     let queue = state

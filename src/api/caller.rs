@@ -144,3 +144,31 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
         Ok(ClientIp(ip))
     }
 }
+
+/// A caller who is an admin, checked before the request's body is read: 401 for an
+/// anonymous caller, 403 for a user.
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = found(parts)?;
+        state.gateway.require_admin(&caller)?;
+        Ok(Admin(caller))
+    }
+}
+
+/// A signed-in caller (a token or a session), checked before the body is read: 401
+/// otherwise, in either mode.
+pub struct SignedIn(pub Caller);
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = found(parts)?;
+        state.gateway.require_user(&caller)?;
+        Ok(SignedIn(caller))
+    }
+}

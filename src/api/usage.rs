@@ -15,8 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    access::Caller,
-    api::{AppState, params::Query},
+    api::{AppState, caller::SignedIn, params::Query},
     db::{UsageFilter, UsageRecord, UsageTotals},
     error::{ApiError, ApiResult, Code, ErrorBody},
     tasks::TaskId,
@@ -74,7 +73,7 @@ struct UsagePage {
 )]
 async fn list_usage(
     State(state): State<AppState>,
-    caller: Caller,
+    SignedIn(caller): SignedIn,
     Query(query): Query<UsageQuery>,
 ) -> ApiResult<Response> {
     let csv = match query.format.as_deref() {

@@ -157,7 +157,10 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
         problems.push("auth.session_ttl", "must be at least 1m");
     }
     if config.admin.username.is_some() != config.admin.password.is_some() {
-        problems.push("admin", "set both `username` and `password` (KILN_ADMIN__USERNAME, KILN_ADMIN__PASSWORD), or neither");
+        problems.push(
+            "admin",
+            "set both `username` and `password` (KILN_ADMIN__USERNAME, KILN_ADMIN__PASSWORD), or neither",
+        );
     }
     if config.auth.signin_attempts == 0 {
         problems.push("auth.signin_attempts", "must be at least 1");

@@ -48,10 +48,8 @@ impl Gateway {
             let Some(principal) = accounts::authenticate(&*self.db, text).await? else {
                 return Err(ApiError::new(Code::InvalidToken));
             };
-            let standing = match principal.token.as_ref().and_then(|t| t.rate_per_minute.map(|r| (t.id, r))) {
-                Some((id, rate)) => Some(self.rates.check(id, rate)),
-                None => None,
-            };
+            let standing =
+                principal.token.as_ref().and_then(|t| t.rate_per_minute.map(|rate| self.rates.check(t.id, rate)));
             return Ok((Caller::User(principal), standing));
         }
         if let Some(cookie) = cookie

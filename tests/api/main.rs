@@ -7,7 +7,9 @@ mod helpers;
 mod provider;
 mod repo;
 
+mod accounts;
 mod admin_cli;
+mod authorization;
 mod boundaries;
 mod cli;
 mod cloud_modelscope;

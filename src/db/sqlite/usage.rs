@@ -13,19 +13,22 @@ use crate::{
     tasks::{NewTask, Task, TaskId, TaskStatus},
 };
 
-/// Checks the owner's active-task limit and reserves the task's price. `Err` carries
-/// the refusal; the caller rolls back by dropping the transaction.
+/// Checks the owner's active-task limit (not counting the task itself, already
+/// inserted) and reserves the task's price. `Err` carries the refusal; the caller rolls
+/// back by dropping the transaction.
 pub(super) async fn reserve(
     conn: &mut SqliteConnection,
     task: &NewTask,
     billing: &Billing,
 ) -> DbResult<Result<(), Enqueued>> {
     if let (Some(limit), Some(owner)) = (billing.max_active, task.owner_id) {
-        let active: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE owner_id = ?1 AND status IN ('queued', 'running')")
-                .bind(owner.to_string())
-                .fetch_one(&mut *conn)
-                .await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM tasks WHERE owner_id = ?1 AND status IN ('queued', 'running') AND id != ?2",
+        )
+        .bind(owner.to_string())
+        .bind(task.id.to_string())
+        .fetch_one(&mut *conn)
+        .await?;
         if active >= i64::from(limit) {
             return Ok(Err(Enqueued::TooManyActive { limit }));
         }
