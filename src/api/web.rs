@@ -4,8 +4,9 @@
 //! - A path naming an embedded file serves it; hashed files under `assets/` are cached
 //!   for a year (`immutable`: their name changes with their content), everything else is
 //!   revalidated on each use (`no-cache` + `ETag`), so a new build shows at once.
-//! - The page's own routes (`/tasks/{id}`, `/library`, `/history`: [`PAGE_ROUTES`]) get
-//!   `index.html`, and the page shows them itself.
+//! - The page's own routes (`/tasks/{id}`, `/library`, `/history`, `/signin`, `/account`,
+//!   `/console` and its pages: [`PAGE_ROUTES`], [`CONSOLE_PAGES`]) get `index.html`, and
+//!   the page shows them itself.
 //! - Everything else keeps the JSON 404, above all the paths that belong to the API, the
 //!   files or operations (`/api/`, `/files/`, `/health`…): a client asking an API for
 //!   JSON must not get HTML with status 200. The page's routes are listed rather than
@@ -40,9 +41,13 @@ mod embedded {
 }
 
 /// The client-side routes of `web/src/router.ts`, answered with `index.html`: whole
-/// first segments, and `tasks` followed by exactly one more segment (the task id).
-/// Adding a route to the page means adding it here.
-const PAGE_ROUTES: [&str; 2] = ["library", "history"];
+/// first segments, `tasks` followed by exactly one more segment (the task id), and
+/// `console` followed by one of [`CONSOLE_PAGES`]. Adding a route to the page means
+/// adding it here.
+const PAGE_ROUTES: [&str; 5] = ["library", "history", "signin", "account", "console"];
+
+/// The console's pages under `/console/` (its dashboard is `/console` itself).
+const CONSOLE_PAGES: [&str; 8] = ["channels", "users", "tokens", "usage", "tasks", "audit", "settings", "prices"];
 
 /// Path prefixes that belong to the API, stored files and operations. The page never
 /// answers for them, even when nothing else does.
@@ -203,6 +208,7 @@ fn is_page_route(relative: &str) -> bool {
     match relative.split_once('/') {
         None => PAGE_ROUTES.contains(&relative),
         Some(("tasks", id)) => !id.is_empty() && !id.contains('/'),
+        Some(("console", page)) => CONSOLE_PAGES.contains(&page),
         Some(_) => false,
     }
 }
@@ -313,7 +319,23 @@ mod tests {
     #[tokio::test]
     async fn client_routes_get_index_html_uncached() {
         let page = page();
-        for path in ["/", "/tasks/0193f0e2-aaaa-7bbb-8ccc-000000000000", "/library", "/history"] {
+        for path in [
+            "/",
+            "/tasks/0193f0e2-aaaa-7bbb-8ccc-000000000000",
+            "/library",
+            "/history",
+            "/signin",
+            "/account",
+            "/console",
+            "/console/channels",
+            "/console/users",
+            "/console/tokens",
+            "/console/usage",
+            "/console/tasks",
+            "/console/audit",
+            "/console/settings",
+            "/console/prices",
+        ] {
             let response = get(&page, path, &[]);
             assert_eq!(response.status(), StatusCode::OK, "{path}");
             assert_eq!(header(&response, header::CONTENT_TYPE), "text/html; charset=utf-8");
@@ -344,6 +366,10 @@ mod tests {
             "/tasks",
             "/tasks/a/b",
             "/library/x",
+            "/console/nope",
+            "/console/users/x",
+            "/account/tokens",
+            "/signin/x",
         ] {
             let response = get(&page, path, &[]);
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");

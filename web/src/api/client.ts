@@ -1,6 +1,13 @@
 // The page's only way to the server: same-origin calls to the native API. Errors come
 // back as ApiError with the server's stable code, so the page can say them in the
 // reader's language (see lib/errors.ts).
+//
+// Signed in, the page is authenticated by the session cookie (HttpOnly: the page never
+// sees it). Every request other than GET carries the session's CSRF token in
+// `X-CSRF-Token` (from sign-in or `GET /api/v1/me`, kept here by lib/session.ts); a
+// `csrf_failed` answer makes the page ask for the token again and retry once. A 401
+// `unauthorized` is reported to the handler the router installs, which sends the person
+// to the sign-in page and back after.
 import type {
   CatalogModel,
   Limits,
@@ -18,8 +25,10 @@ export class ApiError extends Error {
     readonly code: string,
     message: string,
     readonly status: number,
-    /** Seconds, from `Retry-After` on 503 answers. */
+    /** Seconds, from `Retry-After` (503 queue full, 429 limits). */
     readonly retryAfter: number | null = null,
+    /** The envelope's `details` (e.g. `balance` and `price` of `insufficient_quota`). */
+    readonly details: Record<string, unknown> | null = null,
   ) {
     super(message)
     this.name = 'ApiError'
@@ -32,9 +41,13 @@ export function errorFrom(status: number, body: string, retryAfter: string | nul
   try {
     const parsed: unknown = JSON.parse(body)
     if (parsed && typeof parsed === 'object' && 'error' in parsed) {
-      const error = (parsed as { error: { code?: unknown; message?: unknown } }).error
+      const error = (parsed as { error: { code?: unknown; message?: unknown; details?: unknown } }).error
       if (typeof error.code === 'string') {
-        return new ApiError(error.code, typeof error.message === 'string' ? error.message : '', status, seconds)
+        const details =
+          error.details && typeof error.details === 'object' && !Array.isArray(error.details)
+            ? (error.details as Record<string, unknown>)
+            : null
+        return new ApiError(error.code, typeof error.message === 'string' ? error.message : '', status, seconds, details)
       }
     }
   } catch {
@@ -43,20 +56,73 @@ export function errorFrom(status: number, body: string, retryAfter: string | nul
   return new ApiError(status === 0 ? 'network_error' : 'http_error', body.slice(0, 200), status, seconds)
 }
 
-async function request<T>(path: string, init?: RequestInit): Promise<T> {
+let csrfToken: string | null = null
+let onUnauthorized: ((error: ApiError) => void) | null = null
+let refreshCsrf: (() => Promise<void>) | null = null
+
+/** The session's CSRF token, sent with every request that is not a GET; null when signed out. */
+export function setCsrfToken(token: string | null): void {
+  csrfToken = token
+}
+
+export function currentCsrfToken(): string | null {
+  return csrfToken
+}
+
+/** Called on a 401 `unauthorized` (the session ended or never was). */
+export function setUnauthorizedHandler(handler: ((error: ApiError) => void) | null): void {
+  onUnauthorized = handler
+}
+
+/** Asks for the session's CSRF token again (after a `csrf_failed`). */
+export function setCsrfRefresher(refresher: (() => Promise<void>) | null): void {
+  refreshCsrf = refresher
+}
+
+/** The headers of a request that may change something: the CSRF token when signed in. */
+export function writeHeaders(method: string): Record<string, string> {
+  return method.toUpperCase() !== 'GET' && method.toUpperCase() !== 'HEAD' && csrfToken ? { 'X-CSRF-Token': csrfToken } : {}
+}
+
+/**
+ * One call to the API. A 204 (or an empty body) resolves to `undefined`. Options:
+ * `quiet401` keeps a 401 from reaching the sign-in redirect (sign-in itself, the
+ * password change, whose 401s mean wrong credentials).
+ */
+export async function request<T>(path: string, init?: RequestInit, options: { quiet401?: boolean } = {}): Promise<T> {
+  const method = (init?.method ?? 'GET').toUpperCase()
+  const send = () =>
+    fetch(path, {
+      ...init,
+      credentials: 'same-origin',
+      headers: { Accept: 'application/json', ...writeHeaders(method), ...((init?.headers as Record<string, string>) ?? {}) },
+    })
   let response: Response
   try {
-    response = await fetch(path, { ...init, headers: { Accept: 'application/json', ...(init?.headers ?? {}) } })
+    response = await send()
+    if (response.status === 403 && method !== 'GET' && refreshCsrf) {
+      const text = await response.clone().text()
+      if (errorFrom(403, text, null).code === 'csrf_failed') {
+        await refreshCsrf().catch(() => undefined)
+        response = await send()
+      }
+    }
   } catch (err) {
     throw new ApiError('network_error', String(err), 0)
   }
   const text = await response.text()
-  if (!response.ok) throw errorFrom(response.status, text, response.headers.get('Retry-After'))
+  if (!response.ok) {
+    const error = errorFrom(response.status, text, response.headers.get('Retry-After'))
+    if (response.status === 401 && error.code === 'unauthorized' && !options.quiet401) onUnauthorized?.(error)
+    throw error
+  }
+  if (response.status === 204 || text.trim() === '') return undefined as T
   return JSON.parse(text) as T
 }
 
-const json = (body: unknown): RequestInit => ({
-  method: 'POST',
+/** A JSON body sent with `method` (POST unless said). */
+export const json = (body: unknown, method = 'POST'): RequestInit => ({
+  method,
   headers: { 'Content-Type': 'application/json' },
   body: JSON.stringify(body),
 })
@@ -115,6 +181,7 @@ export function createFromFile(
     if (model) form.append('model', model)
     xhr.open('POST', '/api/v1/tasks')
     xhr.setRequestHeader('Accept', 'application/json')
+    for (const [name, value] of Object.entries(writeHeaders('POST'))) xhr.setRequestHeader(name, value)
     xhr.upload.onprogress = (e) => {
       if (e.lengthComputable && e.total > 0) onProgress(e.loaded / e.total)
     }
@@ -126,7 +193,9 @@ export function createFromFile(
           reject(new ApiError('http_error', String(err), xhr.status))
         }
       } else {
-        reject(errorFrom(xhr.status, xhr.responseText, xhr.getResponseHeader('Retry-After')))
+        const error = errorFrom(xhr.status, xhr.responseText, xhr.getResponseHeader('Retry-After'))
+        if (xhr.status === 401 && error.code === 'unauthorized') onUnauthorized?.(error)
+        reject(error)
       }
     }
     xhr.onerror = () => reject(new ApiError('network_error', 'network error', 0))

@@ -137,3 +137,233 @@ export interface TaskEvent {
     generation_time?: number | null
   } & Record<string, unknown>
 }
+
+// Accounts and the console (docs/accounts.md). Times are RFC 3339 strings; credits are
+// whole numbers.
+
+export type Role = 'admin' | 'user'
+export type AuthMode = 'open' | 'tokens'
+
+export interface User {
+  id: string
+  username: string
+  role: Role
+  balance: number
+  /** Queued + running tasks at once; null: the configured limit. */
+  max_active: number | null
+  disabled: boolean
+  created_at: string
+  updated_at: string
+}
+
+/** `GET /api/v1/me`: never a 401; `user` is null for an anonymous visitor. */
+export interface Me {
+  auth_mode: AuthMode
+  user: User | null
+  csrf_token: string | null
+}
+
+export interface SignedIn {
+  user: User
+  csrf_token: string
+  expires_at: string
+}
+
+export interface Token {
+  id: string
+  user_id: string
+  name: string
+  /** The last four characters of the token text. */
+  hint: string
+  models: string[] | null
+  spend_cap: number | null
+  spent: number
+  rate_per_minute: number | null
+  webhook_url: string | null
+  expires_at: string | null
+  last_used_at: string | null
+  revoked_at: string | null
+  created_at: string
+}
+
+export interface NewToken {
+  name: string
+  models?: string[]
+  spend_cap?: number
+  rate_per_minute?: number
+  webhook_url?: string
+  /** RFC 3339. */
+  expires_at?: string
+}
+
+/** The answer to a token's creation: `token` is the only time its text is seen. */
+export interface IssuedToken {
+  token: string
+  item: Token
+}
+
+export type UsageOutcome = 'succeeded' | 'failed' | 'canceled' | 'pending'
+
+export interface UsageRecord {
+  task_id: string
+  user_id: string | null
+  username: string | null
+  token_id: string | null
+  token_name: string | null
+  channel: string
+  model: string
+  kind: string
+  reserved: number
+  charged: number | null
+  outcome: Exclude<UsageOutcome, 'pending'> | null
+  error_code: string | null
+  queue_ms: number | null
+  run_ms: number | null
+  upstream_id: string | null
+  created_at: string
+  finished_at: string | null
+}
+
+export interface UsageTotals {
+  tasks: number
+  succeeded: number
+  failed: number
+  canceled: number
+  charged: number
+}
+
+export interface UsagePage {
+  items: UsageRecord[]
+  totals: UsageTotals
+  next_cursor: string | null
+}
+
+export interface UsageFilters {
+  user?: string
+  token?: string
+  model?: string
+  channel?: string
+  outcome?: UsageOutcome | ''
+  /** RFC 3339. */
+  from?: string
+  to?: string
+}
+
+export interface UserPage {
+  items: User[]
+  total: number
+  next_cursor?: string | null
+}
+
+export interface UserChanges {
+  role?: Role
+  disabled?: boolean
+  max_active?: number | null
+  password?: string
+}
+
+/** Exactly one of `delta` and `set`. */
+export type BalanceChange = ({ delta: number; set?: never } | { set: number; delta?: never }) & { note?: string }
+
+export interface Price {
+  model: string
+  per_task: number
+  per_image: number
+}
+
+export interface PriceList {
+  items: Price[]
+  models: { name: string; kind: string }[]
+}
+
+export interface AuditEntry {
+  id: number
+  at: string
+  actor_id: string | null
+  actor: string | null
+  action: string
+  target: string | null
+  detail: unknown
+  ip: string | null
+}
+
+export interface AuditPage {
+  items: AuditEntry[]
+  next_cursor: string | null
+}
+
+export interface Dashboard {
+  /** ISO hour starts, oldest first. */
+  hours: string[]
+  tasks: { hour: string; model: string; outcome: string | null; count: number }[]
+  credits: { hour: string; credits: number }[]
+  queue: { channel: string; queued: number; running: number }[]
+  run_time: { channel: string; p50_ms: number | null; p95_ms: number | null }[]
+}
+
+export type FieldKind = 'string' | 'url' | 'secret' | 'int' | 'bool' | 'json' | 'enum'
+
+export interface ChannelField {
+  name: string
+  kind: FieldKind
+  default?: unknown
+  options?: string[]
+  help?: string
+}
+
+export interface ChannelType {
+  type: string
+  fields: ChannelField[]
+  base_urls?: { label: string; url: string }[]
+}
+
+export interface ChannelModel {
+  name: string
+  kind: string
+  upstream?: string | null
+  description?: string | null
+}
+
+/** A channel's configuration as the API sends and takes it (secret masked when sent). */
+export interface ChannelConfig {
+  name: string
+  type: string
+  models: ChannelModel[]
+  secret?: string | null
+  options: Record<string, unknown>
+  defaults: Record<string, unknown>
+  overrides: Record<string, unknown>
+  priority: number
+  weight: number
+  max_concurrency: number
+  max_queue: number
+  /** A duration such as `10m`; null: the server's task deadline. */
+  deadline?: string | null
+  enabled: boolean
+  client_keys: boolean
+  [other: string]: unknown
+}
+
+export interface ChannelStats {
+  queued: number
+  running: number
+  /** 0–1 over the last hour; null without finished tasks. */
+  success_rate: number | null
+  p50_ms: number | null
+  p95_ms: number | null
+  last_error: string | { code?: string; message?: string } | null
+}
+
+export interface ChannelView {
+  name: string
+  type: string
+  source: 'file' | 'database'
+  enabled: boolean
+  config: ChannelConfig
+  stats: ChannelStats
+}
+
+export interface ChannelTest {
+  ok: boolean
+  message: string
+}

@@ -1,12 +1,14 @@
 // Turns an error (from the server, from the page's own checks, or a failed task) into
 // plain words in the reader's language. English shows the server's own message when
 // there is one, since the page's English templates are the server's sentences; Chinese
-// uses the translation of the stable code, filled with the values the page knows.
+// uses the translation of the stable code, filled with the values the page knows. A
+// refusal for want of credits says the balance and the price in both languages, from
+// the error's `details`.
 import { ApiError } from '../api/client'
 import type { ErrorInfo } from '../api/types'
 import { has, locale, t } from '../i18n'
 import { DEFAULT_LIMITS, formatList, type Problem, type UploadLimits } from './validate'
-import { humanSize } from '../i18n'
+import { humanSize, integer } from '../i18n'
 
 export interface Described {
   text: string
@@ -24,9 +26,11 @@ export function describeProblem(problem: Problem): Described {
 export function describeError(error: unknown, limits: UploadLimits = DEFAULT_LIMITS): Described {
   let info: ErrorInfo
   let retryAfter: number | null = null
+  let details: Record<string, unknown> | null = null
   if (error instanceof ApiError) {
     info = { code: error.code, message: error.message }
     retryAfter = error.retryAfter
+    details = error.details
   } else if (error && typeof error === 'object' && 'code' in error && typeof (error as ErrorInfo).code === 'string') {
     info = error as ErrorInfo
   } else {
@@ -34,7 +38,9 @@ export function describeError(error: unknown, limits: UploadLimits = DEFAULT_LIM
   }
   const key = `errors.${info.code}`
   let text: string
-  if (locale.value === 'en' && info.message && !['network_error', 'http_error', 'unknown'].includes(info.code)) {
+  if (info.code === 'insufficient_quota' && typeof details?.balance === 'number' && typeof details?.price === 'number') {
+    text = t('errors.insufficient_quota_details', { balance: integer(details.balance), price: integer(details.price) })
+  } else if (locale.value === 'en' && info.message && !['network_error', 'http_error', 'unknown'].includes(info.code)) {
     text = info.message
   } else if (info.code === 'image_too_many_pixels') {
     text = t('errors.image_too_many_pixels_short')

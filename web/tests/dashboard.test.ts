@@ -1,0 +1,105 @@
+// The dashboard's charts: series from the API's rows, a round scale, bars drawn as SVG,
+// and a sentence and a table for each chart, for readers who cannot see it.
+import { flushPromises, mount } from '@vue/test-utils'
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
+import type { Dashboard } from '../src/api/types'
+import { locale } from '../src/i18n'
+import { scale, taskSeries } from '../src/lib/charts'
+
+const admin = vi.hoisted(() => ({ dashboard: vi.fn() }))
+vi.mock('../src/api/admin', async (original) => ({ ...(await original<object>()), admin }))
+
+const H = (h: number) => `2026-11-25T${String(h).padStart(2, '0')}:00:00Z`
+const DATA: Dashboard = {
+  hours: [H(10), H(11), H(12)],
+  tasks: [
+    { hour: H(10), model: 'painter', outcome: 'succeeded', count: 4 },
+    { hour: H(10), model: 'relief', outcome: 'failed', count: 1 },
+    { hour: H(11), model: 'painter', outcome: 'succeeded', count: 6 },
+    { hour: H(12), model: 'relief', outcome: null, count: 2 },
+  ],
+  credits: [
+    { hour: H(10), credits: 40 },
+    { hour: H(11), credits: 60 },
+  ],
+  queue: [
+    { channel: 'relief', queued: 3, running: 1 },
+    { channel: 'ms', queued: 0, running: 2 },
+  ],
+  run_time: [
+    { channel: 'relief', p50_ms: 900, p95_ms: 2500 },
+    { channel: 'ms', p50_ms: 12000, p95_ms: 30000 },
+    { channel: 'idle', p50_ms: null, p95_ms: null },
+  ],
+}
+
+beforeEach(() => {
+  locale.value = 'en'
+  admin.dashboard.mockResolvedValue(DATA)
+})
+afterEach(() => {
+  vi.clearAllMocks()
+  document.body.innerHTML = ''
+})
+
+describe('chart series', () => {
+  it('stack tasks by model, or by outcome with a task not ended yet as pending', () => {
+    expect(taskSeries(DATA, 'model').map((s) => [s.key, s.values])).toEqual([
+      ['painter', [4, 6, 0]],
+      ['relief', [1, 0, 2]],
+    ])
+    expect(taskSeries(DATA, 'outcome').map((s) => [s.key, s.values, s.colour])).toEqual([
+      ['succeeded', [4, 6, 0], '#1d6b3a'],
+      ['failed', [1, 0, 0], '#a4161a'],
+      ['pending', [0, 0, 2], '#1f4f8a'],
+    ])
+  })
+  it('use a scale of round steps', () => {
+    expect(scale(22)).toEqual({ top: 30, ticks: [0, 10, 20, 30] })
+    expect(scale(3)).toEqual({ top: 3, ticks: [0, 1, 2, 3] })
+    expect(scale(100)).toEqual({ top: 100, ticks: [0, 25, 50, 75, 100] })
+    expect(scale(0).top).toBeGreaterThan(0)
+  })
+})
+
+describe('the dashboard', () => {
+  it('draws each chart and says what it shows', async () => {
+    const DashboardView = (await import('../src/views/console/DashboardView.vue')).default
+    const wrapper = mount(DashboardView, { attachTo: document.body })
+    await flushPromises()
+    expect(admin.dashboard).toHaveBeenCalledWith(24)
+    const tasks = wrapper.get('[data-testid="chart-tasks"]')
+    // Four segments: painter at 10 and 11, relief at 10 and 12; the picture is not read twice.
+    expect(tasks.findAll('[data-testid="bar"]')).toHaveLength(4)
+    expect(tasks.get('svg').attributes('aria-hidden')).toBe('true')
+    const summary = tasks.get('[data-testid="chart-summary"]').text()
+    expect(summary).toMatch(/^13 tasks in the last 24 hours \(painter 10, relief 3\); the busiest hour, .+, had 6\.$/)
+
+    // The numbers as a table, on request.
+    const toggle = tasks.get('[data-testid="chart-table-toggle"]')
+    expect(toggle.attributes('aria-expanded')).toBe('false')
+    await toggle.trigger('click')
+    expect(toggle.attributes('aria-expanded')).toBe('true')
+    const rows = tasks.findAll('tbody tr').map((r) => r.findAll('th, td').map((c) => c.text()).slice(1))
+    expect(rows).toEqual([
+      ['4', '1', '5'],
+      ['6', '0', '6'],
+      ['0', '2', '2'],
+    ])
+
+    // By outcome.
+    await wrapper.get('[data-testid="stack-outcome"]').setValue(true)
+    expect(tasks.get('[data-testid="chart-summary"]').text()).toContain('(Succeeded 10, Failed 1, Not ended 2)')
+
+    expect(wrapper.get('[data-testid="chart-credits"] [data-testid="chart-summary"]').text()).toMatch(
+      /^100 credits spent in the last 24 hours; the most in one hour, 60, at .+\.$/,
+    )
+    expect(wrapper.get('[data-testid="chart-queue"] [data-testid="chart-summary"]').text()).toBe(
+      '3 tasks waiting and 3 running on 2 channels; the busiest is relief with 4.',
+    )
+    expect(wrapper.get('[data-testid="chart-runtime"] [data-testid="chart-summary"]').text()).toBe(
+      'Over 2 channels, the slowest is ms: 95% of its tasks ran within 30 s.',
+    )
+    expect(wrapper.findAll('[data-testid="chart-runtime"] [data-testid="bar"]')).toHaveLength(2)
+  })
+})
