@@ -240,13 +240,6 @@ fn weighted_order(mut channels: Vec<Arc<Channel>>) -> Vec<Arc<Channel>> {
     keyed.into_iter().map(|(_, _, c)| c).collect()
 }
 
-fn json_table(table: &toml::Table) -> serde_json::Map<String, Value> {
-    match serde_json::to_value(table) {
-        Ok(Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    }
-}
-
 fn channel(cfg: &ChannelConfig, provider: Arc<dyn Provider>, deadline: Duration) -> Channel {
     Channel {
         name: cfg.name.clone(),
@@ -273,8 +266,8 @@ fn channel(cfg: &ChannelConfig, provider: Arc<dyn Provider>, deadline: Duration)
         client_keys: cfg.client_keys,
         wake: Notify::new(),
         healthy: AtomicBool::new(true),
-        defaults: json_table(&cfg.defaults),
-        overrides: json_table(&cfg.overrides),
+        defaults: cfg.defaults.clone(),
+        overrides: cfg.overrides.clone(),
         breaker: Breaker::new(cfg.breaker),
     }
 }
