@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    channels::{RouteError, Router},
+    channels::{ChannelSet, RouteError},
     config::{Config, Secret},
     db::{Db, Enqueued, Finish, Transition},
     error::{ApiError, ApiResult, Code},
@@ -109,7 +109,7 @@ pub struct Gateway {
     pub db: Db,
     pub storage: Storage,
     pub bus: Arc<EventBus>,
-    pub router: Router,
+    pub channels: ChannelSet,
     pub metrics: Arc<Metrics>,
     /// Jobs running in this process, so ending a task stops its run at once.
     pub runs: Runs,
@@ -237,7 +237,7 @@ impl Runs {
 }
 
 impl Gateway {
-    pub fn new(config: Arc<Config>, db: Db, storage: Storage, router: Router, metrics: Arc<Metrics>) -> Self {
+    pub fn new(config: Arc<Config>, db: Db, storage: Storage, channels: ChannelSet, metrics: Arc<Metrics>) -> Self {
         let public_url = config.public_url();
         let decodes = DecodeBudget::new(config.upload.decode_memory);
         Self {
@@ -245,7 +245,7 @@ impl Gateway {
             db,
             storage,
             bus: EventBus::new(),
-            router,
+            channels,
             metrics,
             runs: Runs::default(),
             decodes,
@@ -439,7 +439,8 @@ impl Gateway {
             None if !takes_image => return Err(ApiError::new(Code::MissingInput)),
             None => None,
         };
-        let (model, mut channels) = self.router.candidates(sub.model.as_deref(), kind).map_err(route_error)?;
+        let (model, mut channels) =
+            self.channels.current().candidates(sub.model.as_deref(), kind).map_err(route_error)?;
         let client_secret = match &sub.client_key {
             None => None,
             Some(key) => {
@@ -522,13 +523,13 @@ impl Gateway {
     }
 
     fn kind_of(&self, sub: &Submission, takes_image: bool) -> ApiResult<TaskKind> {
-        let model_kind = sub.model.as_deref().and_then(|m| self.router.kind_of(m));
+        let model_kind = sub.model.as_deref().and_then(|m| self.channels.current().kind_of(m));
         let kind = match (sub.kind, takes_image) {
             (Some(kind), _) => kind,
             (None, true) => TaskKind::ImageTo3d,
             (None, false) => match model_kind {
                 Some(kind) => kind,
-                None if self.router.default_model(TaskKind::TextTo3d).is_some() => TaskKind::TextTo3d,
+                None if self.channels.current().default_model(TaskKind::TextTo3d).is_some() => TaskKind::TextTo3d,
                 None => TaskKind::TextToImage,
             },
         };
@@ -574,7 +575,7 @@ impl Gateway {
             self.bus.publish(events);
             self.runs.interrupt(id);
             self.metrics.task_finished(task);
-            if let Some(channel) = self.router.channel(&task.channel) {
+            if let Some(channel) = self.channels.current().channel(&task.channel) {
                 channel.wake.notify_one();
             }
             match &finish {

@@ -53,7 +53,7 @@ struct Catalog {
 #[utoipa::path(get, path = "/api/v1/catalog", tag = "catalog",
     responses((status = 200, description = "The catalog", body = Catalog)))]
 async fn catalog(State(state): State<AppState>) -> ApiResult<Json<Catalog>> {
-    let router = &state.gateway.router;
+    let router = state.gateway.channels.current();
     let loads = state.gateway.db.channel_loads().await?;
     let mut models: Vec<ModelView> = Vec::new();
     for channel in router.channels() {

@@ -600,7 +600,7 @@ async fn create_image(State(state): State<AppState>, request: Request) -> Result
     let ImageRequest { submission, format } = read_request(&body, &headers)?;
     // An unknown model is 404 before anything else is judged, as OpenAI answers it.
     if let Some(model) = &submission.model
-        && gateway.router.kind_of(model).is_none()
+        && gateway.channels.current().kind_of(model).is_none()
     {
         return Err(ApiError::with_message(
             Code::UnknownModel,
@@ -644,7 +644,8 @@ enum Waited {
 /// time kiln has ended it.
 async fn wait(state: &AppState, task: &Task) -> Waited {
     let gateway = &state.gateway;
-    let deadline = gateway.router.channel(&task.channel).map_or(gateway.config.tasks.deadline, |c| c.deadline);
+    let deadline =
+        gateway.channels.current().channel(&task.channel).map_or(gateway.config.tasks.deadline, |c| c.deadline);
     let began = tokio::time::Instant::now();
     let mut until = began + deadline + if task.status == TaskStatus::Running { SLACK } else { Duration::ZERO };
     let mut running = task.status == TaskStatus::Running;
@@ -802,7 +803,7 @@ fn model(id: &str) -> OpenAiModel {
 /// The image models, once each, in configuration order.
 fn image_models(gateway: &Gateway) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
-    for channel in gateway.router.channels() {
+    for channel in gateway.channels.current().channels() {
         for spec in channel.models.iter().filter(|m| m.kind == TaskKind::TextToImage) {
             if !names.contains(&spec.name) {
                 names.push(spec.name.clone());

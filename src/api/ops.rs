@@ -53,7 +53,8 @@ async fn ready(State(state): State<AppState>) -> Response {
     let serving = state.readiness.serving();
     let db = gateway.db.ping().await;
     let storage = gateway.storage.check_writable().await;
-    let usable = gateway.router.channels().iter().filter(|c| c.usable()).count();
+    let router = gateway.channels.current();
+    let usable = router.channels().iter().filter(|c| c.usable()).count();
     let checks = vec![
         Check {
             name: "lifecycle",
@@ -66,7 +67,7 @@ async fn ready(State(state): State<AppState>) -> Response {
         Check {
             name: "channels",
             ok: usable > 0,
-            detail: Some(format!("{usable} of {} usable", gateway.router.channels().len())),
+            detail: Some(format!("{usable} of {} usable", router.channels().len())),
         },
     ];
     let ok = checks.iter().all(|c| c.ok);
@@ -82,7 +83,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let gateway = &state.gateway;
     let counts = gateway.db.count_by_status().await.unwrap_or_default();
     let loads = gateway.db.channel_loads().await.unwrap_or_default();
-    let channels: Vec<String> = gateway.router.channels().iter().map(|c| c.name.clone()).collect();
+    let channels: Vec<String> = gateway.channels.current().channels().iter().map(|c| c.name.clone()).collect();
     let body = gateway.metrics.render(&counts, &loads, &channels);
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }

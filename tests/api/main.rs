@@ -7,6 +7,7 @@ mod helpers;
 mod provider;
 mod repo;
 
+mod channels;
 mod cli;
 mod cloud_modelscope;
 mod cloud_tripo;
