@@ -5,6 +5,7 @@
 //! Every status change is written together with its event in one transaction, and the
 //! caller publishes the returned events only after that transaction committed.
 
+pub mod channels;
 mod sqlite;
 
 use std::{sync::Arc, time::Duration};
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
+pub use channels::{ChannelRepo, Destination, Rehome, RehomeRoute, Rehomed};
 pub use sqlite::SqliteDatabase;
 
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +241,7 @@ pub trait MessageRepo: Send + Sync {
 
 /// The whole database.
 #[async_trait]
-pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo {
+pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo + ChannelRepo {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    channels::{ChannelSet, RouteError},
+    channels::{ChannelSet, RouteError, rehome},
     config::{Config, Secret},
     db::{Db, Enqueued, Finish, Transition},
     error::{ApiError, ApiResult, Code},
@@ -506,6 +506,14 @@ impl Gateway {
                     channel.wake.notify_one();
                     self.metrics.task_created(&channel.name);
                     tracing::info!(task_id = %task.id, model = %task.model, channel = %task.channel, "task queued");
+                    // Routed before an edit took the channel away: the edit has moved its
+                    // waiting tasks already, so this one is moved (or failed) as they were.
+                    let now = self.channels.current();
+                    if now.channel(&channel.name).is_none_or(|c| !Arc::ptr_eq(c, channel))
+                        && let Err(err) = rehome::rehome(&now, &self.db, &self.bus, &self.metrics, &channel.name).await
+                    {
+                        tracing::error!(task_id = %task.id, error = %err, "cannot move a task off a deleted channel");
+                    }
                     let position = event.data["position"].as_u64().and_then(|p| u32::try_from(p).ok());
                     return Ok(Submitted { task, replayed: false, position });
                 }

@@ -181,3 +181,61 @@ async fn a_channel_added_while_running_takes_tasks_and_a_disabled_one_takes_none
     assert_eq!(status, 202);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_channels_waiting_tasks_move_to_another_serving_their_model_or_fail_channel_deleted() {
+    let busy = "[[channels]]\nname = \"busy\"\ntype = \"echo\"\nmax_concurrency = 1\nmax_queue = 10\n\
+                models = [{ name = \"echo\", kind = \"image_to_3d\" }, { name = \"solo\", kind = \"image_to_3d\" }]\n";
+    let spare = "[[channels]]\nname = \"spare\"\ntype = \"echo\"\npriority = -1\nmax_concurrency = 1\nmax_queue = 1\n\
+                 models = [{ name = \"echo\", kind = \"image_to_3d\" }]\n";
+    let app = TestApp::spawn_with(&format!("{busy}{spare}")).await;
+    let slow = r#"{"steps": 10, "step_ms": 100}"#;
+    let running = app.submit_image(&[("params", slow)]).await;
+    let running = running["id"].as_str().expect("id").to_owned();
+    app.wait_task(&running, "running", |t| t["status"] == "running").await;
+    let mut waiting = Vec::new();
+    for model in ["echo", "echo", "echo", "solo"] {
+        let task = app.submit_image(&[("model", model), ("params", slow)]).await;
+        assert_eq!(task["channel"], "busy");
+        waiting.push(task["id"].as_str().expect("id").to_owned());
+    }
+
+    let keep: Vec<ChannelSpec> =
+        app.gateway.channels.file_specs().into_iter().filter(|s| s.config.name != "busy").collect();
+    let changes = app.gateway.channels.apply(keep).expect("applied");
+    assert_eq!(changes.removed, ["busy"]);
+    let now = app.gateway.channels.current();
+    let gw = &app.gateway;
+    let settled = kiln::channels::rehome::settle(&now, &gw.db, &gw.bus, &gw.metrics, &changes).await.expect("settled");
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].1.moved.len(), 2, "as many as `spare` has room for (1 + 1)");
+
+    for id in &waiting[..2] {
+        let (_, task) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+        assert_eq!(task["channel"], "spare", "{task}");
+        let events = app.events(id, None, 20).await;
+        assert!(
+            events.iter().filter(|(_, kind, _)| kind == "queued").count() >= 2,
+            "a queued event tells its new place: {events:?}"
+        );
+        assert_eq!(events.last().map(|e| e.1.as_str()), Some("completed"), "and it runs there: {events:?}");
+    }
+    let no_room = app.wait_terminal(&waiting[2]).await;
+    assert_eq!(
+        (no_room["status"].as_str(), no_room["error"]["code"].as_str()),
+        (Some("failed"), Some("channel_deleted"))
+    );
+    assert!(no_room["error"]["message"].as_str().is_some_and(|m| m.contains("had room")), "{no_room}");
+    let nobody = app.wait_terminal(&waiting[3]).await;
+    assert_eq!(nobody["error"]["code"], "channel_deleted");
+    assert!(
+        nobody["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`busy` was deleted") && m.contains("no other enabled channel serves `solo`")),
+        "{nobody}"
+    );
+    let done = app.wait_terminal(&running).await;
+    assert_eq!(done["status"], "succeeded", "the running task ends where it started: {done}");
+    assert_eq!(done["channel"], "busy");
+    app.stop().await;
+}
