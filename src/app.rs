@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, AppState, Readiness},
-    channels::ChannelSet,
+    channels::{ChannelSet, stored},
     config::{Config, ConfigErrors},
     db,
     gateway::Gateway,
@@ -81,6 +81,9 @@ impl Application {
         }
         journal::sweep_spool(&config.server.data_dir.join("tmp"), leftover_age);
         let gateway = Arc::new(Gateway::new(Arc::new(config), db, storage, channels, Arc::new(Metrics::new())));
+        stored::load(&gateway.channels, &gateway.db, || gateway.sealer().ok())
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("cannot read the stored channels"))?;
         let scheduler = Scheduler::new(Arc::clone(&gateway));
         let state = AppState {
             gateway,

@@ -7,6 +7,7 @@
 
 pub mod rehome;
 pub mod set;
+pub mod stored;
 
 use std::{
     collections::{BTreeMap, HashMap},

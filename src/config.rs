@@ -17,7 +17,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 
 pub use secret::Secret;
-pub use validate::{ConfigErrors, parse_time_of_day as validate_time_of_day};
+pub use validate::{ConfigErrors, check_channel, parse_time_of_day as validate_time_of_day};
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -605,6 +605,21 @@ mod tests {
         assert_eq!(ChannelConfig { secret: None, ..back }, without_secret, "all else survives the round trip");
         assert_eq!(without_secret.deadline, Some(Duration::from_secs(300)));
         assert_eq!(without_secret.breaker, BreakerConfig { failures: 5, cooldown: Duration::from_secs(60) });
+    }
+
+    #[test]
+    fn a_channels_rules_report_under_the_keys_the_caller_gives() {
+        let channel: ChannelConfig = toml::from_str(
+            "name = \" \"\ntype = \"x\"\nmax_concurrency = 0\nmodels = [{ name = \"m\", kind = \"video\" }]\n",
+        )
+        .expect("channel");
+        let mut bare = ConfigErrors::default();
+        check_channel(&channel, &|field| field.to_owned(), &mut bare);
+        let keys: Vec<&str> = bare.problems().iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["name", "max_concurrency", "models[0].kind"]);
+        let mut prefixed = ConfigErrors::default();
+        check_channel(&channel, &|field| format!("channels[3].{field}"), &mut prefixed);
+        assert_eq!(prefixed.problems()[2].0, "channels[3].models[0].kind");
     }
 
     #[test]

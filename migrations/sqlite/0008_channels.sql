@@ -14,3 +14,16 @@ CREATE TRIGGER tasks_count_move AFTER UPDATE OF channel ON tasks WHEN OLD.channe
         queued = queued + (NEW.status = 'queued'),
         running = running + (NEW.status = 'running');
 END;
+
+-- Channels stored by the admin API, beside the configuration file's. `config` is the
+-- channel's configuration as JSON (kiln's ChannelConfig) without its secret; `secret`
+-- is the secret sealed with the server's sealing key (crate::sealing), never in the
+-- clear. Ids are UUIDv7, so id order is creation order.
+CREATE TABLE channels (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL UNIQUE,
+    config     TEXT NOT NULL,
+    secret     TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);

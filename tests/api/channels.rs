@@ -239,3 +239,31 @@ async fn a_deleted_channels_waiting_tasks_move_to_another_serving_their_model_or
     assert_eq!(done["channel"], "busy");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_restart_loads_the_stored_channels_with_their_secrets_and_the_file_keeps_its_names() {
+    let app = TestApp::spawn().await;
+    let stored: ChannelConfig = toml::from_str(
+        "name = \"kept\"\ntype = \"echo\"\nsecret = \"only-in-the-sealed-column\"\n\
+         models = [{ name = \"kept-model\", kind = \"image_to_3d\" }]\n",
+    )
+    .expect("channel");
+    let sealed = app.gateway.sealer().expect("sealer").seal(stored.secret.as_ref().expect("secret")).expect("sealed");
+    let created = app.gateway.db.create_channel(&stored, Some(&sealed)).await.expect("stored");
+    let kiln::db::Stored::Done(created) = created else { panic!("created") };
+    let shadowed = ChannelConfig { name: "echo".into(), ..stored.clone() };
+    assert!(matches!(app.gateway.db.create_channel(&shadowed, None).await.expect("stored"), kiln::db::Stored::Done(_)));
+    assert!(app.gateway.channels.current().channel("kept").is_none(), "stored, not yet loaded");
+    let dir = app.stop_keeping_dir().await;
+
+    let app = TestApp::spawn_in(dir, "", TASKS, crate::helpers::ECHO_CHANNEL, &crate::provider::registry()).await;
+    let router = app.gateway.channels.current();
+    let kept = router.channel("kept").expect("loaded at start-up");
+    assert_eq!(kept.origin, Origin::Database(created.id));
+    assert_eq!(kept.config().secret.as_ref().map(|s| s.expose()), Some("only-in-the-sealed-column"));
+    assert_eq!(router.channel("echo").expect("echo").origin, Origin::File, "the file's channel keeps its name");
+    let task = app.submit_image(&[("model", "kept-model")]).await;
+    assert_eq!(task["channel"], "kept");
+    assert_eq!(app.wait_terminal(task["id"].as_str().expect("id")).await["status"], "succeeded");
+    app.stop().await;
+}

@@ -3,13 +3,38 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::Row;
+use sqlx::{Row, sqlite::SqliteRow};
+use uuid::Uuid;
 
-use super::{SqliteDatabase, announce_positions, begin, finish_in, task_from_row};
-use crate::db::{
-    DbResult,
-    channels::{ChannelRepo, Rehome, RehomeRoute, Rehomed},
+use super::{SqliteDatabase, announce_positions, begin, finish_in, now_ms, parse_uuid, task_from_row, to_time};
+use crate::{
+    config::ChannelConfig,
+    db::{
+        DbError, DbResult,
+        channels::{ChannelRepo, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel},
+    },
 };
+
+fn channel_from_row(row: &SqliteRow) -> DbResult<StoredChannel> {
+    let id: String = row.try_get("id")?;
+    let config: String = row.try_get("config")?;
+    let config: ChannelConfig = serde_json::from_str(&config)
+        .map_err(|e| DbError::Corrupt(format!("channel {id}: unreadable configuration ({e})")))?;
+    Ok(StoredChannel {
+        id: parse_uuid(&id)?,
+        config: ChannelConfig { secret: None, ..config },
+        sealed_secret: row.try_get("secret")?,
+        created_at: to_time(row.try_get("created_at")?),
+        updated_at: to_time(row.try_get("updated_at")?),
+    })
+}
+
+/// The configuration as stored: JSON, without the secret (which only goes sealed into
+/// its own column), whatever the caller left in it.
+fn config_json(config: &ChannelConfig) -> DbResult<String> {
+    serde_json::to_string(&ChannelConfig { secret: None, ..config.clone() })
+        .map_err(|e| DbError::Corrupt(format!("channel `{}`: configuration not storable ({e})", config.name)))
+}
 
 /// Re-announce every changed place: a queue is bounded by its channel's capacity, and a
 /// move is rare, so every client whose place changed hears of it.
@@ -17,6 +42,75 @@ const WHOLE_QUEUE: u32 = u32::MAX;
 
 #[async_trait]
 impl ChannelRepo for SqliteDatabase {
+    async fn list_channels(&self) -> DbResult<Vec<StoredChannel>> {
+        let rows = sqlx::query("SELECT * FROM channels ORDER BY id").fetch_all(&self.reader).await?;
+        rows.iter().map(channel_from_row).collect()
+    }
+
+    async fn get_channel(&self, id: Uuid) -> DbResult<Option<StoredChannel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn create_channel(&self, config: &ChannelConfig, sealed_secret: Option<&str>) -> DbResult<Stored> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO channels (id, name, config, secret, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+             ON CONFLICT (name) DO NOTHING RETURNING *",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&config.name)
+        .bind(config_json(config)?)
+        .bind(sealed_secret)
+        .bind(now)
+        .fetch_optional(&self.writer)
+        .await?;
+        match row {
+            Some(row) => Ok(Stored::Done(Box::new(channel_from_row(&row)?))),
+            None => Ok(Stored::NameTaken),
+        }
+    }
+
+    async fn update_channel(&self, id: Uuid, config: &ChannelConfig, sealed_secret: Option<&str>) -> DbResult<Stored> {
+        let mut tx = begin(&self.writer).await?;
+        let holders: Vec<String> = sqlx::query_scalar("SELECT id FROM channels WHERE id = ?1 OR name = ?2")
+            .bind(id.to_string())
+            .bind(&config.name)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !holders.contains(&id.to_string()) {
+            return Ok(Stored::NotFound);
+        }
+        if holders.len() > 1 {
+            return Ok(Stored::NameTaken);
+        }
+        let row = sqlx::query(
+            "UPDATE channels SET name = ?1, config = ?2, secret = ?3, updated_at = ?4 WHERE id = ?5 RETURNING *",
+        )
+        .bind(&config.name)
+        .bind(config_json(config)?)
+        .bind(sealed_secret)
+        .bind(now_ms())
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(Stored::NotFound) };
+        let stored = channel_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Stored::Done(Box::new(stored)))
+    }
+
+    async fn delete_channel(&self, id: Uuid) -> DbResult<Option<StoredChannel>> {
+        let row = sqlx::query("DELETE FROM channels WHERE id = ?1 RETURNING *")
+            .bind(id.to_string())
+            .fetch_optional(&self.writer)
+            .await?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
     async fn rehome_queued(&self, channel: &str, route: &RehomeRoute<'_>) -> DbResult<Rehomed> {
         let mut tx = begin(&self.writer).await?;
         let rows = sqlx::query(
@@ -136,6 +230,41 @@ mod tests {
 
     fn failed() -> Finish {
         Finish::Failed { code: "channel_deleted".into(), message: "gone".into() }
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_stored_as_json_with_its_secret_only_sealed_and_its_name_unique() {
+        let (db, _dir) = db().await;
+        let text = "name = \"t\"\ntype = \"tripo\"\nsecret = \"tsk_plain_secret\"\ndeadline = \"5m\"\n\
+                    models = [{ name = \"m\", kind = \"text_to_3d\" }]\n[options]\nregion = \"cn\"\n";
+        let config: ChannelConfig = toml::from_str(text).expect("channel");
+        let Stored::Done(created) = db.create_channel(&config, Some("v1:sealed")).await.expect("create") else {
+            panic!("created")
+        };
+        assert_eq!(created.id.get_version_num(), 7);
+        assert_eq!(created.config, ChannelConfig { secret: None, ..config.clone() });
+        assert_eq!(created.sealed_secret.as_deref(), Some("v1:sealed"));
+        let raw: String = sqlx::query_scalar("SELECT config FROM channels").fetch_one(&db.reader).await.expect("raw");
+        assert!(!raw.contains("tsk_plain_secret") && !raw.contains("****"), "no secret, not even masked: {raw}");
+        assert!(matches!(db.create_channel(&config, None).await.expect("again"), Stored::NameTaken));
+
+        let other = ChannelConfig { name: "u".into(), ..config.clone() };
+        let Stored::Done(second) = db.create_channel(&other, None).await.expect("create") else { panic!("created") };
+        let listed: Vec<String> = db.list_channels().await.expect("list").into_iter().map(|c| c.config.name).collect();
+        assert_eq!(listed, ["t", "u"], "oldest first");
+        let renamed = ChannelConfig { name: "t".into(), ..other.clone() };
+        assert!(matches!(db.update_channel(second.id, &renamed, None).await.expect("update"), Stored::NameTaken));
+        let edited = ChannelConfig { max_queue: 42, ..other };
+        let Stored::Done(updated) = db.update_channel(second.id, &edited, Some("v1:new")).await.expect("update") else {
+            panic!("updated")
+        };
+        assert_eq!((updated.config.max_queue, updated.sealed_secret.as_deref()), (42, Some("v1:new")));
+        assert!(updated.updated_at >= updated.created_at);
+        assert!(matches!(db.update_channel(Uuid::now_v7(), &edited, None).await.expect("update"), Stored::NotFound));
+        assert_eq!(db.get_channel(second.id).await.expect("get").map(|c| c.config.max_queue), Some(42));
+        assert_eq!(db.delete_channel(second.id).await.expect("delete").map(|c| c.id), Some(second.id));
+        assert!(db.get_channel(second.id).await.expect("get").is_none());
+        assert!(db.delete_channel(second.id).await.expect("delete").is_none());
     }
 
     #[tokio::test]
