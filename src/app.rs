@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, AppState, Readiness},
-    channels::Router,
+    channels::{ChannelSet, stored},
     config::{Config, ConfigErrors},
     db,
     gateway::Gateway,
@@ -35,12 +35,15 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     limits: server::Limits,
+    /// Stops every dispatcher (each channel's token is its child) and the background work.
+    dispatch_stop: CancellationToken,
 }
 
 impl Application {
     /// Opens the database and storage, builds the channels, and binds the listener.
     pub async fn build(mut config: Config, registry: &Registry) -> Result<Self, StartupError> {
-        let router = Router::build(&config, registry)?;
+        let dispatch_stop = CancellationToken::new();
+        let channels = ChannelSet::from_config(&config, registry.clone(), dispatch_stop.clone())?;
         let open_files = server::raise_open_files_limit();
         let cap = server::connection_cap(config.server.max_connections, open_files);
         if cap < config.server.max_connections as usize {
@@ -88,7 +91,10 @@ impl Application {
             tracing::warn!(error = format!("{err:#}"), "cannot remove files left by an interrupted write");
         }
         journal::sweep_spool(&config.server.data_dir.join("tmp"), leftover_age);
-        let gateway = Arc::new(Gateway::new(Arc::new(config), db, storage, router, Arc::new(Metrics::new()))?);
+        let gateway = Arc::new(Gateway::new(Arc::new(config), db, storage, channels, Arc::new(Metrics::new()))?);
+        stored::load(gateway.channels(), gateway.db(), || gateway.sealer().ok())
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("cannot read the stored channels"))?;
         let scheduler = Scheduler::new(Arc::clone(&gateway));
         let state = AppState {
             gateway,
@@ -96,7 +102,7 @@ impl Application {
             readiness: Arc::new(Readiness::default()),
             shutdown: CancellationToken::new(),
         };
-        Ok(Self { listener, state, limits })
+        Ok(Self { listener, state, limits, dispatch_stop })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -115,13 +121,12 @@ impl Application {
     /// Serves until the shutdown token fires (or SIGINT/SIGTERM, when `signals`), then
     /// drains within the grace period.
     pub async fn run_until_stopped(self, signals: bool) -> anyhow::Result<()> {
-        let Self { listener, state, limits } = self;
+        let Self { listener, state, limits, dispatch_stop } = self;
         let shutdown = state.shutdown.clone();
         if signals {
             tokio::spawn(listen_for_signals(shutdown.clone()));
         }
         let config = Arc::clone(state.gateway.config());
-        let dispatch_stop = CancellationToken::new();
         let background = state.scheduler.start(dispatch_stop.clone());
         let retention = tokio::spawn(retention::run_daily(Arc::clone(&state.gateway), dispatch_stop.clone()));
         let app = api::router(state.clone());

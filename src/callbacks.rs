@@ -12,6 +12,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use crate::{
+    channels::Router,
     db::{Finish, Transition},
     error::{ApiError, ApiResult, Code},
     gateway::{Gateway, NewOutput, OutputBody, Recorded},
@@ -43,9 +44,11 @@ impl CallbackCheck {
     pub fn start(gateway: &Gateway, task: Option<&Task>, headers: &HeaderMap) -> ApiResult<Self> {
         let now = webhooks::now_secs();
         webhooks::check_fresh(headers, now).map_err(refused)?;
-        let own_key = task.and_then(|t| channel_key(gateway, &t.channel));
+        // One view of the channels for the whole check, however they change meanwhile.
+        let router = gateway.channels().current();
+        let own_key = task.and_then(|t| channel_key(&router, &t.channel));
         let mut others = Vec::new();
-        for channel in gateway.router().channels() {
+        for channel in router.channels() {
             if let Some(key) = WorkerProvider::key_of(channel.provider.as_ref())
                 && task.is_none_or(|t| t.channel != channel.name)
             {
@@ -85,8 +88,8 @@ impl CallbackCheck {
     }
 }
 
-fn channel_key<'a>(gateway: &'a Gateway, channel: &str) -> Option<&'a SigningKey> {
-    gateway.router().channel(channel).and_then(|c| WorkerProvider::key_of(c.provider.as_ref()))
+fn channel_key<'a>(router: &'a Router, channel: &str) -> Option<&'a SigningKey> {
+    router.channel(channel).and_then(|c| WorkerProvider::key_of(c.provider.as_ref()))
 }
 
 /// Forgets message ids too old to be accepted again anyway.

@@ -1,9 +1,16 @@
 //! Channels (configured provider instances) and the router that picks one for a task:
 //! higher priority first, weighted spread among equals, spill-over to the next when one
 //! is full, and a circuit breaker that rests a channel whose submissions keep failing.
+//!
+//! A [`Router`] never changes; the live set of channels ([`set::ChannelSet`]) swaps in a
+//! new one when channels are added, edited or removed while kiln runs.
+
+pub mod rehome;
+pub mod set;
+pub mod stored;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -13,12 +20,42 @@ use std::{
 
 use serde_json::Value;
 use tokio::sync::Notify;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uuid::Uuid;
 
 use crate::{
-    config::{BreakerConfig, ChannelConfig, Config, ConfigErrors},
-    providers::{Provider, Registry},
+    config::{BreakerConfig, ChannelConfig},
+    providers::Provider,
     tasks::TaskKind,
 };
+
+pub use set::{Changes, ChannelSet, ChannelSpec};
+
+/// Where a channel is defined: the configuration file (read-only while kiln runs) or the
+/// database (edited through the admin API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    File,
+    Database(Uuid),
+}
+
+impl Origin {
+    /// `file` or `database`, as the admin API shows it.
+    pub fn source(self) -> &'static str {
+        match self {
+            Origin::File => "file",
+            Origin::Database(_) => "database",
+        }
+    }
+
+    /// The stored channel's id.
+    pub fn id(self) -> Option<Uuid> {
+        match self {
+            Origin::File => None,
+            Origin::Database(id) => Some(id),
+        }
+    }
+}
 
 /// A model a channel serves.
 #[derive(Debug, Clone)]
@@ -50,9 +87,102 @@ pub struct Channel {
     defaults: serde_json::Map<String, Value>,
     overrides: serde_json::Map<String, Value>,
     pub breaker: Breaker,
+    pub origin: Origin,
+    /// The configuration it was built from, to tell an edit from no change.
+    config: ChannelConfig,
+    /// Fires when the channel leaves the set (removed, replaced by an edit, disabled)
+    /// or kiln stops dispatching: its dispatcher stops claiming.
+    stop: CancellationToken,
+    /// Fires when the channel has stopped and the jobs it was running here have ended,
+    /// or kiln stops dispatching: its provider's background work ends.
+    background: CancellationToken,
+    /// Jobs running on this channel's provider in this process.
+    jobs: TaskTracker,
 }
 
 impl Channel {
+    /// A channel around its built provider. `deadline` applies when the configuration
+    /// sets none; `parent` is the dispatch stop token, the parent of the channel's own.
+    pub fn new(
+        cfg: &ChannelConfig,
+        origin: Origin,
+        provider: Arc<dyn Provider>,
+        deadline: Duration,
+        parent: &CancellationToken,
+    ) -> Self {
+        Channel {
+            name: cfg.name.clone(),
+            provider_type: cfg.provider.clone(),
+            provider,
+            models: cfg
+                .models
+                .iter()
+                .filter_map(|m| {
+                    Some(ModelSpec {
+                        name: m.name.clone(),
+                        kind: TaskKind::parse(&m.kind)?,
+                        upstream: m.upstream.clone().unwrap_or_else(|| m.name.clone()),
+                        description: m.description.clone(),
+                    })
+                })
+                .collect(),
+            max_concurrency: cfg.max_concurrency.max(1),
+            max_queue: cfg.max_queue,
+            priority: cfg.priority,
+            weight: cfg.weight,
+            deadline: cfg.deadline.unwrap_or(deadline),
+            enabled: cfg.enabled,
+            client_keys: cfg.client_keys,
+            wake: Notify::new(),
+            healthy: AtomicBool::new(true),
+            defaults: cfg.defaults.clone(),
+            overrides: cfg.overrides.clone(),
+            breaker: Breaker::new(cfg.breaker),
+            origin,
+            config: cfg.clone(),
+            stop: parent.child_token(),
+            background: parent.child_token(),
+            jobs: TaskTracker::new(),
+        }
+    }
+
+    /// The configuration the channel was built from (its secret included: never
+    /// serialize it for display without masking).
+    pub fn config(&self) -> &ChannelConfig {
+        &self.config
+    }
+
+    /// Whether this channel is what `origin` and `config` describe, so an edit that
+    /// changed nothing keeps it (and its provider, breaker and running jobs).
+    pub fn is(&self, origin: Origin, config: &ChannelConfig) -> bool {
+        self.origin == origin && &self.config == config && !self.is_retired()
+    }
+
+    /// Takes the channel out of service: its dispatcher stops claiming. Jobs it is
+    /// running go on to their end on its provider.
+    pub fn retire(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.stop.is_cancelled()
+    }
+
+    /// Fires when the channel's dispatcher must stop claiming.
+    pub fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    /// Fires when the provider's background work (health probes, pollers) must end.
+    pub fn background(&self) -> &CancellationToken {
+        &self.background
+    }
+
+    /// Jobs running on this channel's provider in this process.
+    pub fn jobs(&self) -> &TaskTracker {
+        &self.jobs
+    }
+
     /// Tasks that may be queued or running at once.
     pub fn capacity(&self) -> u32 {
         self.max_concurrency.saturating_add(self.max_queue)
@@ -143,43 +273,22 @@ pub struct Router {
 }
 
 impl Router {
-    /// Builds every configured channel through the registry; unknown provider types and
-    /// provider set-up failures are reported like any other configuration problem.
-    pub fn build(config: &Config, registry: &Registry) -> Result<Self, ConfigErrors> {
-        let mut problems = ConfigErrors::default();
-        let mut channels = Vec::new();
-        for (i, cfg) in config.channels.iter().enumerate() {
-            match registry.build(cfg) {
-                None => problems.push(
-                    format!("channels[{i}].type"),
-                    format!(
-                        "unknown provider type `{}` (known: {})",
-                        cfg.provider,
-                        registry.names().collect::<Vec<_>>().join(", ")
-                    ),
-                ),
-                Some(Err(err)) => problems.push(format!("channels[{i}].options"), format!("{err:#}")),
-                Some(Ok(provider)) => {
-                    channels.push(Arc::new(channel(cfg, provider, cfg.deadline.unwrap_or(config.tasks.deadline))))
-                }
-            }
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
+    /// The router over these channels. `default_models` (kind → model, as
+    /// `tasks.default_models`) names a kind's model when a request names none; a kind
+    /// without one uses the first model, in channel order, that serves it.
+    pub fn new(channels: Vec<Arc<Channel>>, default_models: &BTreeMap<String, String>) -> Self {
         let mut defaults = HashMap::new();
-        for (kind, model) in &config.tasks.default_models {
+        for (kind, model) in default_models {
             if let Some(kind) = TaskKind::parse(kind) {
                 defaults.insert(kind, model.clone());
             }
         }
-        // A kind without a configured default uses the first model that serves it.
         for ch in &channels {
             for model in &ch.models {
                 defaults.entry(model.kind).or_insert_with(|| model.name.clone());
             }
         }
-        Ok(Self { channels, defaults })
+        Self { channels, defaults }
     }
 
     pub fn channels(&self) -> &[Arc<Channel>] {
@@ -238,43 +347,4 @@ fn weighted_order(mut channels: Vec<Arc<Channel>>) -> Vec<Arc<Channel>> {
         .collect();
     keyed.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.total_cmp(&a.1)));
     keyed.into_iter().map(|(_, _, c)| c).collect()
-}
-
-fn json_table(table: &toml::Table) -> serde_json::Map<String, Value> {
-    match serde_json::to_value(table) {
-        Ok(Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    }
-}
-
-fn channel(cfg: &ChannelConfig, provider: Arc<dyn Provider>, deadline: Duration) -> Channel {
-    Channel {
-        name: cfg.name.clone(),
-        provider_type: cfg.provider.clone(),
-        provider,
-        models: cfg
-            .models
-            .iter()
-            .filter_map(|m| {
-                Some(ModelSpec {
-                    name: m.name.clone(),
-                    kind: TaskKind::parse(&m.kind)?,
-                    upstream: m.upstream.clone().unwrap_or_else(|| m.name.clone()),
-                    description: m.description.clone(),
-                })
-            })
-            .collect(),
-        max_concurrency: cfg.max_concurrency.max(1),
-        max_queue: cfg.max_queue,
-        priority: cfg.priority,
-        weight: cfg.weight,
-        deadline,
-        enabled: cfg.enabled,
-        client_keys: cfg.client_keys,
-        wake: Notify::new(),
-        healthy: AtomicBool::new(true),
-        defaults: json_table(&cfg.defaults),
-        overrides: json_table(&cfg.overrides),
-        breaker: Breaker::new(cfg.breaker),
-    }
 }

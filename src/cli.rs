@@ -130,7 +130,11 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Config(ConfigCommand::Check(args)) => match load(&cli.config, &args.overrides()) {
-            Ok(config) => match crate::channels::Router::build(&config, &Registry::builtin()) {
+            Ok(config) => match crate::channels::ChannelSet::from_config(
+                &config,
+                Registry::builtin(),
+                tokio_util::sync::CancellationToken::new(),
+            ) {
                 Ok(_) => {
                     print!("{}", config.to_masked_toml());
                     eprintln!("configuration is valid");
@@ -205,14 +209,17 @@ pub async fn serve(config: Config, registry: Registry) -> ExitCode {
 async fn cleanup(config: Config, age: Duration) -> anyhow::Result<crate::retention::Swept> {
     let db = crate::db::connect(&config.database_url(), 2).await?;
     let storage = crate::storage::Storage::from_config(&config)?;
-    let router =
-        crate::channels::Router::build(&Config { channels: Vec::new(), ..config.clone() }, &Registry::builtin())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let channels = crate::channels::ChannelSet::from_config(
+        &Config { channels: Vec::new(), ..config.clone() },
+        Registry::builtin(),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
     let gateway = crate::gateway::Gateway::new(
         std::sync::Arc::new(config),
         db,
         storage,
-        router,
+        channels,
         std::sync::Arc::new(crate::metrics::Metrics::new()),
     )?;
     crate::retention::sweep(&gateway, age).await

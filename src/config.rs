@@ -17,7 +17,7 @@ use figment::{
 use serde::{Deserialize, Serialize};
 
 pub use secret::Secret;
-pub use validate::{ConfigErrors, parse_time_of_day as validate_time_of_day};
+pub use validate::{ConfigErrors, check_channel, parse_time_of_day as validate_time_of_day};
 
 /// The whole effective configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,7 +251,7 @@ pub enum LogFormat {
 }
 
 /// One configured provider instance.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// Unique name, used in logs, metrics and the catalog.
@@ -281,11 +281,11 @@ pub struct ChannelConfig {
     #[serde(default, with = "humantime_serde")]
     pub deadline: Option<Duration>,
     /// Parameters filled in when a request leaves them out.
-    #[serde(default)]
-    pub defaults: toml::Table,
+    #[serde(default, deserialize_with = "json_map")]
+    pub defaults: JsonMap,
     /// Parameters forced whatever the request says.
-    #[serde(default)]
-    pub overrides: toml::Table,
+    #[serde(default, deserialize_with = "json_map")]
+    pub overrides: JsonMap,
     /// Whether a client may send its own provider key for a request
     /// (`X-Provider-Key`), used for that task only.
     #[serde(default)]
@@ -298,9 +298,41 @@ pub struct ChannelConfig {
     /// of a cloud provider. Masked wherever the configuration is printed.
     #[serde(default)]
     pub secret: Option<Secret>,
-    /// Provider-specific settings.
-    #[serde(default)]
-    pub options: toml::Table,
+    /// Provider-specific settings, as JSON: the file's TOML tables are read into it, and
+    /// a channel stored in the database keeps them as JSON, so no provider depends on
+    /// the format a channel came from.
+    #[serde(default, deserialize_with = "json_map")]
+    pub options: JsonMap,
+}
+
+/// A channel's `options`, `defaults` and `overrides`: a JSON object.
+pub type JsonMap = serde_json::Map<String, serde_json::Value>;
+
+/// The key under which the `toml` crate hands a date or time to a type that is not its
+/// own `Datetime` (as a one-key table).
+const TOML_DATETIME: &str = "$__toml_private_datetime";
+
+/// Reads a JSON object from any format. TOML's dates and times have no JSON type; they
+/// arrive as the `toml` crate's one-key wrapper and are kept as their text (RFC 3339).
+fn json_map<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<JsonMap, D::Error> {
+    fn plain(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.len() == 1
+                    && let Some(serde_json::Value::String(text)) = map.get(TOML_DATETIME)
+                {
+                    *value = serde_json::Value::String(text.clone());
+                    return;
+                }
+                map.values_mut().for_each(plain);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(plain),
+            _ => {}
+        }
+    }
+    let mut map = JsonMap::deserialize(deserializer)?;
+    map.values_mut().for_each(plain);
+    Ok(map)
 }
 
 fn default_weight() -> u32 {
@@ -308,7 +340,7 @@ fn default_weight() -> u32 {
 }
 
 /// When a channel whose submissions keep failing is rested.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Failures in a row that open the breaker; 0 turns it off.
@@ -323,7 +355,7 @@ impl Default for BreakerConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The name clients ask for.
@@ -364,12 +396,12 @@ impl ChannelConfig {
             priority: 0,
             weight: default_weight(),
             deadline: None,
-            defaults: toml::Table::new(),
-            overrides: toml::Table::new(),
+            defaults: JsonMap::new(),
+            overrides: JsonMap::new(),
             client_keys: false,
             breaker: BreakerConfig::default(),
             secret: None,
-            options: toml::Table::new(),
+            options: JsonMap::new(),
         }
     }
 }
@@ -653,6 +685,60 @@ mod tests {
         let err = Config::load_from(Some(&path), Vec::new(), &Overrides::default()).expect_err("out of range");
         assert!(err.to_string().contains("webhooks.max_age"), "{err}");
         assert!(err.to_string().contains("webhooks.timeout"), "{err}");
+    }
+
+    #[test]
+    fn channel_options_from_toml_are_json_values() {
+        let config = load(Some(
+            "[[channels]]\nname = \"c\"\ntype = \"echo\"\nmodels = [{ name = \"m\", kind = \"image_to_3d\" }]\n\
+             defaults = { steps = 3 }\n\
+             [channels.options]\nbig = 9007199254740993\nnegative = -7\nratio = 0.25\nflag = true\n\
+             at = 2026-03-01T10:00:00Z\nday = 2026-03-01\nlist = [1, \"two\"]\n\
+             nested = { url = \"http://x\", slots = 2 }\n",
+        ));
+        let options = serde_json::Value::Object(config.channels[0].options.clone());
+        assert_eq!(
+            options,
+            serde_json::json!({
+                // Integers stay integers, exactly (beyond f64's 2^53 too).
+                "big": 9007199254740993_i64, "negative": -7, "ratio": 0.25, "flag": true,
+                // TOML's dates and times have no JSON type: they become their text.
+                "at": "2026-03-01T10:00:00Z", "day": "2026-03-01",
+                "list": [1, "two"], "nested": { "url": "http://x", "slots": 2 },
+            })
+        );
+        assert!(options["big"].is_i64() && options["ratio"].is_f64());
+        assert_eq!(serde_json::Value::Object(config.channels[0].defaults.clone()), serde_json::json!({ "steps": 3 }));
+    }
+
+    #[test]
+    fn a_channel_goes_to_json_and_back_without_its_secret() {
+        let text = "name = \"t\"\ntype = \"tripo\"\nsecret = \"tsk_0123456789abcdef\"\ndeadline = \"5m\"\n\
+                    models = [{ name = \"m\", kind = \"text_to_3d\", upstream = \"v3\" }]\n\
+                    breaker = { failures = 5, cooldown = \"1m\" }\n[options]\nregion = \"cn\"\npoll_interval = \"2s\"\n";
+        let channel: ChannelConfig = toml::from_str(text).expect("channel");
+        let json = serde_json::to_string(&channel).expect("to json");
+        assert!(!json.contains("tsk_0123456789abcdef"), "the secret never leaves in the clear: {json}");
+        let back: ChannelConfig = serde_json::from_str(&json).expect("from json");
+        let without_secret = ChannelConfig { secret: None, ..channel.clone() };
+        assert_eq!(ChannelConfig { secret: None, ..back }, without_secret, "all else survives the round trip");
+        assert_eq!(without_secret.deadline, Some(Duration::from_secs(300)));
+        assert_eq!(without_secret.breaker, BreakerConfig { failures: 5, cooldown: Duration::from_secs(60) });
+    }
+
+    #[test]
+    fn a_channels_rules_report_under_the_keys_the_caller_gives() {
+        let channel: ChannelConfig = toml::from_str(
+            "name = \" \"\ntype = \"x\"\nmax_concurrency = 0\nmodels = [{ name = \"m\", kind = \"video\" }]\n",
+        )
+        .expect("channel");
+        let mut bare = ConfigErrors::default();
+        check_channel(&channel, &|field| field.to_owned(), &mut bare);
+        let keys: Vec<&str> = bare.problems().iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["name", "max_concurrency", "models[0].kind"]);
+        let mut prefixed = ConfigErrors::default();
+        check_channel(&channel, &|field| format!("channels[3].{field}"), &mut prefixed);
+        assert_eq!(prefixed.problems()[2].0, "channels[3].models[0].kind");
     }
 
     #[test]

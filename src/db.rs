@@ -6,6 +6,7 @@
 //! caller publishes the returned events only after that transaction committed.
 
 mod accounts;
+pub mod channels;
 mod deliveries;
 mod sqlite;
 mod usage;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
 pub use accounts::*;
+pub use channels::{ChannelRepo, Destination, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel};
 pub use deliveries::{DeliveryRepo, NextStep};
 pub use sqlite::SqliteDatabase;
 pub use usage::{
@@ -273,7 +275,9 @@ pub trait MessageRepo: Send + Sync {
 
 /// The whole database.
 #[async_trait]
-pub trait Database: TaskRepo + FileRepo + JournalRepo + MessageRepo + UsageRepo + AccountRepo + DeliveryRepo {
+pub trait Database:
+    TaskRepo + FileRepo + JournalRepo + MessageRepo + UsageRepo + AccountRepo + DeliveryRepo + ChannelRepo
+{
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).

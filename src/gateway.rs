@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     access::{Caller, Principal, Role},
-    channels::{RouteError, Router},
+    channels::{ChannelSet, RouteError, Router, rehome},
     config::{Config, FileAccess, Secret},
     db::{Billing, Db, Enqueued, Finish, TaskFilter, Transition},
     error::{ApiError, ApiResult, Code},
@@ -120,7 +120,7 @@ pub struct Gateway {
     db: Db,
     storage: Storage,
     bus: Arc<EventBus>,
-    router: Router,
+    channels: ChannelSet,
     metrics: Arc<Metrics>,
     /// Jobs running in this process, so ending a task stops its run at once.
     runs: Runs,
@@ -258,7 +258,7 @@ impl Gateway {
         config: Arc<Config>,
         db: Db,
         storage: Storage,
-        router: Router,
+        channels: ChannelSet,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let public_url = config.public_url();
@@ -281,7 +281,7 @@ impl Gateway {
             db,
             storage,
             bus: EventBus::new(),
-            router,
+            channels,
             metrics,
             runs: Runs::default(),
             decodes,
@@ -305,9 +305,14 @@ impl Gateway {
         &self.decodes
     }
 
-    /// The channels and the models they serve.
-    pub fn router(&self) -> &Router {
-        &self.router
+    /// The channels and the models they serve, as they are now.
+    pub fn router(&self) -> Arc<Router> {
+        self.channels.current()
+    }
+
+    /// The live channel set, for the core's background work and the admin's changes.
+    pub fn channels(&self) -> &ChannelSet {
+        &self.channels
     }
 
     /// The database, for the core's background work (and tests); faces read through
@@ -582,7 +587,7 @@ impl Gateway {
     pub async fn render_metrics(&self) -> String {
         let counts = self.db.count_by_status().await.unwrap_or_default();
         let loads = self.db.channel_loads().await.unwrap_or_default();
-        let channels: Vec<String> = self.router.channels().iter().map(|c| c.name.clone()).collect();
+        let channels: Vec<String> = self.router().channels().iter().map(|c| c.name.clone()).collect();
         self.metrics.render(&counts, &loads, &channels)
     }
 
@@ -603,7 +608,7 @@ impl Gateway {
             None if !takes_image => return Err(ApiError::new(Code::MissingInput)),
             None => None,
         };
-        let (model, mut channels) = self.router.candidates(sub.model.as_deref(), kind).map_err(route_error)?;
+        let (model, mut channels) = self.router().candidates(sub.model.as_deref(), kind).map_err(route_error)?;
         if let Caller::User(Principal { token: Some(token), .. }) = caller
             && let Some(models) = &token.models
             && !models.contains(&model)
@@ -686,6 +691,14 @@ impl Gateway {
                     channel.wake.notify_one();
                     self.metrics.task_created(&channel.name);
                     tracing::info!(task_id = %task.id, model = %task.model, channel = %task.channel, "task queued");
+                    // Routed before an edit took the channel away: the edit has moved its
+                    // waiting tasks already, so this one is moved (or failed) as they were.
+                    let now = self.channels.current();
+                    if now.channel(&channel.name).is_none_or(|c| !Arc::ptr_eq(c, channel))
+                        && let Err(err) = rehome::rehome(&now, &self.db, &self.bus, &self.metrics, &channel.name).await
+                    {
+                        tracing::error!(task_id = %task.id, error = %err, "cannot move a task off a deleted channel");
+                    }
                     let position = event.data["position"].as_u64().and_then(|p| u32::try_from(p).ok());
                     return Ok(Submitted { task, replayed: false, position });
                 }
@@ -742,13 +755,13 @@ impl Gateway {
     }
 
     fn kind_of(&self, sub: &Submission, takes_image: bool) -> ApiResult<TaskKind> {
-        let model_kind = sub.model.as_deref().and_then(|m| self.router.kind_of(m));
+        let model_kind = sub.model.as_deref().and_then(|m| self.channels.current().kind_of(m));
         let kind = match (sub.kind, takes_image) {
             (Some(kind), _) => kind,
             (None, true) => TaskKind::ImageTo3d,
             (None, false) => match model_kind {
                 Some(kind) => kind,
-                None if self.router.default_model(TaskKind::TextTo3d).is_some() => TaskKind::TextTo3d,
+                None if self.channels.current().default_model(TaskKind::TextTo3d).is_some() => TaskKind::TextTo3d,
                 None => TaskKind::TextToImage,
             },
         };
@@ -812,7 +825,7 @@ impl Gateway {
             self.bus.publish(events);
             self.runs.interrupt(id);
             self.metrics.task_finished(task);
-            if let Some(channel) = self.router.channel(&task.channel) {
+            if let Some(channel) = self.channels.current().channel(&task.channel) {
                 channel.wake.notify_one();
             }
             match &finish {

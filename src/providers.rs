@@ -240,7 +240,8 @@ pub trait Provider: Any + Send + Sync {
     }
 
     /// Starts the provider's own background work for its channel (health probes, say),
-    /// once, when the scheduler starts. It must end when `runtime.shutdown()` fires.
+    /// once, when the scheduler starts the channel. It must end when `runtime.shutdown()`
+    /// fires.
     fn start(&self, _runtime: Arc<dyn ChannelRuntime>) {}
 
     /// Whether a job could start now. While false, the channel's dispatcher leaves its
@@ -267,7 +268,8 @@ pub trait ChannelRuntime: Send + Sync {
     fn submission(&self, taken: bool);
     /// Tells the dispatcher that capacity may have appeared.
     fn wake(&self);
-    /// Fires when kiln shuts down.
+    /// Fires when kiln shuts down, or when the channel was removed or replaced and the
+    /// jobs it was running here have ended.
     fn shutdown(&self) -> CancellationToken;
 }
 

@@ -2,8 +2,13 @@
 //! transaction, never held across provider work), runs them on the channel's provider
 //! with at most `max_concurrency` at once, renews the lease while they run, and enforces
 //! deadlines. A task whose lease lapses (its process died) is claimed again.
+//!
+//! A supervisor follows the live channel set: it starts a dispatcher (and the provider's
+//! background work) for each enabled channel that appears, and a channel that leaves the
+//! set stops its own dispatcher through its token. Jobs a retired channel was running go
+//! on to their end on its provider; only then does the provider's background work stop.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -39,28 +44,59 @@ impl Scheduler {
         Arc::new(Self { gateway, owner: format!("kiln-{}", Uuid::new_v4()), tracker: TaskTracker::new() })
     }
 
-    /// Starts a dispatcher per channel and the deadline sweeper. They stop claiming
-    /// when `stop` fires; running jobs go on until [`Scheduler::drain`].
+    /// Starts the supervisor, which starts a dispatcher per enabled channel now and as
+    /// channels appear, and the deadline sweeper. They stop claiming when `stop` (the
+    /// dispatch stop token, parent of every channel's) fires; running jobs go on until
+    /// [`Scheduler::drain`].
     pub fn start(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut handles = Vec::new();
-        for channel in self.gateway.router().channels() {
-            if !channel.enabled {
-                continue;
-            }
-            let runtime = Arc::new(ChannelHandle {
-                gateway: Arc::clone(&self.gateway),
-                channel: Arc::clone(channel),
-                stop: stop.clone(),
-            });
-            channel.provider.start(runtime);
-            let me = Arc::clone(self);
-            let channel = Arc::clone(channel);
-            let stop = stop.clone();
-            handles.push(tokio::spawn(async move { me.dispatch(channel, stop).await }));
-        }
         let me = Arc::clone(self);
-        handles.push(tokio::spawn(async move { me.sweep_deadlines(stop).await }));
-        handles
+        let supervisor = tokio::spawn(me.supervise(stop.clone()));
+        let me = Arc::clone(self);
+        let sweeper = tokio::spawn(async move { me.sweep_deadlines(stop).await });
+        vec![supervisor, sweeper]
+    }
+
+    /// Follows the channel set's feed: each enabled channel not yet started gets its
+    /// dispatcher. A retired channel's dispatcher ends by itself (its token fired).
+    async fn supervise(self: Arc<Self>, stop: CancellationToken) {
+        let mut feed = self.gateway.channels().subscribe();
+        let mut started: HashMap<String, Arc<Channel>> = HashMap::new();
+        loop {
+            let router = Arc::clone(&feed.borrow_and_update());
+            started.retain(|_, channel| !channel.is_retired());
+            for channel in router.channels() {
+                if !channel.enabled || channel.is_retired() {
+                    continue;
+                }
+                if started.get(&channel.name).is_some_and(|running| Arc::ptr_eq(running, channel)) {
+                    continue;
+                }
+                self.start_channel(channel);
+                started.insert(channel.name.clone(), Arc::clone(channel));
+            }
+            tokio::select! {
+                changed = feed.changed() => if changed.is_err() { return },
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Starts a channel's provider background work and its dispatcher.
+    fn start_channel(self: &Arc<Self>, channel: &Arc<Channel>) {
+        let runtime = Arc::new(ChannelHandle { gateway: Arc::clone(&self.gateway), channel: Arc::clone(channel) });
+        channel.provider.start(runtime);
+        let me = Arc::clone(self);
+        let channel = Arc::clone(channel);
+        tokio::spawn(async move {
+            let stop = channel.stopped().clone();
+            Arc::clone(&me).dispatch(Arc::clone(&channel), stop).await;
+            // Jobs already running keep their provider (a cloud job's poller, say) until
+            // they end; then its background work stops.
+            channel.jobs().close();
+            channel.jobs().wait().await;
+            channel.background().cancel();
+            tracing::debug!(channel = %channel.name, "channel stopped");
+        });
     }
 
     async fn dispatch(self: Arc<Self>, channel: Arc<Channel>, stop: CancellationToken) {
@@ -103,11 +139,11 @@ impl Scheduler {
                     Ok(Some(claimed)) => {
                         backoff = Duration::from_millis(100);
                         let me = Arc::clone(&self);
-                        let channel = Arc::clone(&channel);
-                        self.tracker.spawn(async move {
-                            me.run(channel, claimed).await;
+                        let job_channel = Arc::clone(&channel);
+                        self.tracker.spawn(channel.jobs().track_future(async move {
+                            me.run(job_channel, claimed).await;
                             drop(permit);
-                        });
+                        }));
                         break;
                     }
                     Ok(None) => {
@@ -314,7 +350,6 @@ impl Scheduler {
 struct ChannelHandle {
     gateway: Arc<Gateway>,
     channel: Arc<Channel>,
-    stop: CancellationToken,
 }
 
 #[async_trait]
@@ -356,7 +391,7 @@ impl ChannelRuntime for ChannelHandle {
     }
 
     fn shutdown(&self) -> CancellationToken {
-        self.stop.clone()
+        self.channel.background().clone()
     }
 }
 

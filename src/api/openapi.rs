@@ -86,10 +86,11 @@ pub fn finish(doc: utoipa::openapi::OpenApi) -> Value {
     rename_key(&mut doc, CONTENT_SCHEMA, "contentSchema");
     name_form_fields(&mut doc);
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
-        for (_, item) in paths.iter_mut() {
+        for (path, item) in paths.iter_mut() {
             for (method, operation) in item.as_object_mut().into_iter().flatten() {
                 if METHODS.contains(&method.as_str()) {
                     add_common_responses(operation);
+                    add_access_responses(path, method, operation);
                 }
             }
         }
@@ -157,9 +158,43 @@ fn add_common_responses(operation: &mut Value) {
     let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { return };
     common(responses, "500", "Internal error (`internal_error`); the cause is only in the server's log", schema, false);
     if takes_body {
+        common(
+            responses,
+            "400",
+            "The body cannot be read: bad JSON, a missing or unknown field (`malformed_json`)",
+            schema,
+            false,
+        );
+        common(responses, "415", "Not the documented content type (`unsupported_media_type`)", schema, false);
         common(responses, "408", "The request body stalled (`request_timeout`)", schema, false);
         common(responses, "503", "The server is shutting down (`shutting_down`); see Retry-After", schema, true);
     }
+}
+
+/// The answers of the caller layer (`api/caller.rs`): a bad or missing credential (401),
+/// a session's write without its CSRF token or a user on an admin route (403), and a
+/// token over its rate (429), which any route can give a rate-limited token.
+fn add_access_responses(path: &str, method: &str, operation: &mut Value) {
+    if matches!(path, "/health" | "/ready" | "/metrics") {
+        return;
+    }
+    let schema = error_schema(operation);
+    let schema = schema.as_str();
+    let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { return };
+    common(
+        responses,
+        "401",
+        "No credentials where they are needed (`unauthorized`), or an API token that is unknown, revoked or expired \
+         (`invalid_token`)",
+        schema,
+        false,
+    );
+    if path.starts_with("/api/v1/admin/") {
+        common(responses, "403", "Not an admin (`forbidden`)", schema, false);
+    } else if method != "get" {
+        common(responses, "403", "A session's write without its X-CSRF-Token (`csrf_failed`)", schema, false);
+    }
+    common(responses, "429", "The API token is over its request rate (`rate_limited`); see Retry-After", schema, true);
 }
 
 /// Documents `status` unless the operation already does; a 503 gets `Retry-After`

@@ -10,7 +10,7 @@ use figment::{
     value::{Dict, Value},
 };
 
-use super::Config;
+use super::{ChannelConfig, Config};
 
 /// Every problem found in the configuration, each with the key that holds it.
 #[derive(Debug, Default)]
@@ -220,24 +220,9 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     let mut names = std::collections::HashSet::new();
     for (i, channel) in config.channels.iter().enumerate() {
         let key = |field: &str| format!("channels[{i}].{field}");
-        if channel.name.trim().is_empty() {
-            problems.push(key("name"), "must not be empty");
-        } else if !names.insert(channel.name.as_str()) {
+        check_channel(channel, &key, problems);
+        if !channel.name.trim().is_empty() && !names.insert(channel.name.as_str()) {
             problems.push(key("name"), format!("`{}` is used by another channel", channel.name));
-        }
-        if channel.max_concurrency == 0 {
-            problems.push(key("max_concurrency"), "must be at least 1");
-        }
-        if channel.models.is_empty() {
-            problems.push(key("models"), "must list at least one model");
-        }
-        for (j, model) in channel.models.iter().enumerate() {
-            if crate::tasks::TaskKind::parse(&model.kind).is_none() {
-                problems.push(
-                    format!("channels[{i}].models[{j}].kind"),
-                    format!("`{}` is not one of image_to_3d, text_to_3d, text_to_image", model.kind),
-                );
-            }
         }
     }
     for (kind, model) in &config.tasks.default_models {
@@ -257,6 +242,31 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The rules one channel's fields must follow, wherever it is defined (the file, or the
+/// database through the admin API): its name, models, kinds and limits. `key` turns a
+/// field's path (`name`, `models[0].kind`) into the key its problem is reported under.
+/// Whether the name is free, and whether the provider takes the options, are for the
+/// caller, which knows the other channels and the provider types.
+pub fn check_channel(channel: &ChannelConfig, key: &dyn Fn(&str) -> String, problems: &mut ConfigErrors) {
+    if channel.name.trim().is_empty() {
+        problems.push(key("name"), "must not be empty");
+    }
+    if channel.max_concurrency == 0 {
+        problems.push(key("max_concurrency"), "must be at least 1");
+    }
+    if channel.models.is_empty() {
+        problems.push(key("models"), "must list at least one model");
+    }
+    for (j, model) in channel.models.iter().enumerate() {
+        if crate::tasks::TaskKind::parse(&model.kind).is_none() {
+            problems.push(
+                key(&format!("models[{j}].kind")),
+                format!("`{}` is not one of image_to_3d, text_to_3d, text_to_image", model.kind),
+            );
         }
     }
 }

@@ -5,6 +5,7 @@
 //! is a few short statements; reads use a separate pool and never wait for writes (WAL).
 
 mod accounts;
+mod channels;
 mod deliveries;
 
 use std::{str::FromStr, time::Duration};
@@ -277,6 +278,61 @@ fn push_scope(query: &mut sqlx::QueryBuilder<Sqlite>, scope: Scope) {
             query.push(" AND owner_id IS NULL");
         }
     }
+}
+
+/// Ends `task` (read in this transaction, its status allowing `finish`) with its
+/// terminal event and settles its usage; when it was waiting, re-announces the positions behind it.
+async fn finish_in(
+    conn: &mut SqliteConnection,
+    task: &Task,
+    finish: &Finish,
+    window: u32,
+) -> DbResult<(Task, Vec<TaskEvent>)> {
+    let id = task.id;
+    let next = finish.status();
+    let now = now_ms();
+    let artifacts = if matches!(finish, Finish::Succeeded { .. }) {
+        let rows = sqlx::query("SELECT * FROM artifacts WHERE task_id = ?1 ORDER BY created_at, name")
+            .bind(id.to_string())
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter().map(artifact_from_row).collect::<DbResult<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let generation = task.started_at.map(|s| (now - s.timestamp_millis()).max(0) as f64 / 1000.0);
+    let (code, message, metadata) = match finish {
+        Finish::Succeeded { metadata } => (None, None, metadata.clone()),
+        Finish::Failed { code, message } => {
+            (Some(code.clone()), Some(message.clone()), Value::Object(Default::default()))
+        }
+        Finish::Canceled => (None, None, Value::Object(Default::default())),
+    };
+    let row = sqlx::query(
+        "UPDATE tasks SET status = ?1, finished_at = ?2, error_code = ?3, error_message = ?4, metadata = ?5, \
+             progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, last_seq = last_seq + 1, \
+             lease_owner = NULL, lease_expires_at = NULL, last_position = NULL, placement = NULL, \
+             submitting_at = NULL, client_secret = NULL \
+         WHERE id = ?6 RETURNING *",
+    )
+    .bind(next.as_str())
+    .bind(now)
+    .bind(code)
+    .bind(message)
+    .bind(metadata.to_string())
+    .bind(id.to_string())
+    .fetch_one(&mut *conn)
+    .await?;
+    let finished = task_from_row(&row)?;
+    // Every end settles the task's credits in the transaction that records it.
+    usage::settle(conn, &finished, usage::images_of(&artifacts)).await?;
+    let seq: i64 = row.try_get("last_seq")?;
+    let data = payload::finish(finish, outputs_json(&artifacts), generation);
+    let mut events = vec![insert_event(conn, id, seq, EventKind::for_status(next), data).await?];
+    if task.status == TaskStatus::Queued {
+        events.extend(announce_positions(conn, &task.channel, window).await?);
+    }
+    Ok((finished, events))
 }
 
 async fn begin(pool: &SqlitePool) -> DbResult<Transaction<'static, Sqlite>> {
@@ -618,51 +674,10 @@ impl TaskRepo for SqliteDatabase {
     async fn finish(&self, id: TaskId, finish: &Finish, window: u32) -> DbResult<Transition> {
         let mut tx = begin(&self.writer).await?;
         let Some(task) = task_in(&mut tx, id).await? else { return Ok(Transition::NotFound) };
-        let next = finish.status();
-        if !task.status.can_become(next) {
+        if !task.status.can_become(finish.status()) {
             return Ok(Transition::Refused(task));
         }
-        let now = now_ms();
-        let artifacts = if matches!(finish, Finish::Succeeded { .. }) {
-            let rows = sqlx::query("SELECT * FROM artifacts WHERE task_id = ?1 ORDER BY created_at, name")
-                .bind(id.to_string())
-                .fetch_all(&mut *tx)
-                .await?;
-            rows.iter().map(artifact_from_row).collect::<DbResult<Vec<_>>>()?
-        } else {
-            Vec::new()
-        };
-        let generation = task.started_at.map(|s| (now - s.timestamp_millis()).max(0) as f64 / 1000.0);
-        let (code, message, metadata) = match finish {
-            Finish::Succeeded { metadata } => (None, None, metadata.clone()),
-            Finish::Failed { code, message } => {
-                (Some(code.clone()), Some(message.clone()), Value::Object(Default::default()))
-            }
-            Finish::Canceled => (None, None, Value::Object(Default::default())),
-        };
-        let row = sqlx::query(
-            "UPDATE tasks SET status = ?1, finished_at = ?2, error_code = ?3, error_message = ?4, metadata = ?5, \
-                 progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, last_seq = last_seq + 1, \
-                 lease_owner = NULL, lease_expires_at = NULL, last_position = NULL, placement = NULL, \
-                 submitting_at = NULL, client_secret = NULL \
-             WHERE id = ?6 RETURNING *",
-        )
-        .bind(next.as_str())
-        .bind(now)
-        .bind(code)
-        .bind(message)
-        .bind(metadata.to_string())
-        .bind(id.to_string())
-        .fetch_one(&mut *tx)
-        .await?;
-        let finished = task_from_row(&row)?;
-        usage::settle(&mut tx, &finished, usage::images_of(&artifacts)).await?;
-        let seq: i64 = row.try_get("last_seq")?;
-        let data = payload::finish(finish, outputs_json(&artifacts), generation);
-        let mut events = vec![insert_event(&mut tx, id, seq, EventKind::for_status(next), data).await?];
-        if task.status == TaskStatus::Queued {
-            events.extend(announce_positions(&mut tx, &task.channel, window).await?);
-        }
+        let (finished, events) = finish_in(&mut tx, &task, finish, window).await?;
         tx.commit().await?;
         Ok(Transition::Done(finished, events))
     }

@@ -38,7 +38,7 @@ impl Gateway {
         if price.per_task < 0 || price.per_image < 0 {
             return Err(ApiError::with_message(Code::InvalidRequest, "Prices are whole credits, 0 or more."));
         }
-        if self.router.kind_of(&price.model).is_none() {
+        if self.router().kind_of(&price.model).is_none() {
             return Err(ApiError::with_message(
                 Code::UnknownModel,
                 format!("No channel serves `{}`; GET /api/v1/catalog lists the models.", price.model),

@@ -71,8 +71,8 @@ pub fn factory(channel: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
     if !cap_set {
         remote.poll_max_interval = Some(POLL_CAP);
     }
-    let options: Options =
-        table.try_into().map_err(|e| anyhow::anyhow!("{e} (expected `base_url`, or the cloud settings)"))?;
+    let options: Options = serde_json::from_value(Value::Object(table))
+        .map_err(|e| anyhow::anyhow!("{e} (expected `base_url`, or the cloud settings)"))?;
     let base = match options.base_url {
         Some(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
         Some(url) => anyhow::bail!("`base_url`: `{url}` is not an http(s) URL"),

@@ -74,10 +74,10 @@ enum UpstreamFormat {
 pub fn factory(channel: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
     let mut table = channel.options.clone();
     if !table.contains_key("request_timeout") {
-        table.insert("request_timeout".into(), toml::Value::String(REQUEST_TIMEOUT.into()));
+        table.insert("request_timeout".into(), Value::String(REQUEST_TIMEOUT.into()));
     }
     let remote = RemoteOptions::take(&mut table)?;
-    let options: Options = table.try_into().map_err(|e| {
+    let options: Options = serde_json::from_value(Value::Object(table)).map_err(|e| {
         anyhow::anyhow!(
             "{e} (expected `base_url`, `upstream_format = \"b64_json\" | \"url\" | \"none\"`, `extra_params`, \
              or the cloud settings)"

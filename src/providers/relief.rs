@@ -32,9 +32,7 @@ pub struct Relief {
 /// The registry's factory: reads the channel's `options` table as the defaults, so a
 /// mistake there is reported at start-up (as `channels[i].options`), not per task.
 pub fn factory(channel: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
-    let table = serde_json::to_value(&channel.options)?;
-    let object = table.as_object().cloned().unwrap_or_default();
-    let defaults = options_from(&Options::default(), &object).map_err(|message| anyhow::anyhow!(message))?;
+    let defaults = options_from(&Options::default(), &channel.options).map_err(|message| anyhow::anyhow!(message))?;
     Ok(Arc::new(Relief { defaults }))
 }
 
@@ -275,14 +273,14 @@ mod tests {
 
     #[test]
     fn channel_options_set_the_defaults_and_are_checked() {
-        let channel = |options: &str| ChannelConfig {
-            options: toml::from_str(options).expect("toml"),
+        let channel = |options: Value| ChannelConfig {
+            options: options.as_object().cloned().expect("an object"),
             ..ChannelConfig::relief()
         };
-        assert!(factory(&channel("depth = 0.5\ntexture_size = 512")).is_ok());
-        let err = factory(&channel("depht = 0.5")).err().expect("typo refused").to_string();
+        assert!(factory(&channel(json!({"depth": 0.5, "texture_size": 512}))).is_ok());
+        let err = factory(&channel(json!({"depht": 0.5}))).err().expect("typo refused").to_string();
         assert!(err.contains("`depht`"), "{err}");
-        let err = factory(&channel("resolution = 4")).err().expect("range refused").to_string();
+        let err = factory(&channel(json!({"resolution": 4}))).err().expect("range refused").to_string();
         assert!(err.contains("`resolution` must be between 32 and 512"), "{err}");
     }
 

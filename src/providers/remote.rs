@@ -41,7 +41,7 @@ use tokio::{
 use self::http::{Fault, Http, HttpSettings};
 use super::{ChannelRuntime, Job, JobContext, Outcome, Output, Provider, ProviderError, Upstream};
 use crate::{
-    config::{ChannelConfig, Secret},
+    config::{ChannelConfig, JsonMap, Secret},
     input::{self, SpoolError, Upload},
     tasks::TaskKind,
 };
@@ -266,14 +266,14 @@ const REMOTE_KEYS: [&str; 7] = [
 
 impl RemoteOptions {
     /// Takes the shared settings out of a channel's options, leaving the provider's own.
-    pub fn take(options: &mut toml::Table) -> anyhow::Result<Self> {
-        let mut mine = toml::Table::new();
+    pub fn take(options: &mut JsonMap) -> anyhow::Result<Self> {
+        let mut mine = JsonMap::new();
         for key in REMOTE_KEYS {
             if let Some(value) = options.remove(key) {
                 mine.insert(key.to_owned(), value);
             }
         }
-        Ok(mine.try_into()?)
+        Ok(serde_json::from_value(Value::Object(mine))?)
     }
 }
 

@@ -59,7 +59,7 @@ enum Region {
 pub fn factory(channel: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
     let mut table = channel.options.clone();
     let remote = RemoteOptions::take(&mut table)?;
-    let options: Options = table.try_into().map_err(|e| {
+    let options: Options = serde_json::from_value(Value::Object(table)).map_err(|e| {
         anyhow::anyhow!("{e} (expected `region = \"global\" | \"cn\"`, `base_url`, or the cloud settings)")
     })?;
     let base = match (&options.base_url, options.region) {

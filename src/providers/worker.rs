@@ -142,8 +142,7 @@ struct Pool {
 
 /// The registry's factory: reads and checks the channel's options and secret.
 pub fn factory(channel: &ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> {
-    let options: Options = serde_json::to_value(&channel.options)
-        .and_then(serde_json::from_value)
+    let options: Options = serde_json::from_value(serde_json::Value::Object(channel.options.clone()))
         .map_err(|e| anyhow::anyhow!("{e} (expected `workers = [\"http://host:port\", …]` and optional `callback_url`, `health_interval`, `health_failures`, `dispatch_timeout`)"))?;
     let secret = channel.secret.as_ref().ok_or_else(|| {
         anyhow::anyhow!("a worker channel needs `secret`, the signing secret it shares with its workers (`whsec_…`)")

@@ -10,7 +10,7 @@ use std::{
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use kiln::{app::Application, config::Config, gateway::Gateway};
+use kiln::{app::Application, config::Config, gateway::Gateway, providers::Registry};
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -105,9 +105,19 @@ impl TestApp {
     }
 
     pub async fn spawn_full(server: &str, tasks: &str, extra: &str) -> Self {
+        Self::spawn_registry(server, tasks, extra, &crate::provider::registry()).await
+    }
+
+    /// With provider types of the test's own.
+    pub async fn spawn_registry(server: &str, tasks: &str, extra: &str, registry: &Registry) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_in(dir, server, tasks, extra, registry).await
+    }
+
+    /// In `dir`, which may hold a database from an earlier run.
+    pub async fn spawn_in(dir: TempDir, server: &str, tasks: &str, extra: &str, registry: &Registry) -> Self {
         let config = load_config_full(dir.path(), server, tasks, extra);
-        let app = Application::build(config, &crate::provider::registry()).await.expect("build app");
+        let app = Application::build(config, registry).await.expect("build app");
         let base = format!("http://{}", app.local_addr());
         let shutdown = app.shutdown_token();
         let gateway = app.gateway();
@@ -191,9 +201,15 @@ impl TestApp {
     }
 
     pub async fn stop(self) {
+        self.stop_keeping_dir().await;
+    }
+
+    /// Stops the server and hands back its directory, to start another on it.
+    pub async fn stop_keeping_dir(self) -> TempDir {
         self.shutdown.cancel();
         let result = tokio::time::timeout(Duration::from_secs(15), self.server).await;
         assert!(matches!(result, Ok(Ok(Ok(())))), "server did not stop cleanly: {result:?}");
+        self.dir
     }
 }
 

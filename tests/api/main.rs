@@ -11,6 +11,7 @@ mod accounts;
 mod admin_cli;
 mod authorization;
 mod boundaries;
+mod channels;
 mod cli;
 mod cloud_modelscope;
 mod cloud_tripo;

@@ -1,0 +1,317 @@
+//! The SQLite implementation of the channel repository.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::{Row, sqlite::SqliteRow};
+use uuid::Uuid;
+
+use super::{SqliteDatabase, announce_positions, begin, finish_in, now_ms, parse_uuid, task_from_row, to_time};
+use crate::{
+    config::ChannelConfig,
+    db::{
+        DbError, DbResult,
+        channels::{ChannelRepo, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel},
+    },
+};
+
+fn channel_from_row(row: &SqliteRow) -> DbResult<StoredChannel> {
+    let id: String = row.try_get("id")?;
+    let config: String = row.try_get("config")?;
+    let config: ChannelConfig = serde_json::from_str(&config)
+        .map_err(|e| DbError::Corrupt(format!("channel {id}: unreadable configuration ({e})")))?;
+    Ok(StoredChannel {
+        id: parse_uuid(&id)?,
+        config: ChannelConfig { secret: None, ..config },
+        sealed_secret: row.try_get("secret")?,
+        created_at: to_time(row.try_get("created_at")?),
+        updated_at: to_time(row.try_get("updated_at")?),
+    })
+}
+
+/// The configuration as stored: JSON, without the secret (which only goes sealed into
+/// its own column), whatever the caller left in it.
+fn config_json(config: &ChannelConfig) -> DbResult<String> {
+    serde_json::to_string(&ChannelConfig { secret: None, ..config.clone() })
+        .map_err(|e| DbError::Corrupt(format!("channel `{}`: configuration not storable ({e})", config.name)))
+}
+
+/// Re-announce every changed place: a queue is bounded by its channel's capacity, and a
+/// move is rare, so every client whose place changed hears of it.
+const WHOLE_QUEUE: u32 = u32::MAX;
+
+#[async_trait]
+impl ChannelRepo for SqliteDatabase {
+    async fn list_channels(&self) -> DbResult<Vec<StoredChannel>> {
+        let rows = sqlx::query("SELECT * FROM channels ORDER BY id").fetch_all(&self.reader).await?;
+        rows.iter().map(channel_from_row).collect()
+    }
+
+    async fn get_channel(&self, id: Uuid) -> DbResult<Option<StoredChannel>> {
+        let row = sqlx::query("SELECT * FROM channels WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn create_channel(&self, config: &ChannelConfig, sealed_secret: Option<&str>) -> DbResult<Stored> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO channels (id, name, config, secret, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+             ON CONFLICT (name) DO NOTHING RETURNING *",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(&config.name)
+        .bind(config_json(config)?)
+        .bind(sealed_secret)
+        .bind(now)
+        .fetch_optional(&self.writer)
+        .await?;
+        match row {
+            Some(row) => Ok(Stored::Done(Box::new(channel_from_row(&row)?))),
+            None => Ok(Stored::NameTaken),
+        }
+    }
+
+    async fn update_channel(&self, id: Uuid, config: &ChannelConfig, sealed_secret: Option<&str>) -> DbResult<Stored> {
+        let mut tx = begin(&self.writer).await?;
+        let holders: Vec<String> = sqlx::query_scalar("SELECT id FROM channels WHERE id = ?1 OR name = ?2")
+            .bind(id.to_string())
+            .bind(&config.name)
+            .fetch_all(&mut *tx)
+            .await?;
+        if !holders.contains(&id.to_string()) {
+            return Ok(Stored::NotFound);
+        }
+        if holders.len() > 1 {
+            return Ok(Stored::NameTaken);
+        }
+        let row = sqlx::query(
+            "UPDATE channels SET name = ?1, config = ?2, secret = ?3, updated_at = ?4 WHERE id = ?5 RETURNING *",
+        )
+        .bind(&config.name)
+        .bind(config_json(config)?)
+        .bind(sealed_secret)
+        .bind(now_ms())
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else { return Ok(Stored::NotFound) };
+        let stored = channel_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Stored::Done(Box::new(stored)))
+    }
+
+    async fn delete_channel(&self, id: Uuid) -> DbResult<Option<StoredChannel>> {
+        let row = sqlx::query("DELETE FROM channels WHERE id = ?1 RETURNING *")
+            .bind(id.to_string())
+            .fetch_optional(&self.writer)
+            .await?;
+        row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn rehome_queued(&self, channel: &str, route: &RehomeRoute<'_>) -> DbResult<Rehomed> {
+        let mut tx = begin(&self.writer).await?;
+        let rows = sqlx::query(
+            "SELECT *, client_secret IS NOT NULL AS has_client_key FROM tasks \
+             WHERE channel = ?1 AND status = 'queued' ORDER BY rowid",
+        )
+        .bind(channel)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut done = Rehomed::default();
+        // Queued and running tasks per destination, as admission counts them.
+        let mut held: HashMap<String, i64> = HashMap::new();
+        let mut stayed = false;
+        for row in &rows {
+            let task = task_from_row(row)?;
+            let has_client_key: bool = row.try_get("has_client_key")?;
+            let (to, otherwise) = match route(&task, has_client_key) {
+                Rehome::Stay => {
+                    stayed = true;
+                    continue;
+                }
+                Rehome::Move { to, otherwise } => (to, otherwise),
+            };
+            let mut destination = None;
+            for candidate in to.iter().filter(|d| d.channel != channel) {
+                let count = match held.get(&candidate.channel) {
+                    Some(count) => *count,
+                    None => {
+                        let row = sqlx::query("SELECT queued + running FROM channel_queues WHERE channel = ?1")
+                            .bind(&candidate.channel)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                        let count = row.map(|r| r.try_get::<i64, _>(0)).transpose()?.unwrap_or(0);
+                        held.insert(candidate.channel.clone(), count);
+                        count
+                    }
+                };
+                if count < i64::from(candidate.capacity) {
+                    destination = Some(candidate.channel.clone());
+                    break;
+                }
+            }
+            match destination {
+                Some(to) => {
+                    // Only the channel changes (the counters follow through a trigger);
+                    // the place is announced below, with everyone else's that moved.
+                    sqlx::query(
+                        "UPDATE tasks SET channel = ?1, last_position = NULL WHERE id = ?2 AND status = 'queued'",
+                    )
+                    .bind(&to)
+                    .bind(task.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                    *held.entry(to.clone()).or_default() += 1;
+                    done.moved.push((task.id, to));
+                }
+                None => {
+                    let (ended, events) = finish_in(&mut tx, &task, &otherwise, 0).await?;
+                    done.failed.push(ended);
+                    done.events.extend(events);
+                }
+            }
+        }
+        let mut destinations: Vec<&str> = done.moved.iter().map(|(_, to)| to.as_str()).collect();
+        destinations.sort_unstable();
+        destinations.dedup();
+        for to in destinations {
+            done.events.extend(announce_positions(&mut tx, to, WHOLE_QUEUE).await?);
+        }
+        if stayed && (!done.moved.is_empty() || !done.failed.is_empty()) {
+            done.events.extend(announce_positions(&mut tx, channel, WHOLE_QUEUE).await?);
+        }
+        tx.commit().await?;
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        db::{ChannelLoad, Destination, Enqueued, Finish, TaskRepo},
+        tasks::{EventKind, NewTask, TaskId, TaskKind, TaskStatus},
+    };
+
+    async fn db() -> (SqliteDatabase, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+        (SqliteDatabase::connect(&url, 2).await.expect("db"), dir)
+    }
+
+    async fn enqueue(db: &SqliteDatabase, channel: &str, model: &str, client_secret: Option<&str>) -> TaskId {
+        let id = TaskId::new();
+        let new = NewTask {
+            id,
+            kind: TaskKind::ImageTo3d,
+            model: model.into(),
+            channel: channel.into(),
+            prompt: None,
+            picture_id: None,
+            params: json!({}),
+            client_secret: client_secret.map(str::to_owned),
+            owner_id: None,
+            token_id: None,
+        };
+        let Enqueued::Created(..) = db.enqueue(&new, 100, None, &Default::default()).await.expect("enqueue") else {
+            panic!("created")
+        };
+        id
+    }
+
+    fn load(loads: &[ChannelLoad], channel: &str) -> (u64, u64) {
+        loads.iter().find(|l| l.channel == channel).map_or((0, 0), |l| (l.queued, l.running))
+    }
+
+    fn to(channel: &str, capacity: u32) -> Destination {
+        Destination { channel: channel.into(), capacity }
+    }
+
+    fn failed() -> Finish {
+        Finish::Failed { code: "channel_deleted".into(), message: "gone".into() }
+    }
+
+    #[tokio::test]
+    async fn a_channel_is_stored_as_json_with_its_secret_only_sealed_and_its_name_unique() {
+        let (db, _dir) = db().await;
+        let text = "name = \"t\"\ntype = \"tripo\"\nsecret = \"tsk_plain_secret\"\ndeadline = \"5m\"\n\
+                    models = [{ name = \"m\", kind = \"text_to_3d\" }]\n[options]\nregion = \"cn\"\n";
+        let config: ChannelConfig = toml::from_str(text).expect("channel");
+        let Stored::Done(created) = db.create_channel(&config, Some("v1:sealed")).await.expect("create") else {
+            panic!("created")
+        };
+        assert_eq!(created.id.get_version_num(), 7);
+        assert_eq!(created.config, ChannelConfig { secret: None, ..config.clone() });
+        assert_eq!(created.sealed_secret.as_deref(), Some("v1:sealed"));
+        let raw: String = sqlx::query_scalar("SELECT config FROM channels").fetch_one(&db.reader).await.expect("raw");
+        assert!(!raw.contains("tsk_plain_secret") && !raw.contains("****"), "no secret, not even masked: {raw}");
+        assert!(matches!(db.create_channel(&config, None).await.expect("again"), Stored::NameTaken));
+
+        let other = ChannelConfig { name: "u".into(), ..config.clone() };
+        let Stored::Done(second) = db.create_channel(&other, None).await.expect("create") else { panic!("created") };
+        let listed: Vec<String> = db.list_channels().await.expect("list").into_iter().map(|c| c.config.name).collect();
+        assert_eq!(listed, ["t", "u"], "oldest first");
+        let renamed = ChannelConfig { name: "t".into(), ..other.clone() };
+        assert!(matches!(db.update_channel(second.id, &renamed, None).await.expect("update"), Stored::NameTaken));
+        let edited = ChannelConfig { max_queue: 42, ..other };
+        let Stored::Done(updated) = db.update_channel(second.id, &edited, Some("v1:new")).await.expect("update") else {
+            panic!("updated")
+        };
+        assert_eq!((updated.config.max_queue, updated.sealed_secret.as_deref()), (42, Some("v1:new")));
+        assert!(updated.updated_at >= updated.created_at);
+        assert!(matches!(db.update_channel(Uuid::now_v7(), &edited, None).await.expect("update"), Stored::NotFound));
+        assert_eq!(db.get_channel(second.id).await.expect("get").map(|c| c.config.max_queue), Some(42));
+        assert_eq!(db.delete_channel(second.id).await.expect("delete").map(|c| c.id), Some(second.id));
+        assert!(db.get_channel(second.id).await.expect("get").is_none());
+        assert!(db.delete_channel(second.id).await.expect("delete").is_none());
+    }
+
+    #[tokio::test]
+    async fn waiting_tasks_move_in_order_up_to_each_destinations_room_and_the_rest_fail() {
+        let (db, _dir) = db().await;
+        let early = enqueue(&db, "target", "m", None).await;
+        let moved: Vec<TaskId> = [enqueue(&db, "gone", "m", None).await, enqueue(&db, "gone", "m", None).await].into();
+        let late = enqueue(&db, "target", "m", None).await;
+        let spill = enqueue(&db, "gone", "m", None).await;
+        let keyed = enqueue(&db, "gone", "m", Some("v1:sealed")).await;
+        let stays = enqueue(&db, "gone", "kept", None).await;
+        // Room for two more on `target` (it holds two), one on `spare`.
+        let route = |task: &crate::tasks::Task, client_key: bool| match task.model.as_str() {
+            "kept" => Rehome::Stay,
+            _ if client_key => Rehome::Move { to: vec![], otherwise: failed() },
+            _ => Rehome::Move { to: vec![to("target", 4), to("spare", 1)], otherwise: failed() },
+        };
+        let done = db.rehome_queued("gone", &route).await.expect("rehomed");
+        assert_eq!(
+            done.moved,
+            [(moved[0], "target".to_owned()), (moved[1], "target".to_owned()), (spill, "spare".to_owned())]
+        );
+        assert_eq!(done.failed.iter().map(|t| t.id).collect::<Vec<_>>(), [keyed]);
+        assert_eq!(done.failed[0].status, TaskStatus::Failed);
+        assert_eq!(done.failed[0].error_code.as_deref(), Some("channel_deleted"));
+
+        let loads = db.channel_loads().await.expect("loads");
+        assert_eq!(load(&loads, "target"), (4, 0), "the counters follow the moved tasks");
+        assert_eq!(load(&loads, "spare"), (1, 0));
+        assert_eq!(load(&loads, "gone"), (1, 0), "only the task that stays");
+        // Queues are ordered by submission: the moved tasks come before the later one.
+        let mut positions = Vec::new();
+        for id in [early, moved[0], moved[1], late, stays] {
+            positions.push(db.queue_position(id).await.expect("position"));
+        }
+        assert_eq!(positions, [Some(1), Some(2), Some(3), Some(4), Some(1)]);
+        let queued = |id| done.events.iter().find(|e| e.task_id == id && e.kind == EventKind::Queued).cloned();
+        assert_eq!(queued(moved[1]).expect("an event for each moved task").data["position"], 3);
+        assert_eq!(queued(late).expect("and for those pushed back").data["position"], 4);
+        assert_eq!(queued(stays).expect("and for those moved up").data["position"], 1);
+        assert!(queued(early).is_none(), "not for those whose place did not change");
+        assert!(done.events.iter().any(|e| e.task_id == keyed && e.kind == EventKind::Failed));
+        let moved_task = db.get_task(moved[0]).await.expect("read").expect("task");
+        assert_eq!((moved_task.channel.as_str(), moved_task.status), ("target", TaskStatus::Queued));
+    }
+}
