@@ -279,7 +279,9 @@ async fn retries_end_at_max_age_and_a_slow_receiver_times_out() {
     let (_slow, slow_addr) = Receiver::start(&[], Duration::from_secs(5), &stop).await;
     let mut quick = settings(true, &[10_000], Duration::from_secs(60));
     quick.timeout = Duration::from_millis(300);
-    let deliveries = service(database(&dir).await, quick);
+    // A database of its own: the first service, still running, must not take this one.
+    let other = tempfile::tempdir().expect("tempdir");
+    let deliveries = service(database(&other).await, quick);
     tokio::spawn(Arc::clone(&deliveries).run(stop.clone()));
     let task = TaskId::new();
     deliveries.enqueue(finished(task, &format!("http://{slow_addr}/hook"))).await.expect("enqueue");
