@@ -129,6 +129,7 @@ impl Application {
         let config = Arc::clone(state.gateway.config());
         let background = state.scheduler.start(dispatch_stop.clone());
         let retention = tokio::spawn(retention::run_daily(Arc::clone(&state.gateway), dispatch_stop.clone()));
+        let webhooks = tokio::spawn(Arc::clone(&state.gateway).run_webhooks(dispatch_stop.clone()));
         let app = api::router(state.clone());
         let http = HttpServer::new(listener, app, limits, shutdown.clone(), Arc::clone(state.gateway.metrics()));
         let force_close = http.force_close();
@@ -160,6 +161,7 @@ impl Application {
             handle.abort();
         }
         retention.abort();
+        webhooks.abort();
         tracing::info!("stopped");
         Ok(())
     }

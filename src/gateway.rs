@@ -3,6 +3,7 @@
 
 mod accounts;
 mod usage;
+mod webhooks;
 
 pub use accounts::{BalanceChange, account_error};
 
@@ -57,6 +58,8 @@ pub struct Submission {
     /// The client's own provider key for this task (`X-Provider-Key`), where the
     /// channel allows it.
     pub client_key: Option<Secret>,
+    /// Where the task's end is announced; default: the caller's token's.
+    pub webhook_url: Option<String>,
 }
 
 impl Submission {
@@ -69,6 +72,7 @@ impl Submission {
             params: json!({}),
             idempotency_key: None,
             client_key: None,
+            webhook_url: None,
         }
     }
 }
@@ -134,6 +138,9 @@ pub struct Gateway {
     signin: crate::accounts::SigninLimiter,
     /// Request rates per API token.
     rates: crate::ratelimit::TokenRates,
+    /// Outbound webhooks of finished tasks, and the owners' signing secrets.
+    deliveries: Arc<crate::deliveries::Deliveries>,
+    secrets: Arc<webhooks::OwnerSecrets>,
 }
 
 /// The memory all picture decodes of this process may hold at once, whatever the number
@@ -265,6 +272,12 @@ impl Gateway {
         let decodes = DecodeBudget::new(config.upload.decode_memory);
         let sealer = OnceLock::new();
         let signin = crate::accounts::SigninLimiter::new(config.auth.signin_attempts);
+        let secrets = Arc::new(webhooks::OwnerSecrets::new(db.clone(), Arc::clone(&config)));
+        let deliveries = crate::deliveries::Deliveries::new(
+            db.clone(),
+            Arc::clone(&secrets) as Arc<dyn crate::deliveries::SecretSource>,
+            crate::deliveries::DeliverySettings::from_config(&config.webhooks),
+        )?;
         // Signed URLs need the key at once: every answer with a file URL signs it.
         let url_signer = match config.files.access {
             FileAccess::Public => None,
@@ -290,6 +303,8 @@ impl Gateway {
             url_signer,
             signin,
             rates: Default::default(),
+            deliveries,
+            secrets,
         })
     }
 
@@ -619,6 +634,16 @@ impl Gateway {
             ));
         }
         let billing = self.billing(caller, kind, &sub.params);
+        let webhook_url = match sub.webhook_url.clone().or_else(|| match caller {
+            Caller::User(Principal { token: Some(token), .. }) => token.webhook_url.clone(),
+            _ => None,
+        }) {
+            Some(url) => {
+                self.check_webhook_url(&url)?;
+                Some(url)
+            }
+            None => None,
+        };
         let client_secret = match &sub.client_key {
             None => None,
             Some(key) => {
@@ -684,6 +709,7 @@ impl Gateway {
                 client_secret: client_secret.clone(),
                 owner_id: caller.owner(),
                 token_id: caller.token_id(),
+                webhook_url: webhook_url.clone(),
             };
             match self.db.enqueue(&new, channel.capacity(), idempotency, &billing).await? {
                 Enqueued::Created(task, event) => {
@@ -823,6 +849,9 @@ impl Gateway {
         let transition = self.db.finish(id, &finish, self.config.tasks.position_window).await?;
         if let Transition::Done(task, events) = &transition {
             self.bus.publish(events);
+            if task.webhook_url.is_some() {
+                self.announce(task).await;
+            }
             self.runs.interrupt(id);
             self.metrics.task_finished(task);
             if let Some(channel) = self.channels.current().channel(&task.channel) {

@@ -164,6 +164,8 @@ pub struct Task {
     pub owner_id: Option<Uuid>,
     /// The API token it was submitted with.
     pub token_id: Option<Uuid>,
+    /// Where the task's end is announced.
+    pub webhook_url: Option<String>,
 }
 
 impl Task {
@@ -188,6 +190,7 @@ pub struct NewTask {
     pub client_secret: Option<String>,
     pub owner_id: Option<Uuid>,
     pub token_id: Option<Uuid>,
+    pub webhook_url: Option<String>,
 }
 
 /// The kinds of entries in a task's event log.

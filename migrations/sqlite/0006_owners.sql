@@ -5,6 +5,8 @@
 ALTER TABLE tasks ADD COLUMN owner_id TEXT;
 ALTER TABLE tasks ADD COLUMN token_id TEXT;
 ALTER TABLE pictures ADD COLUMN owner_id TEXT;
+-- Where the task's end is announced (outbound webhooks), when a client asked.
+ALTER TABLE tasks ADD COLUMN webhook_url TEXT;
 CREATE INDEX tasks_owner ON tasks (owner_id, id);
 CREATE INDEX pictures_owner ON pictures (owner_id, created_at);
 

@@ -34,6 +34,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(change_password))
         .routes(routes!(my_tokens, create_my_token))
         .routes(routes!(revoke_my_token))
+        .routes(routes!(webhook_secret))
 }
 
 /// A user, as the API shows one.
@@ -308,4 +309,22 @@ async fn revoke_my_token(
     let id: Uuid = id.parse().map_err(|_| ApiError::new(Code::TokenNotFound))?;
     state.gateway.revoke_token(&caller, id, ip).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct WebhookSecret {
+    /// `whsec_…`: verify the `webhook-signature` of kiln's webhooks with it (Standard
+    /// Webhooks). Tasks made anonymously (open mode) share one secret.
+    secret: String,
+}
+
+/// The caller's webhook signing secret, made on first use.
+#[utoipa::path(
+    get, path = "/api/v1/me/webhook-secret", tag = "account",
+    responses((status = 200, description = "The secret", body = WebhookSecret))
+)]
+async fn webhook_secret(State(state): State<AppState>, caller: crate::access::Caller) -> ApiResult<Response> {
+    let secret = state.gateway.webhook_secret(&caller).await?;
+    let body = WebhookSecret { secret: secret.expose().to_owned() };
+    Ok(([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], Json(body)).into_response())
 }

@@ -43,6 +43,9 @@ pub struct JsonSubmission {
     /// Provider-specific options: a JSON object.
     #[schema(value_type = Option<Object>)]
     pub params: Option<Value>,
+    /// Where kiln POSTs `task.completed`, `task.failed` or `task.canceled` when the task
+    /// ends, signed (docs/webhooks.md); default: the API token's.
+    pub webhook_url: Option<String>,
 }
 
 /// A multipart submission, as documented (the picture is streamed, not buffered twice).
@@ -66,6 +69,9 @@ pub struct MultipartSubmission {
     /// JSON object with provider-specific options.
     #[schema(nullable = false)]
     pub params: Option<String>,
+    /// Where the task's end is announced (docs/webhooks.md).
+    #[schema(nullable = false)]
+    pub webhook_url: Option<String>,
 }
 
 /// A picture upload on its own, as documented.
@@ -260,6 +266,7 @@ fn from_json(json: JsonSubmission) -> Submission {
     submission.model = json.model.filter(|m| !m.is_empty());
     submission.kind = json.kind;
     submission.params = json.params.unwrap_or_else(|| Value::Object(Default::default()));
+    submission.webhook_url = json.webhook_url.filter(|u| !u.trim().is_empty());
     submission
 }
 
@@ -279,6 +286,7 @@ fn from_form(mut form: Form) -> ApiResult<Submission> {
             ApiError::with_message(Code::InvalidRequest, "`kind` must be image_to_3d, text_to_3d or text_to_image.")
         })?);
     }
+    submission.webhook_url = form.fields.remove("webhook_url").filter(|u| !u.trim().is_empty());
     if let Some(params) = form.fields.remove("params").filter(|p| !p.trim().is_empty()) {
         submission.params = serde_json::from_str(&params)
             .map_err(|e| ApiError::with_message(Code::InvalidParams, format!("`params` is not valid JSON: {e}")))?;

@@ -33,6 +33,30 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(task_status))
         .routes(routes!(task_result))
         .routes(routes!(task_events))
+        .routes(routes!(task_webhooks))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct DeliveryList {
+    items: Vec<crate::deliveries::DeliveryReport>,
+}
+
+/// The webhook deliveries of a task (with `webhook_url`), each with its attempts.
+#[utoipa::path(
+    get, path = "/api/v1/tasks/{id}/webhooks", tag = "tasks",
+    params(("id" = String, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Deliveries, oldest first", body = DeliveryList),
+        (status = 404, description = "No such task", body = ErrorBody),
+    )
+)]
+async fn task_webhooks(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeliveryList>> {
+    let items = state.gateway.task_deliveries(&caller, parse_id(&id)?).await?;
+    Ok(Json(DeliveryList { items }))
 }
 
 /// Parses a task id from a path; a malformed id is simply not found.

@@ -163,6 +163,7 @@ mod tests {
             deadline_at: None,
             owner_id: None,
             token_id: None,
+            webhook_url: None,
         }
     }
 

@@ -42,6 +42,10 @@ pub trait DeliveryRepo: Send + Sync {
     /// A task's deliveries, oldest first, each with its attempts in order.
     async fn deliveries_for_task(&self, task: TaskId) -> DbResult<Vec<(Delivery, Vec<Attempt>)>>;
 
+    /// Tasks that ended since `since` with a `webhook_url` and no delivery recorded:
+    /// ends a crash (or a channel's deletion) left unannounced.
+    async fn finished_without_delivery(&self, since: DateTime<Utc>) -> DbResult<Vec<TaskId>>;
+
     /// The earliest time a pending delivery may be claimed (its due time, or the end of
     /// the lease on it); `None` when nothing is pending.
     async fn next_delivery_due(&self) -> DbResult<Option<DateTime<Utc>>>;

@@ -112,6 +112,7 @@ fn task_from_row(row: &SqliteRow) -> DbResult<Task> {
         deadline_at: opt_time(row.try_get("deadline_at")?),
         owner_id: opt_uuid(row.try_get("owner_id")?)?,
         token_id: opt_uuid(row.try_get("token_id")?)?,
+        webhook_url: row.try_get("webhook_url")?,
     })
 }
 
@@ -381,8 +382,8 @@ impl TaskRepo for SqliteDatabase {
         let now = now_ms();
         let row = sqlx::query(
             "INSERT INTO tasks (id, kind, model, channel, status, prompt, picture_id, params, last_seq, last_position, \
-                 created_at, client_secret, owner_id, token_id) \
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12) RETURNING *",
+                 created_at, client_secret, owner_id, token_id, webhook_url) \
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12, ?13) RETURNING *",
         )
         .bind(task.id.to_string())
         .bind(task.kind.as_str())
@@ -396,6 +397,7 @@ impl TaskRepo for SqliteDatabase {
         .bind(&task.client_secret)
         .bind(task.owner_id.map(|u| u.to_string()))
         .bind(task.token_id.map(|u| u.to_string()))
+        .bind(&task.webhook_url)
         .fetch_one(&mut *tx)
         .await?;
         let stored = task_from_row(&row)?;

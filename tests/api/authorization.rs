@@ -55,6 +55,8 @@ fn class(method: &str, path: &str) -> Option<Class> {
         ("GET", "/api/v1/models/{jobId}/status" | "/api/v1/models/{jobId}/result") => Owned,
         ("GET", "/api/status/{task_id}") => Owned,
         ("GET", p) if p.starts_with("/api/reconstruction/") => Owned,
+        // Anonymous callers (open mode) share one secret for what they make.
+        ("GET", "/api/v1/me/webhook-secret") => Tasks,
         ("GET" | "POST" | "DELETE" | "PUT", p) if p.starts_with("/api/v1/me/") => User,
         ("GET", "/api/v1/usage") => User,
         (_, p) if p.starts_with("/api/v1/admin/") => Admin,

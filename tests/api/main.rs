@@ -31,4 +31,5 @@ mod sse;
 mod submit;
 mod validation;
 mod webhooks_out;
+mod webhooks_task;
 mod workers;

@@ -49,7 +49,7 @@ proptest! {
             let id = TaskId::new();
             let new = NewTask {
                 id, kind: TaskKind::TextTo3d, model: "m".into(), channel: "c".into(),
-                prompt: Some("p".into()), picture_id: None, params: json!({}), client_secret: None, owner_id: None, token_id: None,
+                prompt: Some("p".into()), picture_id: None, params: json!({}), client_secret: None, owner_id: None, token_id: None, webhook_url: None,
             };
             let Enqueued::Created(_, first) = db.enqueue(&new, 10, None, &Default::default()).await.unwrap() else { panic!("not created") };
             assert_eq!(first.seq, 1);

@@ -217,6 +217,7 @@ mod tests {
             client_secret: client_secret.map(str::to_owned),
             owner_id: None,
             token_id: None,
+            webhook_url: None,
         };
         let Enqueued::Created(..) = db.enqueue(&new, 100, None, &Default::default()).await.expect("enqueue") else {
             panic!("created")

@@ -159,6 +159,19 @@ impl DeliveryRepo for SqliteDatabase {
         Ok(deliveries)
     }
 
+    async fn finished_without_delivery(&self, since: DateTime<Utc>) -> DbResult<Vec<TaskId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM tasks t WHERE t.webhook_url IS NOT NULL AND t.finished_at >= ?1 \
+                 AND t.status IN ('succeeded', 'failed', 'canceled') \
+                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.task_id = t.id) \
+             ORDER BY t.finished_at LIMIT 1000",
+        )
+        .bind(since.timestamp_millis())
+        .fetch_all(&self.reader)
+        .await?;
+        ids.iter().map(|id| Ok(TaskId(parse_uuid(id)?))).collect()
+    }
+
     async fn next_delivery_due(&self) -> DbResult<Option<DateTime<Utc>>> {
         let due: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(MAX(next_at, COALESCE(lease_until, 0))) FROM webhook_deliveries WHERE status = 'pending'",
