@@ -12,11 +12,7 @@ use axum::{
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::{
-    api::{
-        AppState,
-        openapi::Binary,
-        params::{Path, Query},
-    },
+    api::{AppState, openapi::Binary, params::Path},
     db::StoredFile,
     error::{ApiError, ApiResult, Code},
     gateway::Gateway,
@@ -49,7 +45,7 @@ pub async fn serve_file(
     State(state): State<AppState>,
     method: Method,
     Path(key): Path<String>,
-    Query(signature): Query<Signature>,
+    signature: Signature,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     signature.check(&state.gateway, &format!("files/{key}"))?;
@@ -57,11 +53,29 @@ pub async fn serve_file(
     serve(&state.gateway, &file, &method, &headers).await
 }
 
-/// A signed file URL's query (`files.access = "signed"`); ignored for public files.
-#[derive(Debug, Default, serde::Deserialize)]
+/// A signed file URL's query (`files.access = "signed"`). Read leniently — the first
+/// `expires` and `sig`, anything else ignored — so that a public file's URL works
+/// whatever query a client or CDN adds to it.
+#[derive(Debug, Default)]
 pub struct Signature {
     expires: Option<String>,
     sig: Option<String>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Signature {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut signature = Signature::default();
+        for (key, value) in url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            match key.as_ref() {
+                "expires" if signature.expires.is_none() => signature.expires = Some(value.into_owned()),
+                "sig" if signature.sig.is_none() => signature.sig = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        Ok(signature)
+    }
 }
 
 impl Signature {

@@ -298,10 +298,10 @@ async fn static_model(
     State(state): State<AppState>,
     method: Method,
     path: Result<Path<String>, ApiError>,
-    signature: Result<Query<files::Signature>, ApiError>,
+    signature: files::Signature,
     headers: HeaderMap,
 ) -> Result<Response, Seed002Error> {
-    let (Path(file), Query(signature)) = (path?, signature?);
+    let Path(file) = path?;
     let gateway = &state.gateway;
     signature.check(gateway, &format!("static/{file}"))?;
     let not_found = || ApiError::with_message(Code::FileNotFound, "No such model.");
