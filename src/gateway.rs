@@ -9,7 +9,6 @@ pub use accounts::{BalanceChange, account_error};
 
 use std::{
     collections::HashMap,
-    sync::OnceLock,
     sync::{Arc, Mutex},
 };
 
@@ -29,7 +28,7 @@ use crate::{
     input::{self, Upload},
     journal,
     metrics::Metrics,
-    sealing::Sealer,
+    sealing::{LazySealer, Sealer},
     signed_urls::{Refusal, UrlSigner},
     storage::Storage,
     tasks::{Artifact, NewTask, Picture, Task, TaskId, TaskKind, TaskStatus},
@@ -131,7 +130,7 @@ pub struct Gateway {
     /// The memory picture decodes may hold together (`upload.decode_memory`).
     decodes: DecodeBudget,
     public_url: url::Url,
-    sealer: OnceLock<Result<Sealer, String>>,
+    sealer: Arc<LazySealer>,
     /// Signs file URLs when `files.access = "signed"`.
     url_signer: Option<UrlSigner>,
     /// Sign-in attempts per address and username.
@@ -270,9 +269,9 @@ impl Gateway {
     ) -> anyhow::Result<Self> {
         let public_url = config.public_url();
         let decodes = DecodeBudget::new(config.upload.decode_memory);
-        let sealer = OnceLock::new();
+        let sealer = Arc::new(LazySealer::new(Arc::clone(&config)));
         let signin = crate::accounts::SigninLimiter::new(config.auth.signin_attempts);
-        let secrets = Arc::new(webhooks::OwnerSecrets::new(db.clone(), Arc::clone(&config)));
+        let secrets = Arc::new(webhooks::OwnerSecrets::new(db.clone(), Arc::clone(&sealer)));
         let deliveries = crate::deliveries::Deliveries::new(
             db.clone(),
             Arc::clone(&secrets) as Arc<dyn crate::deliveries::SecretSource>,
@@ -283,10 +282,8 @@ impl Gateway {
             FileAccess::Public => None,
             FileAccess::Signed => {
                 let loaded =
-                    Sealer::load(&config).map_err(|e| e.context("cannot load the sealing key to sign file URLs"))?;
-                let signer = UrlSigner::new(&loaded, config.files.signed_ttl);
-                let _ = sealer.set(Ok(loaded));
-                Some(signer)
+                    sealer.get().map_err(|e| anyhow::anyhow!("cannot load the sealing key to sign file URLs: {e}"))?;
+                Some(UrlSigner::new(loaded, config.files.signed_ttl))
             }
         };
         Ok(Self {
@@ -350,13 +347,7 @@ impl Gateway {
 
     /// The sealing key, loaded (or made) the first time a secret is kept at rest.
     pub fn sealer(&self) -> ApiResult<&Sealer> {
-        let loaded = self.sealer.get_or_init(|| {
-            Sealer::load(&self.config).map_err(|err| {
-                tracing::error!(error = format!("{err:#}"), "cannot load the sealing key");
-                err.to_string()
-            })
-        });
-        loaded.as_ref().map_err(|_| ApiError::new(Code::Internal))
+        self.sealer.get().map_err(|_| ApiError::new(Code::Internal))
     }
 
     /// The absolute URL of a stored file, signed when `files.access = "signed"`.

@@ -119,6 +119,32 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
+/// The sealing key, loaded (or made) the first time something needs it and shared by
+/// everything that does, so the key file is read once.
+pub struct LazySealer {
+    config: std::sync::Arc<Config>,
+    cell: std::sync::OnceLock<Result<Sealer, String>>,
+}
+
+impl LazySealer {
+    pub fn new(config: std::sync::Arc<Config>) -> Self {
+        Self { config, cell: std::sync::OnceLock::new() }
+    }
+
+    /// The key; the error says why it could not be loaded (logged once, when it failed).
+    pub fn get(&self) -> Result<&Sealer, &str> {
+        self.cell
+            .get_or_init(|| {
+                Sealer::load(&self.config).map_err(|err| {
+                    tracing::error!(error = format!("{err:#}"), "cannot load the sealing key");
+                    format!("{err:#}")
+                })
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,22 @@ impl Gateway {
         }
     }
 
+    /// Checks a username and password under the sign-in limiter: the one check behind
+    /// signing in and changing one's password.
+    async fn check_password(&self, ip: IpAddr, username: &str, password: &Secret) -> ApiResult<User> {
+        match accounts::sign_in(&*self.db, &self.signin, ip, username, password).await {
+            Ok(user) => Ok(user),
+            Err(SignInError::Limited(wait)) => {
+                Err(ApiError::new(Code::TooManySigninAttempts).retry_after(wait.as_secs().max(1)))
+            }
+            Err(SignInError::Invalid) => {
+                tracing::info!(username, %ip, "password refused");
+                Err(ApiError::new(Code::InvalidCredentials))
+            }
+            Err(SignInError::Failed(err)) => Err(account_error(err)),
+        }
+    }
+
     /// Checks a username and password and starts a session.
     pub async fn sign_in(
         &self,
@@ -89,17 +105,7 @@ impl Gateway {
         password: &Secret,
         user_agent: Option<String>,
     ) -> ApiResult<(User, SignedIn)> {
-        let user = match accounts::sign_in(&*self.db, &self.signin, ip, username, password).await {
-            Ok(user) => user,
-            Err(SignInError::Limited(wait)) => {
-                return Err(ApiError::new(Code::TooManySigninAttempts).retry_after(wait.as_secs().max(1)));
-            }
-            Err(SignInError::Invalid) => {
-                tracing::info!(username, %ip, "sign-in refused");
-                return Err(ApiError::new(Code::InvalidCredentials));
-            }
-            Err(SignInError::Failed(err)) => return Err(account_error(err)),
-        };
+        let user = self.check_password(ip, username, password).await?;
         let signed =
             sessions::start(&*self.db, user.id, self.config.auth.session_ttl, Some(ip.to_string()), user_agent)
                 .await
@@ -135,14 +141,7 @@ impl Gateway {
     /// Changes the caller's own password after checking the current one.
     pub async fn change_password(&self, caller: &Caller, ip: IpAddr, current: &Secret, new: &Secret) -> ApiResult<()> {
         let principal = self.require_user(caller)?;
-        match accounts::sign_in(&*self.db, &self.signin, ip, &principal.username, current).await {
-            Ok(_) => {}
-            Err(SignInError::Limited(wait)) => {
-                return Err(ApiError::new(Code::TooManySigninAttempts).retry_after(wait.as_secs().max(1)));
-            }
-            Err(SignInError::Invalid) => return Err(ApiError::new(Code::InvalidCredentials)),
-            Err(SignInError::Failed(err)) => return Err(account_error(err)),
-        }
+        self.check_password(ip, &principal.username, current).await?;
         let actor = Actor::user(principal, Some(ip.to_string()));
         accounts::set_password(&*self.db, principal.user_id, new, &actor).await.map_err(account_error)?;
         Ok(())

@@ -2,7 +2,7 @@
 //! use, kept sealed), announcing a finished task to its `webhook_url`, the deliveries a
 //! caller may see, and a sweep that announces ends a crash left unannounced.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -12,36 +12,32 @@ use uuid::Uuid;
 use super::Gateway;
 use crate::{
     access::Caller,
-    config::{Config, Secret},
+    config::Secret,
     db::Db,
     deliveries::{DeliveryEvent, DeliveryReport, Finished, SecretSource},
     error::{ApiError, ApiResult},
-    sealing::Sealer,
+    sealing::{LazySealer, Sealer},
     tasks::{Task, TaskId},
 };
 
-/// How far back the sweep looks for ends that were never announced: as far as a
-/// delivery is retried.
+/// How often the sweep looks for ends that were never announced (it looks back as far
+/// as a delivery is retried, `webhooks.max_age`).
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The owners' secrets: a user's is made on first use and stored sealed; tasks made
 /// anonymously (open mode) are signed with one derived from the sealing key.
 pub struct OwnerSecrets {
     db: Db,
-    config: Arc<Config>,
-    sealer: OnceLock<Result<Sealer, String>>,
+    sealer: Arc<LazySealer>,
 }
 
 impl OwnerSecrets {
-    pub fn new(db: Db, config: Arc<Config>) -> Self {
-        Self { db, config, sealer: OnceLock::new() }
+    pub fn new(db: Db, sealer: Arc<LazySealer>) -> Self {
+        Self { db, sealer }
     }
 
     fn sealer(&self) -> anyhow::Result<&Sealer> {
-        self.sealer
-            .get_or_init(|| Sealer::load(&self.config).map_err(|e| format!("{e:#}")))
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("cannot load the sealing key: {e}"))
+        self.sealer.get().map_err(|e| anyhow::anyhow!("cannot load the sealing key: {e}"))
     }
 
     /// The owner's secret, made and stored when they have none yet.
