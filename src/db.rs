@@ -16,7 +16,9 @@ use uuid::Uuid;
 
 use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
-pub use channels::{ChannelRepo, Destination, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel};
+pub use channels::{
+    ChannelRepo, ChannelStats, Destination, LastError, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel,
+};
 pub use sqlite::SqliteDatabase;
 
 #[derive(Debug, thiserror::Error)]

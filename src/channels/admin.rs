@@ -20,13 +20,16 @@ use uuid::Uuid;
 use super::{ChannelSet, Origin, rehome, stored};
 use crate::{
     config::{ChannelConfig, ConfigErrors, Secret, check_channel},
-    db::{Db, DbError, Stored, StoredChannel},
+    db::{ChannelStats, Db, DbError, Stored, StoredChannel},
     events::EventBus,
     metrics::Metrics,
     providers::form::{self, Field, ProviderForm},
     sealing::Sealer,
     tasks::TaskId,
 };
+
+/// The window of a channel's statistics.
+pub const STATS_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Why a change was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +255,28 @@ impl<'a> ChannelAdmin<'a> {
             deleted.failed.extend(done.failed.into_iter().map(|t| t.id));
         }
         Ok(deleted)
+    }
+
+    /// Each channel's last hour, in the order of [`ChannelAdmin::list`]: its queue and
+    /// running tasks now; the tasks it ended, its success rate, its p50/p95 run time and
+    /// its latest error over the hour.
+    pub async fn stats(&self) -> Result<Vec<ChannelStats>, AdminError> {
+        let since = Utc::now() - chrono::Duration::seconds(STATS_WINDOW.as_secs() as i64);
+        let mut all = self.db.channel_stats(since).await?;
+        let mut ordered = Vec::new();
+        for view in self.list().await? {
+            let stats = match all.iter().position(|s| s.channel == view.name) {
+                Some(i) => all.swap_remove(i),
+                None => ChannelStats { channel: view.name, ..ChannelStats::default() },
+            };
+            ordered.push(stats);
+        }
+        Ok(ordered)
+    }
+
+    /// One channel's last hour, by name.
+    pub async fn stats_of(&self, name: &str) -> Result<ChannelStats, AdminError> {
+        self.stats().await?.into_iter().find(|s| s.channel == name).ok_or(AdminError::NotFound)
     }
 
     /// Tests a live channel's connection with a real, cheap call, and says what came

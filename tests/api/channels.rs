@@ -487,3 +487,31 @@ async fn a_worker_channels_test_asks_every_worker_for_its_health() {
     assert_eq!(calls.load(Ordering::SeqCst), before + 1, "one /health per worker");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_channels_last_hour_shows_its_queue_outcomes_run_times_and_last_error() {
+    let app = TestApp::spawn().await;
+    for params in [r#"{"step_ms": 20}"#, r#"{"step_ms": 20}"#, r#"{"fail": "upstream_auth"}"#] {
+        let (_, task) = submit(&app, "echo", params).await;
+        app.wait_terminal(task["id"].as_str().expect("id")).await;
+    }
+    let (_, waiting) = submit(&app, "echo", r#"{"steps": 10, "step_ms": 100}"#).await;
+    app.wait_task(waiting["id"].as_str().expect("id"), "running", |t| t["status"] == "running").await;
+
+    let admin = admin(&app.gateway);
+    let stats = admin.stats_of("echo").await.expect("stats");
+    assert_eq!((stats.succeeded, stats.failed, stats.canceled, stats.running), (2, 1, 0, 1));
+    assert_eq!(stats.success_rate, Some(2.0 / 3.0));
+    let (p50, p95) = (stats.p50_seconds.expect("p50"), stats.p95_seconds.expect("p95"));
+    assert!(p50 >= 0.05 && p95 >= p50, "three steps of 20 ms at least: {p50} {p95}");
+    let last = stats.last_error.expect("the failure");
+    assert_eq!((last.code.as_str(), last.message.as_str()), ("upstream_auth", "The echo provider was told to fail."));
+    let created = admin
+        .create(draft("name = \"quiet\"\ntype = \"echo\"\nmodels = [{ name = \"q\", kind = \"image_to_3d\" }]\n"))
+        .await
+        .expect("created");
+    let all = admin.stats().await.expect("stats");
+    assert_eq!(all.iter().map(|s| s.channel.as_str()).collect::<Vec<_>>(), ["echo", created.name.as_str()]);
+    assert_eq!((all[1].succeeded, all[1].success_rate, all[1].last_error.is_none()), (0, None, true));
+    app.stop().await;
+}
