@@ -5,6 +5,7 @@
 //! A [`Router`] never changes; the live set of channels ([`set::ChannelSet`]) swaps in a
 //! new one when channels are added, edited or removed while kiln runs.
 
+pub mod admin;
 pub mod rehome;
 pub mod set;
 pub mod stored;

@@ -20,7 +20,9 @@ use uuid::Uuid;
 use crate::tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
 pub use accounts::*;
-pub use channels::{ChannelRepo, Destination, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel};
+pub use channels::{
+    ChannelRepo, ChannelStats, Destination, LastError, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel,
+};
 pub use deliveries::{DeliveryRepo, NextStep};
 pub use sqlite::SqliteDatabase;
 pub use usage::{

@@ -8,6 +8,7 @@
 //! or synchronous cloud APIs, which implement the smaller [`remote::RemoteApi`] and get
 //! durable submission, batched polling and downloads from [`remote`].
 
+pub mod form;
 pub mod modelscope;
 pub mod openai_images;
 pub mod relief;
@@ -239,6 +240,13 @@ pub trait Provider: Any + Send + Sync {
         Ok(())
     }
 
+    /// Makes a real, cheap call to the upstream (a cloud account's balance, a model
+    /// list, a worker's `/health`) for the admin console's "test connection", and says
+    /// in one short line what came back, or why it failed. Never reveals a key.
+    async fn test_connection(&self) -> Result<String, String> {
+        self.health().await.map(|()| "The provider is ready.".to_owned())
+    }
+
     /// Starts the provider's own background work for its channel (health probes, say),
     /// once, when the scheduler starts the channel. It must end when `runtime.shutdown()`
     /// fires.
@@ -275,22 +283,35 @@ pub trait ChannelRuntime: Send + Sync {
 
 type Factory = Arc<dyn Fn(&ChannelConfig) -> anyhow::Result<Arc<dyn Provider>> + Send + Sync>;
 
-/// Provider types by name, as `type = "…"` in a channel's configuration.
+/// Provider types by name, as `type = "…"` in a channel's configuration, with the
+/// description of each one's settings for the admin console's form.
 #[derive(Clone, Default)]
 pub struct Registry {
     factories: BTreeMap<String, Factory>,
+    forms: BTreeMap<String, form::ProviderForm>,
 }
 
 impl Registry {
     /// The providers shipped in the binary.
     pub fn builtin() -> Self {
         let mut registry = Self::default();
-        registry.register("modelscope", modelscope::factory);
-        registry.register("openai_images", openai_images::factory);
-        registry.register("relief", relief::factory);
-        registry.register("tripo", tripo::factory);
-        registry.register("worker", worker::factory);
+        registry.register("modelscope", modelscope::factory).describe(modelscope::form());
+        registry.register("openai_images", openai_images::factory).describe(openai_images::form());
+        registry.register("relief", relief::factory).describe(relief::form());
+        registry.register("tripo", tripo::factory).describe(tripo::form());
+        registry.register("worker", worker::factory).describe(worker::form());
         registry
+    }
+
+    /// Adds (or replaces) the form of the provider type it names.
+    pub fn describe(&mut self, form: form::ProviderForm) -> &mut Self {
+        self.forms.insert(form.provider.clone(), form);
+        self
+    }
+
+    /// The form of each registered type that has one, by type name.
+    pub fn forms(&self) -> impl Iterator<Item = &form::ProviderForm> {
+        self.forms.values().filter(|f| self.factories.contains_key(&f.provider))
     }
 
     /// Adds (or replaces) a provider type.

@@ -27,3 +27,6 @@ CREATE TABLE channels (
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+
+-- Per-channel statistics read the tasks that ended in the last hour.
+CREATE INDEX tasks_finished ON tasks (finished_at) WHERE finished_at IS NOT NULL;

@@ -64,6 +64,47 @@ pub struct Rehomed {
     pub events: Vec<TaskEvent>,
 }
 
+/// What a channel did over a window: its queue now, and the tasks that ended in the
+/// window.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ChannelStats {
+    pub channel: String,
+    /// Waiting now.
+    pub queued: u64,
+    /// Running now.
+    pub running: u64,
+    /// Ended in the window, by outcome.
+    pub succeeded: u64,
+    pub failed: u64,
+    pub canceled: u64,
+    /// Succeeded ÷ (succeeded + failed): a cancel is the client's choice, not the
+    /// channel's failure. `None` when none ended either way.
+    pub success_rate: Option<f64>,
+    /// Run time (start to end) of the tasks that succeeded, median and 95th
+    /// percentile (nearest rank), in seconds.
+    pub p50_seconds: Option<f64>,
+    pub p95_seconds: Option<f64>,
+    /// The latest failure in the window.
+    pub last_error: Option<LastError>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LastError {
+    pub task_id: TaskId,
+    pub code: String,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// The `p`th percentile (0–100) of sorted values, by nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
 /// How a waiting task is routed when its channel left: it sees the task and whether
 /// the task carries a client's own provider key (only a channel that takes client keys
 /// may run such a task).
@@ -81,6 +122,10 @@ pub trait ChannelRepo: Send + Sync {
     async fn update_channel(&self, id: Uuid, config: &ChannelConfig, sealed_secret: Option<&str>) -> DbResult<Stored>;
     /// Deletes a stored channel, returning it as it was.
     async fn delete_channel(&self, id: Uuid) -> DbResult<Option<StoredChannel>>;
+
+    /// Each channel's queue now and the tasks it ended since `since`, for every channel
+    /// with either (by name, in name order).
+    async fn channel_stats(&self, since: DateTime<Utc>) -> DbResult<Vec<ChannelStats>>;
 
     /// Moves or ends the waiting tasks of `channel` as `route` says, in one transaction:
     /// oldest first, each to the first destination with room (counting the tasks moved

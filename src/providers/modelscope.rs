@@ -22,6 +22,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Job, Provider, ProviderError,
+    form::{Field, FieldType, ProviderForm, SecretField},
     remote::{
         Call, Check, Failure, Finished, JobState, RemoteApi, RemoteFile, RemoteOptions, RemoteProvider, Source,
         Submission,
@@ -57,6 +58,27 @@ struct Options {
     /// Overrides `https://api-inference.modelscope.cn` (a proxy, or a test's fake).
     #[serde(default)]
     base_url: Option<url::Url>,
+}
+
+/// The admin console's form for a ModelScope channel.
+pub fn form() -> ProviderForm {
+    let remote = RemoteOptions { poll_interval: POLL_FIRST, poll_max_interval: Some(POLL_CAP), ..Default::default() };
+    let mut options =
+        vec![Field::new("base_url", FieldType::Url, Value::Null, "Overrides ModelScope's base URL (a proxy).")];
+    options.extend(remote.fields());
+    ProviderForm {
+        provider: "modelscope".into(),
+        title: "ModelScope API-Inference (cloud images)".into(),
+        kinds: vec![TaskKind::TextToImage],
+        secret: Some(SecretField {
+            required: true,
+            label: "Access token".into(),
+            help: "A ModelScope access token (ms-…); several, separated by commas, are used in turn.".into(),
+        }),
+        default_base_url: Some(BASE.into()),
+        base_urls: Vec::new(),
+        options,
+    }
 }
 
 /// The registry's factory.
@@ -462,11 +484,27 @@ impl RemoteApi for ModelScope {
     }
 
     async fn health(&self, call: &Call<'_>) -> Result<(), String> {
+        self.models(call).await.map(|_| ())
+    }
+
+    /// `GET /v1/models`, and how many models it listed.
+    async fn test_connection(&self, call: &Call<'_>) -> Result<String, String> {
+        let answer = self.models(call).await?;
+        match answer.json().as_ref().and_then(|v| v.get("data")).and_then(Value::as_array) {
+            Some(models) => Ok(format!("ModelScope took the token and lists {} models.", models.len())),
+            None => Ok(format!("ModelScope took the token (answered {}).", answer.status)),
+        }
+    }
+}
+
+impl ModelScope {
+    /// `GET /v1/models`: whether the token is taken.
+    async fn models(&self, call: &Call<'_>) -> Result<Answer, String> {
         let url = self.url(&["v1", "models"]);
         let make = || call.bearer(call.http.client().get(&url));
         let answer = call.http.send(make, Retry::Idempotent, None).await.map_err(|f| f.to_string())?;
         match answer.status {
-            status if status.is_success() => Ok(()),
+            status if status.is_success() => Ok(answer),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err("ModelScope refused the access token".into()),
             status => Err(format!("ModelScope answered {status}")),
         }

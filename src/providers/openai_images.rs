@@ -24,6 +24,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Job, Provider, ProviderError,
+    form::{Field, FieldType, ProviderForm, SecretField},
     remote::{
         Call, Check, Failure, Finished, JobState, RemoteApi, RemoteFile, RemoteOptions, RemoteProvider, Source,
         Submission,
@@ -68,6 +69,49 @@ enum UpstreamFormat {
     /// `response_format` is not sent: for APIs that refuse the field (OpenAI's
     /// gpt-image models always answer base64).
     None,
+}
+
+/// The admin console's form for an OpenAI-compatible image channel.
+pub fn form() -> ProviderForm {
+    let remote = RemoteOptions {
+        request_timeout: humantime::parse_duration(REQUEST_TIMEOUT).unwrap_or(Duration::from_secs(300)),
+        ..Default::default()
+    };
+    let mut options = vec![
+        Field::new(
+            "base_url",
+            FieldType::Url,
+            Value::Null,
+            "The API's base URL, with or without /v1 (a new-api or LiteLLM instance, a local server).",
+        ),
+        Field::new(
+            "upstream_format",
+            FieldType::Choice,
+            json!("b64_json"),
+            "What kiln asks for (response_format); none: the field is not sent.",
+        )
+        .choices(&["b64_json", "url", "none"]),
+        Field::new(
+            "extra_params",
+            FieldType::List,
+            json!([]),
+            "Parameters passed on unchecked, for servers that take more than OpenAI's fields.",
+        ),
+    ];
+    options.extend(remote.fields());
+    ProviderForm {
+        provider: "openai_images".into(),
+        title: "OpenAI-compatible image API".into(),
+        kinds: vec![TaskKind::TextToImage],
+        secret: Some(SecretField {
+            required: true,
+            label: "API key".into(),
+            help: "Sent as Authorization: Bearer; several, separated by commas, are used in turn.".into(),
+        }),
+        default_base_url: Some(OPENAI.into()),
+        base_urls: Vec::new(),
+        options,
+    }
 }
 
 /// The registry's factory.
@@ -399,14 +443,32 @@ impl RemoteApi for OpenAiImages {
         Ok(HashMap::new())
     }
 
+    async fn health(&self, call: &Call<'_>) -> Result<(), String> {
+        self.models(call).await.map(|_| ())
+    }
+
+    /// `GET /v1/models`, and how many models it listed.
+    async fn test_connection(&self, call: &Call<'_>) -> Result<String, String> {
+        let answer = self.models(call).await?;
+        let listed = answer.json().as_ref().and_then(|v| v.get("data")).and_then(Value::as_array).map(Vec::len);
+        Ok(match (answer.status.as_u16(), listed) {
+            (200..=299, Some(n)) => format!("The image API took the key and lists {n} models."),
+            (200..=299, None) => format!("The image API took the key (answered {}).", answer.status),
+            (429, _) => "The image API answered 429 (rate limited): it is reachable; try again later.".to_owned(),
+            (status, _) => format!("The image API is reachable but has no model list (GET /v1/models: {status})."),
+        })
+    }
+}
+
+impl OpenAiImages {
     /// `GET /v1/models`: the key must be taken. A server without a model list (404,
     /// 405) still answered, so it counts as up; so does a rate limit.
-    async fn health(&self, call: &Call<'_>) -> Result<(), String> {
+    async fn models(&self, call: &Call<'_>) -> Result<Answer, String> {
         let url = self.url("/v1/models");
         let make = || call.bearer(call.http.client().get(&url)).timeout(HEALTH_TIMEOUT);
         let answer = call.http.send(make, Retry::Idempotent, None).await.map_err(|f| f.to_string())?;
         match answer.status.as_u16() {
-            200..=299 | 404 | 405 | 429 => Ok(()),
+            200..=299 | 404 | 405 | 429 => Ok(answer),
             401 | 403 => Err("the image provider refuses the API key".into()),
             status => Err(format!("the image provider answered {status} to GET /v1/models")),
         }

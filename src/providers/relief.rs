@@ -17,7 +17,10 @@ use tokio::sync::mpsc;
 
 use crate::{
     config::ChannelConfig,
-    providers::{Job, JobContext, Outcome, Output, Provider, ProviderError},
+    providers::{
+        Job, JobContext, Outcome, Output, Provider, ProviderError,
+        form::{Field, FieldType, ProviderForm},
+    },
     tasks::TaskKind,
 };
 
@@ -27,6 +30,64 @@ const KEYS: [&str; 4] = ["depth", "resolution", "max_triangles", "texture_size"]
 /// The relief engine with its channel's default options.
 pub struct Relief {
     defaults: Options,
+}
+
+/// The admin console's form for a relief channel: its options are the engine's
+/// defaults for every task.
+pub fn form() -> ProviderForm {
+    let d = Options::default();
+    let range =
+        |name: &str, lo: String, hi: String| format!("{name}, from {lo} to {hi}; a task's params may override it.");
+    ProviderForm {
+        provider: "relief".into(),
+        title: "relief (built-in CPU engine)".into(),
+        kinds: vec![TaskKind::ImageTo3d],
+        secret: None,
+        default_base_url: None,
+        base_urls: Vec::new(),
+        options: vec![
+            Field::new(
+                "depth",
+                FieldType::Number,
+                json!(round(d.depth)),
+                &range(
+                    "Thickness as a share of the width",
+                    Options::DEPTH.start().to_string(),
+                    Options::DEPTH.end().to_string(),
+                ),
+            ),
+            Field::new(
+                "resolution",
+                FieldType::Integer,
+                json!(d.resolution),
+                &range(
+                    "Grid cells across the object",
+                    Options::RESOLUTION.start().to_string(),
+                    Options::RESOLUTION.end().to_string(),
+                ),
+            ),
+            Field::new(
+                "max_triangles",
+                FieldType::Integer,
+                json!(d.max_triangles),
+                &range(
+                    "Triangles at most",
+                    Options::MAX_TRIANGLES.start().to_string(),
+                    Options::MAX_TRIANGLES.end().to_string(),
+                ),
+            ),
+            Field::new(
+                "texture_size",
+                FieldType::Integer,
+                json!(d.texture_size),
+                &range(
+                    "The texture's longest side in pixels",
+                    Options::TEXTURE_SIZE.start().to_string(),
+                    Options::TEXTURE_SIZE.end().to_string(),
+                ),
+            ),
+        ],
+    }
 }
 
 /// The registry's factory: reads the channel's `options` table as the defaults, so a
@@ -54,6 +115,10 @@ impl Provider for Relief {
          picture, inflates its silhouette into a rounded, watertight solid (the back mirrors \
          the front) and paints the picture on it; a textured GLB in a fraction of a second."
             .to_owned()
+    }
+
+    async fn test_connection(&self) -> Result<String, String> {
+        Ok("The relief engine runs inside kiln: there is nothing to connect to.".to_owned())
     }
 
     fn check_params(&self, _kind: TaskKind, params: &Value) -> Result<(), String> {

@@ -39,7 +39,10 @@ use tokio::{
 };
 
 use self::http::{Fault, Http, HttpSettings};
-use super::{ChannelRuntime, Job, JobContext, Outcome, Output, Provider, ProviderError, Upstream};
+use super::{
+    ChannelRuntime, Job, JobContext, Outcome, Output, Provider, ProviderError, Upstream,
+    form::{Field, FieldType},
+};
 use crate::{
     config::{ChannelConfig, JsonMap, Secret},
     input::{self, SpoolError, Upload},
@@ -80,6 +83,12 @@ pub trait RemoteApi: Send + Sync + 'static {
     /// Whether the upstream takes work with this key (a balance check, say).
     async fn health(&self, _call: &Call<'_>) -> Result<(), String> {
         Ok(())
+    }
+
+    /// The admin console's connection test: a real, cheap call with this key, and one
+    /// line on what came back ([`Provider::test_connection`]).
+    async fn test_connection(&self, call: &Call<'_>) -> Result<String, String> {
+        self.health(call).await.map(|()| "The provider answered.".to_owned())
     }
 }
 
@@ -265,6 +274,52 @@ const REMOTE_KEYS: [&str; 7] = [
 ];
 
 impl RemoteOptions {
+    /// The shared settings as form fields, with these defaults (a provider may change
+    /// some).
+    pub fn fields(&self) -> Vec<Field> {
+        use FieldType as T;
+        let duration = |d: Duration| json!(humantime::format_duration(d).to_string());
+        vec![
+            Field::new(
+                "poll_interval",
+                T::Duration,
+                duration(self.poll_interval),
+                "The first pause between polls of a job; it grows to poll_max_interval.",
+            ),
+            Field::new(
+                "poll_max_interval",
+                T::Duration,
+                self.poll_max_interval.map_or(Value::Null, duration),
+                "The longest pause between polls; left out: 2s where one request polls many jobs, else 10s.",
+            ),
+            Field::new(
+                "requests_per_minute",
+                T::Integer,
+                json!(self.requests_per_minute),
+                "Upstream API requests per minute for the channel, whatever the load.",
+            ),
+            Field::new("request_timeout", T::Duration, duration(self.request_timeout), "A whole API request."),
+            Field::new(
+                "download_timeout",
+                T::Duration,
+                duration(self.download_timeout),
+                "A whole download of an output.",
+            ),
+            Field::new(
+                "max_download_bytes",
+                T::Integer,
+                json!(self.max_download_bytes),
+                "The largest output file kept.",
+            ),
+            Field::new(
+                "health_interval",
+                T::Duration,
+                duration(self.health_interval),
+                "How often the upstream's health is probed; 0s turns it off.",
+            ),
+        ]
+    }
+
     /// Takes the shared settings out of a channel's options, leaving the provider's own.
     pub fn take(options: &mut JsonMap) -> anyhow::Result<Self> {
         let mut mine = JsonMap::new();
@@ -687,6 +742,12 @@ impl<A: RemoteApi> Provider for RemoteProvider<A> {
     async fn health(&self) -> Result<(), String> {
         let call = Call { http: &self.http, key: self.keys.keys[0].secret.expose(), until: None };
         self.api.health(&call).await
+    }
+
+    /// With the channel's first key, whatever the health probes say.
+    async fn test_connection(&self) -> Result<String, String> {
+        let call = Call { http: &self.http, key: self.keys.keys[0].secret.expose(), until: None };
+        self.api.test_connection(&call).await
     }
 
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError> {

@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Job, Provider, ProviderError,
+    form::{Field, FieldType, NamedUrl, ProviderForm, SecretField},
     remote::{
         Call, Check, Failure, Finished, JobState, RemoteApi, RemoteFile, RemoteOptions, RemoteProvider, Source,
         Submission,
@@ -53,6 +54,37 @@ enum Region {
     #[default]
     Global,
     Cn,
+}
+
+/// The admin console's form for a Tripo channel.
+pub fn form() -> ProviderForm {
+    let mut options = vec![
+        Field::new(
+            "region",
+            FieldType::Choice,
+            json!("global"),
+            "global: openapi.tripo3d.ai; cn: openapi.tripo3d.com. A key works only in its own region.",
+        )
+        .choices(&["global", "cn"]),
+        Field::new("base_url", FieldType::Url, Value::Null, "Overrides the region's base URL (a proxy)."),
+    ];
+    options.extend(RemoteOptions::default().fields());
+    ProviderForm {
+        provider: "tripo".into(),
+        title: "Tripo (cloud 3D)".into(),
+        kinds: vec![TaskKind::ImageTo3d, TaskKind::TextTo3d],
+        secret: Some(SecretField {
+            required: true,
+            label: "API key".into(),
+            help: "Tripo API keys start with tsk_; several, separated by commas, are used in turn.".into(),
+        }),
+        default_base_url: Some(GLOBAL.into()),
+        base_urls: vec![
+            NamedUrl { label: "Global".into(), url: GLOBAL.into() },
+            NamedUrl { label: "China".into(), url: CHINA.into() },
+        ],
+        options,
+    }
 }
 
 /// The registry's factory.
@@ -402,14 +434,35 @@ impl RemoteApi for Tripo {
     }
 
     async fn health(&self, call: &Call<'_>) -> Result<(), String> {
+        match self.balance(call).await?.0 {
+            Some(balance) if balance <= 0.0 => Err("the Tripo account is out of credits".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The account's balance.
+    async fn test_connection(&self, call: &Call<'_>) -> Result<String, String> {
+        match self.balance(call).await? {
+            (Some(balance), frozen) if balance <= 0.0 => Err(format!(
+                "Tripo took the key, but the account is out of credits (balance {balance}, {} frozen).",
+                frozen.unwrap_or(0.0)
+            )),
+            (Some(balance), frozen) => {
+                Ok(format!("Tripo balance: {balance} credits ({} frozen).", frozen.unwrap_or(0.0)))
+            }
+            (None, _) => Ok("Tripo took the key (its answer had no balance).".to_owned()),
+        }
+    }
+}
+
+impl Tripo {
+    /// `GET /v3/account/balance`: the balance and the frozen credits.
+    async fn balance(&self, call: &Call<'_>) -> Result<(Option<f64>, Option<f64>), String> {
         let url = self.url("/v3/account/balance");
         let make = || call.bearer(call.http.client().get(&url));
         let answer = call.http.send(make, Retry::Idempotent, None).await.map_err(|f| f.to_string())?;
         match read(&answer, false) {
-            Ok(data) => match data.get("balance").and_then(Value::as_f64) {
-                Some(balance) if balance <= 0.0 => Err("the Tripo account is out of credits".into()),
-                _ => Ok(()),
-            },
+            Ok(data) => Ok((data.get("balance").and_then(Value::as_f64), data.get("frozen").and_then(Value::as_f64))),
             Err(Failure::Refused(err) | Failure::NotTaken(err)) => Err(err.message),
             Err(Failure::Unknown(detail)) => Err(detail),
         }

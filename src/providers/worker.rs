@@ -23,9 +23,14 @@ use reqwest::{StatusCode, header};
 use serde::Deserialize;
 use url::Url;
 
+use serde_json::{Value, json};
+
 use crate::{
     config::ChannelConfig,
-    providers::{ChannelRuntime, Job, JobContext, Outcome, Provider, ProviderError},
+    providers::{
+        ChannelRuntime, Job, JobContext, Outcome, Provider, ProviderError,
+        form::{Field, FieldType, ProviderForm, SecretField},
+    },
     tasks::TaskKind,
     webhooks::SigningKey,
     worker_protocol::{self, Accepted, Form, Health},
@@ -138,6 +143,51 @@ struct Pool {
     runtime: OnceLock<Arc<dyn ChannelRuntime>>,
     /// Breaks ties between equally loaded workers in turn.
     turn: AtomicUsize,
+}
+
+/// The admin console's form for a channel of push workers.
+pub fn form() -> ProviderForm {
+    let duration = |d: Duration| json!(humantime::format_duration(d).to_string());
+    ProviderForm {
+        provider: "worker".into(),
+        title: "Push workers (kiln's worker protocol)".into(),
+        kinds: vec![TaskKind::ImageTo3d],
+        secret: Some(SecretField {
+            required: true,
+            label: "Signing secret".into(),
+            help: "The whsec_… secret shared with the workers: dispatches and callbacks are signed with it.".into(),
+        }),
+        default_base_url: None,
+        base_urls: Vec::new(),
+        options: vec![
+            Field::new("workers", FieldType::List, Value::Null, "The workers' base URLs (or { url, slots } objects).")
+                .required(),
+            Field::new(
+                "callback_url",
+                FieldType::Url,
+                Value::Null,
+                "The base URL workers call back; default {public_url}/api/v1/worker-callbacks.",
+            ),
+            Field::new(
+                "health_interval",
+                FieldType::Duration,
+                duration(default_health_interval()),
+                "How often each worker's /health is probed.",
+            ),
+            Field::new(
+                "health_failures",
+                FieldType::Integer,
+                json!(default_health_failures()),
+                "Failed probes in a row that take a worker out of rotation.",
+            ),
+            Field::new(
+                "dispatch_timeout",
+                FieldType::Duration,
+                duration(default_dispatch_timeout()),
+                "A whole dispatch request.",
+            ),
+        ],
+    }
 }
 
 /// The registry's factory: reads and checks the channel's options and secret.
@@ -342,6 +392,31 @@ impl Pool {
         if failures >= self.health_failures { ProbeChange::StillLost } else { ProbeChange::None }
     }
 
+    /// Asks one worker for its health (signed, as the probes do) and says what it
+    /// answered, without changing its standing.
+    async fn check(&self, worker: &Worker) -> Result<String, String> {
+        let signed = self.key.sign(b"");
+        let mut request = self.client.get(worker.endpoint(worker_protocol::HEALTH_PATH)).timeout(HEALTH_TIMEOUT);
+        for (name, value) in signed.headers() {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.map_err(|e| format!("unreachable ({e})"))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("answered {status}"));
+        }
+        let health = response.json::<Health>().await.map_err(|_| format!("answered {status} without its health"))?;
+        let mut said = vec![health.status.clone()];
+        if let Some(protocol) = health.protocol {
+            said.push(format!("protocol {protocol}"));
+        }
+        if let (Some(running), Some(slots)) = (health.running, health.slots) {
+            said.push(format!("{running}/{slots} running"));
+        }
+        let said = said.join(", ");
+        if health.status == "healthy" { Ok(said) } else { Err(said) }
+    }
+
     async fn watch(self: Arc<Self>, runtime: Arc<dyn ChannelRuntime>) {
         let stop = runtime.shutdown();
         loop {
@@ -410,6 +485,22 @@ impl Provider for WorkerProvider {
 
     fn can_start(&self) -> bool {
         self.pool.workers.iter().any(|w| w.usable())
+    }
+
+    /// Every worker's `/health`: usable when at least one is healthy.
+    async fn test_connection(&self) -> Result<String, String> {
+        let pool = &self.pool;
+        let checks = futures::future::join_all(pool.workers.iter().map(|w| async move { (w, pool.check(w).await) }));
+        let answers = checks.await;
+        let healthy = answers.iter().filter(|(_, a)| a.is_ok()).count();
+        let each: Vec<String> = answers
+            .iter()
+            .map(|(w, answer)| match answer {
+                Ok(said) | Err(said) => format!("{} ({said})", w.base),
+            })
+            .collect();
+        let line = format!("{healthy} of {} workers healthy: {}.", answers.len(), each.join("; "));
+        if healthy > 0 { Ok(line) } else { Err(line) }
     }
 
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError> {

@@ -1,8 +1,9 @@
 //! The SQLite implementation of the channel repository.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::{Row, sqlite::SqliteRow};
 use uuid::Uuid;
 
@@ -10,9 +11,12 @@ use super::{SqliteDatabase, announce_positions, begin, finish_in, now_ms, parse_
 use crate::{
     config::ChannelConfig,
     db::{
-        DbError, DbResult,
-        channels::{ChannelRepo, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel},
+        DbError, DbResult, TaskRepo,
+        channels::{
+            ChannelRepo, ChannelStats, LastError, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel, percentile,
+        },
     },
+    tasks::{TaskId, TaskStatus},
 };
 
 fn channel_from_row(row: &SqliteRow) -> DbResult<StoredChannel> {
@@ -27,6 +31,13 @@ fn channel_from_row(row: &SqliteRow) -> DbResult<StoredChannel> {
         created_at: to_time(row.try_get("created_at")?),
         updated_at: to_time(row.try_get("updated_at")?),
     })
+}
+
+/// A channel's statistics, made when first met.
+fn stats_of<'m>(stats: &'m mut BTreeMap<String, ChannelStats>, channel: &str) -> &'m mut ChannelStats {
+    stats
+        .entry(channel.to_owned())
+        .or_insert_with(|| ChannelStats { channel: channel.to_owned(), ..Default::default() })
 }
 
 /// The configuration as stored: JSON, without the secret (which only goes sealed into
@@ -109,6 +120,58 @@ impl ChannelRepo for SqliteDatabase {
             .fetch_optional(&self.writer)
             .await?;
         row.as_ref().map(channel_from_row).transpose()
+    }
+
+    async fn channel_stats(&self, since: DateTime<Utc>) -> DbResult<Vec<ChannelStats>> {
+        let mut stats: BTreeMap<String, ChannelStats> = BTreeMap::new();
+        for load in self.channel_loads().await? {
+            let s = stats_of(&mut stats, &load.channel);
+            (s.queued, s.running) = (load.queued, load.running);
+        }
+        let rows = sqlx::query(
+            "SELECT id, channel, status, started_at, finished_at, error_code, error_message FROM tasks \
+             WHERE finished_at >= ?1 ORDER BY finished_at, rowid",
+        )
+        .bind(since.timestamp_millis())
+        .fetch_all(&self.reader)
+        .await?;
+        let mut runs: HashMap<String, Vec<f64>> = HashMap::new();
+        for row in &rows {
+            let channel: String = row.try_get("channel")?;
+            let s = stats_of(&mut stats, &channel);
+            let status: String = row.try_get("status")?;
+            let finished: i64 = row.try_get("finished_at")?;
+            match TaskStatus::parse(&status) {
+                Some(TaskStatus::Succeeded) => {
+                    s.succeeded += 1;
+                    if let Some(started) = row.try_get::<Option<i64>, _>("started_at")? {
+                        runs.entry(channel).or_default().push((finished - started).max(0) as f64 / 1000.0);
+                    }
+                }
+                Some(TaskStatus::Failed) => {
+                    s.failed += 1;
+                    // Rows come oldest first: the last one written is the latest.
+                    s.last_error = Some(LastError {
+                        task_id: TaskId(parse_uuid(&row.try_get::<String, _>("id")?)?),
+                        code: row.try_get::<Option<String>, _>("error_code")?.unwrap_or_default(),
+                        message: row.try_get::<Option<String>, _>("error_message")?.unwrap_or_default(),
+                        at: to_time(finished),
+                    });
+                }
+                Some(TaskStatus::Canceled) => s.canceled += 1,
+                _ => {}
+            }
+        }
+        for s in stats.values_mut() {
+            let ended = s.succeeded + s.failed;
+            s.success_rate = (ended > 0).then(|| s.succeeded as f64 / ended as f64);
+            if let Some(runs) = runs.get_mut(&s.channel) {
+                runs.sort_by(f64::total_cmp);
+                s.p50_seconds = percentile(runs, 50.0);
+                s.p95_seconds = percentile(runs, 95.0);
+            }
+        }
+        Ok(stats.into_values().collect())
     }
 
     async fn rehome_queued(&self, channel: &str, route: &RehomeRoute<'_>) -> DbResult<Rehomed> {
@@ -270,6 +333,76 @@ mod tests {
         assert_eq!(db.delete_channel(second.id).await.expect("delete").map(|c| c.id), Some(second.id));
         assert!(db.get_channel(second.id).await.expect("get").is_none());
         assert!(db.delete_channel(second.id).await.expect("delete").is_none());
+    }
+
+    /// Ends a task as `status`, having started `ran` ms before it ended `ago` ms ago.
+    async fn ended(db: &SqliteDatabase, id: TaskId, status: &str, ran: i64, ago: i64, code: Option<&str>) {
+        let now = chrono::Utc::now().timestamp_millis();
+        sqlx::query(
+            "UPDATE tasks SET status = ?1, started_at = ?2, finished_at = ?3, error_code = ?4, error_message = ?5 \
+             WHERE id = ?6",
+        )
+        .bind(status)
+        .bind(now - ago - ran)
+        .bind(now - ago)
+        .bind(code)
+        .bind(code.map(|c| format!("failed with {c}")))
+        .bind(id.to_string())
+        .execute(&db.writer)
+        .await
+        .expect("ended");
+    }
+
+    #[tokio::test]
+    async fn a_channels_last_hour_counts_outcomes_run_times_and_its_latest_error() {
+        let (db, _dir) = db().await;
+        const MIN: i64 = 60_000;
+        for seconds in 1..=10 {
+            let id = enqueue(&db, "c", "m", None).await;
+            ended(&db, id, "succeeded", seconds * 1000, (seconds + 1) * MIN, None).await;
+        }
+        let older = enqueue(&db, "c", "m", None).await;
+        ended(&db, older, "failed", 500, 30 * MIN, Some("upstream_error")).await;
+        let latest = enqueue(&db, "c", "m", None).await;
+        ended(&db, latest, "failed", 500, 10 * MIN, Some("upstream_auth")).await;
+        let canceled = enqueue(&db, "c", "m", None).await;
+        ended(&db, canceled, "canceled", 100, 5 * MIN, None).await;
+        let outside = enqueue(&db, "c", "m", None).await;
+        ended(&db, outside, "succeeded", 3_600_000, 120 * MIN, None).await;
+        enqueue(&db, "c", "m", None).await;
+        let running = enqueue(&db, "c", "m", None).await;
+        sqlx::query("UPDATE tasks SET status = 'running' WHERE id = ?1")
+            .bind(running.to_string())
+            .execute(&db.writer)
+            .await
+            .expect("running");
+        enqueue(&db, "idle", "m", None).await;
+
+        let since = chrono::Utc::now() - chrono::Duration::hours(1);
+        let stats = db.channel_stats(since).await.expect("stats");
+        let names: Vec<&str> = stats.iter().map(|s| s.channel.as_str()).collect();
+        assert_eq!(names, ["c", "idle"]);
+        let c = &stats[0];
+        assert_eq!((c.queued, c.running), (1, 1));
+        assert_eq!((c.succeeded, c.failed, c.canceled), (10, 2, 1), "the one two hours ago is not counted");
+        assert_eq!(c.success_rate, Some(10.0 / 12.0), "cancels are not the channel's failures");
+        assert_eq!((c.p50_seconds, c.p95_seconds), (Some(5.0), Some(10.0)));
+        let last = c.last_error.as_ref().expect("an error");
+        assert_eq!((last.task_id, last.code.as_str()), (latest, "upstream_auth"));
+        assert_eq!(last.message, "failed with upstream_auth");
+        let idle = &stats[1];
+        assert_eq!((idle.queued, idle.succeeded, idle.success_rate, idle.p50_seconds), (1, 0, None, None));
+        assert!(idle.last_error.is_none());
+    }
+
+    #[test]
+    fn percentiles_are_by_nearest_rank() {
+        let values: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), Some(10.0));
+        assert_eq!(percentile(&values, 95.0), Some(19.0));
+        assert_eq!(percentile(&values[..1], 95.0), Some(1.0));
+        assert_eq!(percentile(&values, 0.0), Some(1.0));
+        assert_eq!(percentile(&[], 50.0), None);
     }
 
     #[tokio::test]
