@@ -147,7 +147,7 @@ impl Gateway {
         let mut sweeps = 0u64;
         loop {
             self.announce_missed().await;
-            if sweeps % PRUNE_EVERY_SWEEPS == 0 {
+            if sweeps.is_multiple_of(PRUNE_EVERY_SWEEPS) {
                 self.prune_deliveries().await;
             }
             sweeps += 1;
