@@ -4,7 +4,8 @@
 # Starts target/debug/kiln (or $KILN_BIN) with a temporary configuration and data
 # directory on a free loopback port, with `relief` (the built-in CPU engine, which takes
 # real pictures) and a worker channel whose callbacks tools/schemathesis/kiln_hooks.py
-# signs; waits for /ready; runs schemathesis on
+# signs, and a first admin whose API token every request carries; waits for /ready;
+# runs schemathesis on
 # /openapi.json: every check, positive and negative data, the examples, coverage,
 # fuzzing and stateful phases, bounded by the number of examples per operation; stops
 # kiln; fails when schemathesis found anything. What it runs, what held and the few
@@ -82,7 +83,11 @@ workers = ["http://127.0.0.1:9"]
 image_to_3d = "relief"
 EOF
 
-"$kiln" serve --config "$work/kiln.toml" >"$work/kiln.out" 2>"$work/kiln.err" &
+# A first admin, whose API token schemathesis sends, so the account and admin routes are
+# exercised past 401 (open mode: the task faces work with or without it).
+admin_password="$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')"
+KILN_ADMIN__USERNAME=schemathesis KILN_ADMIN__PASSWORD="$admin_password" \
+    "$kiln" serve --config "$work/kiln.toml" >"$work/kiln.out" 2>"$work/kiln.err" &
 pid=$!
 base=
 for _ in $(seq 1 600); do
@@ -103,6 +108,16 @@ if [ -z "$base" ]; then
     exit 1
 fi
 
+# Sign in as the admin and make the token (its text is shown once, in this answer).
+session=$(curl -fsS -c "$work/cookies" -H 'content-type: application/json' \
+    -d "{\"username\": \"schemathesis\", \"password\": \"$admin_password\"}" "$base/api/v1/session")
+csrf=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["csrf_token"])' <<<"$session")
+issued=$(curl -fsS -b "$work/cookies" -H 'content-type: application/json' -H "x-csrf-token: $csrf" \
+    -d '{"name": "schemathesis"}' "$base/api/v1/me/tokens")
+token=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])' <<<"$issued")
+# The hooks keep schemathesis from revoking this token or demoting or disabling this admin.
+protected=$(python3 -c 'import json, sys; i = json.load(sys.stdin)["item"]; print(i["id"] + "," + i["user_id"])' <<<"$issued")
+
 seed_args=(--seed "$seed")
 if [ "$seed" = random ]; then
     seed_args=()
@@ -113,7 +128,7 @@ status=0
 (
     cd "$work"
     export PYTHONPATH="$tool${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=kiln_hooks
-    export KILN_SCHEMATHESIS_SECRET="$secret"
+    export KILN_SCHEMATHESIS_SECRET="$secret" KILN_SCHEMATHESIS_PROTECTED="$protected"
     # shellcheck disable=SC2086 # SCHEMATHESIS_ARGS is a list of options
     "$tool/.venv/bin/schemathesis" --config-file "$tool/schemathesis.toml" run "$base/openapi.json" \
         --checks all \
@@ -125,6 +140,7 @@ status=0
         --request-timeout 60 \
         --generation-database none \
         --no-color \
+        --header "Authorization: Bearer $token" \
         ${SCHEMATHESIS_ARGS:-}
 ) || status=$?
 

@@ -254,8 +254,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// One configured provider instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One configured provider instance. Also the body of the admin's channel routes,
+/// hence its schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// Unique name, used in logs, metrics and the catalog.
@@ -283,12 +284,15 @@ pub struct ChannelConfig {
     /// How long a task may run on this channel; default `tasks.deadline`. A cloud 3D
     /// model can take minutes, an image seconds.
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>, example = "10m")]
     pub deadline: Option<Duration>,
     /// Parameters filled in when a request leaves them out.
     #[serde(default, deserialize_with = "json_map")]
+    #[schema(value_type = Object)]
     pub defaults: JsonMap,
     /// Parameters forced whatever the request says.
     #[serde(default, deserialize_with = "json_map")]
+    #[schema(value_type = Object)]
     pub overrides: JsonMap,
     /// Whether a client may send its own provider key for a request
     /// (`X-Provider-Key`), used for that task only.
@@ -301,11 +305,13 @@ pub struct ChannelConfig {
     /// The channel's credential: the shared signing secret of push workers, an API key
     /// of a cloud provider. Masked wherever the configuration is printed.
     #[serde(default)]
+    #[schema(value_type = Option<String>, format = Password)]
     pub secret: Option<Secret>,
     /// Provider-specific settings, as JSON: the file's TOML tables are read into it, and
     /// a channel stored in the database keeps them as JSON, so no provider depends on
     /// the format a channel came from.
     #[serde(default, deserialize_with = "json_map")]
+    #[schema(value_type = Object)]
     pub options: JsonMap,
 }
 
@@ -344,12 +350,13 @@ fn default_weight() -> u32 {
 }
 
 /// When a channel whose submissions keep failing is rested.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Failures in a row that open the breaker; 0 turns it off.
     pub failures: u32,
     #[serde(with = "humantime_serde")]
+    #[schema(value_type = String, example = "30s")]
     pub cooldown: Duration,
 }
 
@@ -359,7 +366,7 @@ impl Default for BreakerConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The name clients ask for.

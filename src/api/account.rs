@@ -243,7 +243,8 @@ async fn me(State(state): State<AppState>, Visitor(caller): Visitor, headers: He
 struct PasswordChange {
     #[schema(value_type = String, format = Password)]
     current_password: Secret,
-    #[schema(value_type = String, format = Password)]
+    /// 8 to 256 characters.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 256)]
     new_password: Secret,
 }
 

@@ -23,7 +23,7 @@ use crate::{
         AppState,
         account::{IssuedTokenView, NewTokenBody, TokenList, TokenView, UserView},
         caller::{Admin, ClientIp},
-        params::{Json as Body, Path, Query},
+        params::{self, Json as Body, Path, Query},
     },
     config::Secret,
     db::{AuditFilter, HourlyCredits, HourlyTasks, Price, UserChanges},
@@ -56,10 +56,23 @@ fn user_id(text: &str) -> ApiResult<Uuid> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct PageQuery {
-    /// Items to skip.
+    #[serde(default, deserialize_with = "params::int64")]
+    #[param(schema_with = params::offset)]
     offset: Option<u64>,
-    /// Items per page, 1–200 (default 50).
+    #[param(schema_with = user_page)]
     limit: Option<u32>,
+}
+
+fn user_page() -> utoipa::openapi::schema::Object {
+    params::page_size(1, 200, 50)
+}
+
+fn audit_page() -> utoipa::openapi::schema::Object {
+    params::page_size(1, 500, 100)
+}
+
+fn dashboard_hours() -> utoipa::openapi::schema::Object {
+    params::clamped("Hours back", 1, 744, 24)
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -71,6 +84,7 @@ struct UserPage {
 /// Users, in the order they were made.
 #[utoipa::path(get, path = "/api/v1/admin/users", tag = "admin", params(PageQuery),
     responses((status = 200, description = "Users", body = UserPage),
+        (status = 400, description = "A bad query value", body = ErrorBody),
         (status = 401, description = "Not signed in", body = ErrorBody), (status = 403, description = "Not an admin", body = ErrorBody)))]
 async fn list_users(
     State(state): State<AppState>,
@@ -85,8 +99,12 @@ async fn list_users(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUserBody {
+    /// 3 to 64 ASCII letters, digits, `.`, `_` and `-`, starting with a letter or digit;
+    /// unique without regard to case.
+    #[schema(pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{2,63}$")]
     username: String,
-    #[schema(value_type = String, format = Password)]
+    /// 8 to 256 characters.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 256)]
     password: Secret,
     #[serde(default = "user_role")]
     role: Role,
@@ -129,9 +147,10 @@ struct UserPatch {
     disabled: Option<bool>,
     /// Tasks queued and running at once; `null` removes the user's own limit.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 4294967295_i64)]
     max_active: Option<Option<u32>>,
-    /// A new password (the user's sessions end).
-    #[schema(value_type = Option<String>, format = Password)]
+    /// A new password, 8 to 256 characters (the user's sessions end).
+    #[schema(value_type = Option<String>, format = Password, min_length = 8, max_length = 256)]
     password: Option<Secret>,
 }
 
@@ -200,7 +219,8 @@ async fn change_balance(
 
 /// A user's API tokens.
 #[utoipa::path(get, path = "/api/v1/admin/users/{id}/tokens", tag = "admin", params(("id" = String, Path, description = "User id")),
-    responses((status = 200, description = "Tokens", body = TokenList)))]
+    responses((status = 200, description = "Tokens", body = TokenList),
+        (status = 404, description = "No such user", body = ErrorBody)))]
 async fn user_tokens(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -214,7 +234,9 @@ async fn user_tokens(
 /// Make an API token for a user; its text is in this answer only.
 #[utoipa::path(post, path = "/api/v1/admin/users/{id}/tokens", tag = "admin", request_body = NewTokenBody,
     params(("id" = String, Path, description = "User id")),
-    responses((status = 201, description = "Made", body = IssuedTokenView), (status = 404, description = "No such user", body = ErrorBody)))]
+    responses((status = 201, description = "Made", body = IssuedTokenView), (status = 404, description = "No such user", body = ErrorBody),
+        (status = 400, description = "Bad settings", body = ErrorBody),
+        (status = 422, description = "A webhook URL kiln may not send to", body = ErrorBody)))]
 async fn create_user_token(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -312,8 +334,10 @@ struct AuditQuery {
     actor: Option<Uuid>,
     /// Only this action, e.g. `balance.add`.
     action: Option<String>,
+    #[serde(default, deserialize_with = "params::int64")]
+    #[param(schema_with = params::offset)]
     offset: Option<u64>,
-    /// 1–500 (default 100).
+    #[param(schema_with = audit_page)]
     limit: Option<u32>,
 }
 
@@ -339,7 +363,8 @@ struct AuditPage {
 
 /// The audit log, newest first: who did what, when, from where.
 #[utoipa::path(get, path = "/api/v1/admin/audit", tag = "admin", params(AuditQuery),
-    responses((status = 200, description = "Entries", body = AuditPage)))]
+    responses((status = 200, description = "Entries", body = AuditPage),
+        (status = 400, description = "A bad query value", body = ErrorBody)))]
 async fn audit_log(
     State(state): State<AppState>,
     Admin(caller): Admin,
@@ -378,7 +403,7 @@ async fn settings(State(state): State<AppState>, Admin(caller): Admin) -> ApiRes
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct DashboardQuery {
-    /// Hours back, 1–744 (default 24).
+    #[param(schema_with = dashboard_hours)]
     hours: Option<u32>,
 }
 
@@ -418,7 +443,8 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 /// The dashboard's numbers: tasks per hour by model and outcome, credits per hour,
 /// queue depth now and run times per channel.
 #[utoipa::path(get, path = "/api/v1/admin/dashboard", tag = "admin", params(DashboardQuery),
-    responses((status = 200, description = "The numbers", body = Dashboard)))]
+    responses((status = 200, description = "The numbers", body = Dashboard),
+        (status = 400, description = "A bad query value", body = ErrorBody)))]
 async fn dashboard(
     State(state): State<AppState>,
     Admin(caller): Admin,

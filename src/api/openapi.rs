@@ -237,6 +237,8 @@ fn links() -> Vec<LinkSpec> {
     let picture = || json!({ "id": "$response.body#/id" });
     let reconstruction = || json!({ "taskId": "$response.body#/taskId" });
     let generation = || json!({ "task_id": "$response.body#/task_id" });
+    let item = || json!({ "id": "$response.body#/item/id" });
+    let channel = || json!({ "name": "$response.body#/name" });
     let t = "/api/v1/tasks";
     let m = "/api/v1/models";
     let p = "/api/v1/pictures";
@@ -270,6 +272,12 @@ fn links() -> Vec<LinkSpec> {
         ("/v1/images/generations", "post", "202", "GetImageGeneration", "get_image_generation", task(), None),
         ("/v1/images/generations", "post", "202", "FollowImageTask", "task_events", task(), None),
         ("/v1/images/generations", "post", "202", "GetImageTask", "get_task", task(), None),
+        ("/api/v1/me/tokens", "post", "201", "RevokeToken", "revoke_my_token", item(), None),
+        ("/api/v1/admin/users", "post", "201", "GetUser", "get_user", task(), None),
+        ("/api/v1/admin/users", "post", "201", "UserTokens", "user_tokens", task(), None),
+        ("/api/v1/admin/users/{id}/tokens", "post", "201", "RevokeUserToken", "revoke_token", item(), None),
+        ("/api/v1/admin/channels", "post", "201", "GetChannel", "get_channel", channel(), None),
+        ("/api/v1/admin/channels", "post", "201", "TestChannel", "test_channel", channel(), None),
     ]
 }
 

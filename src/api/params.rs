@@ -34,11 +34,52 @@ pub struct Query<T>(pub T);
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub struct Path<T>(pub T);
 
-/// `axum::Json` as a request body, refusing through [`ApiError`] (see the
-/// `JsonRejection` mapping below).
-#[derive(Debug, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON request body, refusing through [`ApiError`] (see the `JsonRejection`
+/// mapping below). A number with a zero fraction (`5.0`) is taken where an integer is
+/// expected: JSON Schema counts it as one, and so do clients that write every number
+/// as a float (Python's `json` does for a float that happens to be whole).
+#[derive(Debug)]
 pub struct Json<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(mut value) = axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        whole_numbers(&mut value);
+        serde_path_to_error::deserialize(value).map(Json).map_err(|err| {
+            let path = err.path().to_string();
+            let at = if path == "." { String::new() } else { format!("{path}: ") };
+            ApiError::with_message(Code::MalformedJson, format!("The JSON body does not fit: {at}{}", err.into_inner()))
+        })
+    }
+}
+
+/// Turns every float with a zero fraction, within the 64-bit integers, into an integer.
+fn whole_numbers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+            {
+                // Exactly representable bounds: -2^63 and 2^64.
+                if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                    *value = Value::from(f as i64);
+                } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                    *value = Value::from(f as u64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers),
+        _ => {}
+    }
+}
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
@@ -81,14 +122,29 @@ pub fn int64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, 
 /// The schema of a page size that is clamped rather than refused: any `u32` is taken
 /// (and brought into `lo`–`hi`); anything else is 400.
 pub fn page_size(lo: u32, hi: u32, default: u32) -> Object {
+    clamped("Page size", lo, hi, default)
+}
+
+/// The schema of a `u32` query value that is clamped rather than refused.
+pub fn clamped(what: &str, lo: u32, hi: u32, default: u32) -> Object {
     ObjectBuilder::new()
         .schema_type(SchemaType::new(Type::Integer))
         .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
         .minimum(Some(0))
         .maximum(Some(u32::MAX))
         .description(Some(format!(
-            "Page size. Any value from 0 to 4294967295 is taken and brought into {lo}–{hi} (default {default})."
+            "{what}. Any value from 0 to 4294967295 is taken and brought into {lo}–{hi} (default {default})."
         )))
+        .build()
+}
+
+/// `offset` of the admin's lists: any int64 from 0.
+pub fn offset() -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::new(Type::Integer))
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0))
+        .description(Some("Items to skip."))
         .build()
 }
 
@@ -105,6 +161,14 @@ pub fn seed004_page_size() -> Object {
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
+
+    #[test]
+    fn whole_floats_become_integers_and_others_stay() {
+        let mut value = serde_json::json!({ "a": 5.0, "b": [-3.0, 2.5], "c": 1e300, "d": "7.0", "e": 0.0 });
+        super::whole_numbers(&mut value);
+        assert_eq!(value, serde_json::json!({ "a": 5, "b": [-3, 2.5], "c": 1e300, "d": "7.0", "e": 0 }));
+        assert!(value["a"].is_u64() && value["b"][0].is_i64());
+    }
 
     #[derive(Debug, Deserialize)]
     struct Q {

@@ -15,7 +15,11 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
-    api::{AppState, caller::SignedIn, params::Query},
+    api::{
+        AppState,
+        caller::SignedIn,
+        params::{self, Query},
+    },
     db::{UsageFilter, UsageRecord, UsageTotals},
     error::{ApiError, ApiResult, Code, ErrorBody},
     tasks::TaskId,
@@ -23,6 +27,10 @@ use crate::{
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_usage))
+}
+
+fn usage_page() -> utoipa::openapi::schema::Object {
+    params::clamped("Records per page (JSON; a CSV export holds up to 10,000)", 1, 500, 50)
 }
 
 /// Most records one CSV export holds; a larger export pages with `cursor`.
@@ -46,6 +54,7 @@ struct UsageQuery {
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Records per page, 1–500 (default 50); a CSV export holds up to 10,000.
+    #[param(schema_with = usage_page)]
     limit: Option<u32>,
     /// `json` (default) or `csv`.
     format: Option<String>,

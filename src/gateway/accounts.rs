@@ -178,16 +178,18 @@ impl Gateway {
         tokens::issue(&*self.db, owner, request, &actor).await.map_err(account_error)
     }
 
-    /// Revokes a token: the caller's own, or any for an admin.
+    /// Revokes a token: the caller's own, or any for an admin. Revoking a revoked token
+    /// is done already (DELETE is idempotent; it stays listed as revoked); only an
+    /// unknown id, or another user's token, is 404.
     pub async fn revoke_token(&self, caller: &Caller, id: Uuid, ip: IpAddr) -> ApiResult<()> {
         let principal = self.require_user(caller)?;
         let owner = if caller.is_admin() { None } else { Some(principal.user_id) };
         let actor = Actor::user(principal, Some(ip.to_string()));
         if tokens::revoke(&*self.db, id, owner, &actor).await? {
-            Ok(())
-        } else {
-            Err(ApiError::new(Code::TokenNotFound))
+            return Ok(());
         }
+        let revoked_before = self.db.list_tokens(owner).await?.iter().any(|t| t.id == id && t.revoked_at.is_some());
+        if revoked_before { Ok(()) } else { Err(ApiError::new(Code::TokenNotFound)) }
     }
 
     pub async fn users(&self, caller: &Caller, offset: u64, limit: u32) -> ApiResult<(Vec<User>, u64)> {

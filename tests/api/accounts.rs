@@ -303,3 +303,41 @@ async fn open_mode_takes_anonymous_callers_and_ignores_an_openai_placeholder_key
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("unauthorized")), "the console needs an admin");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_revoked_token_stops_working_at_once_and_revoking_is_idempotent_for_its_owner_only() {
+    let app = TestApp::spawn_with(&format!("{TOKENS}{ECHO_CHANNEL}")).await;
+    let admin = sign_in(&app, "root", "correct horse battery").await;
+    let (_, ann) = user_with_token(&app, &admin, "ann", json!({ "name": "laptop" })).await;
+    let (_, ben) = user_with_token(&app, &admin, "ben", json!({ "name": "phone" })).await;
+    let (_, mine) = get(&app, &ann, "/api/v1/me/tokens").await;
+    let id = mine["items"][0]["id"].as_str().unwrap().to_owned();
+    let delete = |token: &str, path: String| app.client.delete(app.url(&path)).bearer_auth(token).send();
+
+    // Another user's token is not there for ben; an unknown id is not there for anyone.
+    let refused = delete(&ben, format!("/api/v1/me/tokens/{id}")).await.unwrap();
+    assert_eq!(refused.status(), 404);
+    let unknown = delete(&ann, format!("/api/v1/me/tokens/{}", uuid::Uuid::now_v7())).await.unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(get(&app, &ann, "/api/v1/tasks").await.0, 200, "ann's token still works");
+
+    let revoked = delete(&ann, format!("/api/v1/me/tokens/{id}")).await.unwrap();
+    assert_eq!(revoked.status(), 204);
+    let (status, body) = get(&app, &ann, "/api/v1/tasks").await;
+    assert_eq!((status.as_u16(), body["error"]["code"].as_str()), (401, Some("invalid_token")));
+    // The admin sees it revoked; revoking it again is done already, and audited once.
+    let (_, all) = admin.send(&app, reqwest::Method::GET, "/api/v1/admin/tokens", Value::Null).await;
+    let listed = all["items"].as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).expect("listed");
+    assert!(listed["revoked_at"].is_string(), "{listed}");
+    let (status, _) =
+        admin.send(&app, reqwest::Method::DELETE, &format!("/api/v1/admin/tokens/{id}"), Value::Null).await;
+    assert_eq!(status, 204);
+    let (_, audit) =
+        admin.send(&app, reqwest::Method::GET, "/api/v1/admin/audit?action=token.revoke", Value::Null).await;
+    let entries: Vec<&Value> =
+        audit["items"].as_array().unwrap().iter().filter(|e| e["target"] == id.as_str()).collect();
+    assert_eq!(entries.len(), 1, "{audit}");
+    // Ben's token was never touched.
+    assert_eq!(get(&app, &ben, "/api/v1/tasks").await.0, 200);
+    app.stop().await;
+}

@@ -1,4 +1,5 @@
-"""schemathesis hooks for `make schemathesis`: sign kiln's worker callbacks.
+"""schemathesis hooks for `make schemathesis`: sign kiln's worker callbacks, and keep
+the run's own admin credential alive.
 
 A worker callback is signed with its channel's secret over the exact bytes of its body
 (Standard Webhooks: HMAC-SHA256 over `{id}.{timestamp}.{body}`), which schemathesis
@@ -8,6 +9,13 @@ that placeholder with a real signature once the body is final. Any other value, 
 the ones `ignored_auth` probes with, is sent unchanged, and must be refused.
 
 The secret is the worker channel's, from KILN_SCHEMATHESIS_SECRET (scripts/schemathesis.sh).
+
+Every request carries an admin's API token, so that the account and admin routes are
+tested past 401. Following the document's links, schemathesis would in time revoke that
+token or demote or disable that admin (after making another), and every later request
+would only be refused. A path `id` naming the token or the admin
+(KILN_SCHEMATHESIS_PROTECTED, comma-separated) is replaced with an id nobody has, which
+is answered 404 like any other unknown id.
 """
 
 from __future__ import annotations
@@ -48,6 +56,10 @@ class _Sign(requests.auth.AuthBase):
 
 @schemathesis.hook
 def before_call(context, case, kwargs):  # noqa: ARG001 - the hook's signature
+    protected = set(filter(None, os.environ.get("KILN_SCHEMATHESIS_PROTECTED", "").split(",")))
+    parameters = case.path_parameters or {}
+    if parameters.get("id") in protected:
+        parameters["id"] = str(uuid.uuid4())
     secret = os.environ.get("KILN_SCHEMATHESIS_SECRET", "")
     if secret.startswith("whsec_") and "auth" not in kwargs:
         kwargs["auth"] = _Sign(base64.b64decode(secret.removeprefix("whsec_")))

@@ -54,8 +54,7 @@ struct FieldView {
     /// (one of `options`), `list` (an array of text) or `duration` (`30s`, `5m`).
     kind: &'static str,
     required: bool,
-    /// The value used when the field is left out (`null`: none).
-    #[schema(value_type = Object)]
+    /// The value used when the field is left out (`null`: none); of the field's kind.
     default: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     options: Option<Vec<String>>,
@@ -285,9 +284,8 @@ fn problems(list: Vec<(String, String)>) -> ApiError {
 
 /// Store a new channel and put it to work at once.
 #[utoipa::path(post, path = "/api/v1/admin/channels", tag = "admin",
-    request_body(content = Object, description = "The channel's configuration: `name`, `type`, `models` \
-        (`[{name, kind, upstream?, description?}]`), `secret`, `options`, `defaults`, `overrides`, `priority`, \
-        `weight`, `max_concurrency`, `max_queue`, `deadline`, `enabled`, `client_keys`, `breaker`."),
+    request_body(content = ChannelConfig, description = "The channel's configuration, as a `[[channels]]` table of \
+        kiln.toml holds it, with `secret` in clear."),
     responses((status = 201, description = "Stored and live", body = ChannelWire),
         (status = 400, description = "Field problems (`invalid_channel`, `error.details.problems`)", body = ErrorBody)))]
 async fn create_channel(
@@ -319,8 +317,8 @@ async fn get_channel(
 /// on the old settings; a model it no longer serves moves or fails its waiting tasks.
 #[utoipa::path(put, path = "/api/v1/admin/channels/{name}", tag = "admin",
     params(("name" = String, Path, description = "Channel name")),
-    request_body(content = Object, description = "As for creating; `secret` absent, null or a mask keeps the key, \
-        an empty string removes it."),
+    request_body(content = ChannelConfig, description = "As for creating; `secret` absent, null or a mask keeps the \
+        key, an empty string removes it."),
     responses((status = 200, description = "The channel", body = ChannelWire),
         (status = 400, description = "Field problems", body = ErrorBody),
         (status = 404, description = "No such channel", body = ErrorBody),
@@ -438,7 +436,7 @@ struct DraftQuery {
 
 /// Test a form's connection before saving it. Nothing is stored or started.
 #[utoipa::path(post, path = "/api/v1/admin/channel-tests", tag = "admin", params(DraftQuery),
-    request_body(content = Object, description = "A channel's configuration, as for creating one."),
+    request_body(content = ChannelConfig, description = "A channel's configuration, as for creating one."),
     responses((status = 200, description = "What the provider answered", body = TestView),
         (status = 400, description = "Field problems", body = ErrorBody),
         (status = 404, description = "No such stored channel", body = ErrorBody),
