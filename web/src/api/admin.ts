@@ -58,8 +58,17 @@ export const account = {
 }
 
 export const admin = {
-  users: (params: { q?: string; cursor?: string | null; limit?: number } = {}) =>
-    request<UserPage>(`/api/v1/admin/users${query(params)}`),
+  /** A page of users (the server takes 1–200 a page). */
+  users: (params: { offset?: number; limit?: number } = {}) => request<UserPage>(`/api/v1/admin/users${query(params)}`),
+  /** Every user, a page at a time (for the console's lists and choices). */
+  allUsers: async (): Promise<User[]> => {
+    const users: User[] = []
+    for (;;) {
+      const page = await admin.users({ offset: users.length, limit: 200 })
+      users.push(...page.items)
+      if (!page.items.length || users.length >= page.total) return users
+    }
+  },
   createUser: (body: { username: string; password: string; role: Role }) =>
     request<User>('/api/v1/admin/users', json(body)),
   updateUser: (userId: string, changes: UserChanges) =>
@@ -74,7 +83,8 @@ export const admin = {
   prices: () => request<PriceList>('/api/v1/admin/prices'),
   setPrice: (model: string, per_task: number, per_image: number) =>
     request<Price>(`/api/v1/admin/prices/${id(model)}`, json({ per_task, per_image }, 'PUT')),
-  audit: (params: { actor?: string; action?: string; cursor?: string | null; limit?: number }) =>
+  /** `actor` is a user id. */
+  audit: (params: { actor?: string; action?: string; offset?: number; limit?: number }) =>
     request<AuditPage>(`/api/v1/admin/audit${query(params)}`),
   settings: () => request<Record<string, unknown>>('/api/v1/admin/settings'),
   dashboard: (hours: number) => request<Dashboard>(`/api/v1/admin/dashboard${query({ hours })}`),

@@ -249,10 +249,11 @@ export interface UsageFilters {
   to?: string
 }
 
+/** `GET /api/v1/admin/users?offset&limit`: a page, in the order users were made. */
 export interface UserPage {
   items: User[]
+  /** Users in all. */
   total: number
-  next_cursor?: string | null
 }
 
 export interface UserChanges {
@@ -287,18 +288,25 @@ export interface AuditEntry {
   ip: string | null
 }
 
+/** `GET /api/v1/admin/audit?actor&action&offset&limit`: newest first. */
 export interface AuditPage {
   items: AuditEntry[]
-  next_cursor: string | null
+  /** Entries the filters select in all. */
+  total: number
 }
 
+/**
+ * `GET /api/v1/admin/dashboard?hours=N`: rows since `since`, in UTC hours (`hour` is the
+ * hour's start). Hours without tasks have no rows; lib/charts.ts fills them in.
+ */
 export interface Dashboard {
-  /** ISO hour starts, oldest first. */
-  hours: string[]
-  tasks: { hour: string; model: string; outcome: string | null; count: number }[]
+  since: string
+  /** `outcome` is `succeeded`, `failed`, `canceled` or `pending` (not ended yet). */
+  tasks: { hour: string; model: string; outcome: string; count: number }[]
   credits: { hour: string; credits: number }[]
   queue: { channel: string; queued: number; running: number }[]
-  run_time: { channel: string; p50_ms: number | null; p95_ms: number | null }[]
+  /** Channels with tasks that ended in the period, with their run-time percentiles. */
+  run_time: { channel: string; tasks: number; p50_ms: number; p95_ms: number }[]
 }
 
 export type FieldKind = 'string' | 'url' | 'secret' | 'int' | 'bool' | 'json' | 'enum'
