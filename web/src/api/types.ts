@@ -119,6 +119,32 @@ export interface Limits {
   }
 }
 
+/** One try at sending a webhook delivery. */
+export interface DeliveryAttempt {
+  at: string
+  /** The receiver's HTTP status; null when no answer came. */
+  status_code: number | null
+  /** What went wrong (at most 500 characters); null when delivered. */
+  error: string | null
+  duration_ms: number
+}
+
+export type DeliveryEvent = 'task.completed' | 'task.failed' | 'task.canceled'
+export type DeliveryStatus = 'pending' | 'delivered' | 'failed'
+
+/** A webhook delivery of a task's end (`GET /api/v1/tasks/{id}/webhooks`, oldest first). */
+export interface Delivery {
+  id: string
+  event: DeliveryEvent
+  url: string
+  status: DeliveryStatus
+  /** When the next attempt is due, while pending. */
+  next_attempt_at: string | null
+  created_at: string
+  finished_at: string | null
+  attempts: DeliveryAttempt[]
+}
+
 /** The event kinds of `GET /api/v1/tasks/{id}/events`. */
 export const EVENT_KINDS = ['queued', 'processing', 'result', 'completed', 'failed', 'canceled'] as const
 export type EventKind = (typeof EVENT_KINDS)[number]
