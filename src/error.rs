@@ -68,6 +68,9 @@ pub enum Code {
     InvalidWebhookUrl,
     FileUrlInvalid,
     LastAdmin,
+    ChannelNotFound,
+    ChannelReadOnly,
+    InvalidChannel,
     Internal,
 }
 
@@ -200,6 +203,15 @@ impl Code {
                 "This file URL is not signed, has expired or was altered; ask the API for a fresh one.",
             ),
             Code::LastAdmin => ("last_admin", S::CONFLICT, "This is the last enabled admin; make another admin first."),
+            Code::ChannelNotFound => ("channel_not_found", S::NOT_FOUND, "No channel with this name."),
+            Code::ChannelReadOnly => {
+                ("channel_read_only", S::CONFLICT, "This channel comes from the configuration file; change it there.")
+            }
+            Code::InvalidChannel => (
+                "invalid_channel",
+                S::BAD_REQUEST,
+                "The channel is not valid; `error.details.problems` says which fields.",
+            ),
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }
     }

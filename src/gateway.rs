@@ -2,10 +2,12 @@
 //! cancel it. Faces translate wire formats; the rules live here, once.
 
 mod accounts;
+mod channels;
 mod usage;
 mod webhooks;
 
 pub use accounts::{BalanceChange, account_error};
+pub use channels::Tested;
 
 use std::{
     collections::HashMap,

@@ -1,5 +1,6 @@
 //! The admin's face, `/api/v1/admin/…`: users and their balances and tokens, prices,
-//! the audit log, the effective settings and the dashboard's numbers. Every route needs
+//! the audit log, the effective settings and the dashboard's numbers; channels in
+//! [`channels`]. Every route needs
 //! an admin (401 without credentials, 403 for a user); every change is audited by the
 //! gateway.
 
@@ -30,8 +31,11 @@ use crate::{
     gateway::BalanceChange,
 };
 
+mod channels;
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .merge(channels::routes())
         .routes(routes!(list_users, create_user))
         .routes(routes!(get_user, update_user))
         .routes(routes!(change_balance))

@@ -83,6 +83,7 @@ impl World {
             .replace("{taskId}", &self.task)
             .replace("{picture_id}", &self.picture)
             .replace("{model}", "echo")
+            .replace("{name}", "echo")
             .replace("{file}", &format!("{}.glb", self.task))
             .replace("{key}", "pictures/none.png")
     }

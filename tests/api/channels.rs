@@ -276,6 +276,14 @@ async fn deleting_a_channel_moves_its_waiting_tasks_to_another_serving_the_model
     assert!(message.contains("`busy` was deleted") && message.contains("serves `solo`"), "{nobody}");
     let done = app.wait_terminal(&running).await;
     assert_eq!((done["status"].as_str(), done["channel"].as_str()), (Some("succeeded"), Some("busy")), "{done}");
+    // The usage records name the channel that ran (and billed) each task.
+    let filter = kiln::db::UsageFilter { limit: 100, ..Default::default() };
+    let usage = app.gateway.db().list_usage(&filter).await.expect("usage");
+    let channel_of = |id: &str| usage.iter().find(|u| u.task_id.to_string() == id).map(|u| u.channel.clone());
+    for id in &waiting[..2] {
+        assert_eq!(channel_of(id).as_deref(), Some("spare"), "{id}");
+    }
+    assert_eq!(channel_of(&running).as_deref(), Some("busy"));
     app.stop().await;
 }
 

@@ -8,6 +8,7 @@ mod provider;
 mod repo;
 
 mod accounts;
+mod admin_channels;
 mod admin_cli;
 mod authorization;
 mod boundaries;

@@ -227,6 +227,12 @@ impl ChannelRepo for SqliteDatabase {
                     .bind(task.id.to_string())
                     .execute(&mut *tx)
                     .await?;
+                    // The usage record names the channel that runs (and bills) the task.
+                    sqlx::query("UPDATE usage SET channel = ?1 WHERE task_id = ?2")
+                        .bind(&to)
+                        .bind(task.id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
                     *held.entry(to.clone()).or_default() += 1;
                     done.moved.push((task.id, to));
                 }
