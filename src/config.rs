@@ -228,6 +228,10 @@ pub struct WebhooksConfig {
     /// How long one attempt may take: connection, request and answer.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How long a finished delivery (delivered or given up) and its attempts are kept
+    /// for its owner to see; at least `max_age`.
+    #[serde(with = "humantime_serde")]
+    pub keep: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -519,7 +523,12 @@ impl Default for FilesConfig {
 
 impl Default for WebhooksConfig {
     fn default() -> Self {
-        Self { allow_private: false, max_age: Duration::from_secs(24 * 3600), timeout: Duration::from_secs(10) }
+        Self {
+            allow_private: false,
+            max_age: Duration::from_secs(24 * 3600),
+            timeout: Duration::from_secs(10),
+            keep: Duration::from_secs(30 * 24 * 3600),
+        }
     }
 }
 
@@ -685,6 +694,10 @@ mod tests {
         let err = Config::load_from(Some(&path), Vec::new(), &Overrides::default()).expect_err("out of range");
         assert!(err.to_string().contains("webhooks.max_age"), "{err}");
         assert!(err.to_string().contains("webhooks.timeout"), "{err}");
+        std::fs::write(&path, "[webhooks]\nmax_age = \"2d\"\nkeep = \"1d\"\n").expect("write");
+        let err = Config::load_from(Some(&path), Vec::new(), &Overrides::default()).expect_err("keep < max_age");
+        assert!(err.to_string().contains("webhooks.keep"), "{err}");
+        assert_eq!(load(None).webhooks.keep, Duration::from_secs(30 * 24 * 3600));
     }
 
     #[test]

@@ -180,6 +180,10 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     {
         problems.push("webhooks.timeout", "must be between 100ms and 5m");
     }
+    // A delivery pruned while its end is still looked for would be announced again.
+    if webhooks.keep < webhooks.max_age {
+        problems.push("webhooks.keep", "must be at least webhooks.max_age");
+    }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         problems.push("log.level", format!("not a valid filter: {err}"));
     }

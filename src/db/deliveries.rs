@@ -49,4 +49,8 @@ pub trait DeliveryRepo: Send + Sync {
     /// The earliest time a pending delivery may be claimed (its due time, or the end of
     /// the lease on it); `None` when nothing is pending.
     async fn next_delivery_due(&self) -> DbResult<Option<DateTime<Utc>>>;
+
+    /// Deletes the deliveries that finished (delivered or given up) before `before`,
+    /// with their attempts; returns how many.
+    async fn prune_deliveries(&self, before: DateTime<Utc>) -> DbResult<u64>;
 }

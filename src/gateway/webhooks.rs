@@ -24,6 +24,9 @@ use crate::{
 /// as a delivery is retried, `webhooks.max_age`).
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Old deliveries are pruned at start-up and then every hour's worth of sweeps.
+const PRUNE_EVERY_SWEEPS: u64 = 60;
+
 /// The owners' secrets: a user's is made on first use and stored sealed; tasks made
 /// anonymously (open mode) are signed with one derived from the sealing key.
 pub struct OwnerSecrets {
@@ -128,11 +131,26 @@ impl Gateway {
         }
     }
 
-    /// Sends deliveries and sweeps for missed ones until `stop` fires.
+    /// Deletes the deliveries that finished more than `webhooks.keep` ago.
+    pub async fn prune_deliveries(&self) {
+        let keep = chrono::Duration::from_std(self.config.webhooks.keep).unwrap_or(chrono::Duration::days(30));
+        match self.db.prune_deliveries(chrono::Utc::now() - keep).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "old webhook deliveries deleted"),
+            Err(err) => tracing::warn!(error = %err, "cannot delete old webhook deliveries"),
+        }
+    }
+
+    /// Sends deliveries, sweeps for missed ones and prunes old ones until `stop` fires.
     pub async fn run_webhooks(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let sender = tokio::spawn(Arc::clone(&self.deliveries).run(stop.clone()));
+        let mut sweeps = 0u64;
         loop {
             self.announce_missed().await;
+            if sweeps.is_multiple_of(PRUNE_EVERY_SWEEPS) {
+                self.prune_deliveries().await;
+            }
+            sweeps += 1;
             tokio::select! {
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
                 _ = stop.cancelled() => break,

@@ -357,3 +357,30 @@ async fn a_delivery_whose_sender_died_is_sent_when_its_lease_lapses() {
     assert_eq!(report.attempts.len(), 2);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn finished_deliveries_are_pruned_after_they_are_kept_and_pending_ones_never() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stop = CancellationToken::new();
+    let (_ok, ok_addr) = Receiver::start(&[], Duration::ZERO, &stop).await;
+    let (_failing, failing_addr) = Receiver::start(&[500; 50], Duration::ZERO, &stop).await;
+    let db = database(&dir).await;
+    let deliveries = service(db.clone(), settings(true, &[60_000], Duration::from_secs(600)));
+    tokio::spawn(Arc::clone(&deliveries).run(stop.clone()));
+
+    let (done, waiting) = (TaskId::new(), TaskId::new());
+    deliveries.enqueue(finished(done, &format!("http://{ok_addr}/hook"))).await.expect("enqueue");
+    deliveries.enqueue(finished(waiting, &format!("http://{failing_addr}/hook"))).await.expect("enqueue");
+    wait_for(&deliveries, done, |r| r.status == DeliveryStatus::Delivered).await;
+    wait_for(&deliveries, waiting, |r| r.attempts.len() == 1).await;
+
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(db.prune_deliveries(an_hour_ago).await.expect("prune"), 0, "nothing finished that long ago");
+    assert_eq!(deliveries.list_for_task(done).await.expect("list").len(), 1);
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(db.prune_deliveries(later).await.expect("prune"), 1, "only the finished one");
+    assert!(deliveries.list_for_task(done).await.expect("list").is_empty());
+    let kept = deliveries.list_for_task(waiting).await.expect("list");
+    assert_eq!((kept.len(), kept[0].status), (1, DeliveryStatus::Pending), "still being retried");
+    stop.cancel();
+}

@@ -180,4 +180,14 @@ impl DeliveryRepo for SqliteDatabase {
         .await?;
         Ok(due.map(to_time))
     }
+
+    async fn prune_deliveries(&self, before: DateTime<Utc>) -> DbResult<u64> {
+        // The attempts go with their delivery (ON DELETE CASCADE).
+        let done =
+            sqlx::query("DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'failed') AND finished_at < ?1")
+                .bind(before.timestamp_millis())
+                .execute(&self.writer)
+                .await?;
+        Ok(done.rows_affected())
+    }
 }
