@@ -43,13 +43,14 @@ async function freePort() {
 }
 
 /**
- * Starts kiln. `config` is the text of a kiln.toml (optional).
- * @param {{ config?: string }} [options]
+ * Starts kiln. `config` is the text of a kiln.toml (optional); `env`, more variables
+ * (such as `KILN_ADMIN__USERNAME` and `KILN_ADMIN__PASSWORD` for the first admin).
+ * @param {{ config?: string, env?: Record<string, string> }} [options]
  */
 export async function startKiln(options = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'kiln-e2e-'))
   /** @type {Record<string, string | undefined>} */
-  const env = { ...process.env, KILN_LOG: process.env.KILN_LOG ?? 'warn' }
+  const env = { ...process.env, KILN_LOG: process.env.KILN_LOG ?? 'warn', ...options.env }
   if (options.config) {
     const path = join(dir, 'kiln.toml')
     writeFileSync(path, options.config)
@@ -263,6 +264,105 @@ export async function startFakeImageApi(options = {}) {
     url: `http://127.0.0.1:${address.port}`,
     requests,
     picture,
+    stop: () => new Promise((closed) => server.close(() => closed(null))),
+  }
+}
+
+/**
+ * A fake ModelScope API-Inference in this process, after
+ * ../shared/reference/provider-apis.md §2 and the Rust fake (tests/common/fakes/modelscope.rs):
+ * `GET /v1/models` lists `models` (kiln's test connection and health probe);
+ * `POST /v1/images/generations`, only with `X-ModelScope-Async-Mode: true` (else 400 with
+ * ModelScope's refusal), answers `{task_id, request_id}`; `GET /v1/tasks/{id}`, only with
+ * `X-ModelScope-Task-Type: image_generation`, answers `PENDING` for `pendingFor` ms, then
+ * `{task_status: "SUCCEED", output_images: [url]}`; the URL (`/dl/{id}.png`) serves a PNG
+ * without a key. Every API call needs `Authorization: Bearer {key}` (else 401). Errors are
+ * `{"errors": {"message"}, "request_id"}`. Every request is kept in `requests`.
+ * @param {{ key?: string, models?: string[], pendingFor?: number, picture?: Buffer }} [options]
+ */
+export async function startFakeModelScope(options = {}) {
+  const key = options.key ?? 'ms-00000000-0000-4000-8000-00000000fa4e'
+  const models = options.models ?? ['Qwen/Qwen-Image', 'Tongyi-MAI/Z-Image-Turbo']
+  const pendingFor = options.pendingFor ?? 300
+  const picture = options.picture ?? (await gradientPng(512, 512))
+  /** @type {Map<string, { model: string, prompt: string, at: number }>} */
+  const tasks = new Map()
+  /** @type {{ method: string, path: string, headers: import('node:http').IncomingHttpHeaders, body: any }[]} */
+  const requests = []
+  let next = 0
+  const server = createHttpServer((request, response) => {
+    let raw = ''
+    request.on('data', (chunk) => (raw += chunk))
+    request.on('end', () => {
+      const path = new URL(request.url ?? '/', 'http://fake').pathname
+      let body = null
+      try {
+        body = raw ? JSON.parse(raw) : null
+      } catch {
+        body = raw
+      }
+      requests.push({ method: request.method ?? '', path, headers: request.headers, body })
+      /** @param {number} status @param {unknown} value */
+      const json = (status, value) => {
+        response.writeHead(status, { 'Content-Type': 'application/json' })
+        response.end(JSON.stringify(value))
+      }
+      /** @param {number} status @param {string} message */
+      const error = (status, message) => json(status, { errors: { message }, request_id: `req-${++next}` })
+      const header = (/** @type {string} */ name) => String(request.headers[name] ?? '').trim()
+      if (request.method === 'GET' && path.startsWith('/dl/')) {
+        const task = tasks.get(path.slice('/dl/'.length).replace(/\.png$/, ''))
+        if (!task) return error(404, 'The specified key does not exist.')
+        response.writeHead(200, { 'Content-Type': 'image/png', 'Content-Length': picture.length })
+        response.end(picture)
+        return
+      }
+      if (request.headers.authorization !== `Bearer ${key}`) return error(401, 'Authentication failed: missing or invalid access token.')
+      if (request.method === 'GET' && path === '/v1/models') {
+        return json(200, { object: 'list', data: models.map((id) => ({ id, object: 'model', owned_by: 'modelscope' })) })
+      }
+      if (request.method === 'POST' && path === '/v1/images/generations') {
+        if (header('x-modelscope-async-mode').toLowerCase() !== 'true') {
+          return error(
+            400,
+            'image-gen task currently does not support synchronous calls. Please refer to the documentation and set header X-ModelScope-Async-Mode=true to switch to asynchronous calling mode',
+          )
+        }
+        if (!body || typeof body !== 'object') return error(400, 'The request body must be a JSON object.')
+        if (!models.includes(body.model)) return error(400, `Invalid model id: ${body.model} is not supported for image generation.`)
+        if (typeof body.prompt !== 'string' || !body.prompt.trim()) return error(400, 'prompt is required.')
+        const id = `ms-task-${++next}`
+        tasks.set(id, { model: body.model, prompt: body.prompt, at: Date.now() })
+        return json(200, { task_id: id, request_id: `req-${++next}` })
+      }
+      if (request.method === 'GET' && path.startsWith('/v1/tasks/')) {
+        if (header('x-modelscope-task-type') !== 'image_generation') {
+          return error(400, 'Missing or invalid header X-ModelScope-Task-Type: set it to image_generation.')
+        }
+        const id = path.slice('/v1/tasks/'.length)
+        const task = tasks.get(id)
+        if (!task) return error(404, `Task ${id} not found.`)
+        if (Date.now() - task.at < pendingFor) return json(200, { task_id: id, task_status: 'PENDING', request_id: `req-${++next}` })
+        const address = /** @type {import('node:net').AddressInfo} */ (server.address())
+        return json(200, {
+          task_id: id,
+          task_status: 'SUCCEED',
+          output_images: [`http://127.0.0.1:${address.port}/dl/${id}.png`],
+          request_id: `req-${++next}`,
+        })
+      }
+      error(404, `Not Found: ${request.method} ${path}`)
+    })
+  })
+  await new Promise((listening) => server.listen(0, '127.0.0.1', () => listening(null)))
+  const address = /** @type {import('node:net').AddressInfo} */ (server.address())
+  return {
+    url: `http://127.0.0.1:${address.port}`,
+    key,
+    requests,
+    picture,
+    /** The jobs made, in order. */
+    tasks: () => [...tasks.values()],
     stop: () => new Promise((closed) => server.close(() => closed(null))),
   }
 }

@@ -4,19 +4,22 @@ import { flushPromises, mount } from '@vue/test-utils'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import type { Dashboard } from '../src/api/types'
 import { locale } from '../src/i18n'
-import { scale, taskSeries } from '../src/lib/charts'
+import { hourStarts, scale, taskSeries } from '../src/lib/charts'
 
 const admin = vi.hoisted(() => ({ dashboard: vi.fn() }))
 vi.mock('../src/api/admin', async (original) => ({ ...(await original<object>()), admin }))
 
 const H = (h: number) => `2026-11-25T${String(h).padStart(2, '0')}:00:00Z`
+// As the server sends it: `since` is `hours` before the call (not on the hour), rows by
+// UTC hour start; the page fills in the hours (10, 11, 12) itself.
+const NOW = Date.parse('2026-11-25T12:40:00Z')
 const DATA: Dashboard = {
-  hours: [H(10), H(11), H(12)],
+  since: '2026-11-25T10:17:03.5Z',
   tasks: [
     { hour: H(10), model: 'painter', outcome: 'succeeded', count: 4 },
     { hour: H(10), model: 'relief', outcome: 'failed', count: 1 },
     { hour: H(11), model: 'painter', outcome: 'succeeded', count: 6 },
-    { hour: H(12), model: 'relief', outcome: null, count: 2 },
+    { hour: '2026-11-25T12:00:00.000Z', model: 'relief', outcome: 'pending', count: 2 },
   ],
   credits: [
     { hour: H(10), credits: 40 },
@@ -27,28 +30,36 @@ const DATA: Dashboard = {
     { channel: 'ms', queued: 0, running: 2 },
   ],
   run_time: [
-    { channel: 'relief', p50_ms: 900, p95_ms: 2500 },
-    { channel: 'ms', p50_ms: 12000, p95_ms: 30000 },
-    { channel: 'idle', p50_ms: null, p95_ms: null },
+    { channel: 'relief', tasks: 5, p50_ms: 900, p95_ms: 2500 },
+    { channel: 'ms', tasks: 6, p50_ms: 12000, p95_ms: 30000 },
   ],
 }
 
 beforeEach(() => {
+  vi.useFakeTimers({ toFake: ['Date'], now: NOW })
   locale.value = 'en'
   admin.dashboard.mockResolvedValue(DATA)
 })
 afterEach(() => {
+  vi.useRealTimers()
   vi.clearAllMocks()
   document.body.innerHTML = ''
 })
 
+const HOURLY = { hours: [H(10), H(11), H(12)], tasks: DATA.tasks, credits: DATA.credits }
+
 describe('chart series', () => {
+  it('have a bar for every UTC hour from the one holding `since` to now', () => {
+    expect(hourStarts(DATA.since, NOW)).toEqual(['2026-11-25T10:00:00.000Z', '2026-11-25T11:00:00.000Z', '2026-11-25T12:00:00.000Z'])
+    expect(hourStarts('2026-11-25T12:00:00Z', NOW)).toEqual(['2026-11-25T12:00:00.000Z'])
+    expect(hourStarts('not a time', NOW)).toEqual([])
+  })
   it('stack tasks by model, or by outcome with a task not ended yet as pending', () => {
-    expect(taskSeries(DATA, 'model').map((s) => [s.key, s.values])).toEqual([
+    expect(taskSeries(HOURLY, 'model').map((s) => [s.key, s.values])).toEqual([
       ['painter', [4, 6, 0]],
       ['relief', [1, 0, 2]],
     ])
-    expect(taskSeries(DATA, 'outcome').map((s) => [s.key, s.values, s.colour])).toEqual([
+    expect(taskSeries(HOURLY, 'outcome').map((s) => [s.key, s.values, s.colour])).toEqual([
       ['succeeded', [4, 6, 0], '#1d6b3a'],
       ['failed', [1, 0, 0], '#a4161a'],
       ['pending', [0, 0, 2], '#1f4f8a'],

@@ -33,6 +33,7 @@ const api = vi.hoisted(() => ({
   cancel: vi.fn(),
   createFromPicture: vi.fn(),
   createFromPrompt: vi.fn(),
+  webhooks: vi.fn(),
 }))
 vi.mock('../src/api/client', async (original) => ({ ...(await original<object>()), api }))
 // The viewer needs WebGL; here it only has to be the one chosen, with its URL.
@@ -102,6 +103,7 @@ beforeEach(() => {
   vi.stubGlobal('EventSource', FakeSource)
   locale.value = 'en'
   api.task.mockResolvedValue(task())
+  api.webhooks.mockResolvedValue({ items: [] })
 })
 afterEach(() => {
   vi.useRealTimers()
@@ -266,5 +268,82 @@ describe('the task page', () => {
     await flushPromises()
     expect(api.createFromPrompt).toHaveBeenCalledWith('a fox', 'painter', 'text_to_image')
     expect(router.currentRoute.value.fullPath).toBe('/tasks/task-2')
+  })
+
+  it('shows no webhook section for a task without deliveries', async () => {
+    const { wrapper } = await mountAt('task-1')
+    expect(api.webhooks).toHaveBeenCalledWith('task-1')
+    expect(wrapper.find('[data-testid="deliveries"]').exists()).toBe(false)
+  })
+
+  it('shows a task’s webhook deliveries and their attempts, and looks again when the next attempt is due', async () => {
+    vi.setSystemTime(Date.parse('2026-11-25T10:00:10Z'))
+    api.task.mockResolvedValue(task({ status: 'running', queue_position: null }))
+    api.webhooks.mockResolvedValue({ items: [] })
+    const { wrapper } = await mountAt('task-1')
+    expect(wrapper.find('[data-testid="deliveries"]').exists()).toBe(false)
+
+    // The task ends; its delivery is recorded, the first attempt fails.
+    const pending = {
+      id: 'd1',
+      event: 'task.failed',
+      url: 'https://hooks.example.com/kiln',
+      status: 'pending',
+      next_attempt_at: '2026-11-25T10:00:16Z',
+      created_at: '2026-11-25T10:00:10Z',
+      finished_at: null,
+      attempts: [{ at: '2026-11-25T10:00:11Z', status_code: 503, error: 'the receiver answered 503 Service Unavailable', duration_ms: 41 }],
+    }
+    api.webhooks.mockResolvedValue({ items: [pending] })
+    FakeSource.last!.emit('failed', 2, { error: { code: 'upstream_error', message: 'The provider failed.' } })
+    await flushPromises()
+    await vi.advanceTimersByTimeAsync(1_500)
+    const section = wrapper.get('[data-testid="deliveries"]')
+    expect(section.attributes('aria-labelledby')).toBe('deliveries-title')
+    expect(section.get('h2').text()).toBe('Webhook deliveries')
+    const delivery = section.get('[data-testid="delivery"]')
+    expect(delivery.attributes('data-status')).toBe('pending')
+    expect(delivery.get('h3').text()).toBe('Task failed retrying')
+    expect(delivery.get('[data-testid="delivery-url"]').text()).toBe('https://hooks.example.com/kiln')
+    expect(delivery.get('[data-testid="delivery-next"]').text()).toMatch(/:\d\d:16/)
+    // The attempts, as a table with a caption that says whose they are.
+    const table = delivery.get('[data-testid="delivery-attempts"]')
+    expect(table.get('caption').text()).toBe('Attempts to deliver “Task failed” to https://hooks.example.com/kiln')
+    expect(table.findAll('[data-testid="delivery-attempt"] > *').map((c) => c.text())).toEqual([
+      '1',
+      expect.stringMatching(/:\d\d:11/),
+      'HTTP 503',
+      '41 ms',
+      'the receiver answered 503 Service Unavailable',
+    ])
+
+    // The retry is due at :16; the page looks again a second after.
+    const delivered = {
+      ...pending,
+      status: 'delivered',
+      next_attempt_at: null,
+      finished_at: '2026-11-25T10:00:16.2Z',
+      attempts: [...pending.attempts, { at: '2026-11-25T10:00:16.1Z', status_code: 200, error: null, duration_ms: 30 }],
+    }
+    api.webhooks.mockResolvedValue({ items: [delivered] })
+    const asked = api.webhooks.mock.calls.length
+    await vi.advanceTimersByTimeAsync(3_400)
+    expect(api.webhooks.mock.calls.length).toBe(asked)
+    await vi.advanceTimersByTimeAsync(3_700)
+    expect(api.webhooks.mock.calls.length).toBeGreaterThan(asked)
+    expect(wrapper.get('[data-testid="delivery-status"]').text()).toBe('delivered')
+    expect(wrapper.findAll('[data-testid="delivery-attempt"]')).toHaveLength(2)
+
+    // Nothing pending: no more looks, except when asked.
+    const settled = api.webhooks.mock.calls.length
+    await vi.advanceTimersByTimeAsync(600_000)
+    expect(api.webhooks.mock.calls.length).toBe(settled)
+    await wrapper.get('[data-testid="deliveries-refresh"]').trigger('click')
+    await flushPromises()
+    expect(api.webhooks.mock.calls.length).toBe(settled + 1)
+
+    locale.value = 'zh-CN'
+    await flushPromises()
+    expect(wrapper.get('[data-testid="delivery"] h3').text()).toBe('任务失败 已送达')
   })
 })

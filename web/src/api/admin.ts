@@ -10,6 +10,7 @@ import type {
   ChannelType,
   ChannelView,
   Dashboard,
+  DeletedChannel,
   IssuedToken,
   Me,
   NewToken,
@@ -58,8 +59,17 @@ export const account = {
 }
 
 export const admin = {
-  users: (params: { q?: string; cursor?: string | null; limit?: number } = {}) =>
-    request<UserPage>(`/api/v1/admin/users${query(params)}`),
+  /** A page of users (the server takes 1–200 a page). */
+  users: (params: { offset?: number; limit?: number } = {}) => request<UserPage>(`/api/v1/admin/users${query(params)}`),
+  /** Every user, a page at a time (for the console's lists and choices). */
+  allUsers: async (): Promise<User[]> => {
+    const users: User[] = []
+    for (;;) {
+      const page = await admin.users({ offset: users.length, limit: 200 })
+      users.push(...page.items)
+      if (!page.items.length || users.length >= page.total) return users
+    }
+  },
   createUser: (body: { username: string; password: string; role: Role }) =>
     request<User>('/api/v1/admin/users', json(body)),
   updateUser: (userId: string, changes: UserChanges) =>
@@ -74,19 +84,24 @@ export const admin = {
   prices: () => request<PriceList>('/api/v1/admin/prices'),
   setPrice: (model: string, per_task: number, per_image: number) =>
     request<Price>(`/api/v1/admin/prices/${id(model)}`, json({ per_task, per_image }, 'PUT')),
-  audit: (params: { actor?: string; action?: string; cursor?: string | null; limit?: number }) =>
+  /** `actor` is a user id. */
+  audit: (params: { actor?: string; action?: string; offset?: number; limit?: number }) =>
     request<AuditPage>(`/api/v1/admin/audit${query(params)}`),
   settings: () => request<Record<string, unknown>>('/api/v1/admin/settings'),
   dashboard: (hours: number) => request<Dashboard>(`/api/v1/admin/dashboard${query({ hours })}`),
-  /** The contract gives a bare list; `{items}` is taken too. */
-  channelTypes: async () => {
-    const answer = await request<ChannelType[] | { items: ChannelType[] }>('/api/v1/admin/channel-types')
-    return Array.isArray(answer) ? answer : answer.items
-  },
+  channelTypes: async () => (await request<{ items: ChannelType[] }>('/api/v1/admin/channel-types')).items,
   channels: () => request<{ items: ChannelView[] }>('/api/v1/admin/channels'),
+  channel: (name: string) => request<ChannelView>(`/api/v1/admin/channels/${id(name)}`),
   createChannel: (config: ChannelConfig) => request<ChannelView>('/api/v1/admin/channels', json(config)),
   updateChannel: (name: string, config: ChannelConfig) =>
     request<ChannelView>(`/api/v1/admin/channels/${id(name)}`, json(config, 'PUT')),
-  deleteChannel: (name: string) => request<void>(`/api/v1/admin/channels/${id(name)}`, { method: 'DELETE' }),
+  /** Switches a stored channel on or off, nothing else changed. */
+  setChannelEnabled: (name: string, enabled: boolean) =>
+    request<ChannelView>(`/api/v1/admin/channels/${id(name)}`, json({ enabled }, 'PATCH')),
+  deleteChannel: (name: string) => request<DeletedChannel>(`/api/v1/admin/channels/${id(name)}`, { method: 'DELETE' }),
+  /** A real, cheap call to a live channel's provider. */
   testChannel: (name: string) => request<ChannelTest>(`/api/v1/admin/channels/${id(name)}/test`, { method: 'POST' }),
+  /** The same for a form not saved yet; `channel`: the stored channel it edits (its key is used when none is typed). */
+  testDraft: (config: ChannelConfig, channel: string | null = null) =>
+    request<ChannelTest>(`/api/v1/admin/channel-tests${query({ channel })}`, json(config)),
 }

@@ -10,6 +10,7 @@
 // to the sign-in page and back after.
 import type {
   CatalogModel,
+  Delivery,
   Limits,
   Picture,
   PicturePage,
@@ -134,6 +135,8 @@ export const api = {
   status: (id: string) => request<StatusView>(`/api/v1/tasks/${encodeURIComponent(id)}/status`),
   result: (id: string) => request<TaskResult>(`/api/v1/tasks/${encodeURIComponent(id)}/result`),
   cancel: (id: string) => request<Task>(`/api/v1/tasks/${encodeURIComponent(id)}`, { method: 'DELETE' }),
+  /** The webhook deliveries of the task's end, each with its attempts. */
+  webhooks: (id: string) => request<{ items: Delivery[] }>(`/api/v1/tasks/${encodeURIComponent(id)}/webhooks`),
   tasks: (query: { status?: string; picture_id?: string; cursor?: string | null; limit?: number }) => {
     const params = new URLSearchParams()
     for (const [key, value] of Object.entries(query)) {

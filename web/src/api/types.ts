@@ -119,6 +119,32 @@ export interface Limits {
   }
 }
 
+/** One try at sending a webhook delivery. */
+export interface DeliveryAttempt {
+  at: string
+  /** The receiver's HTTP status; null when no answer came. */
+  status_code: number | null
+  /** What went wrong (at most 500 characters); null when delivered. */
+  error: string | null
+  duration_ms: number
+}
+
+export type DeliveryEvent = 'task.completed' | 'task.failed' | 'task.canceled'
+export type DeliveryStatus = 'pending' | 'delivered' | 'failed'
+
+/** A webhook delivery of a task's end (`GET /api/v1/tasks/{id}/webhooks`, oldest first). */
+export interface Delivery {
+  id: string
+  event: DeliveryEvent
+  url: string
+  status: DeliveryStatus
+  /** When the next attempt is due, while pending. */
+  next_attempt_at: string | null
+  created_at: string
+  finished_at: string | null
+  attempts: DeliveryAttempt[]
+}
+
 /** The event kinds of `GET /api/v1/tasks/{id}/events`. */
 export const EVENT_KINDS = ['queued', 'processing', 'result', 'completed', 'failed', 'canceled'] as const
 export type EventKind = (typeof EVENT_KINDS)[number]
@@ -249,10 +275,11 @@ export interface UsageFilters {
   to?: string
 }
 
+/** `GET /api/v1/admin/users?offset&limit`: a page, in the order users were made. */
 export interface UserPage {
   items: User[]
+  /** Users in all. */
   total: number
-  next_cursor?: string | null
 }
 
 export interface UserChanges {
@@ -287,34 +314,52 @@ export interface AuditEntry {
   ip: string | null
 }
 
+/** `GET /api/v1/admin/audit?actor&action&offset&limit`: newest first. */
 export interface AuditPage {
   items: AuditEntry[]
-  next_cursor: string | null
+  /** Entries the filters select in all. */
+  total: number
 }
 
+/**
+ * `GET /api/v1/admin/dashboard?hours=N`: rows since `since`, in UTC hours (`hour` is the
+ * hour's start). Hours without tasks have no rows; lib/charts.ts fills them in.
+ */
 export interface Dashboard {
-  /** ISO hour starts, oldest first. */
-  hours: string[]
-  tasks: { hour: string; model: string; outcome: string | null; count: number }[]
+  since: string
+  /** `outcome` is `succeeded`, `failed`, `canceled` or `pending` (not ended yet). */
+  tasks: { hour: string; model: string; outcome: string; count: number }[]
   credits: { hour: string; credits: number }[]
   queue: { channel: string; queued: number; running: number }[]
-  run_time: { channel: string; p50_ms: number | null; p95_ms: number | null }[]
+  /** Channels with tasks that ended in the period, with their run-time percentiles. */
+  run_time: { channel: string; tasks: number; p50_ms: number; p95_ms: number }[]
 }
 
-export type FieldKind = 'string' | 'url' | 'secret' | 'int' | 'bool' | 'json' | 'enum'
+/** How a provider setting is entered: `list` is an array of text, `duration` text like `30s`. */
+export type FieldKind = 'string' | 'url' | 'secret' | 'int' | 'number' | 'bool' | 'json' | 'enum' | 'list' | 'duration'
 
+/** One field of a provider type's form. `secret` is the channel's key; the others go under `options`. */
 export interface ChannelField {
   name: string
   kind: FieldKind
-  default?: unknown
+  required: boolean
+  /** What is used when the field is left out (null: nothing). */
+  default: unknown
+  /** The choices of an `enum`. */
   options?: string[]
-  help?: string
+  help: string
 }
 
+/** `GET /api/v1/admin/channel-types` → `{items}`: a provider type and its form. */
 export interface ChannelType {
   type: string
+  title: string
+  /** The kinds its models may have. */
+  kinds: TaskKind[]
   fields: ChannelField[]
-  base_urls?: { label: string; url: string }[]
+  /** The addresses it knows, by label (the default first). */
+  base_urls: { label: string; url: string }[]
+  default_base_url: string | null
 }
 
 export interface ChannelModel {
@@ -324,11 +369,12 @@ export interface ChannelModel {
   description?: string | null
 }
 
-/** A channel's configuration as the API sends and takes it (secret masked when sent). */
+/** A channel's configuration as the API sends and takes it (the key masked when sent). */
 export interface ChannelConfig {
   name: string
   type: string
   models: ChannelModel[]
+  /** Sent: a mask (`••••1234`, `••••`) or null. Taken: a new key; absent, null or a mask keeps it; `""` removes it. */
   secret?: string | null
   options: Record<string, unknown>
   defaults: Record<string, unknown>
@@ -341,26 +387,54 @@ export interface ChannelConfig {
   deadline?: string | null
   enabled: boolean
   client_keys: boolean
+  /** Failed submissions in a row that rest the channel (0: never), and for how long. */
+  breaker?: { failures: number; cooldown: string }
   [other: string]: unknown
 }
 
 export interface ChannelStats {
+  /** Waiting and running now. */
   queued: number
   running: number
-  /** 0–1 over the last hour; null without finished tasks. */
+  /** Ended in the last hour, by outcome. */
+  succeeded?: number
+  failed?: number
+  canceled?: number
+  /** succeeded ÷ (succeeded + failed) over the last hour, 0–1; null when none ended. */
   success_rate: number | null
   p50_ms: number | null
   p95_ms: number | null
-  last_error: string | { code?: string; message?: string } | null
+  last_error: { task_id: string; code: string; message: string; at: string } | null
 }
 
+/** A channel of the live set (or a stored one that could not be built). */
 export interface ChannelView {
+  /** Stored channels only. */
+  id: string | null
   name: string
   type: string
+  /** `file`: from kiln.toml, read-only here. */
   source: 'file' | 'database'
+  read_only: boolean
+  /** In the live set; a stored channel that cannot be built is not (see `problem`). */
+  live: boolean
+  problem: string | null
   enabled: boolean
+  /** Live, enabled, healthy and not resting. */
+  available: boolean
   config: ChannelConfig
+  created_at: string | null
+  updated_at: string | null
   stats: ChannelStats
+}
+
+/** `DELETE /api/v1/admin/channels/{name}`: what became of its waiting tasks. */
+export interface DeletedChannel {
+  channel: ChannelView
+  /** Moved to another channel serving their model. */
+  moved: { task: string; to: string }[]
+  /** Failed `channel_deleted`: no other channel serves their model. */
+  failed: string[]
 }
 
 export interface ChannelTest {

@@ -1,25 +1,18 @@
 // The channel form's data, apart from its looks: a draft made from a provider type (its
-// fields, from `GET /api/v1/admin/channel-types`) and an existing channel, and the
-// configuration sent back. Checked here, so the form can mark each field before anything
-// is sent: whole numbers, http(s) URLs, JSON objects for defaults and overrides, at least
-// one model.
+// fields, from `GET /api/v1/admin/channel-types`) and an existing channel, the
+// configuration sent back, and the server's refusals (`invalid_channel`, with
+// `details.problems: [{field, message}]`) filed under the inputs they are about. Checked
+// here first, so the form can mark each field before anything is sent: whole numbers,
+// numbers, http(s) URLs, durations (`30s`, `5m`), lists (one item a line), JSON objects
+// for defaults and overrides, at least one model, a key when the type needs one.
 //
 // The key is write-only: the draft holds an empty input and the stored key's mask; an
-// empty input sends no `secret`, which keeps the stored key. What the form does not show
-// (the circuit breaker, a model's description, cloud settings in `options` the type does
-// not list) is carried over from the channel as it was.
-import type { ChannelConfig, ChannelField, ChannelType, ChannelView } from '../api/types'
+// empty input sends no `secret`, which keeps the stored key (`""`, sent only when asked,
+// removes it). What the form does not show (a model's description, settings in `options`
+// the type does not list) is carried over from the channel as it was.
+import type { ChannelConfig, ChannelField, ChannelType, ChannelView, TaskKind } from '../api/types'
 
-export const MODEL_KINDS = ['image_to_3d', 'text_to_3d', 'text_to_image'] as const
-
-/** Base URLs offered when the server names none for a type it knows. */
-const KNOWN_BASE_URLS: Record<string, { label: string; url: string }[]> = {
-  modelscope: [{ label: 'ModelScope', url: 'https://api-inference.modelscope.cn' }],
-  tripo: [
-    { label: 'Tripo (global)', url: 'https://openapi.tripo3d.ai' },
-    { label: 'Tripo (China)', url: 'https://openapi.tripo3d.com' },
-  ],
-}
+export const MODEL_KINDS: readonly TaskKind[] = ['image_to_3d', 'text_to_3d', 'text_to_image']
 
 export interface ModelRow {
   name: string
@@ -40,11 +33,16 @@ export interface ChannelDraft {
   maxQueue: string
   /** `90s`, `10m`…; empty: the server's task deadline. */
   deadline: string
+  /** The circuit breaker: failed submissions in a row that rest the channel (0: never), and for how long. */
+  breakerFailures: string
+  breakerCooldown: string
   models: ModelRow[]
   /** A new key; empty keeps the stored one. */
   secret: string
   /** The stored key as the server shows it (`••••1234`), or null. */
   maskedSecret: string | null
+  /** Remove the stored key (sends `secret: ""`). */
+  clearSecret: boolean
   /** The type's fields other than `secret`, as the inputs hold them. */
   options: Record<string, string | boolean>
   defaults: string
@@ -53,13 +51,18 @@ export interface ChannelDraft {
   base: ChannelConfig | null
 }
 
-/** An i18n key under `channels.errors` and its values. */
+/** An i18n key under `channels.errors` and its values, or the server's own sentence. */
 export interface Problem {
   key: string
   params?: Record<string, string | number>
+  /** The server's words (English), when it refused the field. */
+  message?: string
 }
 
 export type Problems = Record<string, Problem>
+
+/** The key in `options` that the base URL choice edits. */
+export const BASE_URL = 'base_url'
 
 /** Whether the type's key goes in the top-level `secret` (rather than in `options`). */
 export const isSecretField = (field: ChannelField) => field.name === 'secret'
@@ -67,15 +70,29 @@ export const isSecretField = (field: ChannelField) => field.name === 'secret'
 /** The type's fields that are provider settings (`options`). */
 export const optionFields = (type: ChannelType | undefined) => (type?.fields ?? []).filter((f) => !isSecretField(f))
 
+/** The type's key field, when it takes one. */
+export const secretField = (type: ChannelType | undefined) => type?.fields.find(isSecretField)
+
 /** Whether the form offers a key input for this type (or for a channel that has one). */
 export function takesSecret(type: ChannelType | undefined, draft: ChannelDraft): boolean {
-  return Boolean(type?.fields.some(isSecretField)) || draft.maskedSecret !== null
+  return Boolean(secretField(type)) || draft.maskedSecret !== null
 }
 
-/** The base URLs to choose from, for a field named `base_url`. */
+/** The kinds a model of this type may have (and any a stored channel already uses). */
+export function kindsFor(type: ChannelType | undefined, draft?: ChannelDraft): string[] {
+  const kinds: string[] = type?.kinds.length ? [...type.kinds] : [...MODEL_KINDS]
+  for (const m of draft?.models ?? []) if (m.kind && !kinds.includes(m.kind)) kinds.push(m.kind)
+  return kinds
+}
+
+/** The base URLs to choose from: the type's, its default first. */
 export function baseUrlChoices(type: ChannelType | undefined): { label: string; url: string }[] {
   if (!type) return []
-  return type.base_urls?.length ? type.base_urls : (KNOWN_BASE_URLS[type.type] ?? [])
+  const choices = [...type.base_urls]
+  if (type.default_base_url && !choices.some((c) => c.url === type.default_base_url)) {
+    choices.unshift({ label: type.title, url: type.default_base_url })
+  }
+  return choices
 }
 
 function text(value: unknown): string {
@@ -98,15 +115,14 @@ function optionInputs(type: ChannelType | undefined, options: Record<string, unk
     } else if (field.kind === 'secret') {
       // Write-only like the channel's key: the input starts empty.
       inputs[field.name] = ''
-    } else if (options) {
-      inputs[field.name] = text(stored)
-    } else if (field.name === 'base_url' && typeof field.default === 'string') {
-      // A new channel starts at the provider's own address (ModelScope's), shown as the
-      // chosen one of the offered addresses.
-      inputs[field.name] = field.default
+    } else if (field.kind === 'list') {
+      inputs[field.name] = Array.isArray(stored) ? stored.map(String).join('\n') : text(stored)
+    } else if (field.name === BASE_URL && (stored === undefined || stored === null) && type?.default_base_url) {
+      // Left out, the provider's own address is used: shown as the chosen one.
+      inputs[field.name] = type.default_base_url
     } else {
-      // A new channel: empty inputs take the server's defaults, shown as placeholders.
-      inputs[field.name] = ''
+      // Empty inputs take the server's defaults, shown in their hints.
+      inputs[field.name] = text(stored)
     }
   }
   return inputs
@@ -116,6 +132,13 @@ function optionInputs(type: ChannelType | undefined, options: Record<string, unk
 export function draftFor(type: ChannelType | undefined, view?: ChannelView | null): ChannelDraft {
   const config = view?.config ?? null
   const secret = config?.secret
+  const firstKind: string = kindsFor(type)[0] ?? 'image_to_3d'
+  const models: ModelRow[] = (config?.models ?? [{ name: '', kind: firstKind, upstream: '' }]).map((m) => ({
+    name: m.name,
+    kind: m.kind,
+    upstream: m.upstream ?? '',
+    description: m.description ?? null,
+  }))
   return {
     name: config?.name ?? view?.name ?? '',
     type: config?.type ?? view?.type ?? type?.type ?? '',
@@ -126,14 +149,12 @@ export function draftFor(type: ChannelType | undefined, view?: ChannelView | nul
     maxConcurrency: text(config?.max_concurrency ?? 1),
     maxQueue: text(config?.max_queue ?? 5),
     deadline: text(config?.deadline),
-    models: (config?.models ?? [{ name: '', kind: MODEL_KINDS[0], upstream: '' }]).map((m) => ({
-      name: m.name,
-      kind: m.kind,
-      upstream: m.upstream ?? '',
-      description: m.description ?? null,
-    })),
+    breakerFailures: text(config?.breaker?.failures ?? 3),
+    breakerCooldown: text(config?.breaker?.cooldown ?? '30s'),
+    models,
     secret: '',
     maskedSecret: typeof secret === 'string' && secret !== '' ? secret : null,
+    clearSecret: false,
     options: optionInputs(type, config ? (config.options ?? {}) : null),
     defaults: pretty(config?.defaults),
     overrides: pretty(config?.overrides),
@@ -141,10 +162,13 @@ export function draftFor(type: ChannelType | undefined, view?: ChannelView | nul
   }
 }
 
-/** A new channel changing type: the type's own fields, with their defaults. */
+/** A new channel changing type: the type's own fields with their defaults, its kinds for the models. */
 export function changeType(draft: ChannelDraft, type: ChannelType | undefined): void {
   draft.type = type?.type ?? ''
   draft.options = optionInputs(type, null)
+  const kinds = kindsFor(type)
+  const first: string = kinds[0] ?? 'image_to_3d'
+  for (const m of draft.models) if (!kinds.includes(m.kind)) m.kind = first
 }
 
 /** Why `source` is not a JSON object, or null when it is (empty counts as `{}`). */
@@ -160,7 +184,10 @@ export function jsonObjectProblem(source: string): Problem | null {
 }
 
 const WHOLE = /^-?\d+$/
+const NUMBER = /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/
+/** What the server's durations look like: `500ms`, `30s`, `5m`, `1h 30m`, `7days`. */
+const DURATION = /^(\d+\s*[A-Za-zµ]+\s*)+$/
 
 function whole(source: string, min: number): number | Problem {
   const trimmed = source.trim()
@@ -171,7 +198,7 @@ function whole(source: string, min: number): number | Problem {
   return n
 }
 
-function isHttpUrl(source: string): boolean {
+export function isHttpUrl(source: string): boolean {
   try {
     const url = new URL(source)
     return (url.protocol === 'http:' || url.protocol === 'https:') && url.hostname !== ''
@@ -180,9 +207,41 @@ function isHttpUrl(source: string): boolean {
   }
 }
 
+export const isDuration = (source: string) => DURATION.test(source.trim())
+
+/** One provider setting's value from its input, or why it is not one. */
+function optionValue(field: ChannelField, input: string): { value: unknown } | { problem: Problem } {
+  switch (field.kind) {
+    case 'int': {
+      const n = whole(input, Number.MIN_SAFE_INTEGER)
+      return typeof n === 'number' ? { value: n } : { problem: n }
+    }
+    case 'number':
+      return NUMBER.test(input) ? { value: Number(input) } : { problem: { key: 'number' } }
+    case 'url':
+      return isHttpUrl(input) ? { value: input } : { problem: { key: 'url' } }
+    case 'duration':
+      return isDuration(input) ? { value: input } : { problem: { key: 'duration' } }
+    case 'json': {
+      const problem = jsonObjectProblem(input)
+      return problem ? { problem } : { value: JSON.parse(input) }
+    }
+    case 'list':
+      return {
+        value: input
+          .split('\n')
+          .map((line) => line.trim())
+          .filter(Boolean),
+      }
+    default:
+      return { value: input }
+  }
+}
+
 /**
- * The configuration to send, or the problems by field: `name`, `priority`, `weight`,
- * `maxConcurrency`, `maxQueue`, `models`, `model.<i>.name`, `defaults`, `overrides`,
+ * The configuration to send, or the problems by field: `name`, `type`, `priority`,
+ * `weight`, `maxConcurrency`, `maxQueue`, `deadline`, `breakerFailures`,
+ * `breakerCooldown`, `models`, `model.<i>.name`, `secret`, `defaults`, `overrides`,
  * `option.<field>`.
  */
 export function buildChannel(
@@ -201,11 +260,14 @@ export function buildChannel(
     ['weight', 0],
     ['maxConcurrency', 1],
     ['maxQueue', 0],
+    ['breakerFailures', 0],
   ] as const) {
     const value = whole(draft[field], min)
     if (typeof value === 'number') numbers[field] = value
     else problems[field] = value
   }
+  if (draft.deadline.trim() && !isDuration(draft.deadline)) problems.deadline = { key: 'duration' }
+  if (!isDuration(draft.breakerCooldown)) problems.breakerCooldown = { key: 'duration' }
 
   const models = draft.models.map((m) => ({ ...m, name: m.name.trim(), upstream: m.upstream.trim() }))
   if (models.length === 0) problems.models = { key: 'noModels' }
@@ -216,44 +278,43 @@ export function buildChannel(
     seen.add(`${m.kind}:${m.name}`)
   })
 
+  const key = secretField(type)
+  if (key?.required && !draft.secret.trim() && (draft.maskedSecret === null || draft.clearSecret)) {
+    problems.secret = { key: 'required' }
+  }
+
   for (const field of ['defaults', 'overrides'] as const) {
     const problem = jsonObjectProblem(draft[field])
     if (problem) problems[field] = problem
   }
 
   // Options: what the channel had (settings the type does not list), then the fields.
-  const options: Record<string, unknown> = { ...(draft.base?.options ?? {}) }
+  const had = draft.base?.options ?? {}
+  const options: Record<string, unknown> = { ...had }
   for (const field of optionFields(type)) {
     const input = draft.options[field.name]
-    const key = `option.${field.name}`
+    const problemKey = `option.${field.name}`
     if (field.kind === 'bool') {
-      const had = draft.base?.options && field.name in draft.base.options
-      if (input === (field.default === true) && !had) delete options[field.name]
+      if (input === (field.default === true) && !(field.name in had)) delete options[field.name]
       else options[field.name] = input === true
       continue
     }
     const source = typeof input === 'string' ? input.trim() : ''
     if (source === '') {
+      if (field.required) problems[problemKey] = { key: 'required' }
       // Empty: the provider's default, except a write-only setting, which stays as stored.
-      if (field.kind !== 'secret') delete options[field.name]
+      else if (field.kind !== 'secret') delete options[field.name]
       continue
     }
-    if (field.kind === 'int') {
-      const value = whole(source, Number.MIN_SAFE_INTEGER)
-      if (typeof value === 'number') options[field.name] = value
-      else problems[key] = value
-    } else if (field.kind === 'url') {
-      if (isHttpUrl(source)) options[field.name] = source
-      else problems[key] = { key: 'url' }
-    } else if (field.kind === 'json') {
-      try {
-        options[field.name] = JSON.parse(source)
-      } catch (err) {
-        problems[key] = { key: 'json', params: { reason: err instanceof Error ? err.message : String(err) } }
-      }
-    } else {
-      options[field.name] = source
+    if (field.name === BASE_URL && source === type?.default_base_url && !(BASE_URL in had)) {
+      // The provider's own address, which it uses when none is set.
+      delete options[field.name]
+      continue
     }
+    const parsed = optionValue(field, source)
+    if ('problem' in parsed) problems[problemKey] = parsed.problem
+    else if (Array.isArray(parsed.value) && !parsed.value.length && field.required) problems[problemKey] = { key: 'required' }
+    else options[field.name] = parsed.value
   }
 
   if (Object.keys(problems).length) return { problems }
@@ -275,20 +336,71 @@ export function buildChannel(
     weight: numbers.weight!,
     max_concurrency: numbers.maxConcurrency!,
     max_queue: numbers.maxQueue!,
+    deadline: draft.deadline.trim() || null,
+    breaker: { failures: numbers.breakerFailures!, cooldown: draft.breakerCooldown.trim() },
     enabled: draft.enabled,
     client_keys: draft.clientKeys,
   }
-  // The stored key is kept by sending none; a new one replaces it.
+  // The stored key is kept by sending none; a new one replaces it; "" removes it.
   delete config.secret
   if (draft.secret.trim() !== '') config.secret = draft.secret.trim()
-  if (draft.deadline.trim()) config.deadline = draft.deadline.trim()
-  else delete config.deadline
+  else if (draft.clearSecret && draft.maskedSecret !== null) config.secret = ''
   return { config }
 }
 
-/** A channel's configuration as it is, with only `enabled` changed (the list's switch). */
-export function withEnabled(view: ChannelView, enabled: boolean): ChannelConfig {
-  const config: ChannelConfig = { ...view.config, enabled }
-  delete config.secret
-  return config
+/**
+ * The server's field (`name`, `models[0].kind`, `options.base_url`, `options`, `secret`,
+ * `breaker.cooldown`, `config`…) as the form's problem key; `null`: the form as a whole.
+ * A message about `options` that names one of the type's settings first ("`base_url`: …")
+ * goes to that setting.
+ */
+export function problemKey(field: string, message: string, type: ChannelType | undefined): string | null {
+  const known = (name: string) => optionFields(type).some((f) => f.name === name)
+  const simple: Record<string, string> = {
+    name: 'name',
+    type: 'type',
+    models: 'models',
+    secret: 'secret',
+    priority: 'priority',
+    weight: 'weight',
+    max_concurrency: 'maxConcurrency',
+    max_queue: 'maxQueue',
+    deadline: 'deadline',
+    defaults: 'defaults',
+    overrides: 'overrides',
+    'breaker.failures': 'breakerFailures',
+    'breaker.cooldown': 'breakerCooldown',
+    breaker: 'breakerCooldown',
+  }
+  if (field in simple) return simple[field]!
+  const model = /^models\[(\d+)\](?:\.(\w+))?$/.exec(field)
+  if (model) return model[2] === 'kind' ? `model.${model[1]}.kind` : model[2] === 'upstream' ? `model.${model[1]}.upstream` : `model.${model[1]}.name`
+  const option = /^options\.(\w+)/.exec(field)
+  if (option && known(option[1]!)) return `option.${option[1]}`
+  if (field === 'options') {
+    const named = /^`(\w+)`/.exec(message)
+    if (named && known(named[1]!)) return `option.${named[1]}`
+    return 'options'
+  }
+  return null
+}
+
+/** The server's refusal filed by field: problems next to inputs, and the rest for the form. */
+export function serverProblems(
+  list: unknown,
+  type: ChannelType | undefined,
+): { problems: Problems; general: string[] } {
+  const problems: Problems = {}
+  const general: string[] = []
+  if (!Array.isArray(list)) return { problems, general }
+  for (const item of list) {
+    if (!item || typeof item !== 'object') continue
+    const { field, message } = item as { field?: unknown; message?: unknown }
+    const text = typeof message === 'string' ? message : ''
+    const key = typeof field === 'string' ? problemKey(field, text, type) : null
+    if (key === null) general.push(typeof field === 'string' && field !== 'config' ? `${field}: ${text}` : text)
+    else if (problems[key]) problems[key]!.message = `${problems[key]!.message} ${text}`
+    else problems[key] = { key: 'server', message: text }
+  }
+  return { problems, general }
 }

@@ -32,12 +32,29 @@ export function scale(max: number, steps = 4): { top: number; ticks: number[] } 
   return { top, ticks: Array.from({ length: count + 1 }, (_, i) => Number((i * whole).toPrecision(12))) }
 }
 
+const HOUR = 3_600_000
+
+/**
+ * The hours a chart has a bar for: the start of every UTC hour from the one holding
+ * `since` to the one holding `now`, oldest first (the server buckets by UTC hour and
+ * sends no rows for an hour without tasks).
+ */
+export function hourStarts(since: string, now: number = Date.now()): string[] {
+  const first = Math.floor(Date.parse(since) / HOUR) * HOUR
+  const last = Math.floor(now / HOUR) * HOUR
+  if (!Number.isFinite(first) || first > last) return []
+  return Array.from({ length: (last - first) / HOUR + 1 }, (_, i) => new Date(first + i * HOUR).toISOString())
+}
+
+/** The dashboard's rows with the hours they are drawn on. */
+export type Hourly = Pick<Dashboard, 'tasks' | 'credits'> & { hours: string[] }
+
 /** Tasks per hour, one series per model or per outcome (a task not ended yet is `pending`). */
-export function taskSeries(data: Dashboard, by: 'model' | 'outcome'): Series[] {
+export function taskSeries(data: Hourly, by: 'model' | 'outcome'): Series[] {
   const index = new Map(data.hours.map((h, i) => [Date.parse(h), i]))
   const byKey = new Map<string, number[]>()
   for (const row of data.tasks) {
-    const key = by === 'model' ? row.model : (row.outcome ?? 'pending')
+    const key = by === 'model' ? row.model : row.outcome || 'pending'
     const i = index.get(Date.parse(row.hour))
     if (i === undefined) continue
     if (!byKey.has(key)) byKey.set(key, new Array<number>(data.hours.length).fill(0))
@@ -54,7 +71,7 @@ export function taskSeries(data: Dashboard, by: 'model' | 'outcome'): Series[] {
   }))
 }
 
-export function creditSeries(data: Dashboard): Series[] {
+export function creditSeries(data: Hourly): Series[] {
   const values = new Array<number>(data.hours.length).fill(0)
   const index = new Map(data.hours.map((h, i) => [Date.parse(h), i]))
   for (const row of data.credits) {

@@ -1,11 +1,25 @@
 // How the console writes times, durations, credits and states, in the reader's language.
 import type { Token } from '../api/types'
-import { dateTime, duration, integer, t } from '../i18n'
+import { dateTime, duration, integer, locale, t } from '../i18n'
 
 /** A time from the API (RFC 3339, or ms since the epoch), or a dash. */
 export function when(value: string | number | null | undefined): string {
   if (value === null || value === undefined || value === '') return '—'
   return dateTime(typeof value === 'number' ? new Date(value).toISOString() : value)
+}
+
+/** A time to the second (attempts seconds apart), or a dash. */
+export function whenExactly(value: string | null | undefined): string {
+  if (!value) return '—'
+  const date = new Date(value)
+  if (Number.isNaN(date.getTime())) return value
+  return new Intl.DateTimeFormat(locale.value, { dateStyle: 'medium', timeStyle: 'medium' }).format(date)
+}
+
+/** A short wait (a webhook's answer): milliseconds below a second, else as `ms` does. */
+export function shortMs(value: number | null | undefined): string {
+  if (value === null || value === undefined) return '—'
+  return value < 1000 ? t('units.milliseconds', { value: Math.round(value) }) : duration(value / 1000)
 }
 
 /** Milliseconds as seconds or minutes, or a dash. */
