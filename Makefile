@@ -38,7 +38,8 @@ unit:
 ## The fault campaign (tests/campaign, docs/reliability.md): the real binary killed with
 ## SIGKILL while clients upload and tasks run, and a corpus of malformed requests on every
 ## face; a few minutes. Its tests are #[ignore]d, so `unit` does not run them too.
-## KILN_CAMPAIGN_SEED replays a SIGKILL loop's choices; KILN_CAMPAIGN_KILLS (20) sets its length.
+## KILN_CAMPAIGN_SEED replays a SIGKILL loop's choices; KILN_CAMPAIGN_KILLS (20) sets its length,
+## KILN_CAMPAIGN_QUOTA_KILLS (12) the quota loop's.
 campaign:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --locked --test campaign --run-ignored only --no-fail-fast --no-capture; \

@@ -7,6 +7,9 @@
 //! - `corpus`: malformed requests on every face (multipart, JSON, headers, query
 //!   strings, path ids, damaged pictures): never a 5xx, never a hang, and the error
 //!   envelope on every refusal kiln makes.
+//! - `quota`: SIGKILL while users with API tokens submit, cancel and run out of credits
+//!   (issue 11); afterwards no credit is lost or charged twice, every task has one
+//!   settled usage record, and each balance and token's `spent` adds up.
 //!
 //! The tests are `#[ignore]`d so that `make unit` does not run them twice; `make
 //! campaign` (part of `make test`) runs exactly them. `docs/reliability.md` says what
@@ -16,6 +19,7 @@
 mod common;
 mod corpus;
 mod damaged;
+mod quota;
 mod raw;
 mod sigkill;
 mod support;

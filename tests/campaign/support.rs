@@ -79,10 +79,16 @@ pub struct ServerDir {
 impl ServerDir {
     /// The built-in default channel (relief) on `port`; `tasks` is the `[tasks]` section.
     pub fn new(port: u16, tasks: &str) -> Self {
+        Self::with_sections(port, tasks, "")
+    }
+
+    /// Like [`ServerDir::new`], with `sections` (whole TOML tables: `[auth]`,
+    /// `[[channels]]` …) after `[tasks]`.
+    pub fn with_sections(port: u16, tasks: &str, sections: &str) -> Self {
         let root = tempfile::tempdir().expect("tempdir");
         let config = format!(
             "[server]\nbind = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\nshutdown_grace = \"2s\"\n\n\
-             [log]\ndir = \"\"\nlevel = \"warn\"\n\n[tasks]\n{tasks}\n",
+             [log]\ndir = \"\"\nlevel = \"warn\"\n\n[tasks]\n{tasks}\n\n{sections}\n",
             data = root.path().join("data").display(),
         );
         std::fs::write(root.path().join("kiln.toml"), config).expect("write kiln.toml");

@@ -41,6 +41,12 @@ impl KilnProcess {
     /// Starts the server and waits until it prints `kiln is running at …`, which it does
     /// once start-up (migrations, lease release) is done and the listener is bound.
     pub fn start(config: &Path, log: &Path) -> Self {
+        Self::start_with_env(config, log, &[])
+    }
+
+    /// [`KilnProcess::start`] with variables added to the child's environment (the
+    /// first admin's `KILN_ADMIN__*`, set as a container would set them).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> Self {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -52,6 +58,7 @@ impl KilnProcess {
             .arg(config)
             .env_remove("KILN_CONFIG")
             .env_remove("KILN_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
