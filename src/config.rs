@@ -762,6 +762,25 @@ mod tests {
     }
 
     #[test]
+    fn channel_and_model_names_are_single_words_of_any_script_and_models_are_listed_once() {
+        let problems = |name: &str, models: &str| {
+            let channel: ChannelConfig =
+                toml::from_str(&format!("name = {name:?}\ntype = \"x\"\nmodels = [{models}]\n")).expect("channel");
+            let mut found = ConfigErrors::default();
+            check_channel(&channel, &|field| field.to_owned(), &mut found);
+            found.problems().iter().map(|(k, _)| k.clone()).collect::<Vec<_>>()
+        };
+        let model = |name: &str| format!("{{ name = {name:?}, kind = \"text_to_image\" }}");
+        assert!(problems("魔搭-qwen_2.5", &model("Qwen/Image")).contains(&"models[0].name".to_owned()), "a slash");
+        assert!(problems("魔搭-qwen_2.5", &model("qwen-image")).is_empty());
+        for bad in ["", "bad name", "a/b", "tab\there", "100%", &"x".repeat(65)] {
+            assert_eq!(problems(bad, &model("m")), ["name"], "{bad:?}");
+        }
+        assert_eq!(problems("c", &format!("{}, {}", model(""), model("m"))), ["models[0].name"]);
+        assert_eq!(problems("c", &format!("{}, {}", model("m"), model("m"))), ["models[1].name"], "listed twice");
+    }
+
+    #[test]
     fn configured_channels_replace_the_default_rather_than_adding_to_it() {
         // figment's `merge` replaces arrays (only `admerge` would append).
         let config = load(Some(

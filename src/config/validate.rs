@@ -256,8 +256,8 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
 /// Whether the name is free, and whether the provider takes the options, are for the
 /// caller, which knows the other channels and the provider types.
 pub fn check_channel(channel: &ChannelConfig, key: &dyn Fn(&str) -> String, problems: &mut ConfigErrors) {
-    if channel.name.trim().is_empty() {
-        problems.push(key("name"), "must not be empty");
+    if let Err(why) = check_name(&channel.name) {
+        problems.push(key("name"), why);
     }
     if channel.max_concurrency == 0 {
         problems.push(key("max_concurrency"), "must be at least 1");
@@ -266,6 +266,11 @@ pub fn check_channel(channel: &ChannelConfig, key: &dyn Fn(&str) -> String, prob
         problems.push(key("models"), "must list at least one model");
     }
     for (j, model) in channel.models.iter().enumerate() {
+        if let Err(why) = check_name(&model.name) {
+            problems.push(key(&format!("models[{j}].name")), why);
+        } else if channel.models[..j].iter().any(|m| m.name == model.name) {
+            problems.push(key(&format!("models[{j}].name")), format!("`{}` is listed twice", model.name));
+        }
         if crate::tasks::TaskKind::parse(&model.kind).is_none() {
             problems.push(
                 key(&format!("models[{j}].kind")),
@@ -273,6 +278,22 @@ pub fn check_channel(channel: &ChannelConfig, key: &dyn Fn(&str) -> String, prob
             );
         }
     }
+}
+
+/// A channel's or a model's name: what tasks, metrics, logs and URL paths carry, so
+/// 1–64 characters without spaces, control characters or the URL's own `/ ? # %`.
+/// Any script is fine (`魔搭-qwen`).
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        return Err("must not be empty");
+    }
+    if name.chars().count() > 64 {
+        return Err("must be at most 64 characters");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '?' | '#' | '%')) {
+        return Err("must not hold spaces, control characters, `/`, `?`, `#` or `%`");
+    }
+    Ok(())
 }
 
 /// Parses `HH:MM` into (hour, minute).

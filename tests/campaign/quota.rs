@@ -54,7 +54,7 @@ const ADMIN: &str = "root";
 const ADMIN_PASSWORD: &str = "quota campaign admin";
 
 /// The models and their prices: (model, per task, per image).
-const PRICES: [(&str, i64, i64); 3] = [("qwen-image", 2, 3), ("tripo-text", 6, 0), ("dall-e-2", 1, 2)];
+const PRICES: [(&str, i64, i64); 3] = [("qwen-image", 2, 3), ("tripo-text", 6, 4), ("dall-e-2", 1, 2)];
 
 /// The users: name, the balance set at the start, their token's spending cap. `ann`
 /// runs out (402 `insufficient_quota`), `cyd`'s token reaches its cap before the
@@ -98,10 +98,10 @@ fn prices(model: &str) -> Vec<(i64, i64)> {
     all
 }
 
-/// What queuing a task reserves at a price: per task, and `n` images (at least one, as
-/// `usage::reserve` counts them, also for kinds that make no image).
+/// What queuing a task reserves at a price: per task, and `n` images (0 for a 3D task,
+/// which asks for none: its per-image price never counts).
 fn reservation((per_task, per_image): (i64, i64), n: i64) -> i64 {
-    per_task + per_image * n.max(1)
+    per_task + per_image * n
 }
 
 /// How a kill moment is chosen; each server lives 0.5–2.5 s before it is looked for.
@@ -424,7 +424,7 @@ async fn user_client(shared: Arc<Shared>, who: usize, mut rng: Rng) {
         number += 1;
         let sub = match rng.below(100) {
             0..=44 => Submission { op: "native qwen-image", model: "qwen-image", n: 1, openai: false, key: None },
-            45..=69 => Submission { op: "native tripo-text", model: "tripo-text", n: 1, openai: false, key: None },
+            45..=69 => Submission { op: "native tripo-text", model: "tripo-text", n: 0, openai: false, key: None },
             _ => Submission {
                 op: "openai dall-e-2",
                 model: "dall-e-2",
@@ -466,7 +466,7 @@ async fn submit(shared: &Shared, who: usize, sub: &Submission, prompt: &str) -> 
     let build = || {
         let request = if sub.openai {
             let mut body = json!({"model": sub.model, "prompt": prompt, "size": "256x256"});
-            if sub.n != 1 {
+            if sub.n > 1 {
                 body["n"] = json!(sub.n);
             }
             shared.client.post(shared.url("/v1/images/generations")).header("Prefer", "respond-async").json(&body)
@@ -960,7 +960,12 @@ async fn check(shared: &Shared, dir: &ServerDir) -> (Vec<String>, Summary) {
             if record.user_id != task.owner_id || record.token_id != task.token_id || record.model != task.model {
                 problems.push(format!("{what}: its usage record names someone else: {record:?}"));
             }
-            let n = serde_json::from_str::<Value>(&task.params).ok().and_then(|p| p["n"].as_i64()).unwrap_or(1);
+            // A 3D task asks for no images: its per-image price never counts.
+            let n = if task.model == "tripo-text" {
+                0
+            } else {
+                serde_json::from_str::<Value>(&task.params).ok().and_then(|p| p["n"].as_i64()).unwrap_or(1)
+            };
             let at = (record.per_task, record.per_image);
             let allowed = price_at(&task.model, record.created_at, changed_at);
             if task.model == NEW_PRICE.0 {
@@ -984,7 +989,7 @@ async fn check(shared: &Shared, dir: &ServerDir) -> (Vec<String>, Summary) {
                     if task.model != "tripo-text" && task.images != n {
                         problems.push(format!("{what}: {} images recorded, {n} asked for", task.images));
                     }
-                    record.per_task + record.per_image * task.images
+                    record.per_task + record.per_image * if task.model == "tripo-text" { 0 } else { task.images }
                 }
                 _ => 0,
             };

@@ -38,7 +38,9 @@ pub(super) async fn reserve(
         .fetch_optional(&mut *conn)
         .await?
         .unwrap_or((0, 0));
-    let price = per_task.saturating_add(per_image.saturating_mul(i64::from(billing.images.max(1))));
+    // A 3D task asks for no images (`billing.images` is 0), so a per-image price never
+    // makes it look more expensive than it can be.
+    let price = per_task.saturating_add(per_image.saturating_mul(i64::from(billing.images)));
     let reserved = match billing.payer {
         Some(payer) if price > 0 => {
             let left: Option<i64> = sqlx::query_scalar(
@@ -115,6 +117,9 @@ pub(super) async fn settle(conn: &mut SqliteConnection, task: &Task, images: u32
     let charged = if task.status == TaskStatus::Succeeded {
         let per_task: i64 = row.try_get("per_task")?;
         let per_image: i64 = row.try_get("per_image")?;
+        // The per-image price is for the images a text-to-image task was asked for, not
+        // for a 3D task's preview pictures.
+        let images = if task.kind == crate::tasks::TaskKind::TextToImage { images } else { 0 };
         per_task.saturating_add(per_image.saturating_mul(i64::from(images))).min(reserved)
     } else {
         0
