@@ -111,6 +111,12 @@ pub struct TaskView {
     pub finished_at: Option<String>,
     /// Seconds from start of running to the end.
     pub generation_time: Option<f64>,
+    /// The user who made it (`null`: made anonymously, in open mode).
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub owner_id: Option<uuid::Uuid>,
+    /// Where its end is announced ([webhooks](webhooks.md)); its deliveries are under
+    /// `/api/v1/tasks/{id}/webhooks`.
+    pub webhook_url: Option<String>,
     pub links: TaskLinks,
 }
 
@@ -155,6 +161,8 @@ pub async fn view_at(gateway: &Gateway, task: Task, queue_position: Option<u32>)
         started_at: task.started_at.map(|t| t.to_rfc3339()),
         finished_at: task.finished_at.map(|t| t.to_rfc3339()),
         generation_time: task.generation_seconds(),
+        owner_id: task.owner_id,
+        webhook_url: task.webhook_url.clone(),
         links: links(gateway, task.id),
     })
 }

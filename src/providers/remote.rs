@@ -290,7 +290,7 @@ impl RemoteOptions {
                 "poll_max_interval",
                 T::Duration,
                 self.poll_max_interval.map_or(Value::Null, duration),
-                "The longest pause between polls; left out: 2s where one request polls many jobs, else 10s.",
+                "The longest pause between polls (the pauses grow from poll_interval up to it).",
             ),
             Field::new(
                 "requests_per_minute",

@@ -43,6 +43,8 @@ async fn a_finished_task_is_announced_signed_and_its_delivery_is_listed() {
     let response = submit(&app, &url).await;
     assert_eq!(response.status(), 202);
     let task: Value = response.json().await.unwrap();
+    assert_eq!(task["webhook_url"], url.as_str(), "the task says where its end goes");
+    assert!(task["owner_id"].is_null(), "made anonymously");
     let id = task["id"].as_str().unwrap().to_owned();
     app.wait_terminal(&id).await;
 

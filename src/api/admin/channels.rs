@@ -115,7 +115,7 @@ impl From<&ProviderForm> for ChannelType {
             required: s.required,
             default: Value::Null,
             options: None,
-            help: if s.help.is_empty() { s.label.clone() } else { format!("{}: {}", s.label, s.help) },
+            help: if s.help.is_empty() { s.label.clone() } else { s.help.clone() },
         });
         let mut base_urls: Vec<BaseUrl> =
             form.base_urls.iter().map(|u| BaseUrl { label: u.label.clone(), url: u.url.clone() }).collect();

@@ -24,6 +24,10 @@ export interface Task {
   started_at: string | null
   finished_at: string | null
   generation_time: number | null
+  /** The user who made it; null when made anonymously (open mode). */
+  owner_id?: string | null
+  /** Where its end is announced; null: no webhook, so no deliveries to show. */
+  webhook_url?: string | null
   links: { self: string; status: string; result: string; events: string }
 }
 
