@@ -41,7 +41,25 @@ pub struct Application {
 
 impl Application {
     /// Opens the database and storage, builds the channels, and binds the listener.
-    pub async fn build(mut config: Config, registry: &Registry) -> Result<Self, StartupError> {
+    pub async fn build(config: Config, registry: &Registry) -> Result<Self, StartupError> {
+        Self::build_with(config, registry, None).await
+    }
+
+    /// Like [`Application::build`], with the HTTP client object storage is reached
+    /// through (tests route a COS bucket's host name to a local server with it).
+    pub async fn build_with_storage_client(
+        config: Config,
+        registry: &Registry,
+        http: reqwest::Client,
+    ) -> Result<Self, StartupError> {
+        Self::build_with(config, registry, Some(http)).await
+    }
+
+    async fn build_with(
+        mut config: Config,
+        registry: &Registry,
+        storage_http: Option<reqwest::Client>,
+    ) -> Result<Self, StartupError> {
         let dispatch_stop = CancellationToken::new();
         let channels = ChannelSet::from_config(&config, registry.clone(), dispatch_stop.clone())?;
         let open_files = server::raise_open_files_limit();
@@ -82,8 +100,20 @@ impl Application {
                 }
             }
         }
-        let storage =
-            Storage::from_config(&config).map_err(|e| anyhow::Error::new(e).context("cannot open storage"))?;
+        let storage = match storage_http {
+            None => Storage::from_config(&config),
+            Some(http) => Storage::from_config_with_client(&config, http),
+        }
+        .map_err(|e| anyhow::Error::new(e).context("cannot open storage"))?;
+        // A bucket is only reached at the first request: say now when it cannot be
+        // written (wrong credentials, no such bucket), rather than at the first upload.
+        // Not fatal: a bucket that is down for a moment must not stop a replica starting.
+        if let Err(err) = storage.check_writable().await {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::new(err)),
+                "storage cannot be written now; /ready says so until it can"
+            );
+        }
         // Files an earlier run was writing when it died. With a database only this
         // process uses, every note left is a leftover; with a shared one, only old ones.
         let leftover_age = if db.shared() { retention::LEFTOVER_AGE } else { std::time::Duration::ZERO };

@@ -119,6 +119,7 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
 }
 
+/// Where stored files live (docs/storage.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, tag = "type", rename_all = "lowercase")]
 pub enum StorageConfig {
@@ -127,7 +128,61 @@ pub enum StorageConfig {
         #[serde(default)]
         root: Option<PathBuf>,
     },
+    /// A bucket of any S3-compatible server (AWS, MinIO, Garage, Ceph).
+    S3(ObjectStorageConfig),
+    /// A Tencent COS bucket, through COS's S3 interface: `bucket` is `name-APPID`, the
+    /// endpoint defaults to the region's, and addressing is always virtual-host.
+    Cos(ObjectStorageConfig),
 }
+
+/// An object storage bucket (`type = "s3"` or `"cos"`). Every key has a default so that
+/// a missing one is reported by name, with the others, by the validation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectStorageConfig {
+    /// The bucket; for COS `name-APPID`, e.g. `examplebucket-1250000000`.
+    pub bucket: String,
+    /// The server's URL without the bucket. Empty: AWS's regional endpoint for `s3`,
+    /// `https://cos.{region}.myqcloud.com` for `cos`.
+    pub endpoint: Option<url::Url>,
+    /// The signing region. Empty: `us-east-1` for `s3`; required for `cos`.
+    pub region: Option<String>,
+    /// The access key id (COS: the SecretId).
+    pub access_key_id: Option<String>,
+    /// The secret key (COS: the SecretKey).
+    pub secret_access_key: Option<Secret>,
+    /// A temporary credential's session token (STS).
+    pub session_token: Option<Secret>,
+    /// A prefix for every key kiln writes, e.g. `kiln/`.
+    pub root: Option<String>,
+    /// Address the bucket as `bucket.endpoint` rather than `endpoint/bucket`. Always on
+    /// for COS, whose buckets made since 2024 refuse path style.
+    pub virtual_host_style: Option<bool>,
+    /// How long a presigned URL works.
+    #[serde(with = "humantime_serde")]
+    pub presign_ttl: Duration,
+    /// A CDN or custom domain that serves the bucket: file URLs become this URL and the
+    /// object's key instead of presigned ones.
+    pub public_base_url: Option<url::Url>,
+    /// How `/files/{key}` answers, and which URLs kiln hands out.
+    pub serve: ServeMode,
+}
+
+/// How kiln hands out files kept in object storage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeMode {
+    /// File URLs point at the bucket (presigned, or `public_base_url`); `/files/{key}`
+    /// answers 302 to such a URL. The bytes never pass through kiln.
+    #[default]
+    Redirect,
+    /// File URLs are kiln's own `/files/{key}` (signed when `files.access = "signed"`),
+    /// and kiln streams the bytes from the bucket, with `Range` and `ETag`.
+    Proxy,
+}
+
+/// SigV4 presigned URLs live at most a week.
+pub const MAX_PRESIGN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -486,6 +541,24 @@ impl Default for UploadConfig {
     }
 }
 
+impl Default for ObjectStorageConfig {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            root: None,
+            virtual_host_style: None,
+            presign_ttl: Duration::from_secs(3600),
+            public_base_url: None,
+            serve: ServeMode::default(),
+        }
+    }
+}
+
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self { url: None, max_connections: 8 }
@@ -632,9 +705,10 @@ impl Config {
     }
 
     /// The local storage root, when storage is local.
-    pub fn storage_root(&self) -> PathBuf {
+    pub fn storage_root(&self) -> Option<PathBuf> {
         match &self.storage {
-            StorageConfig::Fs { root } => root.clone().unwrap_or_else(|| self.server.data_dir.join("files")),
+            StorageConfig::Fs { root } => Some(root.clone().unwrap_or_else(|| self.server.data_dir.join("files"))),
+            StorageConfig::S3(_) | StorageConfig::Cos(_) => None,
         }
     }
 

@@ -116,6 +116,30 @@ pub enum Recorded {
     Ended,
 }
 
+/// The URLs of the files an event names, made ahead of its (synchronous) rendering.
+#[derive(Debug, Default)]
+pub struct FileUrls(std::collections::HashMap<String, String>);
+
+impl FileUrls {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+}
+
+/// Every string under a `key` field, at any depth.
+fn collect_keys<'a>(value: &'a serde_json::Value, keys: &mut Vec<&'a str>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::String(key)) = map.get("key") {
+                keys.push(key);
+            }
+            map.values().for_each(|v| collect_keys(v, keys));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_keys(v, keys)),
+        _ => {}
+    }
+}
+
 /// The core every face calls. Its parts are private: a face reads through methods that
 /// take the [`Caller`], so who may see what is decided here and nowhere else. The
 /// core's own background work (scheduler, callbacks, retention) reaches the parts
@@ -352,9 +376,40 @@ impl Gateway {
         self.sealer.get().map_err(|_| ApiError::new(Code::Internal))
     }
 
-    /// The absolute URL of a stored file, signed when `files.access = "signed"`.
-    pub fn file_url(&self, key: &str) -> String {
-        self.served_url(&format!("files/{key}"))
+    /// The URL handed out for a stored file: in a bucket served by redirect, a presigned
+    /// URL (or the CDN's, with `storage.public_base_url`), whose expiry is its signature;
+    /// otherwise kiln's own `/files/{key}`, signed when `files.access = "signed"`.
+    pub async fn file_url(&self, key: &str) -> String {
+        match self.storage.link(key).await {
+            Ok(Some(url)) => url,
+            Ok(None) => self.served_url(&format!("files/{key}")),
+            // Kiln's own URL still works: it answers with a fresh redirect.
+            Err(err) => {
+                tracing::warn!(key, error = %err, "cannot presign a file URL; handing out kiln's own");
+                self.served_url(&format!("files/{key}"))
+            }
+        }
+    }
+
+    /// [`Gateway::file_url`] for every `key` in a JSON payload (an event's data), for
+    /// renderings that add `url`s next to keys without waiting.
+    pub async fn file_urls(&self, data: &serde_json::Value) -> FileUrls {
+        let mut keys = Vec::new();
+        collect_keys(data, &mut keys);
+        let mut urls = std::collections::HashMap::with_capacity(keys.len());
+        for key in keys {
+            if !urls.contains_key(key) {
+                let url = self.file_url(key).await;
+                urls.insert(key.to_owned(), url);
+            }
+        }
+        FileUrls(urls)
+    }
+
+    /// Where `GET /files/{key}` sends the client instead of streaming the file: a fresh
+    /// presigned (or CDN) URL with `storage.serve = "redirect"`.
+    pub async fn file_redirect(&self, key: &str) -> ApiResult<Option<String>> {
+        self.storage.redirect(key).await.map_err(ApiError::from)
     }
 
     /// The absolute URL of a path that serves a stored file (`files/…`, seed 002's

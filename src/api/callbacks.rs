@@ -176,7 +176,7 @@ pub async fn result_callback(
     let (recorded, artifact) = callbacks::result(gateway, task, &name, file).await?;
     Ok(Json(CallbackAnswer {
         recorded: Some(if recorded { "new" } else { "again" }.to_owned()),
-        url: Some(gateway.file_url(&artifact.key)),
+        url: Some(gateway.file_url(&artifact.key).await),
         ..CallbackAnswer::ok()
     }))
 }

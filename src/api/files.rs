@@ -1,6 +1,11 @@
 //! `GET /files/{key}`: stored inputs and outputs, with `Content-Type`, `Content-Length`,
 //! `ETag` (the sha256), single `Range` requests, `nosniff` and cache headers. Only keys
 //! kiln recorded are served; a file deleted by retention answers 410 Gone.
+//!
+//! From a bucket with `storage.serve = "proxy"` the bytes are streamed from the bucket
+//! as they arrive; with `"redirect"` the answer is 302 to a fresh presigned (or CDN)
+//! URL, after the same checks (a recorded key, not expired, kiln's own signature when
+//! `files.access = "signed"`).
 
 use axum::{
     body::Body,
@@ -34,6 +39,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "The file, with its recorded `Content-Type`", content_type = "*/*", body = Binary),
         (status = 206, description = "Part of the file", content_type = "*/*", body = Binary),
+        (status = 302, description = "With object storage and `storage.serve = \"redirect\"`: the file's presigned (or CDN) URL is in `Location`"),
         (status = 304, description = "Unchanged (If-None-Match)"),
         (status = 403, description = "A signed URL that is missing, expired or altered (`file_url_invalid`)", body = crate::error::ErrorBody),
         (status = 404, description = "No such file", body = crate::error::ErrorBody),
@@ -89,6 +95,15 @@ impl Signature {
 pub async fn serve(gateway: &Gateway, file: &StoredFile, method: &Method, headers: &HeaderMap) -> ApiResult<Response> {
     if file.expired {
         return Err(ApiError::new(Code::ArtifactExpired));
+    }
+    if let Some(location) = gateway.file_redirect(&file.key).await? {
+        // A presigned URL expires: a cache must not keep the redirect past it.
+        return Response::builder()
+            .status(StatusCode::FOUND)
+            .header(header::LOCATION, location)
+            .header(header::CACHE_CONTROL, "no-store")
+            .body(Body::empty())
+            .map_err(ApiError::internal);
     }
     let etag = format!("\"{}\"", file.sha256);
     let mut builder = Response::builder()

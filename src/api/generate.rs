@@ -27,7 +27,7 @@ use crate::{
     },
     db::StoredFile,
     error::{ApiError, Code},
-    gateway::{Gateway, Input, Submission},
+    gateway::{FileUrls, Gateway, Input, Submission},
     tasks::{EventKind, Task, TaskEvent, TaskId, TaskStatus},
 };
 
@@ -220,7 +220,7 @@ struct StreamQuery {
 }
 
 /// Seed 002's rendering of an event, or none for events that face does not show.
-fn seed002_event(gateway: &Gateway, event: &TaskEvent) -> Option<(&'static str, Value)> {
+fn seed002_event(gateway: &Gateway, _urls: &FileUrls, event: &TaskEvent) -> Option<(&'static str, Value)> {
     let (name, mut data) = match event.kind {
         EventKind::Queued => ("queued", json!({ "status": "queued", "position": event.data["position"] })),
         EventKind::Processing => (
@@ -288,6 +288,7 @@ async fn status_stream(
     responses(
         (status = 200, description = "The model", content_type = "model/gltf-binary", body = Binary),
         (status = 206, description = "Part of the model", content_type = "model/gltf-binary", body = Binary),
+        (status = 302, description = "With object storage and `storage.serve = \"redirect\"`: the model's presigned (or CDN) URL is in `Location`"),
         (status = 304, description = "Unchanged (If-None-Match)"),
         (status = 404, description = "No such model", body = GenerateAnswer),
         (status = 410, description = "Deleted after the retention period", body = GenerateAnswer),

@@ -709,7 +709,7 @@ async fn answer(gateway: &Gateway, task: &Task, format: ResponseFormat) -> Resul
         let revised_prompt = revised.and_then(|r| r.get(number)).and_then(Value::as_str).map(str::to_owned);
         let item = match format {
             ResponseFormat::Url => {
-                OpenAiImage { url: Some(gateway.file_url(&image.key)), b64_json: None, revised_prompt }
+                OpenAiImage { url: Some(gateway.file_url(&image.key).await), b64_json: None, revised_prompt }
             }
             ResponseFormat::B64Json => {
                 let bytes = gateway.read_file(&image.key).await?;

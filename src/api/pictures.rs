@@ -62,10 +62,11 @@ pub struct PictureView {
     pub links: PictureLinks,
 }
 
-pub fn picture_view(gateway: &Gateway, picture: Picture) -> PictureView {
+pub async fn picture_view(gateway: &Gateway, picture: Picture) -> PictureView {
     let expired = picture.expired_at.is_some();
+    let url = if expired { None } else { Some(gateway.file_url(&picture.key).await) };
     PictureView {
-        url: (!expired).then(|| gateway.file_url(&picture.key)),
+        url,
         links: PictureLinks {
             this: gateway.url(&format!("api/v1/pictures/{}", picture.id)),
             tasks: gateway.url(&format!("api/v1/tasks?picture_id={}", picture.id)),
@@ -106,7 +107,7 @@ async fn upload_picture(State(state): State<AppState>, caller: Caller, request: 
     let gateway = &state.gateway;
     let (upload, filename) = forms::read_picture(request, gateway).await?;
     let picture = gateway.store_picture(&caller, upload, filename).await?;
-    let view = picture_view(gateway, picture);
+    let view = picture_view(gateway, picture).await;
     let mut response = (StatusCode::CREATED, Json(&view)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/pictures/{}", view.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -150,7 +151,7 @@ async fn list_pictures(
     let limit = query.limit.unwrap_or(20).clamp(1, 100);
     let (pictures, total) = state.gateway.pictures(&caller, offset, limit).await?;
     let shown = offset.saturating_add(pictures.len() as u64);
-    let items = pictures.into_iter().map(|p| picture_view(&state.gateway, p)).collect();
+    let items = futures::future::join_all(pictures.into_iter().map(|p| picture_view(&state.gateway, p))).await;
     Ok(Json(PicturePage { items, total, next_offset: (shown < total).then_some(shown) }))
 }
 
@@ -170,5 +171,5 @@ async fn get_picture(
 ) -> ApiResult<Json<PictureView>> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(Code::PictureNotFound))?;
     let picture = state.gateway.picture(&caller, id).await?;
-    Ok(Json(picture_view(&state.gateway, picture)))
+    Ok(Json(picture_view(&state.gateway, picture).await))
 }

@@ -27,7 +27,7 @@ use crate::{
         tasks::parse_id,
     },
     error::{ApiError, ApiResult, Code, ErrorBody},
-    gateway::{Gateway, Input, Submission},
+    gateway::{FileUrls, Gateway, Input, Submission},
     tasks::{EventKind, Picture, Task, TaskEvent, TaskStatus},
 };
 
@@ -65,9 +65,13 @@ pub struct PictureInfo {
     create_time: String,
 }
 
-fn picture_info(gateway: &Gateway, p: Picture) -> PictureInfo {
+async fn picture_info(gateway: &Gateway, p: Picture) -> PictureInfo {
+    let url = match p.expired_at {
+        None => Some(gateway.file_url(&p.key).await),
+        Some(_) => None,
+    };
     PictureInfo {
-        url: p.expired_at.is_none().then(|| gateway.file_url(&p.key)),
+        url,
         id: p.id,
         name: p.original_name,
         pic_format: p.format,
@@ -100,7 +104,7 @@ async fn upload(State(state): State<AppState>, caller: Caller, request: Request)
     }
     let (upload, filename) = forms::read_picture(request, &state.gateway).await?;
     let picture = state.gateway.store_picture(&caller, upload, filename).await?;
-    Ok(Json(picture_info(&state.gateway, picture)))
+    Ok(Json(picture_info(&state.gateway, picture).await))
 }
 
 /// Get a picture (seed 004).
@@ -118,7 +122,7 @@ async fn get_picture(
     Path(id): Path<String>,
 ) -> ApiResult<Json<PictureInfo>> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(Code::PictureNotFound))?;
-    Ok(Json(picture_info(&state.gateway, state.gateway.picture(&caller, id).await?)))
+    Ok(Json(picture_info(&state.gateway, state.gateway.picture(&caller, id).await?).await))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -164,7 +168,7 @@ async fn list_page(
     let offset = (current - 1).saturating_mul(u64::from(size)).min(i64::MAX as u64);
     let (pictures, total) = state.gateway.pictures(&caller, offset, size).await?;
     Ok(Json(PictureInfoPage {
-        records: pictures.into_iter().map(|p| picture_info(&state.gateway, p)).collect(),
+        records: futures::future::join_all(pictures.into_iter().map(|p| picture_info(&state.gateway, p))).await,
         total,
         current,
         size,
@@ -243,12 +247,12 @@ fn status_word(status: TaskStatus) -> &'static str {
 }
 
 /// Seed 004's rendering: `result` for each stored file, `status` for everything else.
-fn seed004_event(gateway: &Gateway, event: &TaskEvent) -> Option<(&'static str, Value)> {
+fn seed004_event(_gateway: &Gateway, urls: &FileUrls, event: &TaskEvent) -> Option<(&'static str, Value)> {
     let task_id = event.task_id.to_string();
     let (name, data) = match event.kind {
         EventKind::Result => {
-            let key = event.data["key"].as_str()?;
-            ("result", json!({ "taskId": task_id, "fileName": event.data["name"], "url": gateway.file_url(key) }))
+            let url = urls.get(event.data["key"].as_str()?)?;
+            ("result", json!({ "taskId": task_id, "fileName": event.data["name"], "url": url }))
         }
         EventKind::Queued => {
             ("status", json!({ "taskId": task_id, "status": "PENDING", "position": event.data["position"] }))
@@ -351,13 +355,18 @@ async fn status(
     let gateway = &state.gateway;
     let task: Task = gateway.task(&caller, parse_id(&task_id)?).await?;
     let artifacts = gateway.artifacts(&task).await?;
-    let url_of = |pick: &dyn Fn(&str) -> bool| {
-        artifacts
-            .iter()
-            .find(|a| a.expired_at.is_none() && pick(&a.name.to_ascii_lowercase()))
-            .map(|a| gateway.file_url(&a.key))
+    let key_of = |pick: &dyn Fn(&str) -> bool| {
+        artifacts.iter().find(|a| a.expired_at.is_none() && pick(&a.name.to_ascii_lowercase())).map(|a| a.key.clone())
     };
-    let original = gateway.task_picture(&task).await?.map(|p| gateway.file_url(&p.key));
+    let url_of = async |key: Option<String>| match key {
+        Some(key) => Some(gateway.file_url(&key).await),
+        None => None,
+    };
+    let original = url_of(gateway.task_picture(&task).await?.map(|p| p.key)).await;
+    let pixel_images = url_of(key_of(&|n| n.starts_with("pixel_images"))).await;
+    let xyz_images = url_of(key_of(&|n| n.starts_with("xyz_images"))).await;
+    let output_zip = url_of(key_of(&|n| n.ends_with(".zip"))).await;
+    let model = url_of(key_of(&|n| n.ends_with(".glb"))).await;
     let updated = [Some(task.created_at), task.started_at, task.finished_at]
         .into_iter()
         .flatten()
@@ -368,10 +377,10 @@ async fn status(
         status: status_word(task.status).to_owned(),
         progress: task.progress,
         original_image_url: original,
-        pixel_images_url: url_of(&|n| n.starts_with("pixel_images")),
-        xyz_images_url: url_of(&|n| n.starts_with("xyz_images")),
-        output_zip_url: url_of(&|n| n.ends_with(".zip")),
-        model_url: url_of(&|n| n.ends_with(".glb")),
+        pixel_images_url: pixel_images,
+        xyz_images_url: xyz_images,
+        output_zip_url: output_zip,
+        model_url: model,
         error_message: task
             .error_message
             .clone()

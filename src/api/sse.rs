@@ -23,7 +23,7 @@ use crate::{
     api::{AppState, tasks::parse_id},
     error::ApiResult,
     events::{Published, RENDERINGS},
-    gateway::Gateway,
+    gateway::{FileUrls, Gateway},
     tasks::{Task, TaskEvent},
 };
 
@@ -50,8 +50,9 @@ impl Face {
 }
 
 /// How a face shows an event: its SSE `event:` name and `data:` payload, or nothing for
-/// an event that face does not show.
-pub type Render = fn(&Gateway, &TaskEvent) -> Option<(&'static str, Value)>;
+/// an event that face does not show. The URLs of the files the event names are made
+/// beforehand ([`Gateway::file_urls`]): a presigned one takes an await.
+pub type Render = fn(&Gateway, &FileUrls, &TaskEvent) -> Option<(&'static str, Value)>;
 
 /// Where to resume: `Last-Event-ID` wins over `?after=`.
 pub fn resume_point(headers: &HeaderMap, after: Option<i64>) -> i64 {
@@ -65,31 +66,33 @@ pub fn resume_point(headers: &HeaderMap, after: Option<i64>) -> i64 {
 }
 
 /// Adds absolute `url`s next to storage keys in an event's payload.
-pub fn with_urls(gateway: &Gateway, data: &Value) -> Value {
+pub fn with_urls(urls: &FileUrls, data: &Value) -> Value {
     let mut data = data.clone();
-    add_urls(gateway, &mut data);
+    add_urls(urls, &mut data);
     data
 }
 
-fn add_urls(gateway: &Gateway, value: &mut Value) {
+fn add_urls(urls: &FileUrls, value: &mut Value) {
     match value {
         Value::Object(map) => {
-            if let Some(Value::String(key)) = map.get("key") {
-                let url = gateway.file_url(key);
+            if let Some(Value::String(key)) = map.get("key")
+                && let Some(url) = urls.get(key)
+            {
+                let url = url.to_owned();
                 map.insert("url".into(), Value::String(url));
             }
             for (_, v) in map.iter_mut() {
-                add_urls(gateway, v);
+                add_urls(urls, v);
             }
         }
-        Value::Array(items) => items.iter_mut().for_each(|v| add_urls(gateway, v)),
+        Value::Array(items) => items.iter_mut().for_each(|v| add_urls(urls, v)),
         _ => {}
     }
 }
 
 /// The native rendering of an event: its payload with `task_id`, `seq` and URLs.
-pub fn native_data(gateway: &Gateway, event: &TaskEvent) -> Value {
-    let mut data = with_urls(gateway, &event.data);
+pub fn native_data(urls: &FileUrls, event: &TaskEvent) -> Value {
+    let mut data = with_urls(urls, &event.data);
     if let Value::Object(map) = &mut data {
         map.insert("task_id".into(), Value::String(event.task_id.to_string()));
         map.insert("seq".into(), Value::from(event.seq));
@@ -99,8 +102,8 @@ pub fn native_data(gateway: &Gateway, event: &TaskEvent) -> Value {
 }
 
 /// The native face's rendering.
-pub fn native_event(gateway: &Gateway, event: &TaskEvent) -> Option<(&'static str, Value)> {
-    Some((event.kind.as_str(), native_data(gateway, event)))
+pub fn native_event(_gateway: &Gateway, urls: &FileUrls, event: &TaskEvent) -> Option<(&'static str, Value)> {
+    Some((event.kind.as_str(), native_data(urls, event)))
 }
 
 /// One event on the wire. The payload is compact JSON, which never holds a raw line
@@ -136,14 +139,19 @@ pub async fn task_stream(
 /// A task's events as an SSE answer.
 pub fn stream(state: &AppState, task: &Task, after: i64, face: Face, render: Render) -> Response {
     let gateway = state.gateway.clone();
-    let events =
-        gateway.follow(task, after, state.shutdown.clone()).filter_map(move |published: std::sync::Arc<Published>| {
-            let bytes = published.rendered(face.slot(), |event| {
-                let (name, data) = render(&gateway, event)?;
-                encode(event.seq, name, &data)
-            });
-            std::future::ready(bytes)
-        });
+    let events = gateway
+        .follow(task, after, state.shutdown.clone())
+        .then(move |published: std::sync::Arc<Published>| {
+            let gateway = gateway.clone();
+            async move {
+                let urls = gateway.file_urls(&published.event.data).await;
+                published.rendered(face.slot(), |event| {
+                    let (name, data) = render(&gateway, &urls, event)?;
+                    encode(event.seq, name, &data)
+                })
+            }
+        })
+        .filter_map(std::future::ready);
     let mut response = Response::new(Body::from_stream(with_heartbeats(events)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

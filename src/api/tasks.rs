@@ -143,7 +143,10 @@ pub async fn view(gateway: &Gateway, task: Task) -> ApiResult<TaskView> {
 
 /// Like [`view`], with the queue position already known.
 pub async fn view_at(gateway: &Gateway, task: Task, queue_position: Option<u32>) -> ApiResult<TaskView> {
-    let picture = gateway.task_picture(&task).await?.map(|p| PictureRef { id: p.id, url: gateway.file_url(&p.key) });
+    let picture = match gateway.task_picture(&task).await? {
+        Some(p) => Some(PictureRef { id: p.id, url: gateway.file_url(&p.key).await }),
+        None => None,
+    };
     Ok(TaskView {
         id: task.id,
         kind: task.kind,
@@ -384,11 +387,11 @@ pub struct OutputView {
     pub metadata: Value,
 }
 
-pub fn output_view(gateway: &Gateway, artifact: &Artifact) -> OutputView {
+pub async fn output_view(gateway: &Gateway, artifact: &Artifact) -> OutputView {
     OutputView {
         name: artifact.name.clone(),
         role: artifact.role.clone(),
-        url: gateway.file_url(&artifact.key),
+        url: gateway.file_url(&artifact.key).await,
         format: Artifact::extension(&artifact.name),
         content_type: artifact.content_type.clone(),
         size: artifact.size,
@@ -413,7 +416,8 @@ pub async fn finished(
             format!("The task is {}; its result is not ready yet.", status(task.status)),
         ));
     }
-    let outputs = gateway.artifacts(&task).await?.iter().map(|a| output_view(gateway, a)).collect();
+    let artifacts = gateway.artifacts(&task).await?;
+    let outputs = futures::future::join_all(artifacts.iter().map(|a| output_view(gateway, a))).await;
     Ok((task, outputs))
 }
 

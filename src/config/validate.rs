@@ -10,7 +10,7 @@ use figment::{
     value::{Dict, Value},
 };
 
-use super::{ChannelConfig, Config};
+use super::{ChannelConfig, Config, MAX_PRESIGN_TTL, ObjectStorageConfig, StorageConfig};
 
 /// Every problem found in the configuration, each with the key that holds it.
 #[derive(Debug, Default)]
@@ -214,6 +214,7 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     {
         problems.push("server.public_url", "must be an http or https URL");
     }
+    check_storage(&config.storage, problems);
     let db = config.database_url();
     if !db.starts_with("sqlite:") {
         problems.push("database.url", "only sqlite: URLs are supported by this build");
@@ -248,6 +249,133 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
             }
         }
     }
+}
+
+/// An object storage section: every key that must be set, and the forms S3 and COS
+/// accept, each reported under its own key.
+fn check_storage(storage: &StorageConfig, problems: &mut ConfigErrors) {
+    let (bucket, cos) = match storage {
+        StorageConfig::Fs { .. } => return,
+        StorageConfig::S3(bucket) => (bucket, false),
+        StorageConfig::Cos(bucket) => (bucket, true),
+    };
+    let ObjectStorageConfig {
+        bucket: name,
+        endpoint,
+        region,
+        access_key_id,
+        secret_access_key,
+        session_token,
+        root,
+        virtual_host_style,
+        presign_ttl,
+        public_base_url,
+        serve: _,
+    } = bucket;
+    if name.is_empty() {
+        problems.push("storage.bucket", "is required");
+    } else if cos {
+        if !is_cos_bucket(name) {
+            problems.push(
+                "storage.bucket",
+                format!(
+                    "`{name}` is not a COS bucket name: COS buckets are named `name-APPID`, e.g. \
+                     `examplebucket-1250000000` (lowercase letters, digits and `-`, then `-` and the \
+                     account's numeric APPID), as the COS console shows them"
+                ),
+            );
+        }
+    } else if let Err(why) = check_s3_bucket(name, virtual_host_style.unwrap_or(false)) {
+        problems.push("storage.bucket", why);
+    }
+    match region.as_deref() {
+        None if cos => problems.push("storage.region", "is required for COS, e.g. `ap-guangzhou`"),
+        None => {}
+        Some(region) if cos && !is_cos_region(region) => problems.push(
+            "storage.region",
+            format!("`{region}` is not a COS region: lowercase words joined by `-`, e.g. `ap-guangzhou`"),
+        ),
+        Some(region) if region.is_empty() || !region.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            problems.push("storage.region", format!("`{region}` is not a region: letters, digits and `-`"))
+        }
+        Some(_) => {}
+    }
+    if let Some(url) = endpoint {
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            problems.push("storage.endpoint", "must be an http or https URL");
+        } else if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            problems.push("storage.endpoint", "must be the server's URL alone, without a path or query");
+        }
+    }
+    if access_key_id.as_deref().is_none_or(str::is_empty) {
+        problems.push("storage.access_key_id", "is required (COS: the SecretId)");
+    }
+    if secret_access_key.as_ref().is_none_or(|s| s.expose().is_empty()) {
+        problems.push("storage.secret_access_key", "is required (COS: the SecretKey)");
+    }
+    if session_token.as_ref().is_some_and(|s| s.expose().is_empty()) {
+        problems.push("storage.session_token", "must not be empty; leave it out when there is none");
+    }
+    if let Some(root) = root
+        && (root.split('/').any(|part| part == "." || part == "..") || root.contains('\\'))
+    {
+        problems.push("storage.root", "must be a key prefix like `kiln/`, without `.` or `..` segments");
+    }
+    if cos && *virtual_host_style == Some(false) {
+        problems.push(
+            "storage.virtual_host_style",
+            "COS is always addressed virtual-host style (buckets made since 2024 refuse path style); leave it out",
+        );
+    }
+    if *presign_ttl < Duration::from_secs(1) || *presign_ttl > MAX_PRESIGN_TTL {
+        problems.push("storage.presign_ttl", "must be between 1s and 7d (the longest a SigV4 presigned URL lives)");
+    }
+    if let Some(url) = public_base_url
+        && (!matches!(url.scheme(), "http" | "https") || url.query().is_some() || url.fragment().is_some())
+    {
+        problems.push("storage.public_base_url", "must be an http or https URL without a query");
+    }
+}
+
+/// S3's bucket naming rules: 3–63 lowercase letters, digits, `.` and `-`, starting and
+/// ending with a letter or digit. A dotted name cannot be a host name's first label.
+fn check_s3_bucket(name: &str, virtual_host: bool) -> Result<(), String> {
+    let chars_ok = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
+    let ends_ok =
+        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !(3..=63).contains(&name.len()) || !chars_ok || !ends_ok {
+        return Err(format!(
+            "`{name}` is not a bucket name: 3–63 lowercase letters, digits, `.` and `-`, starting and ending with a \
+             letter or digit"
+        ));
+    }
+    if virtual_host && name.contains('.') {
+        return Err(format!("`{name}` has a `.`, which virtual-host addressing cannot put in a host name"));
+    }
+    Ok(())
+}
+
+/// `name-APPID`: a name of lowercase letters, digits and `-`, then `-` and the account's
+/// APPID, which is all digits.
+pub(crate) fn is_cos_bucket(bucket: &str) -> bool {
+    let Some((name, appid)) = bucket.rsplit_once('-') else { return false };
+    !name.is_empty()
+        && bucket.len() <= 63
+        && !name.starts_with('-')
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !appid.is_empty()
+        && appid.chars().all(|c| c.is_ascii_digit())
+}
+
+/// A COS region: lowercase words joined by `-`, the first of letters (`ap-guangzhou`,
+/// `na-siliconvalley`, `ap-shanghai-fsi`).
+fn is_cos_region(region: &str) -> bool {
+    let mut parts = region.split('-');
+    let first_ok = parts.next().is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()));
+    let mut rest = parts.peekable();
+    first_ok
+        && rest.peek().is_some()
+        && rest.all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()))
 }
 
 /// The rules one channel's fields must follow, wherever it is defined (the file, or the

@@ -92,16 +92,20 @@ impl Gateway {
                 return;
             }
         };
+        let mut listed = Vec::with_capacity(outputs.len());
+        for a in &outputs {
+            listed.push(json!({
+                "name": a.name, "role": a.role, "url": self.file_url(&a.key).await,
+                "content_type": a.content_type, "size": a.size, "sha256": a.sha256,
+            }));
+        }
         let data = json!({
             "id": task.id,
             "kind": task.kind.as_str(),
             "model": task.model,
             "status": task.status.as_str(),
             "error": task.error_code.as_ref().map(|code| json!({ "code": code, "message": task.error_message })),
-            "outputs": outputs.iter().map(|a| json!({
-                "name": a.name, "role": a.role, "url": self.file_url(&a.key),
-                "content_type": a.content_type, "size": a.size, "sha256": a.sha256,
-            })).collect::<Vec<_>>(),
+            "outputs": listed,
             "metadata": task.metadata,
             "created_at": task.created_at,
             "finished_at": task.finished_at,

@@ -126,6 +126,22 @@ impl TestApp {
         Self { base, client, shutdown, gateway, server, dir }
     }
 
+    /// With `extra` sections and the HTTP client object storage is reached through (a
+    /// DNS override that sends a COS bucket's host name to a local fake).
+    pub async fn spawn_with_storage_client(extra: &str, http: reqwest::Client) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = load_config_full(dir.path(), "", TASKS, extra);
+        let app = Application::build_with_storage_client(config, &crate::provider::registry(), http)
+            .await
+            .expect("build app");
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = app.shutdown_token();
+        let gateway = app.gateway();
+        let server = tokio::spawn(app.run_until_stopped(false));
+        let client = reqwest::Client::new();
+        Self { base, client, shutdown, gateway, server, dir }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -1,7 +1,7 @@
 //! `echo`: a test-only provider. It reports a few progress steps, writes one output that
 //! echoes its input (for a text-to-image task, whose output must be a picture: a real
 //! 400 × 300 PNG, with the prompt's length in its metadata), and can be told through
-//! `params` to be slow, to fail or to panic.
+//! `params` to be slow, to fail, to panic or to write `output_bytes` bytes instead.
 
 use std::{sync::Arc, time::Duration};
 
@@ -60,8 +60,13 @@ impl Provider for Echo {
             (None, None) => Bytes::new(),
         };
         let size = body.len();
-        let body = match job.kind.main_role() {
-            "image" => picture(),
+        let body = match (job.kind.main_role(), job.params["output_bytes"].as_u64()) {
+            ("image", _) => picture(),
+            // A large output (object storage's multipart uploads): bytes that do not
+            // repeat, so a misplaced part shows.
+            (_, Some(n)) => {
+                Bytes::from((0..n).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<u8>>())
+            }
             _ => body,
         };
         let file = ctx.spool_bytes(&body).await.map_err(ProviderError::internal)?;

@@ -1,12 +1,13 @@
 //! What the integration-test crates share (`tests/api`, `tests/campaign`): the picture
-//! fixtures, the real `kiln` binary as a child process, and fake upstream providers
-//! (`fakes`, which benchmarks include on their own).
+//! fixtures, the real `kiln` binary as a child process, fake upstream providers
+//! (`fakes`, which benchmarks include on their own) and a real S3 server (`s3`).
 //!
 //! Each crate includes this file with `#[path = "../common/mod.rs"] mod common;` and
 //! uses a different part of it.
 #![allow(dead_code)]
 
 pub mod fakes;
+pub mod s3;
 
 use std::{
     io::{BufRead, BufReader},
