@@ -5,6 +5,9 @@ KILN_BIND ?= 127.0.0.1:8080
 # The Python with OpenAI's own client, for tests/api/openai_python.rs (in `unit`); `make
 # test-deps` installs it.
 export KILN_TEST_PYTHON ?= $(CURDIR)/tests/python/.venv/bin/python
+# The S3 server the object storage tests start (tests/common/s3.rs); `make test-deps`
+# installs it. Named here, its absence fails those tests instead of skipping them.
+export KILN_TEST_S3_SERVER ?= $(CURDIR)/tools/s3s-fs/bin/s3s-fs
 
 .PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis screenshots
 
@@ -19,7 +22,8 @@ test: test-deps web lint unit campaign web-test e2e worker-test schemathesis
 deps:
 	@./scripts/deps.sh
 
-## What the tests need on top: also the glTF validator (Node.js and npm required).
+## What the tests need on top: also the glTF validator (Node.js and npm required) and
+## the S3 server s3s-fs (built with cargo).
 test-deps:
 	@./scripts/deps.sh --test
 

@@ -4,8 +4,8 @@
 #
 # Usage: scripts/deps.sh [--test | --worker | --schemathesis | --openai-client]. With --test
 # (as `make test` runs it) it also installs what only the tests need: the glTF validator,
-# which needs Node.js and npm, the Python worker's test environment, schemathesis's and
-# the OpenAI client's. With --worker (as `make worker-test` runs it), --schemathesis (as
+# which needs Node.js and npm, the S3 server s3s-fs, the Python worker's test environment,
+# schemathesis's and the OpenAI client's. With --worker (as `make worker-test` runs it), --schemathesis (as
 # `make schemathesis` runs it) or --openai-client it installs only that one Python
 # environment.
 set -euo pipefail
@@ -131,6 +131,19 @@ fi
 MACHETE_VERSION=0.9.2
 if $for_tests && ! cargo machete --version 2>/dev/null | grep -q "$MACHETE_VERSION"; then
     cargo install cargo-machete --locked --version "$MACHETE_VERSION"
+fi
+
+# s3s-fs, the S3 server the object storage tests start (tests/common/s3.rs; docs/storage.md
+# says why this one). Installed into tools/s3s-fs at a pinned version with its own locked
+# dependencies, again only when the pin changes. 0.14.1 is the newest that builds with
+# Rust 1.92; the later ones need 1.96. About 260 s of CPU to build (4–8 minutes on two
+# cores).
+S3S_FS_VERSION=0.14.1
+if $for_tests; then
+    s3s_fs=$root/tools/s3s-fs
+    if ! "$s3s_fs/bin/s3s-fs" --version 2>/dev/null | grep -qx "s3s-fs $S3S_FS_VERSION"; then
+        cargo install s3s-fs --locked --version "$S3S_FS_VERSION" --features binary --root "$s3s_fs"
+    fi
 fi
 
 # The Khronos glTF Validator, which the relief tests run on every model (tests only). `npm ci`

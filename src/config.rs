@@ -854,6 +854,72 @@ mod tests {
         assert_eq!(problems("c", &format!("{}, {}", model("m"), model("m"))), ["models[1].name"], "listed twice");
     }
 
+    fn problems_of(text: &str) -> Vec<(String, String)> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(&path, text).expect("write");
+        let err = Config::load_from(Some(&path), Vec::new(), &Overrides::default()).expect_err("invalid");
+        err.problems().to_vec()
+    }
+
+    #[test]
+    fn object_storage_is_checked_key_by_key() {
+        let keys = |problems: Vec<(String, String)>| problems.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        assert_eq!(
+            keys(problems_of("[storage]\ntype = \"s3\"\n")),
+            ["storage.bucket", "storage.access_key_id", "storage.secret_access_key"]
+        );
+        let problems = problems_of(
+            "[storage]\ntype = \"cos\"\nbucket = \"examplebucket\"\naccess_key_id = \"AKID\"\n\
+             secret_access_key = \"sk\"\nvirtual_host_style = false\npresign_ttl = \"8d\"\n\
+             endpoint = \"ftp://cos.example.com\"\npublic_base_url = \"https://cdn.example.com/?v=1\"\n",
+        );
+        assert!(problems[0].1.contains("name-APPID"), "{problems:?}");
+        assert_eq!(
+            keys(problems),
+            [
+                "storage.bucket",
+                "storage.region",
+                "storage.endpoint",
+                "storage.virtual_host_style",
+                "storage.presign_ttl",
+                "storage.public_base_url"
+            ]
+        );
+        let bad_region = problems_of(
+            "[storage]\ntype = \"cos\"\nbucket = \"examplebucket-1250000000\"\nregion = \"Guangzhou\"\n\
+             access_key_id = \"AKID\"\nsecret_access_key = \"sk\"\n",
+        );
+        assert_eq!(keys(bad_region), ["storage.region"]);
+        let s3 = problems_of(
+            "[storage]\ntype = \"s3\"\nbucket = \"My_Bucket\"\naccess_key_id = \"a\"\nsecret_access_key = \"b\"\n",
+        );
+        assert_eq!(keys(s3), ["storage.bucket"]);
+        let config = load(Some(
+            "[storage]\ntype = \"s3\"\nbucket = \"kiln\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             access_key_id = \"a\"\nsecret_access_key = \"b\"\n",
+        ));
+        let StorageConfig::S3(bucket) = &config.storage else { panic!("s3: {:?}", config.storage) };
+        assert_eq!((bucket.serve, bucket.presign_ttl), (ServeMode::Redirect, Duration::from_secs(3600)));
+        assert_eq!(config.storage_root(), None);
+    }
+
+    #[test]
+    fn object_storage_credentials_print_masked() {
+        let config = load(Some(
+            "[storage]\ntype = \"cos\"\nbucket = \"examplebucket-1250000000\"\nregion = \"ap-guangzhou\"\n\
+             access_key_id = \"AKIDexample\"\nsecret_access_key = \"the-secret-key-value\"\n\
+             session_token = \"the-session-token-value\"\nserve = \"proxy\"\npresign_ttl = \"10m\"\n",
+        ));
+        let StorageConfig::Cos(bucket) = &config.storage else { panic!("cos: {:?}", config.storage) };
+        assert_eq!(bucket.secret_access_key.as_ref().map(Secret::expose), Some("the-secret-key-value"));
+        assert_eq!((bucket.serve, bucket.presign_ttl), (ServeMode::Proxy, Duration::from_secs(600)));
+        for printed in [config.to_masked_toml(), format!("{config:?}")] {
+            assert!(printed.contains("AKIDexample"), "{printed}");
+            assert!(!printed.contains("the-secret-key-value") && !printed.contains("the-session-token-value"));
+        }
+    }
+
     #[test]
     fn configured_channels_replace_the_default_rather_than_adding_to_it() {
         // figment's `merge` replaces arrays (only `admerge` would append).

@@ -383,3 +383,43 @@ async fn a_failed_part_is_aborted_and_no_record_points_at_the_output() {
     assert!(app.gateway.db().list_artifacts(task_id).await.expect("artifacts").is_empty());
     app.stop().await;
 }
+
+#[test]
+fn a_cos_bucket_is_configured_from_the_environment_and_checked_by_name() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("kiln.toml");
+    std::fs::write(&path, config_toml(dir.path(), "")).expect("config");
+    let check = |env: &[(&str, &str)]| {
+        std::process::Command::new(crate::common::KILN)
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .env_remove("KILN_CONFIG")
+            .envs(env.iter().copied())
+            .output()
+            .expect("kiln config check")
+    };
+    let env = [
+        ("KILN_STORAGE__TYPE", "cos"),
+        ("KILN_STORAGE__BUCKET", COS_BUCKET),
+        ("KILN_STORAGE__REGION", COS_REGION),
+        ("KILN_STORAGE__ACCESS_KEY_ID", COS_SECRET_ID),
+        ("KILN_STORAGE__SECRET_ACCESS_KEY", COS_SECRET_KEY),
+        ("KILN_STORAGE__SESSION_TOKEN", COS_TOKEN),
+        ("KILN_STORAGE__PRESIGN_TTL", "10m"),
+    ];
+    let good = check(&env);
+    let printed = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    for line in ["type = \"cos\"", &format!("bucket = \"{COS_BUCKET}\""), "presign_ttl = \"10m\""] {
+        assert!(printed.contains(line), "{line} in {printed}");
+    }
+    assert!(!printed.contains(COS_SECRET_KEY) && !printed.contains(COS_TOKEN), "{printed}");
+
+    let mut bad = env;
+    bad[1] = ("KILN_STORAGE__BUCKET", "examplebucket");
+    let refused = check(&bad);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("storage.bucket") && said.contains("name-APPID"), "{said}");
+    assert!(!said.contains(COS_SECRET_KEY), "{said}");
+}
