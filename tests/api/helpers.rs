@@ -126,11 +126,12 @@ impl TestApp {
         Self { base, client, shutdown, gateway, server, dir }
     }
 
-    /// With `extra` sections and the HTTP client object storage is reached through (a
-    /// DNS override that sends a COS bucket's host name to a local fake).
-    pub async fn spawn_with_storage_client(extra: &str, http: reqwest::Client) -> Self {
+    /// With `tasks` settings, `extra` sections and the HTTP client object storage is
+    /// reached through (a DNS override that sends a COS bucket's host name to a local
+    /// fake).
+    pub async fn spawn_with_storage_client(tasks: &str, extra: &str, http: reqwest::Client) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = load_config_full(dir.path(), "", TASKS, extra);
+        let config = load_config_full(dir.path(), "", tasks, extra);
         let app = Application::build_with_storage_client(config, &crate::provider::registry(), http)
             .await
             .expect("build app");
