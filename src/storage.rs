@@ -208,12 +208,6 @@ impl Storage {
         Ok(request.uri().to_string())
     }
 
-    /// The keys stored under a prefix (operations and tests).
-    pub async fn list(&self, prefix: &str) -> StorageResult<Vec<String>> {
-        let entries = self.op.list_with(prefix).recursive(true).await.map_err(|e| classify(prefix, e))?;
-        Ok(entries.into_iter().filter(|e| e.metadata().is_file()).map(|e| e.path().to_owned()).collect())
-    }
-
     /// A stored object's size and its backend's ETag (a multipart upload's ends in
     /// `-{parts}` on S3).
     pub async fn stat(&self, key: &str) -> StorageResult<(u64, Option<String>)> {
