@@ -284,6 +284,8 @@ pub trait Database:
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).
     fn shared(&self) -> bool;
+    /// How the processes sharing this database tell each other what they committed.
+    fn notifier(&self) -> Arc<dyn crate::notify::Notifier>;
 }
 
 pub type Db = Arc<dyn Database>;

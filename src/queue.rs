@@ -100,6 +100,8 @@ impl Scheduler {
     }
 
     async fn dispatch(self: Arc<Self>, channel: Arc<Channel>, stop: CancellationToken) {
+        // Work committed by any process for this channel wakes this dispatcher.
+        self.gateway.notifier().register(&channel.name, &channel.wake);
         let cfg = self.gateway.config().tasks.clone();
         let slots = Arc::new(Semaphore::new(channel.max_concurrency as usize));
         let mut backoff = Duration::from_millis(100);
@@ -170,7 +172,7 @@ impl Scheduler {
 
     async fn run(self: Arc<Self>, channel: Arc<Channel>, claimed: Claimed) {
         let gw = &self.gateway;
-        gw.bus().publish(&claimed.events);
+        gw.committed(&claimed.events, None);
         let task = claimed.task;
         let id = task.id;
         if task.attempts > MAX_ATTEMPTS {
@@ -361,7 +363,7 @@ impl ChannelRuntime for ChannelHandle {
     async fn release_placement(&self, placement: &str) -> anyhow::Result<u64> {
         let released = self.gateway.db().release_placement(&self.channel.name, placement).await?;
         if released > 0 {
-            self.channel.wake.notify_one();
+            self.gateway.committed(&[], Some(&self.channel.name));
         }
         Ok(released)
     }
@@ -442,7 +444,7 @@ impl Announcer {
         self.pending = false;
         self.last = Some(tokio::time::Instant::now());
         match gateway.db().announce_positions(channel, self.window).await {
-            Ok(events) => gateway.bus().publish(&events),
+            Ok(events) => gateway.committed(&events, None),
             Err(err) => {
                 // Try again after another interval.
                 self.pending = true;
@@ -586,7 +588,7 @@ impl JobSink for TaskSink {
 
     async fn submitted(&self, job_id: &str, placement: Option<&str>) -> anyhow::Result<()> {
         if let Some(event) = self.gateway.db().record_submission(self.task.id, job_id, placement).await? {
-            self.gateway.bus().publish(&[event]);
+            self.gateway.committed(&[event], None);
         }
         Ok(())
     }

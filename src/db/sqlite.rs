@@ -8,7 +8,7 @@ mod accounts;
 mod channels;
 mod deliveries;
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -32,6 +32,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteDatabase {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// One process owns a SQLite database: what it commits, only it needs to hear.
+    notifier: Arc<crate::notify::Local>,
 }
 
 impl SqliteDatabase {
@@ -53,7 +55,7 @@ impl SqliteDatabase {
             .max_connections(max_connections.max(1))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, notifier: crate::notify::Local::new() })
     }
 }
 
@@ -889,5 +891,9 @@ impl Database for SqliteDatabase {
 
     fn shared(&self) -> bool {
         false
+    }
+
+    fn notifier(&self) -> Arc<dyn crate::notify::Notifier> {
+        Arc::clone(&self.notifier) as Arc<dyn crate::notify::Notifier>
     }
 }
