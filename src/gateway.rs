@@ -127,6 +127,8 @@ pub struct Gateway {
     storage: Storage,
     /// Tells this process and the others sharing the database what was committed.
     notifier: Arc<dyn Notifier>,
+    /// This process among those sharing the database: the holder of its singletons.
+    instance: String,
     channels: ChannelSet,
     metrics: Arc<Metrics>,
     /// Jobs running in this process, so ending a task stops its run at once.
@@ -293,6 +295,7 @@ impl Gateway {
         Ok(Self {
             config,
             notifier: db.notifier(),
+            instance: Uuid::now_v7().to_string(),
             db,
             storage,
             channels,
@@ -347,6 +350,19 @@ impl Gateway {
 
     pub fn notifier(&self) -> &Arc<dyn Notifier> {
         &self.notifier
+    }
+
+    /// Whether this process should do the singleton work `name` now: it takes or renews
+    /// the lease for `ttl` (renew well within it); false when another process holds it,
+    /// or when the database cannot say (the work waits for the next round).
+    pub async fn singleton(&self, name: &str, ttl: std::time::Duration) -> bool {
+        match self.db.hold_singleton(name, &self.instance, ttl, Utc::now()).await {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(singleton = name, error = %err, "cannot take a singleton's lease; skipping this round");
+                false
+            }
+        }
     }
 
     /// The one place that tells every process what a transaction committed: its events,

@@ -25,6 +25,9 @@ use crate::{
     tasks::{Task, TaskId},
 };
 
+/// How long the deadline sweeper's lease lasts: a successor takes over within this much
+/// of the holder's death.
+const SWEEP_LEASE: Duration = Duration::from_secs(15);
 /// A run interrupted this many times (its process died each time) is failed rather
 /// than tried again: it may be what kills the process.
 const MAX_ATTEMPTS: u32 = 3;
@@ -312,6 +315,10 @@ impl Scheduler {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.cancelled() => return,
+            }
+            // One process sweeps at a time; another takes over within SWEEP_LEASE of its end.
+            if !self.gateway.singleton("deadline-sweep", SWEEP_LEASE).await {
+                continue;
             }
             if last_forget.elapsed() >= Duration::from_secs(60) {
                 last_forget = tokio::time::Instant::now();
