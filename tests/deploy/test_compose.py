@@ -127,3 +127,15 @@ def test_gpu_channel_turns_on(tmp_path):
     assert result.returncode == 0, result.stderr
     content = json.loads(result.stdout)["configs"]["kiln_toml"]["content"]
     assert "enabled = true" in content
+
+
+def test_optional_settings_pass_through_only_when_set(tmp_path, rendered):
+    """KILN_STORAGE__PUBLIC_BASE_URL reaches kiln when deploy/.env sets it, and is absent
+    (not empty, which kiln would refuse as a URL) when it does not."""
+    project, _ = rendered
+    assert project["services"]["kiln-1"]["environment"]["KILN_STORAGE__PUBLIC_BASE_URL"] is None
+    env_file, _ = filled_env(tmp_path, KILN_STORAGE__PUBLIC_BASE_URL="https://cdn.example.com/")
+    result = compose("config", "--format", "json", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    env = json.loads(result.stdout)["services"]["kiln-2"]["environment"]
+    assert env["KILN_STORAGE__PUBLIC_BASE_URL"] == "https://cdn.example.com/"
