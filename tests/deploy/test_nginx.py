@@ -31,6 +31,9 @@ class Replica(http.server.ThreadingHTTPServer):
         self.status = 200
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
+    def handle_error(self, request, client_address):
+        pass  # nginx closing a kept-alive connection, or a test stopping a replica
+
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
