@@ -6,7 +6,7 @@ KILN_BIND ?= 127.0.0.1:8080
 # test-deps` installs it.
 export KILN_TEST_PYTHON ?= $(CURDIR)/tests/python/.venv/bin/python
 
-.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis screenshots
+.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis deploy-check screenshots
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
 run: deps web
@@ -14,7 +14,7 @@ run: deps web
 	./target/release/kiln serve --bind $(KILN_BIND)
 
 ## Run every check and test.
-test: test-deps web lint unit campaign web-test e2e worker-test schemathesis
+test: test-deps web lint unit campaign web-test e2e worker-test schemathesis deploy-check
 
 deps:
 	@./scripts/deps.sh
@@ -73,6 +73,17 @@ e2e: web
 schemathesis: web
 	$(CARGO) build --locked --bin kiln
 	@./scripts/schemathesis.sh
+
+## The deployment files (docs/deploy.md), without Docker (these machines have none): the
+## workflow (actionlint), the Dockerfiles (hadolint, and the image's environment checked by
+## the kiln binary), deploy/compose.yaml (`docker compose config`, the Compose
+## Specification's schema, its variables, its kiln configuration), deploy/k8s (Kubernetes'
+## schemas), the entrypoint script (shellcheck; run with a stand-in and with the real
+## binary), deploy/nginx.conf (run by Debian's nginx) and deploy/garage-init.py. Installs
+## tools/deploy-check/.venv first.
+deploy-check: web
+	$(CARGO) build --locked --bin kiln
+	@./scripts/deploy-check.sh
 
 ## Screenshots of every screen for docs/screenshots (not part of `make test`).
 screenshots: web
