@@ -288,15 +288,7 @@ pub trait SingletonRepo: Send + Sync {
 /// The whole database.
 #[async_trait]
 pub trait Database:
-    TaskRepo
-    + FileRepo
-    + JournalRepo
-    + MessageRepo
-    + SingletonRepo
-    + UsageRepo
-    + AccountRepo
-    + DeliveryRepo
-    + ChannelRepo
+    TaskRepo + FileRepo + JournalRepo + MessageRepo + SingletonRepo + UsageRepo + AccountRepo + DeliveryRepo + ChannelRepo
 {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
