@@ -1,6 +1,9 @@
 # The two commands of the README. Each installs what it needs first, idempotently.
 
 CARGO ?= cargo
+# Builds from scratch (CI) are faster without incremental compilation, and the target
+# directory stays ~15 GB smaller; set CARGO_INCREMENTAL=1 to have it back.
+export CARGO_INCREMENTAL ?= 0
 KILN_BIND ?= 127.0.0.1:8080
 # The Python with OpenAI's own client, for tests/api/openai_python.rs (in `unit`); `make
 # test-deps` installs it.
@@ -9,7 +12,7 @@ export KILN_TEST_PYTHON ?= $(CURDIR)/tests/python/.venv/bin/python
 # installs it. Named here, its absence fails those tests instead of skipping them.
 export KILN_TEST_S3_SERVER ?= $(CURDIR)/tools/s3s-fs/bin/s3s-fs
 
-.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis screenshots
+.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis deploy-check screenshots
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
 run: deps web
@@ -17,7 +20,7 @@ run: deps web
 	./target/release/kiln serve --bind $(KILN_BIND)
 
 ## Run every check and test.
-test: test-deps web lint unit campaign web-test e2e worker-test schemathesis
+test: test-deps web lint unit campaign web-test e2e worker-test schemathesis deploy-check
 
 deps:
 	@./scripts/deps.sh
@@ -77,6 +80,17 @@ e2e: web
 schemathesis: web
 	$(CARGO) build --locked --bin kiln
 	@./scripts/schemathesis.sh
+
+## The deployment files (docs/deploy.md), without Docker (these machines have none): the
+## workflow (actionlint), the Dockerfiles (hadolint, and the image's environment checked by
+## the kiln binary), deploy/compose.yaml (`docker compose config`, the Compose
+## Specification's schema, its variables, its kiln configuration), deploy/k8s (Kubernetes'
+## schemas), the entrypoint script (shellcheck; run with a stand-in and with the real
+## binary), deploy/nginx.conf (run by Debian's nginx) and deploy/garage-init.py. Installs
+## tools/deploy-check/.venv first.
+deploy-check: web
+	$(CARGO) build --locked --bin kiln
+	@./scripts/deploy-check.sh
 
 ## Screenshots of every screen for docs/screenshots (not part of `make test`).
 screenshots: web

@@ -2,18 +2,20 @@
 # Installs what `make run` and `make test` need beyond the Rust toolchain. Idempotent:
 # each step checks first and does nothing when the tool is already there.
 #
-# Usage: scripts/deps.sh [--test | --worker | --schemathesis | --openai-client]. With --test
-# (as `make test` runs it) it also installs what only the tests need: the glTF validator,
-# which needs Node.js and npm, the S3 server s3s-fs, the Python worker's test environment,
-# schemathesis's and the OpenAI client's. With --worker (as `make worker-test` runs it), --schemathesis (as
-# `make schemathesis` runs it) or --openai-client it installs only that one Python
-# environment.
+# Usage: scripts/deps.sh [--test | --worker | --schemathesis | --openai-client |
+# --deploy-check]. With --test (as `make test` runs it) it also installs what only the
+# tests need: the glTF validator, which needs Node.js and npm, the S3 server s3s-fs, the
+# Python worker's test environment, schemathesis's, the OpenAI client's and the
+# deployment checks'. With --worker (as `make worker-test` runs it), --schemathesis (as
+# `make schemathesis` runs it), --openai-client or --deploy-check (as `make deploy-check`
+# runs it) it installs only that one environment.
 set -euo pipefail
 
 for_tests=false
 only_worker=false
 only_schemathesis=false
 only_openai_client=false
+only_deploy_check=false
 if [ "${1:-}" = "--test" ]; then
     for_tests=true
 elif [ "${1:-}" = "--worker" ]; then
@@ -22,6 +24,8 @@ elif [ "${1:-}" = "--schemathesis" ]; then
     only_schemathesis=true
 elif [ "${1:-}" = "--openai-client" ]; then
     only_openai_client=true
+elif [ "${1:-}" = "--deploy-check" ]; then
+    only_deploy_check=true
 fi
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -71,7 +75,7 @@ worker_env() {
     fi
     make_venv "$python" "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -e "$worker[test]" -c "$worker/constraints-test.txt"
+        -e "${worker}[test]" -c "$worker/constraints-test.txt"
     echo "$want" >"$stamp"
 }
 
@@ -106,6 +110,38 @@ openai_client_env() {
     pinned_env "$root/tests/python" "the OpenAI client test"
 }
 
+# The deployment checks (`make deploy-check`, tests/deploy): the linters and validators of
+# tools/deploy-check/requirements.txt, and nginx, to run deploy/nginx.conf. nginx is used
+# from PATH when there; otherwise Debian's `nginx` package is unpacked into
+# tools/deploy-check/nginx with `apt-get download` (no service is installed or started).
+deploy_check_env() {
+    pinned_env "$root/tools/deploy-check" "the deployment checks"
+    local dest=$root/tools/deploy-check/nginx
+    if have nginx || [ -x /usr/sbin/nginx ] || [ -x "$dest/usr/sbin/nginx" ]; then
+        return 0
+    fi
+    if ! have apt-get; then
+        echo "deps: nginx is missing; install it (the deployment checks run deploy/nginx.conf)" >&2
+        exit 1
+    fi
+    local tmp
+    tmp=$(mktemp -d)
+    if ! (cd "$tmp" && apt-get download nginx >/dev/null 2>&1); then
+        if [ "$(id -u)" -eq 0 ]; then
+            apt-get update -qq
+        fi
+        (cd "$tmp" && apt-get download nginx >/dev/null)
+    fi
+    mkdir -p "$dest"
+    dpkg-deb -x "$tmp"/nginx_*.deb "$dest"
+    rm -rf "$tmp"
+    if ! "$dest/usr/sbin/nginx" -v >/dev/null 2>&1; then
+        rm -rf "$dest"
+        echo "deps: Debian's nginx does not run here (a library missing?); install nginx" >&2
+        exit 1
+    fi
+}
+
 if $only_worker; then
     worker_env
     exit 0
@@ -116,6 +152,10 @@ if $only_schemathesis; then
 fi
 if $only_openai_client; then
     openai_client_env
+    exit 0
+fi
+if $only_deploy_check; then
+    deploy_check_env
     exit 0
 fi
 
@@ -167,4 +207,5 @@ if $for_tests; then
     worker_env
     schemathesis_env
     openai_client_env
+    deploy_check_env
 fi

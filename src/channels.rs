@@ -82,8 +82,9 @@ pub struct Channel {
     pub enabled: bool,
     /// Whether a client may bring its own provider key.
     pub client_keys: bool,
-    /// Wakes this channel's dispatcher when a task is queued.
-    pub wake: Notify,
+    /// Wakes this channel's dispatcher when it has work; registered with the notifier,
+    /// which wakes it for work committed by any process ([`crate::notify`]).
+    pub wake: Arc<Notify>,
     healthy: AtomicBool,
     defaults: serde_json::Map<String, Value>,
     overrides: serde_json::Map<String, Value>,
@@ -134,7 +135,7 @@ impl Channel {
             deadline: cfg.deadline.unwrap_or(deadline),
             enabled: cfg.enabled,
             client_keys: cfg.client_keys,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             healthy: AtomicBool::new(true),
             defaults: cfg.defaults.clone(),
             overrides: cfg.overrides.clone(),

@@ -78,6 +78,10 @@ pub struct ServerConfig {
     /// while its task runs). Empty: `{data_dir}/sealing.key`, made on first use. Give
     /// every replica sharing a database the same key.
     pub sealing_key: Option<Secret>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` is believed:
+    /// a request from one of them is taken to come from the address it names, for the
+    /// sign-in limits and the audit log. Empty: the connection's own address, always.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -518,6 +522,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             listen_backlog: 1024,
             sealing_key: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -275,15 +275,27 @@ pub trait MessageRepo: Send + Sync {
     async fn forget_messages_before(&self, cutoff: DateTime<Utc>) -> DbResult<u64>;
 }
 
+/// Work that one process at a time should do when several share the database (the
+/// daily retention run, the deadline sweep, the webhook sweeps): a named lease, taken
+/// by whoever asks when it is free or lapsed, and kept by renewing it.
+#[async_trait]
+pub trait SingletonRepo: Send + Sync {
+    /// Takes or renews the lease `name` for `holder` until `now + ttl`; true when
+    /// `holder` has it, false when another holder's lease has not lapsed.
+    async fn hold_singleton(&self, name: &str, holder: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<bool>;
+}
+
 /// The whole database.
 #[async_trait]
 pub trait Database:
-    TaskRepo + FileRepo + JournalRepo + MessageRepo + UsageRepo + AccountRepo + DeliveryRepo + ChannelRepo
+    TaskRepo + FileRepo + JournalRepo + MessageRepo + SingletonRepo + UsageRepo + AccountRepo + DeliveryRepo + ChannelRepo
 {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on
     /// their own instead of being released at start-up).
     fn shared(&self) -> bool;
+    /// How the processes sharing this database tell each other what they committed.
+    fn notifier(&self) -> Arc<dyn crate::notify::Notifier>;
 }
 
 pub type Db = Arc<dyn Database>;

@@ -30,10 +30,11 @@ use crate::{
     input::{self, Upload},
     journal,
     metrics::Metrics,
+    notify::Notifier,
     sealing::{LazySealer, Sealer},
     signed_urls::{Refusal, UrlSigner},
     storage::Storage,
-    tasks::{Artifact, NewTask, Picture, Task, TaskId, TaskKind, TaskStatus},
+    tasks::{Artifact, NewTask, Picture, Task, TaskEvent, TaskId, TaskKind, TaskStatus},
 };
 
 /// What a client sends as the task's input.
@@ -148,7 +149,10 @@ pub struct Gateway {
     config: Arc<Config>,
     db: Db,
     storage: Storage,
-    bus: Arc<EventBus>,
+    /// Tells this process and the others sharing the database what was committed.
+    notifier: Arc<dyn Notifier>,
+    /// This process among those sharing the database: the holder of its singletons.
+    instance: String,
     channels: ChannelSet,
     metrics: Arc<Metrics>,
     /// Jobs running in this process, so ending a task stops its run at once.
@@ -314,9 +318,10 @@ impl Gateway {
         };
         Ok(Self {
             config,
+            notifier: db.notifier(),
+            instance: Uuid::now_v7().to_string(),
             db,
             storage,
-            bus: EventBus::new(),
             channels,
             metrics,
             runs: Runs::default(),
@@ -364,7 +369,36 @@ impl Gateway {
     }
 
     pub fn bus(&self) -> &Arc<EventBus> {
-        &self.bus
+        self.notifier.bus()
+    }
+
+    pub fn notifier(&self) -> &Arc<dyn Notifier> {
+        &self.notifier
+    }
+
+    /// Whether this process should do the singleton work `name` now: it takes or renews
+    /// the lease for `ttl` (renew well within it); false when another process holds it,
+    /// or when the database cannot say (the work waits for the next round).
+    pub async fn singleton(&self, name: &str, ttl: std::time::Duration) -> bool {
+        match self.db.hold_singleton(name, &self.instance, ttl, Utc::now()).await {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(singleton = name, error = %err, "cannot take a singleton's lease; skipping this round");
+                false
+            }
+        }
+    }
+
+    /// The one place that tells every process what a transaction committed: its events,
+    /// for their followers, and work for a channel's dispatcher. Call it after the
+    /// commit, never before.
+    pub fn committed(&self, events: &[TaskEvent], work: Option<&str>) {
+        if !events.is_empty() {
+            self.notifier.events(events);
+        }
+        if let Some(channel) = work {
+            self.notifier.work(channel);
+        }
     }
 
     pub fn runs(&self) -> &Runs {
@@ -522,7 +556,7 @@ impl Gateway {
     /// no longer runs.
     pub async fn record_progress(&self, id: TaskId, progress: u8, stage: &str) -> ApiResult<()> {
         if let Some(event) = self.db.record_progress(id, progress, stage).await? {
-            self.bus.publish(&[event]);
+            self.committed(&[event], None);
         }
         Ok(())
     }
@@ -571,7 +605,7 @@ impl Gateway {
         journal::write(&self.db, &self.storage, &artifact.key, body, &artifact.content_type).await?;
         match self.db.add_artifact(&artifact, artifact.summary()).await {
             Ok(Some(event)) => {
-                self.bus.publish(&[event]);
+                self.committed(&[event], None);
                 tracing::info!(task_id = %task.id, name = %artifact.name, size, "output stored");
                 Ok(Recorded::New(artifact))
             }
@@ -637,7 +671,7 @@ impl Gateway {
         after: i64,
         stop: CancellationToken,
     ) -> impl futures::Stream<Item = Arc<crate::events::Published>> + Send + 'static + use<> {
-        crate::events::follow(self.db.clone(), self.bus.clone(), task.id, after, stop)
+        crate::events::follow(self.db.clone(), Arc::clone(self.notifier.bus()), task.id, after, stop)
     }
 
     /// Whether the database answers and the storage takes writes, for `/ready`.
@@ -761,15 +795,15 @@ impl Gateway {
             };
             match self.db.enqueue(&new, channel.capacity(), idempotency, &billing).await? {
                 Enqueued::Created(task, event) => {
-                    self.bus.publish(std::slice::from_ref(&event));
-                    channel.wake.notify_one();
+                    self.committed(std::slice::from_ref(&event), Some(&channel.name));
                     self.metrics.task_created(&channel.name);
                     tracing::info!(task_id = %task.id, model = %task.model, channel = %task.channel, "task queued");
                     // Routed before an edit took the channel away: the edit has moved its
                     // waiting tasks already, so this one is moved (or failed) as they were.
                     let now = self.channels.current();
                     if now.channel(&channel.name).is_none_or(|c| !Arc::ptr_eq(c, channel))
-                        && let Err(err) = rehome::rehome(&now, &self.db, &self.bus, &self.metrics, &channel.name).await
+                        && let Err(err) =
+                            rehome::rehome(&now, &self.db, self.notifier.as_ref(), &self.metrics, &channel.name).await
                     {
                         tracing::error!(task_id = %task.id, error = %err, "cannot move a task off a deleted channel");
                     }
@@ -896,15 +930,13 @@ impl Gateway {
     pub async fn finish(&self, id: TaskId, finish: Finish) -> ApiResult<Transition> {
         let transition = self.db.finish(id, &finish, self.config.tasks.position_window).await?;
         if let Transition::Done(task, events) = &transition {
-            self.bus.publish(events);
+            // A place may have freed up on the task's channel.
+            self.committed(events, Some(&task.channel));
             if task.webhook_url.is_some() {
                 self.announce(task).await;
             }
             self.runs.interrupt(id);
             self.metrics.task_finished(task);
-            if let Some(channel) = self.channels.current().channel(&task.channel) {
-                channel.wake.notify_one();
-            }
             match &finish {
                 Finish::Failed { code, message } => {
                     tracing::warn!(task_id = %id, code = %code, message = %message, duration = ?task.generation_seconds(), "task failed")

@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod input;
 pub mod journal;
 pub mod metrics;
+pub mod notify;
 pub mod providers;
 pub mod queue;
 pub mod ratelimit;

@@ -25,6 +25,9 @@ use crate::{
     tasks::{Task, TaskId},
 };
 
+/// How long the deadline sweeper's lease lasts: a successor takes over within this much
+/// of the holder's death.
+const SWEEP_LEASE: Duration = Duration::from_secs(15);
 /// A run interrupted this many times (its process died each time) is failed rather
 /// than tried again: it may be what kills the process.
 const MAX_ATTEMPTS: u32 = 3;
@@ -100,6 +103,8 @@ impl Scheduler {
     }
 
     async fn dispatch(self: Arc<Self>, channel: Arc<Channel>, stop: CancellationToken) {
+        // Work committed by any process for this channel wakes this dispatcher.
+        self.gateway.notifier().register(&channel.name, &channel.wake);
         let cfg = self.gateway.config().tasks.clone();
         let slots = Arc::new(Semaphore::new(channel.max_concurrency as usize));
         let mut backoff = Duration::from_millis(100);
@@ -170,7 +175,7 @@ impl Scheduler {
 
     async fn run(self: Arc<Self>, channel: Arc<Channel>, claimed: Claimed) {
         let gw = &self.gateway;
-        gw.bus().publish(&claimed.events);
+        gw.committed(&claimed.events, None);
         let task = claimed.task;
         let id = task.id;
         if task.attempts > MAX_ATTEMPTS {
@@ -311,6 +316,10 @@ impl Scheduler {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.cancelled() => return,
             }
+            // One process sweeps at a time; another takes over within SWEEP_LEASE of its end.
+            if !self.gateway.singleton("deadline-sweep", SWEEP_LEASE).await {
+                continue;
+            }
             if last_forget.elapsed() >= Duration::from_secs(60) {
                 last_forget = tokio::time::Instant::now();
                 crate::callbacks::forget_old_messages(&self.gateway).await;
@@ -361,7 +370,7 @@ impl ChannelRuntime for ChannelHandle {
     async fn release_placement(&self, placement: &str) -> anyhow::Result<u64> {
         let released = self.gateway.db().release_placement(&self.channel.name, placement).await?;
         if released > 0 {
-            self.channel.wake.notify_one();
+            self.gateway.committed(&[], Some(&self.channel.name));
         }
         Ok(released)
     }
@@ -442,7 +451,7 @@ impl Announcer {
         self.pending = false;
         self.last = Some(tokio::time::Instant::now());
         match gateway.db().announce_positions(channel, self.window).await {
-            Ok(events) => gateway.bus().publish(&events),
+            Ok(events) => gateway.committed(&events, None),
             Err(err) => {
                 // Try again after another interval.
                 self.pending = true;
@@ -586,7 +595,7 @@ impl JobSink for TaskSink {
 
     async fn submitted(&self, job_id: &str, placement: Option<&str>) -> anyhow::Result<()> {
         if let Some(event) = self.gateway.db().record_submission(self.task.id, job_id, placement).await? {
-            self.gateway.bus().publish(&[event]);
+            self.gateway.committed(&[event], None);
         }
         Ok(())
     }

@@ -61,6 +61,10 @@ pub async fn run_daily(gateway: Arc<Gateway>, stop: CancellationToken) {
             _ = tokio::time::sleep(until_next(hour, minute)) => {}
             _ = stop.cancelled() => return,
         }
+        // Every process wakes at the same time; the first to take the lease sweeps.
+        if !gateway.singleton("retention", Duration::from_secs(3600)).await {
+            continue;
+        }
         if let Err(err) = sweep(&gateway, retention.max_age).await {
             tracing::error!(error = format!("{err:#}"), "retention sweep failed");
         }

@@ -128,21 +128,50 @@ impl FromRequestParts<AppState> for Visitor {
     }
 }
 
-/// The client's address (for sign-in limits and the audit log); unspecified when the
-/// request did not come through kiln's server (a test calling the router directly).
+/// The client's address (for sign-in limits and the audit log): the connection's, or,
+/// from a trusted proxy (`server.trusted_proxies`), the one its `X-Forwarded-For` names;
+/// unspecified when the request did not come through kiln's server (a test calling the
+/// router directly).
 pub struct ClientIp(pub std::net::IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map(|info| info.0.ip())
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        Ok(ClientIp(ip))
+        let trusted = &state.gateway.config().server.trusted_proxies;
+        Ok(ClientIp(client_ip(peer, &parts.headers, trusted)))
     }
+}
+
+/// The client behind a chain of trusted proxies: walking `X-Forwarded-For` from the
+/// right (the hop nearest kiln), the first address that is not a trusted proxy. A
+/// client can write anything at the left of the header, so only what trusted proxies
+/// appended counts; an entry that is not an address ends the walk.
+fn client_ip(peer: std::net::IpAddr, headers: &axum::http::HeaderMap, trusted: &[ipnet::IpNet]) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        let Ok(ip) = hop.trim().parse::<std::net::IpAddr>() else { break };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
 }
 
 /// A caller who is an admin, checked before the request's body is read: 401 for an
@@ -170,5 +199,37 @@ impl FromRequestParts<AppState> for SignedIn {
         let caller = found(parts)?;
         state.gateway.require_user(&caller)?;
         Ok(SignedIn(caller))
+    }
+}
+
+#[cfg(test)]
+mod client_ip_tests {
+    use axum::http::{HeaderMap, HeaderValue};
+
+    use super::client_ip;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append("x-forwarded-for", HeaderValue::from_str(v).expect("header"));
+        }
+        map
+    }
+
+    #[test]
+    fn only_trusted_proxies_are_believed_and_only_for_what_they_appended() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("net"), "::1/128".parse().expect("net")];
+        let proxy = "10.0.0.5".parse().expect("ip");
+        let stranger = "203.0.113.9".parse().expect("ip");
+        assert_eq!(client_ip(stranger, &headers(&["198.51.100.1"]), &trusted), stranger, "not a proxy: ignored");
+        assert_eq!(client_ip(proxy, &headers(&["198.51.100.1"]), &trusted).to_string(), "198.51.100.1");
+        // A client's own forged entry at the left stays at the left.
+        let chain = headers(&["1.2.3.4, 198.51.100.1, 10.0.0.7"]);
+        assert_eq!(client_ip(proxy, &chain, &trusted).to_string(), "198.51.100.1");
+        let split = headers(&["1.2.3.4", "198.51.100.1"]);
+        assert_eq!(client_ip(proxy, &split, &trusted).to_string(), "198.51.100.1", "several header lines");
+        assert_eq!(client_ip(proxy, &headers(&["garbage, 10.0.0.9"]), &trusted).to_string(), "10.0.0.9");
+        assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy, "no header: the proxy itself");
+        assert_eq!(client_ip(stranger, &HeaderMap::new(), &[]), stranger);
     }
 }

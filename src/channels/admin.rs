@@ -21,8 +21,8 @@ use super::{ChannelSet, Origin, rehome, stored};
 use crate::{
     config::{ChannelConfig, ConfigErrors, Secret, check_channel},
     db::{ChannelStats, Db, DbError, Stored, StoredChannel},
-    events::EventBus,
     metrics::Metrics,
+    notify::Notifier,
     providers::form::{self, Field, ProviderForm},
     sealing::Sealer,
     tasks::TaskId,
@@ -140,13 +140,19 @@ pub struct ChannelAdmin<'a> {
     set: &'a ChannelSet,
     db: &'a Db,
     sealer: &'a Sealer,
-    bus: &'a EventBus,
+    notifier: &'a dyn Notifier,
     metrics: &'a Metrics,
 }
 
 impl<'a> ChannelAdmin<'a> {
-    pub fn new(set: &'a ChannelSet, db: &'a Db, sealer: &'a Sealer, bus: &'a EventBus, metrics: &'a Metrics) -> Self {
-        Self { set, db, sealer, bus, metrics }
+    pub fn new(
+        set: &'a ChannelSet,
+        db: &'a Db,
+        sealer: &'a Sealer,
+        notifier: &'a dyn Notifier,
+        metrics: &'a Metrics,
+    ) -> Self {
+        Self { set, db, sealer, notifier, metrics }
     }
 
     /// The forms for the console: every channel's fields and each provider type's.
@@ -368,7 +374,7 @@ impl<'a> ChannelAdmin<'a> {
             tracing::error!(channel = %key, problem = %message, "a stored channel is left out");
         }
         let router = self.set.current();
-        Ok(rehome::settle(&router, self.db, self.bus, self.metrics, &changes).await?)
+        Ok(rehome::settle(&router, self.db, self.notifier, self.metrics, &changes).await?)
     }
 
     async fn describe_stored(&self, id: Uuid) -> Result<ChannelView, AdminError> {

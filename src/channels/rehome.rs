@@ -17,8 +17,8 @@
 use crate::{
     channels::{Changes, Router},
     db::{Db, DbResult, Destination, Finish, Rehome, Rehomed},
-    events::EventBus,
     metrics::Metrics,
+    notify::Notifier,
     tasks::Task,
 };
 
@@ -63,16 +63,20 @@ pub fn route(router: &Router, from: &str, task: &Task, client_key: bool) -> Reho
 
 /// Moves or fails the waiting tasks of `from` that the channels in `router` leave
 /// without a home, publishes the events, and wakes the channels that took some.
-pub async fn rehome(router: &Router, db: &Db, bus: &EventBus, metrics: &Metrics, from: &str) -> DbResult<Rehomed> {
+pub async fn rehome(
+    router: &Router,
+    db: &Db,
+    notifier: &dyn Notifier,
+    metrics: &Metrics,
+    from: &str,
+) -> DbResult<Rehomed> {
     let done = db.rehome_queued(from, &|task, client_key| route(router, from, task, client_key)).await?;
-    bus.publish(&done.events);
+    notifier.events(&done.events);
     for task in &done.failed {
         metrics.task_finished(task);
     }
     for (_, to) in &done.moved {
-        if let Some(channel) = router.channel(to) {
-            channel.wake.notify_one();
-        }
+        notifier.work(to);
     }
     if !done.moved.is_empty() || !done.failed.is_empty() {
         tracing::warn!(
@@ -89,13 +93,13 @@ pub async fn rehome(router: &Router, db: &Db, bus: &EventBus, metrics: &Metrics,
 pub async fn settle(
     router: &Router,
     db: &Db,
-    bus: &EventBus,
+    notifier: &dyn Notifier,
     metrics: &Metrics,
     changes: &Changes,
 ) -> DbResult<Vec<(String, Rehomed)>> {
     let mut all = Vec::new();
     for name in changes.removed.iter().chain(&changes.replaced) {
-        all.push((name.clone(), rehome(router, db, bus, metrics, name).await?));
+        all.push((name.clone(), rehome(router, db, notifier, metrics, name).await?));
     }
     Ok(all)
 }

@@ -8,7 +8,7 @@ mod accounts;
 mod channels;
 mod deliveries;
 
-use std::{str::FromStr, time::Duration};
+use std::{str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{
     Billing, ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
-    MessageRepo, Scope, StoredFile, TaskFilter, TaskRepo, Transition, payload,
+    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload,
 };
 use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
 
@@ -32,6 +32,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteDatabase {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// One process owns a SQLite database: what it commits, only it needs to hear.
+    notifier: Arc<crate::notify::Local>,
 }
 
 impl SqliteDatabase {
@@ -53,7 +55,7 @@ impl SqliteDatabase {
             .max_connections(max_connections.max(1))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        Ok(Self { writer, reader, notifier: crate::notify::Local::new() })
     }
 }
 
@@ -881,6 +883,26 @@ impl MessageRepo for SqliteDatabase {
 }
 
 #[async_trait]
+impl SingletonRepo for SqliteDatabase {
+    async fn hold_singleton(&self, name: &str, holder: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<bool> {
+        let until = now.timestamp_millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let held: Option<String> = sqlx::query_scalar(
+            "INSERT INTO singletons (name, holder, until) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+             WHERE singletons.holder = excluded.holder OR singletons.until < ?4 \
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until)
+        .bind(now.timestamp_millis())
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(held.as_deref() == Some(holder))
+    }
+}
+
+#[async_trait]
 impl Database for SqliteDatabase {
     async fn ping(&self) -> DbResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
@@ -889,5 +911,31 @@ impl Database for SqliteDatabase {
 
     fn shared(&self) -> bool {
         false
+    }
+
+    fn notifier(&self) -> Arc<dyn crate::notify::Notifier> {
+        Arc::clone(&self.notifier) as Arc<dyn crate::notify::Notifier>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_singleton_is_held_by_one_holder_until_its_lease_lapses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
+        let db = SqliteDatabase::connect(&url, 2).await.expect("database");
+        let ttl = Duration::from_secs(10);
+        let t0 = Utc::now();
+        assert!(db.hold_singleton("sweep", "a", ttl, t0).await.expect("take"));
+        assert!(!db.hold_singleton("sweep", "b", ttl, t0).await.expect("refused"), "a holds it");
+        assert!(db.hold_singleton("other", "b", ttl, t0).await.expect("take"), "names are apart");
+        let later = t0 + chrono::Duration::seconds(8);
+        assert!(db.hold_singleton("sweep", "a", ttl, later).await.expect("renew"), "its holder renews it");
+        let lapsed = later + chrono::Duration::seconds(11);
+        assert!(db.hold_singleton("sweep", "b", ttl, lapsed).await.expect("take over"), "lapsed: b takes it");
+        assert!(!db.hold_singleton("sweep", "a", ttl, lapsed).await.expect("refused"), "and a has lost it");
     }
 }

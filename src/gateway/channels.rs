@@ -32,7 +32,7 @@ impl From<Result<String, String>> for Tested {
 
 impl Gateway {
     fn channel_admin(&self) -> ApiResult<ChannelAdmin<'_>> {
-        Ok(ChannelAdmin::new(&self.channels, &self.db, self.sealer()?, &self.bus, &self.metrics))
+        Ok(ChannelAdmin::new(&self.channels, &self.db, self.sealer()?, self.notifier.as_ref(), &self.metrics))
     }
 
     /// Each provider type's form, and the fields every channel has.

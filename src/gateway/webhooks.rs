@@ -150,9 +150,13 @@ impl Gateway {
         let sender = tokio::spawn(Arc::clone(&self.deliveries).run(stop.clone()));
         let mut sweeps = 0u64;
         loop {
-            self.announce_missed().await;
-            if sweeps.is_multiple_of(PRUNE_EVERY_SWEEPS) {
-                self.prune_deliveries().await;
+            // One process sweeps at a time (the sender itself runs everywhere: deliveries
+            // are claimed under leases).
+            if self.singleton("webhook-sweep", SWEEP_EVERY * 3).await {
+                self.announce_missed().await;
+                if sweeps.is_multiple_of(PRUNE_EVERY_SWEEPS) {
+                    self.prune_deliveries().await;
+                }
             }
             sweeps += 1;
             tokio::select! {

@@ -341,3 +341,27 @@ async fn a_revoked_token_stops_working_at_once_and_revoking_is_idempotent_for_it
     assert_eq!(get(&app, &ben, "/api/v1/tasks").await.0, 200);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_audit_log_and_the_signin_limit_see_the_forwarded_address() {
+    use crate::helpers::TASKS;
+    for (trusted, expected) in [(true, "198.51.100.7"), (false, "127.0.0.1")] {
+        let server = if trusted { "trusted_proxies = [\"127.0.0.0/8\"]" } else { "" };
+        let app = TestApp::spawn_full(server, TASKS, &format!("{TOKENS}{ECHO_CHANNEL}")).await;
+        let admin = sign_in(&app, "root", "correct horse battery").await;
+        let made = admin
+            .client
+            .post(app.url("/api/v1/admin/users"))
+            .header("x-csrf-token", &admin.csrf)
+            .header("x-forwarded-for", "10.9.9.9, 198.51.100.7")
+            .json(&json!({ "username": "fwd", "password": "a long password" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 201);
+        let (_, audit) =
+            admin.send(&app, reqwest::Method::GET, "/api/v1/admin/audit?action=user.create", Value::Null).await;
+        assert_eq!(audit["items"][0]["ip"], expected, "trusted: {trusted}; {audit}");
+        app.stop().await;
+    }
+}

@@ -36,7 +36,7 @@ use crate::{
 
 fn admin(gateway: &Gateway) -> ChannelAdmin<'_> {
     let sealer = gateway.sealer().expect("the sealing key");
-    ChannelAdmin::new(gateway.channels(), gateway.db(), sealer, gateway.bus(), gateway.metrics())
+    ChannelAdmin::new(gateway.channels(), gateway.db(), sealer, gateway.notifier().as_ref(), gateway.metrics())
 }
 
 /// A draft from a channel's TOML (as the file would say it), without a secret.
