@@ -176,7 +176,7 @@ fi
 # s3s-fs, the S3 server the object storage tests start (tests/common/s3.rs; docs/storage.md
 # says why this one). Installed into tools/s3s-fs at a pinned version with its own locked
 # dependencies, again only when the pin changes. 0.14.1 is the newest that builds with
-# Rust 1.92; the later ones need 1.96. About 260 s of CPU to build (4–8 minutes on two
+# Rust 1.92; the later ones need 1.96. 258 s of CPU to build (7½ minutes on two busy
 # cores).
 S3S_FS_VERSION=0.14.1
 if $for_tests; then
