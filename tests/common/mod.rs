@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fakes;
+pub mod postgres;
 
 use std::{
     io::{BufRead, BufReader},
