@@ -12,7 +12,7 @@ export KILN_TEST_PYTHON ?= $(CURDIR)/tests/python/.venv/bin/python
 # installs it. Named here, its absence fails those tests instead of skipping them.
 export KILN_TEST_S3_SERVER ?= $(CURDIR)/tools/s3s-fs/bin/s3s-fs
 
-.PHONY: run test build lint unit campaign deps test-deps worker-test web web-test e2e schemathesis deploy-check screenshots
+.PHONY: run test build lint unit api-postgres campaign deps test-deps worker-test web web-test e2e schemathesis deploy-check screenshots
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
 run: deps web
@@ -20,7 +20,7 @@ run: deps web
 	./target/release/kiln serve --bind $(KILN_BIND)
 
 ## Run every check and test.
-test: test-deps web lint unit campaign web-test e2e worker-test schemathesis deploy-check
+test: test-deps web lint unit api-postgres campaign web-test e2e worker-test schemathesis deploy-check
 
 deps:
 	@./scripts/deps.sh
@@ -40,6 +40,15 @@ unit:
 		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
+	fi
+
+## The API suite again on PostgreSQL (`unit` runs it on SQLite): a throwaway server
+## (scripts/with-postgres.sh; KILN_TEST_DATABASE_URL to use another), one database per test.
+api-postgres:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		KILN_TEST_DATABASE=postgres ./scripts/with-postgres.sh $(CARGO) nextest run --locked --test api --no-fail-fast; \
+	else \
+		KILN_TEST_DATABASE=postgres ./scripts/with-postgres.sh $(CARGO) test --locked --test api --no-fail-fast; \
 	fi
 
 ## The fault campaign (tests/campaign, docs/reliability.md): the real binary killed with

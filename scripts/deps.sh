@@ -203,6 +203,21 @@ if $for_tests; then
     fi
 fi
 
+# PostgreSQL's server binaries (initdb, pg_ctl), which scripts/with-postgres.sh runs a
+# throwaway server with for the tests on PostgreSQL. Debian puts them under
+# /usr/lib/postgresql/*/bin, off PATH; the script looks there.
+if $for_tests && ! have initdb && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    if have apt-get; then
+        sudo_cmd=""
+        if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+        $sudo_cmd apt-get update -qq
+        $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+        echo "deps: initdb and pg_ctl are missing; install the PostgreSQL server (14 or later)" >&2
+        exit 1
+    fi
+fi
+
 if $for_tests; then
     worker_env
     schemathesis_env

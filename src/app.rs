@@ -157,6 +157,10 @@ impl Application {
             tokio::spawn(listen_for_signals(shutdown.clone()));
         }
         let config = Arc::clone(state.gateway.config());
+        // What other processes on a shared database commit, heard until the very end:
+        // draining tasks still follow events and wake-ups from them.
+        let hearing = CancellationToken::new();
+        let hearer = state.gateway.notifier().listen(hearing.clone());
         let background = state.scheduler.start(dispatch_stop.clone());
         let retention = tokio::spawn(retention::run_daily(Arc::clone(&state.gateway), dispatch_stop.clone()));
         let webhooks = tokio::spawn(Arc::clone(&state.gateway).run_webhooks(dispatch_stop.clone()));
@@ -171,6 +175,7 @@ impl Application {
             _ = shutdown.cancelled() => {}
             result = &mut server => {
                 dispatch_stop.cancel();
+                hearing.cancel();
                 return result.map_err(anyhow::Error::from);
             }
         }
@@ -192,6 +197,10 @@ impl Application {
         }
         retention.abort();
         webhooks.abort();
+        hearing.cancel();
+        if let Some(hearer) = hearer {
+            let _ = hearer.await;
+        }
         tracing::info!("stopped");
         Ok(())
     }

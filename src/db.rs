@@ -1,5 +1,5 @@
 //! Persistence behind repository traits. Handlers and the scheduler speak these traits;
-//! each database backend is one implementation of them (SQLite now, PostgreSQL next),
+//! each database backend is one implementation of them (SQLite, PostgreSQL),
 //! and no SQL lives anywhere else.
 //!
 //! Every status change is written together with its event in one transaction, and the
@@ -8,6 +8,7 @@
 mod accounts;
 pub mod channels;
 mod deliveries;
+mod postgres;
 mod sqlite;
 mod usage;
 
@@ -24,6 +25,7 @@ pub use channels::{
     ChannelRepo, ChannelStats, Destination, LastError, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel,
 };
 pub use deliveries::{DeliveryRepo, NextStep};
+pub use postgres::{PgNotifier, PostgresDatabase};
 pub use sqlite::SqliteDatabase;
 pub use usage::{
     Activity, Billing, HourlyCredits, HourlyTasks, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals,
@@ -304,6 +306,8 @@ pub type Db = Arc<dyn Database>;
 pub async fn connect(url: &str, max_connections: u32) -> DbResult<Db> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteDatabase::connect(url, max_connections).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresDatabase::connect(url, max_connections).await?))
     } else {
         Err(DbError::UnsupportedUrl(url.split(':').next().unwrap_or_default().to_owned()))
     }

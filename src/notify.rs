@@ -1,8 +1,8 @@
 //! Notifications between the processes that share one database: committed task events
 //! for their followers, and work for a channel's dispatcher. The database connection
 //! hands out its notifier ([`crate::db::Database::notifier`]): one process on SQLite
-//! tells only itself ([`Local`]); processes sharing a server database tell each other
-//! through it.
+//! tells only itself ([`Local`]); processes sharing a PostgreSQL database tell each
+//! other over LISTEN/NOTIFY (`crate::db::PgNotifier`).
 //!
 //! Notifications are hints. The event log is the truth (a follower replays it and
 //! re-reads it after a quiet spell, [`crate::events::follow`]), and a dispatcher also
@@ -13,7 +13,8 @@ use std::{
     sync::{Arc, Mutex, Weak},
 };
 
-use tokio::sync::Notify;
+use tokio::{sync::Notify, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::{events::EventBus, tasks::TaskEvent};
 
@@ -33,6 +34,13 @@ pub trait Notifier: Send + Sync {
     /// [`Notifier::work`] for that channel notifies. A later registration for the same
     /// channel (its replacement after an edit) takes over.
     fn register(&self, channel: &str, wake: &Arc<Notify>);
+
+    /// Starts hearing what the other processes commit, until `stop`; `None` when there
+    /// are none to hear (SQLite). The app calls it once it serves.
+    fn listen(&self, stop: CancellationToken) -> Option<JoinHandle<()>> {
+        let _ = stop;
+        None
+    }
 }
 
 /// The dispatchers' wake-ups in this process, by channel name.

@@ -247,7 +247,7 @@ impl EventKind {
 }
 
 /// One entry of a task's append-only event log.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskEvent {
     #[schema(value_type = String, format = Uuid)]
     pub task_id: TaskId,

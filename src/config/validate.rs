@@ -216,8 +216,8 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     }
     check_storage(&config.storage, problems);
     let db = config.database_url();
-    if !db.starts_with("sqlite:") {
-        problems.push("database.url", "only sqlite: URLs are supported by this build");
+    if !["sqlite:", "postgres://", "postgresql://"].iter().any(|scheme| db.starts_with(scheme)) {
+        problems.push("database.url", "must be a sqlite:, postgres:// or postgresql:// URL");
     }
     if config.database.max_connections == 0 {
         problems.push("database.max_connections", "must be at least 1");

@@ -57,6 +57,13 @@ async fn every_task_reaches_an_end_after_a_sigkill_and_a_restart() {
 async fn files_a_crash_left_without_a_record_are_removed_at_the_next_start() {
     use kiln::app::Application;
 
+    // SQLite only: on a database several processes share, a fresh note may be another
+    // process's write in progress, so start-up deletes only notes older than an hour.
+    if crate::common::postgres::enabled() {
+        eprintln!("SQLite only: a shared database keeps fresh notes at start-up");
+        return;
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let config = crate::helpers::load_config_full(dir.path(), "", crate::helpers::TASKS, &echo_channel("echo", 2, 20));
     let files = dir.path().join("data/files");

@@ -28,10 +28,18 @@ pub fn config_toml_with(dir: &Path, tasks: &str, extra: &str) -> String {
     config_toml_full(dir, "", tasks, extra)
 }
 
-/// The test configuration with `server` lines added to `[server]`.
+/// The test configuration with `server` lines added to `[server]`. On SQLite (the
+/// default) the database is in `dir`; with `KILN_TEST_DATABASE=postgres`, a PostgreSQL
+/// database of this test's own ([`crate::common::postgres`]).
 pub fn config_toml_full(dir: &Path, server: &str, tasks: &str, extra: &str) -> String {
+    let database = if crate::common::postgres::enabled() && !extra.contains("[database]") {
+        format!("[database]\nurl = \"{}\"\n", crate::common::postgres::database_url_for(dir))
+    } else {
+        String::new()
+    };
     format!(
         r#"
+{database}
 [server]
 bind = "127.0.0.1:0"
 data_dir = "{data}"

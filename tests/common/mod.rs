@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fakes;
+pub mod postgres;
 pub mod s3;
 
 use std::{

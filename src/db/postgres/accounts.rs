@@ -1,0 +1,507 @@
+//! The PostgreSQL implementation of [`AccountRepo`]: users, sessions, API tokens and the
+//! audit log (tables of migration 0007).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, Postgres, Row, postgres::PgRow};
+use uuid::Uuid;
+
+use super::{PostgresDatabase, begin, now_ms, opt_time, parse_json, parse_uuid, to_time};
+use crate::{
+    access::Role,
+    db::{
+        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbError, DbResult, FoundToken,
+        NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate,
+    },
+};
+
+// Macros rather than consts: sqlx takes only `'static` SQL, which `concat!` builds from
+// literals at compile time, where `format!` would build it at run time.
+
+/// The columns of a user, never the hash or the webhook secret.
+macro_rules! user_columns {
+    () => {
+        "id, username, role, balance, max_active, disabled, created_at, updated_at"
+    };
+}
+
+/// The user's columns under `u_` names, for joins whose other table has its own `id`
+/// and `created_at`.
+macro_rules! user_as_u {
+    () => {
+        "u.id AS u_id, u.username AS u_username, u.role AS u_role, u.balance AS u_balance, \
+         u.max_active AS u_max_active, u.disabled AS u_disabled, u.created_at AS u_created_at, \
+         u.updated_at AS u_updated_at"
+    };
+}
+
+fn user_from_row(row: &PgRow, prefix: &str) -> DbResult<User> {
+    let col = |name: &str| format!("{prefix}{name}");
+    let id: String = row.try_get(col("id").as_str())?;
+    let role: String = row.try_get(col("role").as_str())?;
+    let max_active: Option<i64> = row.try_get(col("max_active").as_str())?;
+    Ok(User {
+        id: parse_uuid(&id)?,
+        username: row.try_get(col("username").as_str())?,
+        role: Role::parse(&role).ok_or_else(|| DbError::Corrupt(format!("bad role `{role}`")))?,
+        balance: row.try_get(col("balance").as_str())?,
+        max_active: max_active.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+        disabled: row.try_get::<i64, _>(col("disabled").as_str())? != 0,
+        created_at: to_time(row.try_get(col("created_at").as_str())?),
+        updated_at: to_time(row.try_get(col("updated_at").as_str())?),
+    })
+}
+
+fn session_from_row(row: &PgRow) -> DbResult<Session> {
+    let user: String = row.try_get("user_id")?;
+    Ok(Session {
+        id_hash: row.try_get("id_hash")?,
+        user_id: parse_uuid(&user)?,
+        csrf: row.try_get("csrf")?,
+        created_at: to_time(row.try_get("created_at")?),
+        last_seen_at: to_time(row.try_get("last_seen_at")?),
+        expires_at: to_time(row.try_get("expires_at")?),
+        ip: row.try_get("ip")?,
+        user_agent: row.try_get("user_agent")?,
+        revoked_at: opt_time(row.try_get("revoked_at")?),
+    })
+}
+
+fn token_from_row(row: &PgRow) -> DbResult<ApiToken> {
+    let id: String = row.try_get("id")?;
+    let user: String = row.try_get("user_id")?;
+    let models: Option<String> = row.try_get("models")?;
+    let models = models
+        .map(|text| serde_json::from_str::<Vec<String>>(&text))
+        .transpose()
+        .map_err(|_| DbError::Corrupt(format!("bad model list of token {id}")))?;
+    let rate: Option<i64> = row.try_get("rate_per_minute")?;
+    Ok(ApiToken {
+        id: parse_uuid(&id)?,
+        user_id: parse_uuid(&user)?,
+        name: row.try_get("name")?,
+        hint: row.try_get("hint")?,
+        models,
+        spend_cap: row.try_get("spend_cap")?,
+        spent: row.try_get("spent")?,
+        rate_per_minute: rate.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
+        webhook_url: row.try_get("webhook_url")?,
+        expires_at: opt_time(row.try_get("expires_at")?),
+        last_used_at: opt_time(row.try_get("last_used_at")?),
+        revoked_at: opt_time(row.try_get("revoked_at")?),
+        created_at: to_time(row.try_get("created_at")?),
+    })
+}
+
+fn audit_from_row(row: &PgRow) -> DbResult<AuditRecord> {
+    let actor_id: Option<String> = row.try_get("actor_id")?;
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        at: to_time(row.try_get("at")?),
+        entry: AuditEntry {
+            actor_id: actor_id.as_deref().map(parse_uuid).transpose()?,
+            actor: row.try_get("actor")?,
+            action: row.try_get("action")?,
+            target: row.try_get("target")?,
+            detail: parse_json(&detail),
+            ip: row.try_get("ip")?,
+        },
+    })
+}
+
+async fn insert_audit(conn: &mut PgConnection, entry: &AuditEntry) -> DbResult<AuditRecord> {
+    let row = sqlx::query(
+        "INSERT INTO audit_log (at, actor_id, actor, action, target, detail, ip) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+    )
+    .bind(now_ms())
+    .bind(entry.actor_id.map(|id| id.to_string()))
+    .bind(&entry.actor)
+    .bind(&entry.action)
+    .bind(&entry.target)
+    .bind(entry.detail.to_string())
+    .bind(&entry.ip)
+    .fetch_one(&mut *conn)
+    .await?;
+    audit_from_row(&row)
+}
+
+/// `audit` with the balance before and after added to its detail.
+fn with_balances(audit: &AuditEntry, before: i64, after: i64) -> AuditEntry {
+    let mut detail = match &audit.detail {
+        Value::Object(map) => map.clone(),
+        Value::Null => serde_json::Map::new(),
+        other => serde_json::Map::from_iter([("value".to_owned(), other.clone())]),
+    };
+    detail.insert("before".into(), before.into());
+    detail.insert("after".into(), after.into());
+    AuditEntry { detail: Value::Object(detail), ..audit.clone() }
+}
+
+impl PostgresDatabase {
+    /// Sets a balance to what `next` makes of the current one, with its audit entry,
+    /// in one transaction.
+    async fn change_balance(
+        &self,
+        id: Uuid,
+        audit: &AuditEntry,
+        next: impl FnOnce(i64) -> Option<i64> + Send,
+    ) -> DbResult<BalanceUpdate> {
+        let mut tx = begin(&self.pool).await?;
+        // Locked: a concurrent change in another process waits for this one.
+        let before: Option<i64> = sqlx::query_scalar("SELECT balance FROM users WHERE id = $1 FOR UPDATE")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(before) = before else {
+            return Ok(BalanceUpdate::NotFound);
+        };
+        // Checked here rather than in SQL, as on SQLite, so both refuse alike.
+        let Some(after) = next(before) else {
+            return Ok(BalanceUpdate::OutOfRange);
+        };
+        sqlx::query("UPDATE users SET balance = $2, updated_at = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(after)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        insert_audit(&mut tx, &with_balances(audit, before, after)).await?;
+        tx.commit().await?;
+        Ok(BalanceUpdate::Updated(after))
+    }
+}
+
+#[async_trait]
+impl AccountRepo for PostgresDatabase {
+    async fn create_user(&self, user: &NewUser, audit: &AuditEntry) -> DbResult<Option<User>> {
+        let now = now_ms();
+        let mut tx = begin(&self.pool).await?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO users (id, username, password_hash, role, max_active, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING ",
+            user_columns!()
+        ))
+        .bind(user.id.to_string())
+        .bind(&user.username)
+        .bind(&user.password_hash)
+        .bind(user.role.as_str())
+        .bind(user.max_active.map(i64::from))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let created = user_from_row(&row, "")?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(Some(created))
+    }
+
+    async fn get_user(&self, id: Uuid) -> DbResult<Option<User>> {
+        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| user_from_row(&row, "")).transpose()
+    }
+
+    async fn find_user_by_name(&self, username: &str) -> DbResult<Option<UserCredentials>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", password_hash FROM users WHERE lower(username) = lower($1)"
+        ))
+        .bind(username)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(UserCredentials { user: user_from_row(&row, "")?, password_hash: row.try_get("password_hash")? })
+        })
+        .transpose()
+    }
+
+    async fn list_users(&self, offset: u64, limit: u32) -> DbResult<(Vec<User>, u64)> {
+        let rows =
+            sqlx::query(concat!("SELECT ", user_columns!(), " FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2"))
+                .bind(i64::from(limit))
+                // `as` would wrap a huge offset negative, which SQLite takes as none at all.
+                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+                .fetch_all(&self.pool)
+                .await?;
+        let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
+        Ok((rows.iter().map(|row| user_from_row(row, "")).collect::<DbResult<_>>()?, total.max(0) as u64))
+    }
+
+    async fn update_user(&self, id: Uuid, changes: &UserChanges, audit: &AuditEntry) -> DbResult<UserUpdate> {
+        let mut tx = begin(&self.pool).await?;
+        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(UserUpdate::NotFound);
+        };
+        let current = user_from_row(&row, "")?;
+        let role = changes.role.unwrap_or(current.role);
+        let disabled = changes.disabled.unwrap_or(current.disabled);
+        let max_active = changes.max_active.unwrap_or(current.max_active);
+        let was_admin = current.role == Role::Admin && !current.disabled;
+        let stays_admin = role == Role::Admin && !disabled;
+        if was_admin && !stays_admin {
+            // The enabled admins' rows stay locked to the end, so of two processes
+            // demoting the last two admins at once, the second sees the first's change.
+            let admins: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM (SELECT id FROM users WHERE role = 'admin' AND disabled = 0 FOR UPDATE) a",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if admins <= 1 {
+                return Ok(UserUpdate::LastAdmin);
+            }
+        }
+        let row = sqlx::query(concat!(
+            "UPDATE users SET role = $2, disabled = $3, max_active = $4, \
+                 password_hash = COALESCE($5, password_hash), updated_at = $6 \
+             WHERE id = $1 RETURNING ",
+            user_columns!()
+        ))
+        .bind(id.to_string())
+        .bind(role.as_str())
+        .bind(i64::from(disabled))
+        .bind(max_active.map(i64::from))
+        .bind(&changes.password_hash)
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        let user = user_from_row(&row, "")?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(UserUpdate::Updated(user))
+    }
+
+    async fn set_webhook_secret(&self, id: Uuid, sealed: Option<&str>) -> DbResult<bool> {
+        let done = sqlx::query("UPDATE users SET webhook_secret = $2, updated_at = $3 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(sealed)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get_webhook_secret(&self, id: Uuid) -> DbResult<Option<String>> {
+        let sealed: Option<Option<String>> = sqlx::query_scalar("SELECT webhook_secret FROM users WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(sealed.flatten())
+    }
+
+    async fn count_admins(&self) -> DbResult<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn adjust_balance(&self, id: Uuid, delta: i64, audit: &AuditEntry) -> DbResult<BalanceUpdate> {
+        self.change_balance(id, audit, |before| before.checked_add(delta)).await
+    }
+
+    async fn set_balance(&self, id: Uuid, value: i64, audit: &AuditEntry) -> DbResult<BalanceUpdate> {
+        self.change_balance(id, audit, |_| Some(value)).await
+    }
+
+    async fn create_session(&self, session: &NewSession) -> DbResult<Session> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO sessions (id_hash, user_id, csrf, created_at, last_seen_at, expires_at, ip, user_agent) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7) RETURNING *",
+        )
+        .bind(&session.id_hash)
+        .bind(session.user_id.to_string())
+        .bind(&session.csrf)
+        .bind(now)
+        .bind(session.expires_at.timestamp_millis())
+        .bind(&session.ip)
+        .bind(&session.user_agent)
+        .fetch_one(&self.pool)
+        .await?;
+        session_from_row(&row)
+    }
+
+    async fn find_session_by_hash(&self, id_hash: &str) -> DbResult<Option<(Session, User)>> {
+        let row = sqlx::query(concat!(
+            "SELECT s.*, ",
+            user_as_u!(),
+            " FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled = 0"
+        ))
+        .bind(id_hash)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((session_from_row(&row)?, user_from_row(&row, "u_")?))).transpose()
+    }
+
+    async fn touch_session(&self, id_hash: &str) -> DbResult<()> {
+        sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id_hash = $1")
+            .bind(id_hash)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_session(&self, id_hash: &str, user: Option<Uuid>) -> DbResult<bool> {
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = $2 \
+             WHERE id_hash = $1 AND revoked_at IS NULL AND ($3 IS NULL OR user_id = $3)",
+        )
+        .bind(id_hash)
+        .bind(now_ms())
+        .bind(user.map(|u| u.to_string()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke_user_sessions(&self, user: Uuid) -> DbResult<u64> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2",
+        )
+        .bind(user.to_string())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_sessions_for_user(&self, user: Uuid) -> DbResult<Vec<Session>> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions WHERE user_id = $1 AND revoked_at IS NULL AND expires_at > $2 \
+             ORDER BY created_at DESC, id_hash",
+        )
+        .bind(user.to_string())
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn purge_sessions(&self, cutoff: DateTime<Utc>) -> DbResult<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_at < $1 OR revoked_at < $1")
+            .bind(cutoff.timestamp_millis())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn create_token(&self, token: &NewToken) -> DbResult<ApiToken> {
+        let models = token.models.as_ref().map(|m| Value::from(m.clone()).to_string());
+        let row = sqlx::query(
+            "INSERT INTO api_tokens (id, user_id, name, hash, hint, models, spend_cap, rate_per_minute, \
+                 webhook_url, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *",
+        )
+        .bind(token.id.to_string())
+        .bind(token.user_id.to_string())
+        .bind(&token.name)
+        .bind(&token.hash)
+        .bind(&token.hint)
+        .bind(models)
+        .bind(token.spend_cap)
+        .bind(token.rate_per_minute.map(i64::from))
+        .bind(&token.webhook_url)
+        .bind(token.expires_at.map(|t| t.timestamp_millis()))
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await?;
+        token_from_row(&row)
+    }
+
+    async fn find_token_by_hash(&self, hash: &str) -> DbResult<Option<FoundToken>> {
+        let row = sqlx::query(concat!(
+            "SELECT t.*, ",
+            user_as_u!(),
+            " FROM api_tokens t JOIN users u ON u.id = t.user_id \
+             WHERE t.hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2) \
+                 AND u.disabled = 0"
+        ))
+        .bind(hash)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(FoundToken {
+                token: token_from_row(&row)?,
+                user: user_from_row(&row, "u_")?,
+                hash: row.try_get("hash")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn list_tokens(&self, user: Option<Uuid>) -> DbResult<Vec<ApiToken>> {
+        let mut query = sqlx::QueryBuilder::<Postgres>::new("SELECT * FROM api_tokens");
+        if let Some(user) = user {
+            query.push(" WHERE user_id = ").push_bind(user.to_string());
+        }
+        query.push(" ORDER BY created_at DESC, id DESC");
+        let rows = query.build().fetch_all(&self.pool).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid, user: Option<Uuid>) -> DbResult<bool> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL AND ($3 IS NULL OR user_id = $3)",
+        )
+        .bind(id.to_string())
+        .bind(now_ms())
+        .bind(user.map(|u| u.to_string()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn touch_token_last_used(&self, id: Uuid) -> DbResult<()> {
+        sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> DbResult<AuditRecord> {
+        insert_audit(&mut *self.pool.acquire().await?, entry).await
+    }
+
+    async fn list_audit(&self, filter: &AuditFilter) -> DbResult<(Vec<AuditRecord>, u64)> {
+        // Built per filter so each filter can use its index (see `list_tasks`).
+        let filtered = |select: &str| {
+            let mut query = sqlx::QueryBuilder::<Postgres>::new(select);
+            query.push(" FROM audit_log WHERE 1 = 1");
+            if let Some(actor) = filter.actor_id {
+                query.push(" AND actor_id = ").push_bind(actor.to_string());
+            }
+            if let Some(action) = &filter.action {
+                query.push(" AND action = ").push_bind(action.clone());
+            }
+            query
+        };
+        let mut page = filtered("SELECT *");
+        page.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.limit))
+            .push(" OFFSET ")
+            .push_bind(i64::try_from(filter.offset).unwrap_or(i64::MAX));
+        let rows = page.build().fetch_all(&self.pool).await?;
+        let total: i64 = filtered("SELECT COUNT(*)").build_query_scalar().fetch_one(&self.pool).await?;
+        Ok((rows.iter().map(audit_from_row).collect::<DbResult<_>>()?, total.max(0) as u64))
+    }
+}

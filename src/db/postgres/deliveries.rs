@@ -1,0 +1,193 @@
+//! Outbound webhook deliveries in PostgreSQL. A claim is one statement whose choice
+//! skips the rows another process is claiming (`FOR UPDATE SKIP LOCKED`), so two
+//! senders never take the same delivery at once.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::{Row, postgres::PgRow};
+use uuid::Uuid;
+
+use super::{PostgresDatabase, begin, now_ms, opt_time, parse_uuid, to_time};
+use crate::{
+    db::{DbError, DbResult, DeliveryRepo, NextStep},
+    deliveries::{Attempt, Delivery, DeliveryEvent, DeliveryStatus, NewDelivery},
+    tasks::TaskId,
+};
+
+fn delivery_from_row(row: &PgRow) -> DbResult<Delivery> {
+    let id: String = row.try_get("id")?;
+    let task: String = row.try_get("task_id")?;
+    let owner: Option<String> = row.try_get("owner_id")?;
+    let event: String = row.try_get("event")?;
+    let status: String = row.try_get("status")?;
+    Ok(Delivery {
+        id: parse_uuid(&id)?,
+        task_id: TaskId(parse_uuid(&task)?),
+        owner_id: owner.as_deref().map(parse_uuid).transpose()?,
+        url: row.try_get("url")?,
+        event: DeliveryEvent::parse(&event).ok_or_else(|| DbError::Corrupt(format!("bad webhook event `{event}`")))?,
+        payload: row.try_get("payload")?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| DbError::Corrupt(format!("bad delivery status `{status}`")))?,
+        attempts: row.try_get::<i64, _>("attempts")?.clamp(0, i64::from(u32::MAX)) as u32,
+        next_at: opt_time(row.try_get("next_at")?),
+        created_at: to_time(row.try_get("created_at")?),
+        finished_at: opt_time(row.try_get("finished_at")?),
+    })
+}
+
+fn attempt_from_row(row: &PgRow) -> DbResult<Attempt> {
+    let status: Option<i64> = row.try_get("status_code")?;
+    Ok(Attempt {
+        at: to_time(row.try_get("at")?),
+        status_code: status.and_then(|s| u16::try_from(s).ok()),
+        error: row.try_get("error")?,
+        duration_ms: row.try_get::<i64, _>("duration_ms")?.max(0) as u64,
+    })
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl DeliveryRepo for PostgresDatabase {
+    async fn insert_delivery(&self, delivery: &NewDelivery) -> DbResult<bool> {
+        let created = delivery.created_at.timestamp_millis();
+        let done = sqlx::query(
+            "INSERT INTO webhook_deliveries (id, task_id, owner_id, url, event, payload, status, next_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) ON CONFLICT (task_id, event, url) DO NOTHING",
+        )
+        .bind(delivery.id.to_string())
+        .bind(delivery.task_id.to_string())
+        .bind(delivery.owner_id.map(|o| o.to_string()))
+        .bind(&delivery.url)
+        .bind(delivery.event.as_str())
+        .bind(&delivery.payload)
+        .bind(created)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn claim_deliveries(&self, owner: &str, lease: Duration, limit: u32) -> DbResult<Vec<Delivery>> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "UPDATE webhook_deliveries SET lease_owner = $1, lease_until = $2 \
+             WHERE id IN (SELECT id FROM webhook_deliveries \
+                 WHERE status = 'pending' AND next_at <= $3 AND (lease_until IS NULL OR lease_until <= $3) \
+                 ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             RETURNING *",
+        )
+        .bind(owner)
+        .bind(now.saturating_add(millis(lease)))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = rows.iter().map(delivery_from_row).collect::<DbResult<Vec<_>>>()?;
+        // RETURNING gives no order.
+        claimed.sort_by_key(|d| d.next_at);
+        Ok(claimed)
+    }
+
+    async fn record_attempt(&self, id: Uuid, owner: &str, attempt: &Attempt, next: NextStep) -> DbResult<bool> {
+        let (status, next_at, finished_at) = match next {
+            NextStep::Delivered => (DeliveryStatus::Delivered, None, Some(now_ms())),
+            NextStep::Failed => (DeliveryStatus::Failed, None, Some(now_ms())),
+            NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at.timestamp_millis()), None),
+        };
+        let mut tx = begin(&self.pool).await?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, duration_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id.to_string())
+        .bind(attempt.at.timestamp_millis())
+        .bind(attempt.status_code.map(i64::from))
+        .bind(&attempt.error)
+        .bind(i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        let held = sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $1, next_at = $2, finished_at = $3, \
+                 lease_owner = NULL, lease_until = NULL \
+             WHERE id = $4 AND lease_owner = $5 AND status = 'pending'",
+        )
+        .bind(status.as_str())
+        .bind(next_at)
+        .bind(finished_at)
+        .bind(id.to_string())
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !held {
+            // Another sender took the delivery over; the count still covers this attempt.
+            sqlx::query("UPDATE webhook_deliveries SET attempts = attempts + 1 WHERE id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    async fn deliveries_for_task(&self, task: TaskId) -> DbResult<Vec<(Delivery, Vec<Attempt>)>> {
+        let rows = sqlx::query("SELECT * FROM webhook_deliveries WHERE task_id = $1 ORDER BY created_at, id")
+            .bind(task.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        let mut deliveries: Vec<(Delivery, Vec<Attempt>)> =
+            rows.iter().map(|row| Ok((delivery_from_row(row)?, Vec::new()))).collect::<DbResult<_>>()?;
+        let attempts = sqlx::query(
+            "SELECT a.delivery_id, a.at, a.status_code, a.error, a.duration_ms FROM webhook_attempts a \
+             JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.task_id = $1 ORDER BY a.at, a.rowid",
+        )
+        .bind(task.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        for row in &attempts {
+            let id = parse_uuid(&row.try_get::<String, _>("delivery_id")?)?;
+            if let Some((_, list)) = deliveries.iter_mut().find(|(d, _)| d.id == id) {
+                list.push(attempt_from_row(row)?);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    async fn finished_without_delivery(&self, since: DateTime<Utc>) -> DbResult<Vec<TaskId>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM tasks t WHERE t.webhook_url IS NOT NULL AND t.finished_at >= $1 \
+                 AND t.status IN ('succeeded', 'failed', 'canceled') \
+                 AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.task_id = t.id) \
+             ORDER BY t.finished_at LIMIT 1000",
+        )
+        .bind(since.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter().map(|id| Ok(TaskId(parse_uuid(id)?))).collect()
+    }
+
+    async fn next_delivery_due(&self) -> DbResult<Option<DateTime<Utc>>> {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(GREATEST(next_at, COALESCE(lease_until, 0))) FROM webhook_deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(due.map(to_time))
+    }
+
+    async fn prune_deliveries(&self, before: DateTime<Utc>) -> DbResult<u64> {
+        // The attempts go with their delivery (ON DELETE CASCADE).
+        let done =
+            sqlx::query("DELETE FROM webhook_deliveries WHERE status IN ('delivered', 'failed') AND finished_at < $1")
+                .bind(before.timestamp_millis())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+}
