@@ -602,8 +602,17 @@ async fn seven_requests_to_a_one_plus_five_channel_get_exactly_one_503_and_posit
     // counts its position down to 1 and ends completed.
     let key = key(10);
     let mut done = 0;
+    // The last in line: the largest queue position (ids do not say it: concurrent
+    // submissions are admitted in whatever order they take the channel's lock).
     let (_, page) = app.get_json("/api/v1/tasks?status=queued").await;
-    let last = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let last = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|t| t["queue_position"].as_u64())
+        .and_then(|t| t["id"].as_str())
+        .unwrap()
+        .to_owned();
     let stream_url = app.url(&format!("/api/status/{last}"));
     let client = app.client.clone();
     let follower = tokio::spawn(async move { read_events(&client, &stream_url, None, 100).await });
