@@ -19,8 +19,11 @@ run: deps web
 	$(CARGO) build --release --locked --bin kiln
 	./target/release/kiln serve --bind $(KILN_BIND)
 
-## Run every check and test.
-test: test-deps web lint unit api-postgres campaign web-test e2e worker-test schemathesis deploy-check
+## Run every check and test: scripts/test.sh runs the steps below, downloads beside the
+## compile and the suites in two lanes (KILN_TEST_LANES=1 for one), with a summary of
+## each step's time.
+test:
+	@./scripts/test.sh
 
 deps:
 	@./scripts/deps.sh

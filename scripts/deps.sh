@@ -2,22 +2,32 @@
 # Installs what `make run` and `make test` need beyond the Rust toolchain. Idempotent:
 # each step checks first and does nothing when the tool is already there.
 #
-# Usage: scripts/deps.sh [--test | --worker | --schemathesis | --openai-client |
-# --deploy-check]. With --test (as `make test` runs it) it also installs what only the
-# tests need: the glTF validator, which needs Node.js and npm, the S3 server s3s-fs, the
-# Python worker's test environment, schemathesis's, the OpenAI client's and the
-# deployment checks'. With --worker (as `make worker-test` runs it), --schemathesis (as
+# Usage: scripts/deps.sh [--test | --test-build | --test-downloads | --worker |
+# --schemathesis | --openai-client | --deploy-check]. With --test it also installs what
+# only the tests need: the glTF validator, which needs Node.js and npm, the S3 server
+# s3s-fs, PostgreSQL's server, the Python worker's test environment, schemathesis's, the
+# OpenAI client's and the deployment checks'. --test is the sum of two halves, which
+# scripts/test.sh runs side by side: --test-build, what cargo compiles (busy cores), and
+# --test-downloads, what apt, pip and npm fetch (busy network and disk). With --worker (as `make worker-test` runs it), --schemathesis (as
 # `make schemathesis` runs it), --openai-client or --deploy-check (as `make deploy-check`
 # runs it) it installs only that one environment.
 set -euo pipefail
 
 for_tests=false
+build_half=true
+download_half=true
 only_worker=false
 only_schemathesis=false
 only_openai_client=false
 only_deploy_check=false
 if [ "${1:-}" = "--test" ]; then
     for_tests=true
+elif [ "${1:-}" = "--test-build" ]; then
+    for_tests=true
+    download_half=false
+elif [ "${1:-}" = "--test-downloads" ]; then
+    for_tests=true
+    build_half=false
 elif [ "${1:-}" = "--worker" ]; then
     only_worker=true
 elif [ "${1:-}" = "--schemathesis" ]; then
@@ -159,17 +169,17 @@ if $only_deploy_check; then
     exit 0
 fi
 
-if ! cargo fmt --version >/dev/null 2>&1; then
+if $build_half && ! cargo fmt --version >/dev/null 2>&1; then
     rustup component add rustfmt
 fi
-if ! cargo clippy --version >/dev/null 2>&1; then
+if $build_half && ! cargo clippy --version >/dev/null 2>&1; then
     rustup component add clippy
 fi
 
 # cargo-machete, which `make lint` runs to catch dependencies nothing uses (tests only).
 # Installed once, at a pinned version, with its own locked dependencies.
 MACHETE_VERSION=0.9.2
-if $for_tests && ! cargo machete --version 2>/dev/null | grep -q "$MACHETE_VERSION"; then
+if $for_tests && $build_half && ! cargo machete --version 2>/dev/null | grep -q "$MACHETE_VERSION"; then
     cargo install cargo-machete --locked --version "$MACHETE_VERSION"
 fi
 
@@ -179,7 +189,7 @@ fi
 # Rust 1.92; the later ones need 1.96. A test server needs no optimizer: built without it
 # and without debug info it takes a fraction of a release build's 258 s of CPU.
 S3S_FS_VERSION=0.14.1
-if $for_tests; then
+if $for_tests && $build_half; then
     s3s_fs=$root/tools/s3s-fs
     if ! "$s3s_fs/bin/s3s-fs" --version 2>/dev/null | grep -qx "s3s-fs $S3S_FS_VERSION"; then
         CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_DEBUG=false \
@@ -192,7 +202,7 @@ fi
 # The Khronos glTF Validator, which the relief tests run on every model (tests only). `npm ci`
 # installs exactly the locked versions; it runs again only when node_modules is missing
 # or the lock file changed since the last install (its hash is kept beside the modules).
-if $for_tests; then
+if $for_tests && $download_half; then
     validator=tools/gltf-validate
     if ! have npm; then
         echo "deps: npm is missing; install Node.js 20 or later (with npm) for the glTF validator" >&2
@@ -209,7 +219,7 @@ fi
 # PostgreSQL's server binaries (initdb, pg_ctl), which scripts/with-postgres.sh runs a
 # throwaway server with for the tests on PostgreSQL. Debian puts them under
 # /usr/lib/postgresql/*/bin, off PATH; the script looks there.
-if $for_tests && ! have initdb && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+if $for_tests && $download_half && ! have initdb && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     if have apt-get; then
         sudo_cmd=""
         if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
@@ -221,7 +231,7 @@ if $for_tests && ! have initdb && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/nu
     fi
 fi
 
-if $for_tests; then
+if $for_tests && $download_half; then
     worker_env
     schemathesis_env
     openai_client_env

@@ -6,6 +6,8 @@
 #   scripts/web.sh test    the unit tests (Vitest)
 #   scripts/web.sh e2e     Debian's chromium when missing, then the end-to-end tests
 #                          against the kiln binary cargo built
+#   scripts/web.sh browser Debian's chromium when missing (for e2e; scripts/test.sh runs it
+#                          early, beside the compile)
 #   scripts/web.sh shots   the screenshots in docs/screenshots (fonts-noto-cjk when missing)
 #   scripts/web.sh measure bundle sizes and first-load time, for docs/benchmarks.md
 set -euo pipefail
@@ -66,6 +68,7 @@ apt_install() {
 
 case "${1:-build}" in
 build) build ;;
+browser) chromium ;;
 test)
     npm_ci
     npm test --silent
@@ -89,7 +92,7 @@ measure)
     npm run measure --silent
     ;;
 *)
-    echo "usage: scripts/web.sh build|test|e2e|shots|measure" >&2
+    echo "usage: scripts/web.sh build|browser|test|e2e|shots|measure" >&2
     exit 2
     ;;
 esac
