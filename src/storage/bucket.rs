@@ -11,7 +11,11 @@
 
 use std::time::Duration;
 
-use opendal::{HttpTransporter, OperationContext, Operator, services};
+use opendal::{
+    HttpTransporter, OperationContext, Operator,
+    layers::{RetryEvent, RetryInterceptor, RetryLayer, TimeoutLayer},
+    services,
+};
 use opendal_http_transport_reqwest::ReqwestTransport;
 use reqsign_aws_v4::Credential;
 use reqsign_core::{Context, ProvideCredential, ProvideCredentialChain};
@@ -31,6 +35,18 @@ pub(super) fn http_client() -> reqwest::Result<reqwest::Client> {
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .build()
 }
+
+/// How often a bucket request that failed for a moment (a 5xx, a 429 `SlowDown`, a
+/// dropped connection or a timeout; OpenDAL marks those temporary) is tried again, after
+/// a jittered backoff from 200 ms to 5 s. A refusal (403, 404, a bad signature) is final
+/// at once. Three more tries cover the brief 503s S3 servers and COS answer under load
+/// without holding a task for long when the bucket is really down.
+const RETRIES: usize = 3;
+
+/// The longest a bucket operation other than reading or writing a body may take (a stat,
+/// a delete, starting or completing a multipart upload), and the longest one read or write
+/// of a body may stall: past it the request is abandoned and, being temporary, retried.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The region requests are signed for.
 fn region(settings: &ObjectStorageConfig) -> String {
@@ -81,7 +97,36 @@ pub(super) fn operator(
         builder = builder.credential_provider_chain(ProvideCredentialChain::new().push(credential));
     }
     let transport = HttpTransporter::new(ReqwestTransport::new(http));
-    Ok(Operator::new(builder)?.with_context(OperationContext::new().with_http_transport(transport)))
+    let operator = Operator::new(builder)?.with_context(OperationContext::new().with_http_transport(transport));
+    // The timeout goes inside the retry, as OpenDAL requires: a retry must never be cut
+    // off by a timeout while it restores a body's state.
+    Ok(operator
+        .layer(TimeoutLayer::new().with_timeout(OPERATION_TIMEOUT).with_io_timeout(OPERATION_TIMEOUT))
+        .layer(
+            RetryLayer::new()
+                .with_max_times(RETRIES)
+                .with_jitter()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .with_notify(LogRetry),
+        ))
+}
+
+/// Logs each retry of a bucket request (OpenDAL's own goes to the `log` crate, which
+/// kiln does not collect). OpenDAL's error names the operation, the path and the
+/// server's answer, never the credential.
+struct LogRetry;
+
+impl RetryInterceptor for LogRetry {
+    fn intercept(&self, event: RetryEvent<'_>) {
+        tracing::warn!(
+            operation = %event.op,
+            attempt = event.attempt,
+            retry_in_ms = u64::try_from(event.retry_after.as_millis()).unwrap_or(u64::MAX),
+            error = %event.err,
+            "a bucket request failed for a moment; trying again"
+        );
+    }
 }
 
 /// The bucket's credential from the configuration, for the signer.

@@ -369,6 +369,22 @@ async fn through_kiln_a_cos_object_is_shown_inline_and_a_large_one_goes_up_in_pa
 }
 
 #[tokio::test]
+async fn a_bucket_that_answers_slow_down_for_a_moment_is_retried_and_nothing_fails() {
+    let cos = FakeCos::start(CosOptions { slow_down_first: 3, ..CosOptions::default() });
+    let app = TestApp::spawn_with_storage_client(
+        LONG_LEASE,
+        &format!("{}{ECHO_CHANNEL}", cos_storage(&cos, "")),
+        cos.client(),
+    )
+    .await;
+    let (id, _) = finished(&app, "{}").await;
+    assert_eq!(cos.slowed_down(), 3);
+    let stored = cos.object(&format!("reconstruction/{id}/model.glb")).expect("the output is in the bucket");
+    assert!(!stored.bytes.is_empty());
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_failed_part_is_aborted_and_no_record_points_at_the_output() {
     let cos = FakeCos::start(CosOptions { fail_part: Some(2), ..CosOptions::default() });
     let app = TestApp::spawn_with_storage_client(
@@ -381,6 +397,16 @@ async fn a_failed_part_is_aborted_and_no_record_points_at_the_output() {
     let id = task["id"].as_str().expect("id").to_owned();
     let done = app.wait_terminal(&id).await;
     assert_eq!(done["status"], "failed", "{done}");
+    // A 500 is worth retrying, but not forever: the part went up once and three more
+    // times before the upload was given up.
+    let part_two = cos
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PUT" && url::form_urlencoded::parse(r.query.as_bytes()).any(|(k, v)| k == "partNumber" && v == "2")
+        })
+        .count();
+    assert_eq!(part_two, 4, "{:?}", cos.requests());
     assert_eq!(cos.aborted(), 1, "the upload was aborted");
     assert_eq!(cos.open_uploads(), 0);
     assert!(!cos.keys().iter().any(|k| k.starts_with("reconstruction/")), "{:?}", cos.keys());

@@ -58,6 +58,9 @@ pub struct CosOptions {
     pub token: Option<String>,
     /// Fail this part number of every multipart upload with 500.
     pub fail_part: Option<u32>,
+    /// Answer the first this many requests, whatever they are, with 503 `SlowDown`, as
+    /// COS does under load: a moment's failure a client should retry.
+    pub slow_down_first: usize,
 }
 
 impl Default for CosOptions {
@@ -69,6 +72,7 @@ impl Default for CosOptions {
             secret_key: COS_SECRET_KEY.to_owned(),
             token: Some(COS_TOKEN.to_owned()),
             fail_part: None,
+            slow_down_first: 0,
         }
     }
 }
@@ -109,6 +113,7 @@ struct State {
     requests: Vec<CosRequest>,
     aborted: usize,
     completed_multipart: usize,
+    slowed_down: usize,
 }
 
 struct Inner {
@@ -188,6 +193,11 @@ impl FakeCos {
         lock(&self.inner.state).completed_multipart
     }
 
+    /// How many requests were answered 503 `SlowDown` (`CosOptions::slow_down_first`).
+    pub fn slowed_down(&self) -> usize {
+        lock(&self.inner.state).slowed_down
+    }
+
     /// Multipart uploads begun and neither completed nor aborted.
     pub fn open_uploads(&self) -> usize {
         lock(&self.inner.state).uploads.len()
@@ -264,8 +274,19 @@ impl Inner {
             Ok(body) => body,
             Err(_) => return xml_error(StatusCode::BAD_REQUEST, "IncompleteBody", "cannot read the body"),
         };
-        let (response, header_signed) = self.answer(&parts.method, &host, &path, &query, &parts.headers, &body);
-        let mut response = response;
+        let slow_down = {
+            let mut state = lock(&self.state);
+            let slow_down = state.slowed_down < self.options.slow_down_first;
+            if slow_down {
+                state.slowed_down += 1;
+            }
+            slow_down
+        };
+        let (mut response, header_signed) = if slow_down {
+            (xml_error(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", "Please reduce your request rate."), false)
+        } else {
+            self.answer(&parts.method, &host, &path, &query, &parts.headers, &body)
+        };
         let headers = response.headers_mut();
         headers.insert("server", "tencent-cos".parse().expect("header"));
         headers.insert("x-cos-request-id", uuid::Uuid::new_v4().to_string().parse().expect("header"));
