@@ -97,48 +97,60 @@ fn summary(report: &Report) -> String {
     out
 }
 
-/// A progress bar per table, on a terminal.
+/// A progress bar per table, on a terminal; the steps before the tables are lines.
+#[derive(Default)]
 struct Bar {
-    bar: ProgressBar,
+    bar: Option<ProgressBar>,
 }
 
 impl Bar {
     fn new() -> Self {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta} left)")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        Self { bar }
+        Self::default()
     }
 }
 
 impl Progress for Bar {
     fn step(&mut self, what: &str) {
-        self.bar.set_message(what.to_owned());
-        self.bar.println(what);
+        match &self.bar {
+            Some(bar) => bar.println(what),
+            None => eprintln!("{what}"),
+        }
     }
 
     fn table_started(&mut self, table: &str, rows: u64) {
-        self.bar.reset();
-        self.bar.set_length(rows);
-        self.bar.set_message(table.to_owned());
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(0);
+            bar.set_style(
+                ProgressStyle::with_template("{msg:>20} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta} left)")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        bar.reset();
+        bar.set_length(rows);
+        bar.set_message(table.to_owned());
     }
 
     fn rows_copied(&mut self, _table: &str, done: u64) {
-        self.bar.set_position(done);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
     }
 
     fn table_finished(&mut self, table: &str, rows: u64) {
-        self.bar.println(format!("copied {table}: {rows} rows"));
+        if let Some(bar) = &self.bar {
+            bar.println(format!("copied {table}: {rows} rows"));
+        }
     }
 }
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        self.bar.finish_and_clear();
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 
