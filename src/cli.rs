@@ -1,7 +1,8 @@
-//! The `kiln` command line: `serve`, `migrate`, `config check`, `cleanup`, `admin` and
-//! the `generate` client.
+//! The `kiln` command line: `serve`, `migrate`, `config check`, `cleanup`, `admin`,
+//! `db copy` and the `generate` client.
 
 mod admin;
+mod db;
 mod generate;
 mod worker;
 mod worker_check;
@@ -43,6 +44,9 @@ enum Command {
     /// Make users and reset passwords, in the configured database.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Work with whole databases: copy an installation from SQLite to PostgreSQL.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Submit a picture or a prompt to a kiln server, follow it, and download the result.
     Generate(generate::GenerateArgs),
     /// Serve the built-in relief engine to a kiln over the worker protocol (secret from
@@ -168,6 +172,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Admin(command) => admin::run(&cli.config, command).await,
+        Command::Db(command) => db::run(command).await,
         Command::Generate(args) => generate::run(args).await,
         Command::Worker(args) => worker::run(args).await,
         Command::WorkerCheck(args) => worker_check::run_check(args).await,

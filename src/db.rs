@@ -7,6 +7,7 @@
 
 mod accounts;
 pub mod channels;
+pub mod copy;
 mod deliveries;
 mod postgres;
 mod sqlite;

@@ -28,6 +28,10 @@ use crate::{
 /// How long the deadline sweeper's lease lasts: a successor takes over within this much
 /// of the holder's death.
 const SWEEP_LEASE: Duration = Duration::from_secs(15);
+/// The deadline sweeper's lease. Every kiln process tries to take or renew it at least
+/// once a second, so while any kiln runs on a database, its `until` keeps moving:
+/// `kiln db copy` watches it to tell whether its source is in use.
+pub(crate) const DEADLINE_SWEEP: &str = "deadline-sweep";
 /// A run interrupted this many times (its process died each time) is failed rather
 /// than tried again: it may be what kills the process.
 const MAX_ATTEMPTS: u32 = 3;
@@ -317,7 +321,7 @@ impl Scheduler {
                 _ = stop.cancelled() => return,
             }
             // One process sweeps at a time; another takes over within SWEEP_LEASE of its end.
-            if !self.gateway.singleton("deadline-sweep", SWEEP_LEASE).await {
+            if !self.gateway.singleton(DEADLINE_SWEEP, SWEEP_LEASE).await {
                 continue;
             }
             if last_forget.elapsed() >= Duration::from_secs(60) {

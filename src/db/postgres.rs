@@ -38,7 +38,8 @@ mod usage;
 
 pub use notify::PgNotifier;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// Also what `kiln db copy` migrates a PostgreSQL target with.
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a request waits for a free connection before it fails: a pool exhausted
 /// for this long means the database is down or far too slow, and an answer beats a hang.

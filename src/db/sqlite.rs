@@ -27,7 +27,8 @@ use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskI
 
 mod usage;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+/// Also what `kiln db copy` migrates a SQLite target with.
+pub(super) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteDatabase {
     writer: SqlitePool,

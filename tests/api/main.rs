@@ -18,6 +18,7 @@ mod cloud_modelscope;
 mod cloud_tripo;
 mod connections;
 mod crash;
+mod db_copy;
 mod fakes;
 mod files;
 mod lifecycle;

@@ -109,6 +109,22 @@ impl KilnProcess {
         self.kill_now();
     }
 
+    /// SIGTERM, as an operator stops kiln, and wait until it has shut down; panics
+    /// (after SIGKILL) when it does not end within a minute or ends with a failure.
+    pub fn stop(mut self) {
+        let sent = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
+        assert!(sent.success(), "kill -TERM {} failed", self.child.id());
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(status.success(), "kiln ended with {status}; log:\n{}", log_tail(&self.log, 40));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill_now();
+        panic!("kiln did not stop within a minute of SIGTERM; log:\n{}", log_tail(&self.log, 40));
+    }
+
     fn kill_now(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
