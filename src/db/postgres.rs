@@ -49,6 +49,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// proxy, a changed setting) reaches every one of them.
 const MAX_LIFETIME: Duration = Duration::from_secs(1800);
 
+/// The advisory locks of Idempotency-Keys: this class, and the key's hash (`kiln` in
+/// ASCII; two-key advisory locks never meet the one-key ones).
+const IDEMPOTENCY_LOCKS: i32 = 0x6b69_6c6e;
+
 pub struct PostgresDatabase {
     pool: PgPool,
     /// Several processes share this database: what one commits, the others hear over
@@ -405,6 +409,14 @@ impl TaskRepo for PostgresDatabase {
     ) -> DbResult<Enqueued> {
         let mut tx = begin(&self.pool).await?;
         if let Some((key, hash)) = idempotency {
+            // Requests with one key take turns (a client retrying on another replica while
+            // its first try is still being handled): the second finds the first's binding
+            // instead of failing on it at the end.
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(IDEMPOTENCY_LOCKS)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
             let existing = sqlx::query("SELECT request_hash, task_id FROM idempotency_keys WHERE key = $1")
                 .bind(key)
                 .fetch_optional(&mut *tx)
