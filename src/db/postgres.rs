@@ -1,9 +1,3 @@
-//! The SQLite implementation of the repositories: kiln's embedded default.
-//!
-//! SQLite has one writer. Writes go through a pool of exactly one connection, so they
-//! queue in-process instead of fighting over the file lock, and every write transaction
-//! is a few short statements; reads use a separate pool and never wait for writes (WAL).
-
 //! The PostgreSQL implementation of the repositories: for several kiln processes on one
 //! database. It mirrors the SQLite implementation statement for statement (same tables,
 //! same millisecond times, same text ids) and departs from it only where several writers
@@ -583,6 +577,21 @@ impl TaskRepo for PostgresDatabase {
         let done =
             sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.pool).await?;
         Ok(done.rows_affected())
+    }
+
+    async fn hand_back(&self, owner: &str, ids: &[TaskId]) -> DbResult<Vec<(TaskId, String)>> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = 0, attempts = GREATEST(attempts - 1, 0) \
+             WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running' RETURNING id, channel",
+        )
+        .bind(&ids)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((TaskId(parse_uuid(&row.try_get::<String, _>("id")?)?), row.try_get("channel")?)))
+            .collect()
     }
 
     async fn record_progress(&self, id: TaskId, progress: u8, stage: &str) -> DbResult<Option<TaskEvent>> {
