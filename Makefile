@@ -55,15 +55,18 @@ api-postgres:
 	fi
 
 ## The fault campaign (tests/campaign, docs/reliability.md): the real binary killed with
-## SIGKILL while clients upload and tasks run, and a corpus of malformed requests on every
-## face; a few minutes. Its tests are #[ignore]d, so `unit` does not run them too.
+## SIGKILL while clients upload and tasks run, a corpus of malformed requests on every
+## face, and three replicas on one PostgreSQL and one S3 server (killed, restarted one by
+## one, started at once); a few minutes. Its tests are #[ignore]d, so `unit` does not run
+## them too. It runs under a throwaway PostgreSQL (scripts/with-postgres.sh), which only
+## the replica tests use; the others stay on SQLite.
 ## KILN_CAMPAIGN_SEED replays a SIGKILL loop's choices; KILN_CAMPAIGN_KILLS (20) sets its length,
 ## KILN_CAMPAIGN_QUOTA_KILLS (12) the quota loop's.
 campaign:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --locked --test campaign --run-ignored only --no-fail-fast --no-capture; \
+		./scripts/with-postgres.sh $(CARGO) nextest run --locked --test campaign --run-ignored only --no-fail-fast --no-capture; \
 	else \
-		$(CARGO) test --locked --test campaign --no-fail-fast -- --ignored --nocapture --test-threads 1; \
+		./scripts/with-postgres.sh $(CARGO) test --locked --test campaign --no-fail-fast -- --ignored --nocapture --test-threads 1; \
 	fi
 
 ## The TRELLIS.2 worker's tests (Python, no GPU; a stand-in pipeline). Installs worker/.venv first.

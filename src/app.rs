@@ -22,6 +22,9 @@ use crate::{
     storage::Storage,
 };
 
+/// How long a stopping process waits for its last notifications to go out.
+const FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why the server could not start. Configuration problems exit with code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -197,6 +200,11 @@ impl Application {
         }
         retention.abort();
         webhooks.abort();
+        // The last events committed here (tasks that ended while draining, tasks handed
+        // back) reach the other processes now, not at their next poll.
+        if tokio::time::timeout(FLUSH_WAIT, state.gateway.notifier().flushed()).await.is_err() {
+            tracing::warn!("the last notifications to the other processes did not go out in time");
+        }
         hearing.cancel();
         if let Some(hearer) = hearer {
             let _ = hearer.await;

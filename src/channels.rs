@@ -95,8 +95,10 @@ pub struct Channel {
     /// Fires when the channel leaves the set (removed, replaced by an edit, disabled)
     /// or kiln stops dispatching: its dispatcher stops claiming.
     stop: CancellationToken,
-    /// Fires when the channel has stopped and the jobs it was running here have ended,
-    /// or kiln stops dispatching: its provider's background work ends.
+    /// Fires when the channel has stopped and the jobs it was running here have ended
+    /// (the scheduler fires it): its provider's background work ends. Not at once when
+    /// kiln stops: jobs draining in the grace period keep their poller and their
+    /// workers' health probes.
     background: CancellationToken,
     /// Jobs running on this channel's provider in this process.
     jobs: TaskTracker,
@@ -104,7 +106,7 @@ pub struct Channel {
 
 impl Channel {
     /// A channel around its built provider. `deadline` applies when the configuration
-    /// sets none; `parent` is the dispatch stop token, the parent of the channel's own.
+    /// sets none; `parent` is the dispatch stop token, the parent of its `stopped`.
     pub fn new(
         cfg: &ChannelConfig,
         origin: Origin,
@@ -143,7 +145,7 @@ impl Channel {
             origin,
             config: cfg.clone(),
             stop: parent.child_token(),
-            background: parent.child_token(),
+            background: CancellationToken::new(),
             jobs: TaskTracker::new(),
         }
     }

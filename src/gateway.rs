@@ -284,6 +284,11 @@ impl Runs {
         self.0.lock().map(|r| r.len()).unwrap_or(0)
     }
 
+    /// The tasks whose jobs run here now.
+    pub fn ids(&self) -> Vec<TaskId> {
+        self.0.lock().map(|r| r.keys().copied().collect()).unwrap_or_default()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -13,6 +13,7 @@ use std::{
     sync::{Arc, Mutex, Weak},
 };
 
+use futures::future::BoxFuture;
 use tokio::{sync::Notify, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -40,6 +41,14 @@ pub trait Notifier: Send + Sync {
     fn listen(&self, stop: CancellationToken) -> Option<JoinHandle<()>> {
         let _ = stop;
         None
+    }
+
+    /// Resolves once everything notified so far has gone out to the other processes.
+    /// A stopping process waits for it (briefly), so the last events it committed — the
+    /// ends of tasks it drained, the tasks it handed back — are heard at once rather
+    /// than at the others' next poll.
+    fn flushed(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
     }
 }
 

@@ -7,6 +7,11 @@
 //! background work) for each enabled channel that appears, and a channel that leaves the
 //! set stops its own dispatcher through its token. Jobs a retired channel was running go
 //! on to their end on its provider; only then does the provider's background work stop.
+//!
+//! At a graceful stop, dispatchers stop claiming and running jobs get the grace period to
+//! end; those still running then are stopped where they are (not canceled upstream) and
+//! their tasks handed back to the queue, so another process takes them over at once
+//! instead of waiting for their leases to lapse.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -39,16 +44,26 @@ const MAX_ATTEMPTS: u32 = 3;
 /// How long a canceled or overdue job gets to stop by itself before it is aborted.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// How long abandoned runs get to unwind (they are aborted, not asked) before their
+/// tasks are handed back anyway.
+const ABANDON_WAIT: Duration = Duration::from_secs(1);
+
 pub struct Scheduler {
     gateway: Arc<Gateway>,
-    /// Identifies this process's leases.
+    /// Identifies this process's leases: `kiln-{pid}-{random}`, so that an operator
+    /// looking at `tasks.lease_owner` can tell which process holds a task.
     owner: String,
     tracker: TaskTracker,
+    /// Fires when the drain's grace period is over: runs still going stop where they
+    /// are, without canceling their upstream jobs, which the next claim resumes.
+    abandon: CancellationToken,
 }
 
 impl Scheduler {
     pub fn new(gateway: Arc<Gateway>) -> Arc<Self> {
-        Arc::new(Self { gateway, owner: format!("kiln-{}", Uuid::new_v4()), tracker: TaskTracker::new() })
+        let owner = format!("kiln-{}-{}", std::process::id(), Uuid::new_v4().simple());
+        tracing::debug!(owner, "this process's leases are held as");
+        Arc::new(Self { gateway, owner, tracker: TaskTracker::new(), abandon: CancellationToken::new() })
     }
 
     /// Starts the supervisor, which starts a dispatcher per enabled channel now and as
@@ -98,7 +113,8 @@ impl Scheduler {
             let stop = channel.stopped().clone();
             Arc::clone(&me).dispatch(Arc::clone(&channel), stop).await;
             // Jobs already running keep their provider (a cloud job's poller, say) until
-            // they end; then its background work stops.
+            // they end, the channel retired or kiln draining; then its background work
+            // stops.
             channel.jobs().close();
             channel.jobs().wait().await;
             channel.background().cancel();
@@ -217,7 +233,8 @@ impl Scheduler {
                 Some(Finish::Failed { code: err.code, message: err.message })
             }
             RunEnd::Timeout => Some(timeout_finish(channel.deadline)),
-            RunEnd::Canceled => None,
+            // Abandoned: handed back by the drain, for another run to finish.
+            RunEnd::Canceled | RunEnd::Abandoned => None,
             RunEnd::Panicked(message) => {
                 tracing::error!(task_id = %id, panic = %message, "provider panicked");
                 Some(Finish::Failed {
@@ -279,8 +296,13 @@ impl Scheduler {
             },
             _ = tokio::time::sleep(deadline) => RunEnd::Timeout,
             _ = cancel.cancelled() => RunEnd::Canceled,
+            _ = self.abandon.cancelled() => RunEnd::Abandoned,
         };
-        if !handle.is_finished() {
+        if matches!(end, RunEnd::Abandoned) {
+            // Not `cancel`: a cloud provider would cancel the upstream job, which the
+            // process taking the task over resumes instead.
+            handle.abort();
+        } else if !handle.is_finished() {
             cancel.cancel();
             // A moment to stop cleanly (a cloud provider cancels the upstream job).
             let _ = tokio::time::timeout(STOP_GRACE, &mut handle).await;
@@ -348,13 +370,40 @@ impl Scheduler {
         }
     }
 
-    /// Waits for running jobs up to `grace`, then abandons the rest: their leases lapse
-    /// and the next start runs them again.
+    /// Waits for running jobs up to `grace`, then abandons the rest and hands their
+    /// tasks back to the queue: claimable at once by any process sharing the database
+    /// (with SQLite, by the next start), their interrupted run not counted as an
+    /// attempt. Detached tasks (on push workers) are not running here and stay claimed:
+    /// their workers go on and call back whichever process answers.
     pub async fn drain(&self, grace: Duration) {
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            let left = self.gateway.runs().len();
-            tracing::warn!(left, "grace period over; unfinished tasks stay claimed and run again at the next start");
+        if tokio::time::timeout(grace, self.tracker.wait()).await.is_ok() {
+            return;
+        }
+        let left = self.gateway.runs().ids();
+        self.abandon.cancel();
+        if tokio::time::timeout(ABANDON_WAIT, self.tracker.wait()).await.is_err() {
+            tracing::warn!("abandoned runs did not unwind in time; handing their tasks back anyway");
+        }
+        match self.gateway.db().hand_back(&self.owner, &left).await {
+            Ok(handed) => {
+                tracing::warn!(
+                    left = left.len(),
+                    handed_back = handed.len(),
+                    "grace period over; unfinished tasks go back to the queue"
+                );
+                let mut channels: Vec<&str> = handed.iter().map(|(_, channel)| channel.as_str()).collect();
+                channels.sort_unstable();
+                channels.dedup();
+                for channel in channels {
+                    self.gateway.committed(&[], Some(channel));
+                }
+            }
+            Err(err) => tracing::error!(
+                left = left.len(),
+                error = %err,
+                "grace period over; cannot hand unfinished tasks back: they run again when their leases lapse"
+            ),
         }
     }
 }
@@ -469,6 +518,8 @@ enum RunEnd {
     Provider(Result<Outcome, crate::providers::ProviderError>),
     Timeout,
     Canceled,
+    /// The drain gave up on it; its task is handed back.
+    Abandoned,
     Panicked(String),
     InputMissing,
 }

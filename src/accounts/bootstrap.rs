@@ -2,11 +2,14 @@
 //! so that a fresh container can be administered without a shell. Made only while no
 //! enabled admin exists: after that the variables change nothing, and can be removed.
 
-use super::{AccountError, Actor, create_user};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{AccountError, Actor, check_username, passwords};
 use crate::{
     access::Role,
     config::Secret,
-    db::{Database, User},
+    db::{Database, FirstAdminInsert, NewUser, User},
 };
 
 /// What [`ensure_first_admin`] did.
@@ -18,9 +21,11 @@ pub enum FirstAdmin {
 }
 
 /// Makes `username` an admin with `password` if there is no enabled admin yet.
-/// Idempotent. Fails on a weak password or an invalid username, and when no admin
-/// exists but `username` is taken by a user who is not one (making that user an
-/// admin is left to a person: `kiln admin reset-password` and an admin's console).
+/// Idempotent, and safe when several processes on one database run it at once (replicas
+/// starting together, with the same settings or not): one admin is made, the others find
+/// it. Fails on a weak password or an invalid username, and when no admin exists but
+/// `username` is taken by a user who is not one (making that user an admin is left to a
+/// person: `kiln admin reset-password` and an admin's console).
 pub async fn ensure_first_admin(
     db: &dyn Database,
     username: &str,
@@ -30,15 +35,40 @@ pub async fn ensure_first_admin(
         tracing::info!("an admin exists; the first-admin settings are not used");
         return Ok(FirstAdmin::AlreadyPresent);
     }
-    let user = create_user(db, username, password, Role::Admin, &Actor::system("bootstrap")).await?;
-    tracing::info!(username = %user.username, "made the first admin");
-    Ok(FirstAdmin::Created(user))
+    check_username(username)?;
+    passwords::check_policy(password.expose())?;
+    let password_hash = passwords::hash(password).await?;
+    let new = NewUser {
+        id: Uuid::now_v7(),
+        username: username.to_owned(),
+        password_hash,
+        role: Role::Admin,
+        max_active: None,
+    };
+    let audit = Actor::system("bootstrap").audit(
+        "user.create",
+        Some(new.id.to_string()),
+        json!({ "username": username, "role": Role::Admin.as_str() }),
+    );
+    // The count above is only a shortcut: another process may be making the first admin
+    // right now, and this insert checks again under a lock.
+    match db.create_first_admin(&new, &audit).await? {
+        FirstAdminInsert::Created(user) => {
+            tracing::info!(username = %user.username, "made the first admin");
+            Ok(FirstAdmin::Created(user))
+        }
+        FirstAdminInsert::AdminExists => {
+            tracing::info!("another process made the first admin meanwhile; the first-admin settings are not used");
+            Ok(FirstAdmin::AlreadyPresent)
+        }
+        FirstAdminInsert::UsernameTaken => Err(AccountError::UsernameTaken(username.to_owned())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounts::{passwords, testing};
+    use crate::accounts::{create_user, testing};
 
     #[tokio::test]
     async fn the_first_admin_is_made_once_and_only_while_there_is_none() {
@@ -66,6 +96,18 @@ mod tests {
         assert!(db.find_user_by_name("other").await.unwrap().is_none());
         let stored_again = db.find_user_by_name("root").await.unwrap().unwrap().password_hash;
         assert_eq!(stored_again, stored, "the password is not reset by a restart");
+    }
+
+    #[tokio::test]
+    async fn first_admins_asked_for_at_once_make_one() {
+        let (_dir, db) = testing::database().await;
+        let names = ["root", "root", "boss", "chief", "root", "boss"];
+        let password = Secret::new("first admin password");
+        let made = futures::future::join_all(names.iter().map(|name| ensure_first_admin(&*db, name, &password))).await;
+        let created = made.iter().filter(|m| matches!(m, Ok(FirstAdmin::Created(_)))).count();
+        assert_eq!(created, 1, "{made:?}");
+        assert!(made.iter().all(Result::is_ok), "the others find it, without an error: {made:?}");
+        assert_eq!(db.count_admins().await.unwrap(), 1);
     }
 
     #[tokio::test]

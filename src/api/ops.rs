@@ -12,6 +12,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::api::AppState;
 
+/// `Retry-After` of a 503 from `/ready`, in seconds: as long as a submission refused by a
+/// stopping replica is told to wait.
+const RETRY_AFTER: &str = "5";
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(health)).routes(routes!(ready)).routes(routes!(metrics))
 }
@@ -47,7 +51,8 @@ struct Readiness {
 /// not starting or shutting down.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, description = "Ready", body = Readiness),
-        (status = 503, description = "Not ready", body = Readiness)))]
+        (status = 503, description = "Not ready; see Retry-After", body = Readiness,
+            headers(("Retry-After" = u64, description = "Seconds to wait")))))]
 async fn ready(State(state): State<AppState>) -> Response {
     let gateway = &state.gateway;
     let serving = state.readiness.serving();
@@ -70,7 +75,13 @@ async fn ready(State(state): State<AppState>) -> Response {
     ];
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(Readiness { status: if ok { "ready" } else { "unavailable" }, checks })).into_response()
+    let mut response =
+        (status, Json(Readiness { status: if ok { "ready" } else { "unavailable" }, checks })).into_response();
+    if !ok {
+        // A client (or a proxy) that asks again later, or another replica now.
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static(RETRY_AFTER));
+    }
+    response
 }
 
 /// Prometheus metrics (OpenMetrics text format).

@@ -66,7 +66,7 @@ pub struct ChannelSet {
     deadline: Duration,
     /// `tasks.default_models`.
     default_models: BTreeMap<String, String>,
-    /// The dispatch stop token, parent of every channel's own tokens.
+    /// The dispatch stop token, parent of every channel's `stopped`.
     stop: CancellationToken,
     /// One change at a time: an edit reads the stored channels, writes, and applies
     /// under it, so two edits cannot apply each other's stale view.
@@ -354,7 +354,8 @@ mod tests {
         let (set, stop) = set(vec![channel("a", "m")], &built);
         let a = Arc::clone(set.current().channel("a").expect("a"));
         stop.cancel();
-        assert!(a.stopped().is_cancelled() && a.background().is_cancelled());
+        assert!(a.stopped().is_cancelled(), "no channel claims any more");
+        assert!(!a.background().is_cancelled(), "the provider serves the jobs draining until they end");
     }
 
     #[tokio::test]

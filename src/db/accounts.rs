@@ -70,6 +70,17 @@ pub enum UserUpdate {
     LastAdmin,
 }
 
+/// The result of [`AccountRepo::create_first_admin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstAdminInsert {
+    Created(User),
+    /// An enabled admin exists (perhaps made a moment ago by another process); nothing
+    /// was made.
+    AdminExists,
+    /// No admin exists, but the username belongs to a user who is not one.
+    UsernameTaken,
+}
+
 /// The result of a balance change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BalanceUpdate {
@@ -194,6 +205,10 @@ pub trait AccountRepo: Send + Sync {
     /// Creates a user and appends `audit`, in one transaction; `None` (and no audit
     /// entry) when the username is taken, compared without case.
     async fn create_user(&self, user: &NewUser, audit: &AuditEntry) -> DbResult<Option<User>>;
+    /// Creates `user` (an admin) and appends `audit`, in one transaction, only while no
+    /// enabled admin exists: processes asked to make the first admin at the same moment
+    /// (replicas starting together) make one between them.
+    async fn create_first_admin(&self, user: &NewUser, audit: &AuditEntry) -> DbResult<FirstAdminInsert>;
     async fn get_user(&self, id: Uuid) -> DbResult<Option<User>>;
     /// A user and their password hash, by username (without case), for sign-in.
     async fn find_user_by_name(&self, username: &str) -> DbResult<Option<UserCredentials>>;

@@ -1,9 +1,3 @@
-//! The SQLite implementation of the repositories: kiln's embedded default.
-//!
-//! SQLite has one writer. Writes go through a pool of exactly one connection, so they
-//! queue in-process instead of fighting over the file lock, and every write transaction
-//! is a few short statements; reads use a separate pool and never wait for writes (WAL).
-
 //! The PostgreSQL implementation of the repositories: for several kiln processes on one
 //! database. It mirrors the SQLite implementation statement for statement (same tables,
 //! same millisecond times, same text ids) and departs from it only where several writers
@@ -49,6 +43,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Connections are replaced after this, so a server-side change (a failover behind a
 /// proxy, a changed setting) reaches every one of them.
 const MAX_LIFETIME: Duration = Duration::from_secs(1800);
+
+/// The advisory locks of Idempotency-Keys: this class, and the key's hash (`kiln` in
+/// ASCII; two-key advisory locks never meet the one-key ones).
+const IDEMPOTENCY_LOCKS: i32 = 0x6b69_6c6e;
 
 pub struct PostgresDatabase {
     pool: PgPool,
@@ -406,6 +404,14 @@ impl TaskRepo for PostgresDatabase {
     ) -> DbResult<Enqueued> {
         let mut tx = begin(&self.pool).await?;
         if let Some((key, hash)) = idempotency {
+            // Requests with one key take turns (a client retrying on another replica while
+            // its first try is still being handled): the second finds the first's binding
+            // instead of failing on it at the end.
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(IDEMPOTENCY_LOCKS)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
             let existing = sqlx::query("SELECT request_hash, task_id FROM idempotency_keys WHERE key = $1")
                 .bind(key)
                 .fetch_optional(&mut *tx)
@@ -572,6 +578,21 @@ impl TaskRepo for PostgresDatabase {
         let done =
             sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.pool).await?;
         Ok(done.rows_affected())
+    }
+
+    async fn hand_back(&self, owner: &str, ids: &[TaskId]) -> DbResult<Vec<(TaskId, String)>> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let rows = sqlx::query(
+            "UPDATE tasks SET lease_expires_at = 0, attempts = GREATEST(attempts - 1, 0) \
+             WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running' RETURNING id, channel",
+        )
+        .bind(&ids)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((TaskId(parse_uuid(&row.try_get::<String, _>("id")?)?), row.try_get("channel")?)))
+            .collect()
     }
 
     async fn record_progress(&self, id: TaskId, progress: u8, stage: &str) -> DbResult<Option<TaskEvent>> {

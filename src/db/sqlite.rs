@@ -526,6 +526,26 @@ impl TaskRepo for SqliteDatabase {
         Ok(done.rows_affected())
     }
 
+    async fn hand_back(&self, owner: &str, ids: &[TaskId]) -> DbResult<Vec<(TaskId, String)>> {
+        let mut tx = begin(&self.writer).await?;
+        let mut handed = Vec::with_capacity(ids.len());
+        for id in ids {
+            let channel: Option<String> = sqlx::query_scalar(
+                "UPDATE tasks SET lease_expires_at = 0, attempts = MAX(attempts - 1, 0) \
+                 WHERE id = ?1 AND lease_owner = ?2 AND status = 'running' RETURNING channel",
+            )
+            .bind(id.to_string())
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(channel) = channel {
+                handed.push((*id, channel));
+            }
+        }
+        tx.commit().await?;
+        Ok(handed)
+    }
+
     async fn record_progress(&self, id: TaskId, progress: u8, stage: &str) -> DbResult<Option<TaskEvent>> {
         let mut tx = begin(&self.writer).await?;
         let seq: Option<i64> = sqlx::query_scalar(

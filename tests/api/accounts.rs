@@ -365,3 +365,29 @@ async fn behind_a_trusted_proxy_the_audit_log_and_the_signin_limit_see_the_forwa
         app.stop().await;
     }
 }
+
+/// Replicas starting together on an empty database each ask for the first admin (with
+/// the same settings or not): one admin is made, and every other asker finds it rather
+/// than failing to start. On PostgreSQL (`make api-postgres`) the askers race on one
+/// server as separate processes would.
+#[tokio::test]
+async fn first_admins_asked_for_at_once_make_exactly_one() {
+    let app = TestApp::spawn().await;
+    let db = app.gateway.db();
+    let password = kiln::config::Secret::new("first admin password");
+    let names = ["root", "root", "boss", "root", "chief", "boss"];
+    let made =
+        futures::future::join_all(names.iter().map(|name| kiln::accounts::ensure_first_admin(&**db, name, &password)))
+            .await;
+    let created: Vec<_> = made
+        .iter()
+        .filter_map(|m| match m {
+            Ok(kiln::accounts::FirstAdmin::Created(user)) => Some(user.username.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created.len(), 1, "{made:?}");
+    assert!(made.iter().all(Result::is_ok), "the others find it without an error: {made:?}");
+    assert_eq!(db.count_admins().await.expect("count"), 1);
+    app.stop().await;
+}

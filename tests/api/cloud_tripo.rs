@@ -495,3 +495,22 @@ async fn channel_defaults_fill_in_and_overrides_force_parameters() {
     assert_eq!(body["texture"], false, "an override beats the request: {body}");
     app.stop().await;
 }
+
+/// A graceful stop gives running jobs the grace period: a cloud job that ends upstream
+/// within it is still polled, downloaded and finished by the stopping process, not
+/// left for the next one.
+#[tokio::test]
+async fn a_cloud_job_that_ends_within_the_grace_period_is_finished_by_the_stopping_process() {
+    let fake = FakeTripo::start(TripoOptions::default().timeline(Duration::from_millis(100), Duration::from_secs(1)));
+    let app = TestApp::spawn_with(&channel(&fake, "")).await;
+    let (status, task) = submit_text(&app, "finished while stopping", json!({})).await;
+    assert_eq!(status, 202, "{task}");
+    let id = task["id"].as_str().expect("id").to_owned();
+    app.wait_task(&id, "submitted upstream", |_| fake.creates().len() == 1).await;
+    let gateway = std::sync::Arc::clone(&app.gateway);
+    // 5 s of grace (the test configuration's) against about 1 s left upstream.
+    app.stop().await;
+    let stored = gateway.db().get_task(id.parse().expect("task id")).await.expect("read").expect("task");
+    assert_eq!(stored.status, kiln::tasks::TaskStatus::Succeeded, "{stored:?}");
+    assert_eq!(fake.creates().len(), 1);
+}

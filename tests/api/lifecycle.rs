@@ -135,3 +135,37 @@ async fn shutdown_ends_live_streams_and_turns_readiness_off() {
     assert!(matches!(result, Ok(Ok(Ok(())))));
     assert!(started.elapsed() < Duration::from_secs(12));
 }
+
+/// A lease long enough that a task taken over before it lapsed can only have been
+/// handed back.
+const LONG_LEASE: &str = "lease = \"60s\"\npoll_interval = \"200ms\"";
+
+#[tokio::test]
+async fn a_task_still_running_when_the_grace_period_ends_is_handed_back_without_counting_an_attempt() {
+    let app = TestApp::spawn_configured(LONG_LEASE, crate::helpers::ECHO_CHANNEL).await;
+    // 6 s of work against the test configuration's 5 s of grace.
+    let task = app.submit_image(&[("params", r#"{"steps": 60, "step_ms": 100}"#)]).await;
+    let id = task["id"].as_str().expect("id").to_owned();
+    app.wait_task(&id, "running", |t| t["status"] == "running").await;
+    let dir = app.stop_keeping_dir().await;
+
+    // The next process on the database (a restart here; on PostgreSQL, it could be any
+    // replica) takes it at once, not when the 60 s lease lapses.
+    let app = TestApp::spawn_in(dir, "", LONG_LEASE, crate::helpers::ECHO_CHANNEL, &crate::provider::registry()).await;
+    let ended = app.wait_terminal(&id).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let task_id: kiln::tasks::TaskId = id.parse().expect("task id");
+    let stored = app.gateway.db().get_task(task_id).await.expect("read").expect("task");
+    assert_eq!(stored.attempts, 1, "the run cut short by the stop is not counted as an attempt");
+    let events = app.gateway.db().list_events(task_id, 0).await.expect("events");
+    let stage = |e: &kiln::tasks::TaskEvent| e.data["stage"].as_str().map(str::to_owned);
+    let started = events.iter().find(|e| stage(e).as_deref() == Some("starting")).expect("a first start");
+    let restarted = events.iter().find(|e| stage(e).as_deref() == Some("restarting")).expect("a restart");
+    assert!(
+        restarted.created_at < started.created_at + chrono::Duration::seconds(60),
+        "taken over at {} although the first claim's lease ran to {} at least",
+        restarted.created_at,
+        started.created_at + chrono::Duration::seconds(60)
+    );
+    app.stop().await;
+}

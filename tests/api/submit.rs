@@ -122,6 +122,34 @@ async fn an_idempotency_key_returns_the_same_task_or_refuses_a_different_request
     app.stop().await;
 }
 
+/// A client that gave up waiting retries with the same key while the first request is
+/// still being handled (on another replica, with PostgreSQL): every answer is the one
+/// task, never an error.
+#[tokio::test]
+async fn concurrent_requests_with_one_idempotency_key_make_one_task_and_all_get_it() {
+    let app = TestApp::spawn().await;
+    let answers = futures::future::join_all((0..12).map(|_| async {
+        let response = app
+            .client
+            .post(app.url("/api/v1/tasks"))
+            .header("Idempotency-Key", "raced-key")
+            .json(&json!({ "prompt": "a cup", "params": { "steps": 0 } }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    }))
+    .await;
+    let ids: std::collections::BTreeSet<String> =
+        answers.iter().filter_map(|(_, body)| body["id"].as_str().map(str::to_owned)).collect();
+    assert!(answers.iter().all(|(status, _)| *status == 202), "{answers:?}");
+    assert_eq!(ids.len(), 1, "one task for the key: {answers:?}");
+    let (_, page) = app.get_json("/api/v1/tasks?limit=100").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1, "and only one was made");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn tasks_are_listed_newest_first_with_a_cursor_and_a_status_filter() {
     let app = TestApp::spawn().await;

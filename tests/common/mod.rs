@@ -125,6 +125,24 @@ impl KilnProcess {
         panic!("kiln did not stop within a minute of SIGTERM; log:\n{}", log_tail(&self.log, 40));
     }
 
+    /// SIGTERM, as an orchestrator stops a process, then waits up to `within` for it to
+    /// exit: its exit status, or `None` when it was still running (it is then killed).
+    pub fn sigterm(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: `kill` only sends a signal; the pid is our own child, not yet reaped.
+        let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(sent, 0, "cannot send SIGTERM to {pid}");
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_now();
+        None
+    }
+
     fn kill_now(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -11,8 +11,9 @@ use super::{PostgresDatabase, begin, now_ms, opt_time, parse_json, parse_uuid, t
 use crate::{
     access::Role,
     db::{
-        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbError, DbResult, FoundToken,
-        NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate,
+        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbError, DbResult,
+        FirstAdminInsert, FoundToken, NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials,
+        UserUpdate,
     },
 };
 
@@ -174,31 +175,56 @@ impl PostgresDatabase {
     }
 }
 
+/// The advisory lock the first admin's creation takes (`kilnadm1` in ASCII).
+const FIRST_ADMIN_LOCK: i64 = 0x6b69_6c6e_6164_6d31;
+
+/// Inserts a user; `None` when the username is taken (compared without case).
+async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> DbResult<Option<User>> {
+    let row = sqlx::query(concat!(
+        "INSERT INTO users (id, username, password_hash, role, max_active, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING ",
+        user_columns!()
+    ))
+    .bind(user.id.to_string())
+    .bind(&user.username)
+    .bind(&user.password_hash)
+    .bind(user.role.as_str())
+    .bind(user.max_active.map(i64::from))
+    .bind(now_ms())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|row| user_from_row(&row, "")).transpose()
+}
+
 #[async_trait]
 impl AccountRepo for PostgresDatabase {
     async fn create_user(&self, user: &NewUser, audit: &AuditEntry) -> DbResult<Option<User>> {
-        let now = now_ms();
         let mut tx = begin(&self.pool).await?;
-        let row = sqlx::query(concat!(
-            "INSERT INTO users (id, username, password_hash, role, max_active, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING ",
-            user_columns!()
-        ))
-        .bind(user.id.to_string())
-        .bind(&user.username)
-        .bind(&user.password_hash)
-        .bind(user.role.as_str())
-        .bind(user.max_active.map(i64::from))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(created) = insert_user(&mut tx, user).await? else {
             return Ok(None);
         };
-        let created = user_from_row(&row, "")?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(Some(created))
+    }
+
+    async fn create_first_admin(&self, user: &NewUser, audit: &AuditEntry) -> DbResult<FirstAdminInsert> {
+        let mut tx = begin(&self.pool).await?;
+        // Every process asking takes turns here, so the count below is the one the
+        // insert leaves behind. A transaction-scoped lock: the commit releases it.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(FIRST_ADMIN_LOCK).execute(&mut *tx).await?;
+        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
+            .fetch_one(&mut *tx)
+            .await?;
+        if admins > 0 {
+            return Ok(FirstAdminInsert::AdminExists);
+        }
+        let Some(created) = insert_user(&mut tx, user).await? else {
+            return Ok(FirstAdminInsert::UsernameTaken);
+        };
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(FirstAdminInsert::Created(created))
     }
 
     async fn get_user(&self, id: Uuid) -> DbResult<Option<User>> {

@@ -12,10 +12,11 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use tokio::{
-    sync::{Notify, mpsc},
+    sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
@@ -65,7 +66,14 @@ pub struct PgNotifier {
     bus: Arc<EventBus>,
     wakers: Arc<Wakers>,
     /// Payloads for the sender task, which ends when this notifier is dropped.
-    outbox: mpsc::UnboundedSender<String>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+}
+
+/// What the sender task is handed, in order.
+enum Outgoing {
+    Payload(String),
+    /// Told once every payload queued before it was sent (or failed).
+    Flush(oneshot::Sender<()>),
 }
 
 impl PgNotifier {
@@ -85,7 +93,7 @@ impl PgNotifier {
         match serde_json::to_string(&Message { from: self.origin, body }) {
             Ok(payload) => {
                 // Only fails once the sender task is gone, at the end of the process.
-                let _ = self.outbox.send(payload);
+                let _ = self.outbox.send(Outgoing::Payload(payload));
             }
             Err(err) => tracing::warn!(error = %err, "cannot encode a notification"),
         }
@@ -145,24 +153,45 @@ impl Notifier for PgNotifier {
         };
         Some(tokio::spawn(listener.run(stop)))
     }
+
+    fn flushed(&self) -> BoxFuture<'static, ()> {
+        let (done, sent) = oneshot::channel();
+        let _ = self.outbox.send(Outgoing::Flush(done));
+        Box::pin(async move {
+            let _ = sent.await;
+        })
+    }
 }
 
 /// Sends queued payloads in order, several per round trip when they pile up.
-async fn send(pool: PgPool, mut queue: mpsc::UnboundedReceiver<String>) {
+async fn send(pool: PgPool, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut received = Vec::new();
     let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, 64).await > 0 {
-        let sent = sqlx::query(
-            "SELECT pg_notify($1, payload) FROM UNNEST($2::text[]) WITH ORDINALITY AS p(payload, n) ORDER BY n",
-        )
-        .bind(CHANNEL)
-        .bind(&batch)
-        .execute(&pool)
-        .await;
-        if let Err(err) = sent {
-            // The other processes fall back on their polls.
-            tracing::warn!(error = %err, lost = batch.len(), "cannot notify the other kiln processes");
+    let mut flushes = Vec::new();
+    while queue.recv_many(&mut received, 64).await > 0 {
+        for item in received.drain(..) {
+            match item {
+                Outgoing::Payload(payload) => batch.push(payload),
+                Outgoing::Flush(done) => flushes.push(done),
+            }
         }
-        batch.clear();
+        if !batch.is_empty() {
+            let sent = sqlx::query(
+                "SELECT pg_notify($1, payload) FROM UNNEST($2::text[]) WITH ORDINALITY AS p(payload, n) ORDER BY n",
+            )
+            .bind(CHANNEL)
+            .bind(&batch)
+            .execute(&pool)
+            .await;
+            if let Err(err) = sent {
+                // The other processes fall back on their polls.
+                tracing::warn!(error = %err, lost = batch.len(), "cannot notify the other kiln processes");
+            }
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
     }
 }
 

@@ -11,8 +11,9 @@ use super::{SqliteDatabase, begin, now_ms, opt_time, parse_json, parse_uuid, to_
 use crate::{
     access::Role,
     db::{
-        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbError, DbResult, FoundToken,
-        NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate,
+        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbError, DbResult,
+        FirstAdminInsert, FoundToken, NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials,
+        UserUpdate,
     },
 };
 
@@ -173,31 +174,52 @@ impl SqliteDatabase {
     }
 }
 
+/// Inserts a user; `None` when the username is taken (compared without case).
+async fn insert_user(conn: &mut SqliteConnection, user: &NewUser) -> DbResult<Option<User>> {
+    let row = sqlx::query(concat!(
+        "INSERT INTO users (id, username, password_hash, role, max_active, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING RETURNING ",
+        user_columns!()
+    ))
+    .bind(user.id.to_string())
+    .bind(&user.username)
+    .bind(&user.password_hash)
+    .bind(user.role.as_str())
+    .bind(user.max_active.map(i64::from))
+    .bind(now_ms())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|row| user_from_row(&row, "")).transpose()
+}
+
 #[async_trait]
 impl AccountRepo for SqliteDatabase {
     async fn create_user(&self, user: &NewUser, audit: &AuditEntry) -> DbResult<Option<User>> {
-        let now = now_ms();
         let mut tx = begin(&self.writer).await?;
-        let row = sqlx::query(concat!(
-            "INSERT INTO users (id, username, password_hash, role, max_active, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING RETURNING ",
-            user_columns!()
-        ))
-        .bind(user.id.to_string())
-        .bind(&user.username)
-        .bind(&user.password_hash)
-        .bind(user.role.as_str())
-        .bind(user.max_active.map(i64::from))
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        let Some(created) = insert_user(&mut tx, user).await? else {
             return Ok(None);
         };
-        let created = user_from_row(&row, "")?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(Some(created))
+    }
+
+    async fn create_first_admin(&self, user: &NewUser, audit: &AuditEntry) -> DbResult<FirstAdminInsert> {
+        let mut tx = begin(&self.writer).await?;
+        // The single writer connection serializes this transaction with every other
+        // write of this process.
+        let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
+            .fetch_one(&mut *tx)
+            .await?;
+        if admins > 0 {
+            return Ok(FirstAdminInsert::AdminExists);
+        }
+        let Some(created) = insert_user(&mut tx, user).await? else {
+            return Ok(FirstAdminInsert::UsernameTaken);
+        };
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(FirstAdminInsert::Created(created))
     }
 
     async fn get_user(&self, id: Uuid) -> DbResult<Option<User>> {
