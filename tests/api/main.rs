@@ -21,6 +21,7 @@ mod crash;
 mod fakes;
 mod files;
 mod lifecycle;
+mod notifications;
 mod object_storage;
 mod openai;
 mod openai_python;
