@@ -202,6 +202,10 @@ pub struct TasksConfig {
     /// How often dispatchers look for work when no wake-up arrives.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How long an event stream waits without hearing of its task before it re-reads the
+    /// task's log: what a lost notification costs at most.
+    #[serde(with = "humantime_serde")]
+    pub follow_poll_interval: Duration,
     /// Queue positions are re-announced to the first this many waiting tasks of a channel.
     pub position_window: u32,
     /// Positions are re-announced at most this often per channel: when tasks start faster
@@ -576,6 +580,7 @@ impl Default for TasksConfig {
             deadline: Duration::from_secs(180),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            follow_poll_interval: Duration::from_secs(10),
             position_window: 100,
             position_interval: Duration::from_millis(200),
             default_models: BTreeMap::new(),

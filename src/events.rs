@@ -20,9 +20,6 @@ use crate::{
 };
 
 const CHANNEL_CAPACITY: usize = 256;
-/// A follower re-reads the log when it has heard nothing for this long, so a lost
-/// notification costs latency, never an event.
-const POLL_FALLBACK: Duration = Duration::from_secs(10);
 /// Renderings kept per event: one per API face that streams events.
 pub const RENDERINGS: usize = 4;
 
@@ -72,11 +69,27 @@ impl EventBus {
     }
 
     fn subscribe(self: &Arc<Self>, id: TaskId) -> Subscription {
-        let receiver = match self.topics.lock() {
-            Ok(mut topics) => topics.entry(id).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0).subscribe(),
-            Err(_) => broadcast::channel(1).1,
+        let (sender, receiver) = match self.topics.lock() {
+            Ok(mut topics) => {
+                let sender = topics.entry(id).or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0);
+                (sender.downgrade(), sender.subscribe())
+            }
+            Err(_) => {
+                let (sender, receiver) = broadcast::channel(1);
+                (sender.downgrade(), receiver)
+            }
         };
-        Subscription { bus: Arc::clone(self), id, receiver }
+        Subscription { bus: Arc::clone(self), id, sender, receiver }
+    }
+
+    /// Sends every follower in this process back to the log, because notifications may
+    /// have been lost (the connection that hears other processes was re-made). Dropping
+    /// the topics closes their channels: each follower, once it has taken what was
+    /// already published, subscribes again and re-reads the log from its last event.
+    pub fn resync(&self) {
+        if let Ok(mut topics) = self.topics.lock() {
+            topics.clear();
+        }
     }
 
     /// Number of tasks with live subscribers (for metrics and tests).
@@ -88,6 +101,9 @@ impl EventBus {
 struct Subscription {
     bus: Arc<EventBus>,
     id: TaskId,
+    /// The channel subscribed to: the topic may have been dropped and made again since
+    /// (a terminal event, [`EventBus::resync`]), and the new one is not this one's to drop.
+    sender: broadcast::WeakSender<Arc<Published>>,
     receiver: broadcast::Receiver<Arc<Published>>,
 }
 
@@ -95,6 +111,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         if let Ok(mut topics) = self.bus.topics.lock()
             && let Some(sender) = topics.get(&self.id)
+            && self.sender.upgrade().is_some_and(|mine| mine.same_channel(sender))
             && sender.receiver_count() <= 1
         {
             topics.remove(&self.id);
@@ -108,14 +125,19 @@ async fn ended(db: &Db, id: TaskId) -> bool {
 }
 
 /// The events of a task after `after`, in order, ending after the terminal event (or at
-/// once when the task has ended and `after` is past it) or when `stop` fires.
+/// once when the task has ended and `after` is past it) or when `stop` fires. When it has
+/// heard nothing for `poll`, it re-reads the log, so a lost notification costs latency,
+/// never an event.
 pub fn follow(
     db: Db,
     bus: Arc<EventBus>,
     id: TaskId,
     after: i64,
+    poll: Duration,
     stop: CancellationToken,
 ) -> impl Stream<Item = Arc<Published>> + Send + 'static {
+    // Longer is never; capped so that the clock arithmetic below cannot overflow.
+    let poll = poll.min(Duration::from_secs(365 * 24 * 3600));
     async_stream::stream! {
         // Subscribe before reading the log, so nothing falls between the two.
         let mut sub = bus.subscribe(id);
@@ -125,7 +147,7 @@ pub fn follow(
         // and a new cancellation waiter for every event would cost more than the event.
         let stopped = stop.cancelled_owned();
         tokio::pin!(stopped);
-        let fallback = tokio::time::sleep(POLL_FALLBACK);
+        let fallback = tokio::time::sleep(poll);
         tokio::pin!(fallback);
         let mut heard = Instant::now();
         loop {
@@ -182,15 +204,37 @@ pub fn follow(
                 _ = &mut fallback => {
                     // The timer is not moved at every event; when it fires early for a
                     // follower that heard something since, it is set again from then.
-                    let quiet_until = heard + POLL_FALLBACK;
+                    let quiet_until = heard + poll;
                     if Instant::now() >= quiet_until {
                         catch_up = true;
-                        fallback.as_mut().reset(Instant::now() + POLL_FALLBACK);
+                        fallback.as_mut().reset(Instant::now() + poll);
                     } else {
                         fallback.as_mut().reset(quiet_until);
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resync_closes_every_topic_and_an_old_subscription_leaves_the_new_topic_alone() {
+        let bus = EventBus::new();
+        let id = TaskId::new();
+        let mut old = bus.subscribe(id);
+        bus.resync();
+        assert_eq!(bus.topics(), 0);
+        assert!(matches!(old.receiver.try_recv(), Err(broadcast::error::TryRecvError::Closed)), "sent back to the log");
+
+        // Another follower of the task subscribes again before this one lets go.
+        let new = bus.subscribe(id);
+        drop(old);
+        assert_eq!(bus.topics(), 1, "the new topic is not the old subscription's to drop");
+        drop(new);
+        assert_eq!(bus.topics(), 0);
     }
 }

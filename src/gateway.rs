@@ -676,7 +676,8 @@ impl Gateway {
         after: i64,
         stop: CancellationToken,
     ) -> impl futures::Stream<Item = Arc<crate::events::Published>> + Send + 'static + use<> {
-        crate::events::follow(self.db.clone(), Arc::clone(self.notifier.bus()), task.id, after, stop)
+        let poll = self.config.tasks.follow_poll_interval;
+        crate::events::follow(self.db.clone(), Arc::clone(self.notifier.bus()), task.id, after, poll, stop)
     }
 
     /// Whether the database answers and the storage takes writes, for `/ready`.

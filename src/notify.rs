@@ -74,6 +74,16 @@ impl Wakers {
             wake.notify_one();
         }
     }
+
+    /// Wakes every dispatcher in this process: wake-ups from other processes may have
+    /// been lost, and each looks for work once more.
+    pub fn wake_all(&self) {
+        let wakes: Vec<Arc<Notify>> =
+            self.by_channel.lock().map(|map| map.values().filter_map(Weak::upgrade).collect()).unwrap_or_default();
+        for wake in wakes {
+            wake.notify_one();
+        }
+    }
 }
 
 /// One process alone on its database (SQLite): notifications stay in the process.
@@ -131,5 +141,16 @@ mod tests {
         drop(second);
         local.work("relief");
         local.work("nobody");
+    }
+
+    #[tokio::test]
+    async fn wake_all_wakes_every_registered_dispatcher() {
+        let wakers = Wakers::default();
+        let (relief, echo) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        wakers.register("relief", &relief);
+        wakers.register("echo", &echo);
+        wakers.wake_all();
+        tokio::time::timeout(Duration::from_secs(1), relief.notified()).await.expect("relief woken");
+        tokio::time::timeout(Duration::from_secs(1), echo.notified()).await.expect("echo woken");
     }
 }

@@ -162,6 +162,7 @@ impl Scheduler {
                 };
                 match self.gateway.db().claim(&channel.name, &self.owner, &terms).await {
                     Ok(Some(claimed)) => {
+                        positions.claimed(window);
                         backoff = Duration::from_millis(100);
                         let me = Arc::clone(&self);
                         let job_channel = Arc::clone(&channel);
@@ -480,15 +481,20 @@ impl Announcer {
     }
 
     /// The window a claim made now should announce: all of it when due, else none.
-    fn window_for_claim(&mut self) -> u32 {
-        let now = tokio::time::Instant::now();
-        if self.is_due(now) {
-            self.last = Some(now);
+    fn window_for_claim(&self) -> u32 {
+        if self.is_due(tokio::time::Instant::now()) { self.window } else { 0 }
+    }
+
+    /// A claim with `window` took a task, which moved every waiting task up a place: it
+    /// announced them, or the announcement is owed. A claim that took nothing moved
+    /// nothing, and must not call this: an idle dispatcher would otherwise owe an
+    /// announcement after each look for work, and so look again every interval.
+    fn claimed(&mut self, window: u32) {
+        if window > 0 {
+            self.last = Some(tokio::time::Instant::now());
             self.pending = false;
-            self.window
         } else {
             self.pending = self.window > 0;
-            0
         }
     }
 
@@ -669,9 +675,12 @@ mod tests {
         let interval = Duration::from_millis(200);
         let mut positions = Announcer::new(100, interval);
         assert_eq!(positions.window_for_claim(), 100, "the first claim announces");
+        positions.claimed(100);
         let announced = tokio::time::Instant::now();
         assert_eq!(positions.window_for_claim(), 0, "a claim right after defers");
+        positions.claimed(0);
         assert_eq!(positions.window_for_claim(), 0);
+        positions.claimed(0);
         tokio::time::timeout(Duration::from_secs(10), positions.due()).await.expect("the deferred one comes due");
         assert!(announced.elapsed() >= interval, "not before the interval is up");
         positions.pending = false;
@@ -680,5 +689,16 @@ mod tests {
         assert!(idle.is_err(), "nothing is due while nothing is pending");
         assert_eq!(positions.window_for_claim(), 100, "a claim after a quiet interval announces at once");
         assert_eq!(Announcer::new(0, Duration::ZERO).window_for_claim(), 0, "window 0 never announces");
+    }
+
+    #[tokio::test]
+    async fn a_look_for_work_that_finds_none_owes_no_announcement() {
+        let interval = Duration::from_millis(50);
+        let mut positions = Announcer::new(100, interval);
+        positions.claimed(positions.window_for_claim());
+        // Idle: the dispatcher looks again and again, taking nothing (no `claimed`).
+        assert_eq!(positions.window_for_claim(), 0);
+        let idle = tokio::time::timeout(interval * 3, positions.due()).await;
+        assert!(idle.is_err(), "an idle dispatcher is not woken every interval");
     }
 }

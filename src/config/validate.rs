@@ -150,6 +150,9 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     if tasks.poll_interval.is_zero() {
         problems.push("tasks.poll_interval", "must be longer than 0s");
     }
+    if tasks.follow_poll_interval < std::time::Duration::from_millis(100) {
+        problems.push("tasks.follow_poll_interval", "must be at least 100ms");
+    }
     if parse_time_of_day(&config.retention.run_at).is_none() {
         problems.push("retention.run_at", format!("`{}` is not a time of day like 03:00", config.retention.run_at));
     }

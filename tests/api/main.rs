@@ -22,6 +22,7 @@ mod db_copy;
 mod fakes;
 mod files;
 mod lifecycle;
+mod notifications;
 mod object_storage;
 mod openai;
 mod openai_python;

@@ -7,8 +7,10 @@
 //! bus and dispatchers; it skips its own notifications, which it already delivered.
 //! Events travel whole when they fit in PostgreSQL's 8000-byte payload; a larger one
 //! travels as its task id and sequence number, and the listener reads it from the log.
-//! Notifications are hints ([`crate::notify`]): one lost while the listener reconnects
-//! costs a follower or a dispatcher its poll interval, nothing more.
+//! Notifications are hints ([`crate::notify`]). Those sent while a process was not
+//! listening (its connection lost, not yet re-made) never reach it, so each time the
+//! listener (re)connects, the process's followers re-read the log and its dispatchers
+//! look for work.
 
 use std::{sync::Arc, time::Duration};
 
@@ -110,6 +112,11 @@ impl Notifier for PgNotifier {
         for event in events {
             let len = serde_json::to_string(event).map(|s| s.len()).unwrap_or(usize::MAX);
             if len > MAX_PAYLOAD - 100 {
+                // The smaller ones before it go first, so the others hear them in order.
+                if !batch.is_empty() {
+                    self.post(Body::Events(std::mem::take(&mut batch)));
+                    size = 0;
+                }
                 self.post(Body::Since { task: event.task_id, after: event.seq - 1 });
                 continue;
             }
@@ -235,6 +242,11 @@ impl Listener {
             return err;
         }
         *retry = FIRST_RETRY;
+        // Whatever was notified while this process was not listening (before the first
+        // LISTEN, or between a lost connection and this one) is lost; the log and the
+        // queue have it. Followers re-read the log, dispatchers look for work.
+        self.bus.resync();
+        self.wakers.wake_all();
         loop {
             // `try_recv`, unlike `recv`, reports a lost connection (as `None`).
             match listener.try_recv().await {
