@@ -100,16 +100,14 @@ pub(super) fn operator(
     let operator = Operator::new(builder)?.with_context(OperationContext::new().with_http_transport(transport));
     // The timeout goes inside the retry, as OpenDAL requires: a retry must never be cut
     // off by a timeout while it restores a body's state.
-    Ok(operator
-        .layer(TimeoutLayer::new().with_timeout(OPERATION_TIMEOUT).with_io_timeout(OPERATION_TIMEOUT))
-        .layer(
-            RetryLayer::new()
-                .with_max_times(RETRIES)
-                .with_jitter()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(5))
-                .with_notify(LogRetry),
-        ))
+    Ok(operator.layer(TimeoutLayer::new().with_timeout(OPERATION_TIMEOUT).with_io_timeout(OPERATION_TIMEOUT)).layer(
+        RetryLayer::new()
+            .with_max_times(RETRIES)
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .with_notify(LogRetry),
+    ))
 }
 
 /// Logs each retry of a bucket request (OpenDAL's own goes to the `log` crate, which

@@ -403,7 +403,8 @@ async fn a_failed_part_is_aborted_and_no_record_points_at_the_output() {
         .requests()
         .into_iter()
         .filter(|r| {
-            r.method == "PUT" && url::form_urlencoded::parse(r.query.as_bytes()).any(|(k, v)| k == "partNumber" && v == "2")
+            r.method == "PUT"
+                && url::form_urlencoded::parse(r.query.as_bytes()).any(|(k, v)| k == "partNumber" && v == "2")
         })
         .count();
     assert_eq!(part_two, 4, "{:?}", cos.requests());

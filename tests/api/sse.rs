@@ -116,7 +116,6 @@ async fn an_unknown_task_has_no_stream() {
 /// nothing to check.
 #[test]
 fn notifications_flushed_before_a_process_ends_reach_the_other_processes() {
-    use kiln::notify::Notifier as _;
     if !crate::common::postgres::enabled() {
         return;
     }
