@@ -108,3 +108,46 @@ async fn an_unknown_task_has_no_stream() {
     assert_eq!(status, 404);
     app.stop().await;
 }
+
+/// A stopping process's last notifications (the ends of the tasks it drained, the tasks
+/// it handed back) reach the other processes on the database before it exits:
+/// `Notifier::flushed` resolves once they were sent, so a runtime that ends right after
+/// loses none. Only PostgreSQL has other processes to tell; on SQLite this test has
+/// nothing to check.
+#[test]
+fn notifications_flushed_before_a_process_ends_reach_the_other_processes() {
+    if !crate::common::postgres::enabled() {
+        return;
+    }
+    let url = crate::common::postgres::fresh_database();
+    // Another replica, listening first: its own runtime.
+    let other = tokio::runtime::Runtime::new().expect("runtime");
+    let mut listener = other.block_on(async {
+        let mut listener = sqlx::postgres::PgListener::connect(&url).await.expect("listen");
+        listener.listen("kiln").await.expect("listen on kiln");
+        listener
+    });
+    // The stopping process: a runtime of one thread, which ends as soon as the flush
+    // has resolved, its sender task with it.
+    let stopping = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    stopping.block_on(async {
+        let db = kiln::db::connect(&url, 2).await.expect("database");
+        for n in 0..5 {
+            db.notifier().work(&format!("channel-{n}"));
+        }
+        db.notifier().flushed().await;
+    });
+    drop(stopping);
+    // The listener goes with this block: it needs its runtime to close.
+    let heard = other.block_on(async move {
+        let mut heard = Vec::new();
+        while heard.len() < 5 {
+            match tokio::time::timeout(std::time::Duration::from_secs(10), listener.recv()).await {
+                Ok(Ok(notification)) => heard.push(notification.payload().to_owned()),
+                _ => break,
+            }
+        }
+        heard
+    });
+    assert_eq!(heard.len(), 5, "every notification posted before the flush was sent: {heard:?}");
+}
