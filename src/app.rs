@@ -174,9 +174,14 @@ impl Application {
         state.readiness.set_started();
         tracing::info!(url = %config.public_url(), "kiln is listening");
 
+        // Biased: the server ends by itself once the shutdown token fires, at once when no
+        // connection is open, and both branches are then ready. Taking the server's end
+        // for the outcome would skip the drain: running jobs dropped, not handed back.
         tokio::select! {
+            biased;
             _ = shutdown.cancelled() => {}
             result = &mut server => {
+                // Only a server that failed ends before the shutdown token fires.
                 dispatch_stop.cancel();
                 hearing.cancel();
                 return result.map_err(anyhow::Error::from);

@@ -204,9 +204,9 @@ pub trait TaskRepo: Send + Sync {
     /// by a backend that only one process may use.
     async fn release_leases(&self) -> DbResult<u64>;
     /// Hands running tasks leased to `owner` back to the queue at a graceful stop:
-    /// claimable again at once, by any process, and the interrupted run not counted
-    /// as an attempt (a stop is not a crash the task may have caused). Returns the
-    /// tasks handed back, with their channels.
+    /// claimable again at once, by any process, no longer renewable by `owner`, and the
+    /// interrupted run not counted as an attempt (a stop is not a crash the task may
+    /// have caused). Returns the tasks handed back, with their channels.
     async fn hand_back(&self, owner: &str, ids: &[TaskId]) -> DbResult<Vec<(TaskId, String)>>;
 
     /// Appends a `processing` event while the task runs; `None` when it no longer runs.

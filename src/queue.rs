@@ -319,9 +319,17 @@ impl Scheduler {
             let mut tick = tokio::time::interval(lease / 3);
             tick.tick().await;
             loop {
-                tick.tick().await;
+                // A run the drain abandons is handed back: renewing its lease then would
+                // keep the process taking it over waiting for the lease to lapse.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = me.abandon.cancelled() => return,
+                }
                 match me.gateway.db().renew_lease(id, &me.owner, lease).await {
                     Ok(true) => {}
+                    // Handed back meanwhile: not ours to cancel (a cloud job would be
+                    // canceled upstream under the process resuming it).
+                    Ok(false) if me.abandon.is_cancelled() => return,
                     // Canceled, failed by the sweeper, or taken over: stop working on it.
                     Ok(false) => {
                         cancel.cancel();

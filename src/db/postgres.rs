@@ -583,7 +583,7 @@ impl TaskRepo for PostgresDatabase {
     async fn hand_back(&self, owner: &str, ids: &[TaskId]) -> DbResult<Vec<(TaskId, String)>> {
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let rows = sqlx::query(
-            "UPDATE tasks SET lease_expires_at = 0, attempts = GREATEST(attempts - 1, 0) \
+            "UPDATE tasks SET lease_owner = NULL, lease_expires_at = 0, attempts = GREATEST(attempts - 1, 0) \
              WHERE id = ANY($1) AND lease_owner = $2 AND status = 'running' RETURNING id, channel",
         )
         .bind(&ids)

@@ -531,7 +531,7 @@ impl TaskRepo for SqliteDatabase {
         let mut handed = Vec::with_capacity(ids.len());
         for id in ids {
             let channel: Option<String> = sqlx::query_scalar(
-                "UPDATE tasks SET lease_expires_at = 0, attempts = MAX(attempts - 1, 0) \
+                "UPDATE tasks SET lease_owner = NULL, lease_expires_at = 0, attempts = MAX(attempts - 1, 0) \
                  WHERE id = ?1 AND lease_owner = ?2 AND status = 'running' RETURNING channel",
             )
             .bind(id.to_string())

@@ -548,35 +548,41 @@ async fn a_killed_replicas_tasks_are_taken_over_after_their_leases_and_end_whole
         assert_eq!(response.status(), 202);
         ids.push(response.json::<Value>().await.expect("task")["id"].as_str().expect("id").to_owned());
     }
-    // A, once it runs tasks whose upstream jobs exist (and maybe others still starting).
-    let a_owner = owner_of(cluster.replicas[0].pid());
+    // The victim: the replica running the most tasks whose upstream jobs exist (any
+    // replica may claim any task), as soon as one runs such a task.
+    let owners: Vec<String> = cluster.replicas.iter().map(|r| owner_of(r.pid())).collect();
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let victim = loop {
         let tasks = cluster.tasks().await;
-        let submitted = tasks
-            .values()
-            .filter(|t| t.status == "running" && t.provider_job_id.is_some())
-            .filter(|t| t.lease_owner.as_deref().is_some_and(|o| o.starts_with(&a_owner)))
-            .count();
-        if submitted > 0 {
-            break;
+        let held = |owner: &str| {
+            tasks
+                .values()
+                .filter(|t| t.status == "running" && t.provider_job_id.is_some())
+                .filter(|t| t.lease_owner.as_deref().is_some_and(|o| o.starts_with(owner)))
+                .count()
+        };
+        let (most, victim) = (0..3).map(|i| (held(&owners[i]), i)).max().unwrap_or_default();
+        if most > 0 {
+            break victim;
         }
-        assert!(Instant::now() < deadline, "A never ran a task:\n{}", cluster.logs());
+        assert!(Instant::now() < deadline, "no replica ran a task:\n{}", cluster.logs());
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cluster.replicas[0].process.take().expect("A").sigkill();
-    // What A held when it died: its last leases stand in the database.
+    };
+    let (name, a_owner) = (NAMES[victim], owners[victim].clone());
+    let (first, second) = (cluster.base((victim + 1) % 3), cluster.base((victim + 2) % 3));
+    cluster.replicas[victim].process.take().expect("the victim").sigkill();
+    // What it held when it died: its last leases stand in the database.
     let at_death: BTreeMap<String, (Option<String>, i64)> = sqlx::query(
         "SELECT id, provider_job_id, lease_expires_at FROM tasks WHERE status = 'running' AND lease_owner LIKE $1",
     )
     .bind(format!("{a_owner}%"))
     .fetch_all(&cluster.db)
     .await
-    .expect("A's tasks")
+    .expect("the victim's tasks")
     .iter()
     .map(|row| (row.get("id"), (row.get("provider_job_id"), row.get("lease_expires_at"))))
     .collect();
-    assert!(!at_death.is_empty(), "A ran tasks when it was killed");
+    assert!(!at_death.is_empty(), "{name} ran tasks when it was killed");
     assert!(
         cluster.drained(Duration::from_secs(60)).await,
         "tasks still open 60 s after the kill:\n{}",
@@ -605,23 +611,23 @@ async fn a_killed_replicas_tasks_are_taken_over_after_their_leases_and_end_whole
             problems.push(format!("task {id} was submitted upstream {creates} times"));
         }
         if task.status == "succeeded"
-            && let Err(why) = fetch_result(&http, &cluster.base(2), id).await
+            && let Err(why) = fetch_result(&http, &second, id).await
         {
             problems.push(why);
         }
-        if let Err(why) = replays(&http, &cluster.base(2), &cluster.base(1), id, log).await {
+        if let Err(why) = replays(&http, &second, &first, id, log).await {
             problems.push(why);
         }
     }
     for (id, (job, lease_until)) in &at_death {
         let task = &tasks[id];
         if task.lease_owner.as_deref().is_some_and(|o| o.starts_with(&a_owner)) || task.attempts < 2 {
-            problems.push(format!("task {id} of A was not claimed again: {task:?}"));
+            problems.push(format!("task {id} of {name} was not claimed again: {task:?}"));
         }
         match logs[id].iter().find(|e| e.data["stage"] == "restarting") {
-            None => problems.push(format!("task {id} of A has no `restarting` event")),
+            None => problems.push(format!("task {id} of {name} has no `restarting` event")),
             Some(restart) if restart.at < *lease_until => problems.push(format!(
-                "task {id} of A was taken over at {}, before its lease ran out at {lease_until}",
+                "task {id} of {name} was taken over at {}, before its lease ran out at {lease_until}",
                 restart.at
             )),
             Some(_) => {}
@@ -629,11 +635,11 @@ async fn a_killed_replicas_tasks_are_taken_over_after_their_leases_and_end_whole
         if job.is_some()
             && (task.status != "succeeded" || tripo.creates_for_prompt(task.prompt.as_deref().unwrap_or_default()) != 1)
         {
-            problems.push(format!("task {id} of A had its upstream job; it should have been resumed: {task:?}"));
+            problems.push(format!("task {id} of {name} had its upstream job; it should have been resumed: {task:?}"));
         }
     }
     println!(
-        "SIGKILL of A: {} tasks, {} of them A's at its death ({} with an upstream job); all ended: {:?}",
+        "SIGKILL of {name}: {} tasks, {} of them held by it at its death ({} with an upstream job); all ended: {:?}",
         ids.len(),
         at_death.len(),
         at_death.values().filter(|(job, _)| job.is_some()).count(),
