@@ -9,6 +9,7 @@ mod accounts;
 pub mod channels;
 mod deliveries;
 mod postgres;
+mod rows;
 mod sqlite;
 mod usage;
 

@@ -1,9 +1,3 @@
-//! The SQLite implementation of the repositories: kiln's embedded default.
-//!
-//! SQLite has one writer. Writes go through a pool of exactly one connection, so they
-//! queue in-process instead of fighting over the file lock, and every write transaction
-//! is a few short statements; reads use a separate pool and never wait for writes (WAL).
-
 //! The PostgreSQL implementation of the repositories: for several kiln processes on one
 //! database. It mirrors the SQLite implementation statement for statement (same tables,
 //! same millisecond times, same text ids) and departs from it only where several writers
@@ -23,16 +17,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{
-    PgConnection, Postgres, Row, Transaction,
-    postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow},
+    PgConnection, Postgres, Transaction,
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
 };
 use uuid::Uuid;
 
 use super::{
     Billing, ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
     MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload,
+    rows::{self, Columns, now_ms, to_time},
 };
-use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
+use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
 mod usage;
 
@@ -74,115 +69,6 @@ impl PostgresDatabase {
         let notifier = PgNotifier::new(pool.clone());
         Ok(Self { pool, notifier })
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-fn opt_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
-    ms.map(to_time)
-}
-
-fn parse_json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
-fn parse_uuid(text: &str) -> DbResult<Uuid> {
-    Uuid::parse_str(text).map_err(|_| DbError::Corrupt(format!("bad uuid `{text}`")))
-}
-
-fn opt_uuid(text: Option<String>) -> DbResult<Option<Uuid>> {
-    text.as_deref().map(parse_uuid).transpose()
-}
-
-fn task_from_row(row: &PgRow) -> DbResult<Task> {
-    let kind: String = row.try_get("kind")?;
-    let status: String = row.try_get("status")?;
-    let id: String = row.try_get("id")?;
-    let picture: Option<String> = row.try_get("picture_id")?;
-    let params: String = row.try_get("params")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(Task {
-        id: TaskId(parse_uuid(&id)?),
-        kind: TaskKind::parse(&kind).ok_or_else(|| DbError::Corrupt(format!("bad kind `{kind}`")))?,
-        model: row.try_get("model")?,
-        channel: row.try_get("channel")?,
-        status: TaskStatus::parse(&status).ok_or_else(|| DbError::Corrupt(format!("bad status `{status}`")))?,
-        prompt: row.try_get("prompt")?,
-        picture_id: picture.as_deref().map(parse_uuid).transpose()?,
-        params: parse_json(&params),
-        progress: row.try_get::<i64, _>("progress")?.clamp(0, 100) as u8,
-        stage: row.try_get("stage")?,
-        error_code: row.try_get("error_code")?,
-        error_message: row.try_get("error_message")?,
-        metadata: parse_json(&metadata),
-        provider_job_id: row.try_get("provider_job_id")?,
-        placement: row.try_get("placement")?,
-        submitting_at: opt_time(row.try_get("submitting_at")?),
-        attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
-        created_at: to_time(row.try_get("created_at")?),
-        started_at: opt_time(row.try_get("started_at")?),
-        finished_at: opt_time(row.try_get("finished_at")?),
-        deadline_at: opt_time(row.try_get("deadline_at")?),
-        owner_id: opt_uuid(row.try_get("owner_id")?)?,
-        token_id: opt_uuid(row.try_get("token_id")?)?,
-        webhook_url: row.try_get("webhook_url")?,
-    })
-}
-
-fn event_from_row(row: &PgRow) -> DbResult<TaskEvent> {
-    let id: String = row.try_get("task_id")?;
-    let kind: String = row.try_get("kind")?;
-    let data: String = row.try_get("data")?;
-    Ok(TaskEvent {
-        task_id: TaskId(parse_uuid(&id)?),
-        seq: row.try_get("seq")?,
-        kind: EventKind::parse(&kind).ok_or_else(|| DbError::Corrupt(format!("bad event kind `{kind}`")))?,
-        data: parse_json(&data),
-        created_at: to_time(row.try_get("created_at")?),
-    })
-}
-
-fn artifact_from_row(row: &PgRow) -> DbResult<Artifact> {
-    let id: String = row.try_get("id")?;
-    let task: String = row.try_get("task_id")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(Artifact {
-        id: parse_uuid(&id)?,
-        task_id: TaskId(parse_uuid(&task)?),
-        name: row.try_get("name")?,
-        role: row.try_get("role")?,
-        key: row.try_get("key")?,
-        content_type: row.try_get("content_type")?,
-        size: row.try_get::<i64, _>("size")?.max(0) as u64,
-        sha256: row.try_get("sha256")?,
-        metadata: parse_json(&metadata),
-        created_at: to_time(row.try_get("created_at")?),
-        expired_at: opt_time(row.try_get("expired_at")?),
-    })
-}
-
-fn picture_from_row(row: &PgRow) -> DbResult<Picture> {
-    let id: String = row.try_get("id")?;
-    Ok(Picture {
-        id: parse_uuid(&id)?,
-        key: row.try_get("key")?,
-        content_type: row.try_get("content_type")?,
-        format: row.try_get("format")?,
-        width: row.try_get::<i64, _>("width")?.max(0) as u32,
-        height: row.try_get::<i64, _>("height")?.max(0) as u32,
-        size: row.try_get::<i64, _>("size")?.max(0) as u64,
-        sha256: row.try_get("sha256")?,
-        original_name: row.try_get("original_name")?,
-        created_at: to_time(row.try_get("created_at")?),
-        expired_at: opt_time(row.try_get("expired_at")?),
-        owner_id: opt_uuid(row.try_get("owner_id")?)?,
-    })
 }
 
 /// Appends one event, taking the next sequence number from the task row.
@@ -235,19 +121,7 @@ async fn announce_positions(conn: &mut PgConnection, channel: &str, window: u32)
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let now = now_ms();
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = row.try_get("id")?;
-        let position: i64 = row.try_get("pos")?;
-        events.push(TaskEvent {
-            task_id: TaskId(parse_uuid(&id)?),
-            seq: row.try_get("seq")?,
-            kind: EventKind::Queued,
-            data: payload::queued(position.clamp(1, i64::from(u32::MAX)) as u32),
-            created_at: to_time(now),
-        });
-    }
+    let mut events = rows::queued_events(&rows, now_ms())?;
     insert_events(conn, &events).await?;
     // RETURNING gives no order; subscribers of one task only need its own in order.
     events.sort_by_key(|e| e.seq);
@@ -277,7 +151,7 @@ async fn insert_events(conn: &mut PgConnection, events: &[TaskEvent]) -> DbResul
 
 async fn task_in(conn: &mut PgConnection, id: TaskId) -> DbResult<Option<Task>> {
     let row = sqlx::query("SELECT * FROM tasks WHERE id = $1").bind(id.to_string()).fetch_optional(&mut *conn).await?;
-    row.as_ref().map(task_from_row).transpose()
+    row.as_ref().map(rows::task).transpose()
 }
 
 /// Reads a task and locks its row, having first locked its channel's counter row when
@@ -293,7 +167,7 @@ async fn lock_task(conn: &mut PgConnection, id: TaskId) -> DbResult<Option<Task>
         .bind(id.to_string())
         .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(task_from_row).transpose()
+    row.as_ref().map(rows::task).transpose()
 }
 
 fn outputs_json(artifacts: &[Artifact]) -> Value {
@@ -335,7 +209,7 @@ async fn finish_in(
             .bind(id.to_string())
             .fetch_all(&mut *conn)
             .await?;
-        rows.iter().map(artifact_from_row).collect::<DbResult<Vec<_>>>()?
+        rows.iter().map(rows::artifact).collect::<DbResult<Vec<_>>>()?
     } else {
         Vec::new()
     };
@@ -362,10 +236,10 @@ async fn finish_in(
     .bind(id.to_string())
     .fetch_one(&mut *conn)
     .await?;
-    let finished = task_from_row(&row)?;
+    let finished = rows::task(&row)?;
     // Every end settles the task's credits in the transaction that records it.
     usage::settle(conn, &finished, usage::images_of(&artifacts)).await?;
-    let seq: i64 = row.try_get("last_seq")?;
+    let seq = row.int("last_seq")?;
     let data = payload::finish(finish, outputs_json(&artifacts), generation);
     let mut events = vec![insert_event(conn, id, seq, EventKind::for_status(next), data).await?];
     if task.status == TaskStatus::Queued {
@@ -387,7 +261,7 @@ async fn lock_counts(conn: &mut PgConnection, channel: &str) -> DbResult<(i64, i
         .bind(channel)
         .fetch_one(&mut *conn)
         .await?;
-    Ok((row.try_get("queued")?, row.try_get("running")?))
+    Ok((row.int("queued")?, row.int("running")?))
 }
 
 async fn begin(pool: &PgPool) -> DbResult<Transaction<'static, Postgres>> {
@@ -410,12 +284,10 @@ impl TaskRepo for PostgresDatabase {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(row) = existing {
-                let stored: String = row.try_get("request_hash")?;
-                if stored != hash {
+                if row.text("request_hash")? != hash {
                     return Ok(Enqueued::KeyConflict);
                 }
-                let id: String = row.try_get("task_id")?;
-                let task = task_in(&mut tx, TaskId(parse_uuid(&id)?))
+                let task = task_in(&mut tx, TaskId(row.uuid("task_id")?))
                     .await?
                     .ok_or_else(|| DbError::Corrupt("idempotency key without task".into()))?;
                 return Ok(Enqueued::Replayed(task));
@@ -447,7 +319,7 @@ impl TaskRepo for PostgresDatabase {
         .bind(&task.webhook_url)
         .fetch_one(&mut *tx)
         .await?;
-        let stored = task_from_row(&row)?;
+        let stored = rows::task(&row)?;
         // After the task's row, which its usage record references; a refusal drops the
         // transaction, and the row with it.
         if let Err(refused) = usage::reserve(&mut tx, task, billing).await? {
@@ -472,7 +344,7 @@ impl TaskRepo for PostgresDatabase {
     async fn get_task(&self, id: TaskId) -> DbResult<Option<Task>> {
         let row =
             sqlx::query("SELECT * FROM tasks WHERE id = $1").bind(id.to_string()).fetch_optional(&self.pool).await?;
-        row.as_ref().map(task_from_row).transpose()
+        row.as_ref().map(rows::task).transpose()
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> DbResult<Vec<Task>> {
@@ -491,7 +363,7 @@ impl TaskRepo for PostgresDatabase {
         push_scope(&mut query, filter.scope);
         query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(&self.pool).await?;
-        rows.iter().map(task_from_row).collect()
+        rows.iter().map(rows::task).collect()
     }
 
     async fn queue_position(&self, id: TaskId) -> DbResult<Option<u32>> {
@@ -538,8 +410,8 @@ impl TaskRepo for PostgresDatabase {
             tx.rollback().await?;
             return Ok(None);
         };
-        let task = task_from_row(&row)?;
-        let seq: i64 = row.try_get("last_seq")?;
+        let task = rows::task(&row)?;
+        let seq = row.int("last_seq")?;
         let stage = task.stage.clone().unwrap_or_else(|| "starting".into());
         let mut events =
             vec![insert_event(&mut tx, task.id, seq, EventKind::Processing, payload::processing(0, &stage)).await?];
@@ -687,11 +559,7 @@ impl TaskRepo for PostgresDatabase {
         .bind(channel)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((row.try_get("placement")?, row.try_get::<i64, _>("n")?.clamp(0, i64::from(u32::MAX)) as u32))
-            })
-            .collect()
+        rows.iter().map(rows::placement_load).collect()
     }
 
     async fn release_placement(&self, channel: &str, placement: &str) -> DbResult<u64> {
@@ -720,7 +588,7 @@ impl TaskRepo for PostgresDatabase {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(artifact_from_row).transpose()
+        row.as_ref().map(rows::artifact).transpose()
     }
 
     async fn finish(&self, id: TaskId, finish: &Finish, window: u32) -> DbResult<Transition> {
@@ -740,7 +608,7 @@ impl TaskRepo for PostgresDatabase {
             .bind(after)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(rows::event).collect()
     }
 
     async fn list_artifacts(&self, id: TaskId) -> DbResult<Vec<Artifact>> {
@@ -748,7 +616,7 @@ impl TaskRepo for PostgresDatabase {
             .bind(id.to_string())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(artifact_from_row).collect()
+        rows.iter().map(rows::artifact).collect()
     }
 
     async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<(TaskId, String)>> {
@@ -756,36 +624,19 @@ impl TaskRepo for PostgresDatabase {
             .bind(now.timestamp_millis())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| Ok((TaskId(parse_uuid(&row.try_get::<String, _>("id")?)?), row.try_get("channel")?)))
-            .collect()
+        rows.iter().map(rows::task_and_channel).collect()
     }
 
     async fn channel_loads(&self) -> DbResult<Vec<ChannelLoad>> {
         let rows = sqlx::query("SELECT channel, queued, running FROM channel_queues WHERE queued > 0 OR running > 0")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ChannelLoad {
-                    channel: row.try_get("channel")?,
-                    queued: row.try_get::<i64, _>("queued")?.max(0) as u64,
-                    running: row.try_get::<i64, _>("running")?.max(0) as u64,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::channel_load).collect()
     }
 
     async fn count_by_status(&self) -> DbResult<Vec<(TaskStatus, u64)>> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status").fetch_all(&self.pool).await?;
-        let mut counts = Vec::new();
-        for row in &rows {
-            let status: String = row.try_get("status")?;
-            if let Some(status) = TaskStatus::parse(&status) {
-                counts.push((status, row.try_get::<i64, _>("n")?.max(0) as u64));
-            }
-        }
-        Ok(counts)
+        rows::status_counts(&rows)
     }
 }
 
@@ -819,7 +670,7 @@ impl FileRepo for PostgresDatabase {
     async fn get_picture(&self, id: Uuid) -> DbResult<Option<Picture>> {
         let row =
             sqlx::query("SELECT * FROM pictures WHERE id = $1").bind(id.to_string()).fetch_optional(&self.pool).await?;
-        row.as_ref().map(picture_from_row).transpose()
+        row.as_ref().map(rows::picture).transpose()
     }
 
     async fn list_pictures(&self, scope: Scope, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)> {
@@ -833,7 +684,7 @@ impl FileRepo for PostgresDatabase {
         let mut count = sqlx::QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM pictures WHERE 1 = 1");
         push_scope(&mut count, scope);
         let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-        Ok((rows.iter().map(picture_from_row).collect::<DbResult<_>>()?, total.max(0) as u64))
+        Ok((rows.iter().map(rows::picture).collect::<DbResult<_>>()?, total.max(0) as u64))
     }
 
     async fn find_file(&self, key: &str) -> DbResult<Option<StoredFile>> {
@@ -844,17 +695,7 @@ impl FileRepo for PostgresDatabase {
         .bind(key)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(StoredFile {
-                key: row.try_get("key")?,
-                content_type: row.try_get("content_type")?,
-                size: row.try_get::<i64, _>("size")?.max(0) as u64,
-                sha256: row.try_get("sha256")?,
-                created_at: to_time(row.try_get("created_at")?),
-                expired: row.try_get::<Option<i64>, _>("expired_at")?.is_some(),
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::stored_file).transpose()
     }
 
     async fn expire_files_before(&self, cutoff: DateTime<Utc>) -> DbResult<Vec<String>> {
@@ -977,7 +818,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::db::ClaimTerms;
+    use crate::{db::ClaimTerms, tasks::TaskKind};
 
     /// A fresh database on the test server, or `None` when there is no server.
     async fn fresh_database() -> Option<String> {

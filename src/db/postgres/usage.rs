@@ -2,15 +2,15 @@
 //! settlement made in the one that ends it, and the reads of prices and usage.
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, Postgres, Row, postgres::PgRow};
+use sqlx::{PgConnection, Postgres, Row};
 
-use super::{PostgresDatabase, begin, now_ms, opt_time, opt_uuid, parse_uuid, to_time};
+use super::{PostgresDatabase, begin};
 use crate::{
     db::{
-        Activity, Billing, DbResult, Enqueued, HourlyCredits, HourlyTasks, Price, UsageFilter, UsageRecord, UsageRepo,
-        UsageTotals,
+        Activity, Billing, DbResult, Enqueued, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals,
+        rows::{self, now_ms},
     },
-    tasks::{NewTask, Task, TaskId, TaskStatus},
+    tasks::{NewTask, Task, TaskStatus},
 };
 
 /// Checks the owner's active-task limit (not counting the task itself, already
@@ -164,29 +164,6 @@ pub(super) async fn settle(conn: &mut PgConnection, task: &Task, images: u32) ->
     Ok(())
 }
 
-fn record_from_row(row: &PgRow) -> DbResult<UsageRecord> {
-    let task: String = row.try_get("task_id")?;
-    Ok(UsageRecord {
-        task_id: TaskId(parse_uuid(&task)?),
-        user_id: opt_uuid(row.try_get("user_id")?)?,
-        username: row.try_get("username")?,
-        token_id: opt_uuid(row.try_get("token_id")?)?,
-        token_name: row.try_get("token_name")?,
-        channel: row.try_get("channel")?,
-        model: row.try_get("model")?,
-        kind: row.try_get("kind")?,
-        reserved: row.try_get("reserved")?,
-        charged: row.try_get("charged")?,
-        outcome: row.try_get("outcome")?,
-        error_code: row.try_get("error_code")?,
-        queue_ms: row.try_get("queue_ms")?,
-        run_ms: row.try_get("run_ms")?,
-        upstream_id: row.try_get("upstream_id")?,
-        created_at: to_time(row.try_get("created_at")?),
-        finished_at: opt_time(row.try_get("finished_at")?),
-    })
-}
-
 fn push_filter(query: &mut sqlx::QueryBuilder<Postgres>, filter: &UsageFilter) {
     if let Some(user) = filter.user {
         query.push(" AND u.user_id = ").push_bind(user.to_string());
@@ -230,17 +207,7 @@ impl UsageRepo for PostgresDatabase {
         .bind(HOUR)
         .fetch_all(&self.pool)
         .await?;
-        let tasks = rows
-            .iter()
-            .map(|row| {
-                Ok(HourlyTasks {
-                    hour: to_time(row.try_get("hour")?),
-                    model: row.try_get("model")?,
-                    outcome: row.try_get("outcome")?,
-                    count: row.try_get::<i64, _>("n")?.max(0) as u64,
-                })
-            })
-            .collect::<DbResult<Vec<_>>>()?;
+        let tasks = rows.iter().map(rows::hourly_tasks).collect::<DbResult<Vec<_>>>()?;
         let rows = sqlx::query(
             "SELECT (finished_at / $2) * $2 AS hour, SUM(charged)::BIGINT AS credits FROM usage \
              WHERE finished_at >= $1 AND charged > 0 GROUP BY 1 ORDER BY 1",
@@ -249,40 +216,20 @@ impl UsageRepo for PostgresDatabase {
         .bind(HOUR)
         .fetch_all(&self.pool)
         .await?;
-        let credits = rows
-            .iter()
-            .map(|row| Ok(HourlyCredits { hour: to_time(row.try_get("hour")?), credits: row.try_get("credits")? }))
-            .collect::<DbResult<Vec<_>>>()?;
+        let credits = rows.iter().map(rows::hourly_credits).collect::<DbResult<Vec<_>>>()?;
         let rows = sqlx::query(
             "SELECT channel, run_ms FROM usage WHERE finished_at >= $1 AND run_ms IS NOT NULL ORDER BY channel, run_ms",
         )
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        let mut run_times: Vec<(String, Vec<i64>)> = Vec::new();
-        for row in &rows {
-            let channel: String = row.try_get("channel")?;
-            let ms: i64 = row.try_get("run_ms")?;
-            match run_times.last_mut() {
-                Some((last, times)) if *last == channel => times.push(ms),
-                _ => run_times.push((channel, vec![ms])),
-            }
-        }
-        Ok(Activity { tasks, credits, run_times })
+        Ok(Activity { tasks, credits, run_times: rows::run_times(&rows)? })
     }
 
     async fn list_prices(&self) -> DbResult<Vec<Price>> {
         let rows =
             sqlx::query("SELECT model, per_task, per_image FROM prices ORDER BY model").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Price {
-                    model: row.try_get("model")?,
-                    per_task: row.try_get("per_task")?,
-                    per_image: row.try_get("per_image")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::price).collect()
     }
 
     async fn set_price(&self, price: &Price) -> DbResult<()> {
@@ -317,7 +264,7 @@ impl UsageRepo for PostgresDatabase {
         }
         query.push(" ORDER BY u.task_id DESC LIMIT ").push_bind(i64::from(filter.limit));
         let rows = query.build().fetch_all(&self.pool).await?;
-        rows.iter().map(record_from_row).collect()
+        rows.iter().map(rows::usage_record).collect()
     }
 
     async fn usage_totals(&self, filter: &UsageFilter) -> DbResult<UsageTotals> {
@@ -330,14 +277,7 @@ impl UsageRepo for PostgresDatabase {
         );
         push_filter(&mut query, filter);
         let row = query.build().fetch_one(&self.pool).await?;
-        let count = |name: &str| -> DbResult<u64> { Ok(row.try_get::<i64, _>(name)?.max(0) as u64) };
-        Ok(UsageTotals {
-            tasks: count("tasks")?,
-            succeeded: count("succeeded")?,
-            failed: count("failed")?,
-            canceled: count("canceled")?,
-            charged: row.try_get("charged")?,
-        })
+        rows::usage_totals(&row)
     }
 }
 

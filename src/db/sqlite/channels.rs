@@ -4,47 +4,27 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Row, sqlite::SqliteRow};
+use sqlx::Row;
 use uuid::Uuid;
 
-use super::{SqliteDatabase, announce_positions, begin, finish_in, now_ms, parse_uuid, task_from_row, to_time};
+use super::{SqliteDatabase, announce_positions, begin, finish_in};
 use crate::{
     config::ChannelConfig,
     db::{
-        DbError, DbResult, TaskRepo,
+        DbResult, TaskRepo,
         channels::{
             ChannelRepo, ChannelStats, LastError, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel, percentile,
         },
+        rows::{self, Columns, now_ms, parse_uuid, to_time},
     },
     tasks::{TaskId, TaskStatus},
 };
-
-fn channel_from_row(row: &SqliteRow) -> DbResult<StoredChannel> {
-    let id: String = row.try_get("id")?;
-    let config: String = row.try_get("config")?;
-    let config: ChannelConfig = serde_json::from_str(&config)
-        .map_err(|e| DbError::Corrupt(format!("channel {id}: unreadable configuration ({e})")))?;
-    Ok(StoredChannel {
-        id: parse_uuid(&id)?,
-        config: ChannelConfig { secret: None, ..config },
-        sealed_secret: row.try_get("secret")?,
-        created_at: to_time(row.try_get("created_at")?),
-        updated_at: to_time(row.try_get("updated_at")?),
-    })
-}
 
 /// A channel's statistics, made when first met.
 fn stats_of<'m>(stats: &'m mut BTreeMap<String, ChannelStats>, channel: &str) -> &'m mut ChannelStats {
     stats
         .entry(channel.to_owned())
         .or_insert_with(|| ChannelStats { channel: channel.to_owned(), ..Default::default() })
-}
-
-/// The configuration as stored: JSON, without the secret (which only goes sealed into
-/// its own column), whatever the caller left in it.
-fn config_json(config: &ChannelConfig) -> DbResult<String> {
-    serde_json::to_string(&ChannelConfig { secret: None, ..config.clone() })
-        .map_err(|e| DbError::Corrupt(format!("channel `{}`: configuration not storable ({e})", config.name)))
 }
 
 /// Re-announce every changed place: a queue is bounded by its channel's capacity, and a
@@ -55,7 +35,7 @@ const WHOLE_QUEUE: u32 = u32::MAX;
 impl ChannelRepo for SqliteDatabase {
     async fn list_channels(&self) -> DbResult<Vec<StoredChannel>> {
         let rows = sqlx::query("SELECT * FROM channels ORDER BY id").fetch_all(&self.reader).await?;
-        rows.iter().map(channel_from_row).collect()
+        rows.iter().map(rows::channel).collect()
     }
 
     async fn get_channel(&self, id: Uuid) -> DbResult<Option<StoredChannel>> {
@@ -63,7 +43,7 @@ impl ChannelRepo for SqliteDatabase {
             .bind(id.to_string())
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(channel_from_row).transpose()
+        row.as_ref().map(rows::channel).transpose()
     }
 
     async fn create_channel(&self, config: &ChannelConfig, sealed_secret: Option<&str>) -> DbResult<Stored> {
@@ -74,13 +54,13 @@ impl ChannelRepo for SqliteDatabase {
         )
         .bind(Uuid::now_v7().to_string())
         .bind(&config.name)
-        .bind(config_json(config)?)
+        .bind(rows::channel_config_json(config)?)
         .bind(sealed_secret)
         .bind(now)
         .fetch_optional(&self.writer)
         .await?;
         match row {
-            Some(row) => Ok(Stored::Done(Box::new(channel_from_row(&row)?))),
+            Some(row) => Ok(Stored::Done(Box::new(rows::channel(&row)?))),
             None => Ok(Stored::NameTaken),
         }
     }
@@ -102,14 +82,14 @@ impl ChannelRepo for SqliteDatabase {
             "UPDATE channels SET name = ?1, config = ?2, secret = ?3, updated_at = ?4 WHERE id = ?5 RETURNING *",
         )
         .bind(&config.name)
-        .bind(config_json(config)?)
+        .bind(rows::channel_config_json(config)?)
         .bind(sealed_secret)
         .bind(now_ms())
         .bind(id.to_string())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(Stored::NotFound) };
-        let stored = channel_from_row(&row)?;
+        let stored = rows::channel(&row)?;
         tx.commit().await?;
         Ok(Stored::Done(Box::new(stored)))
     }
@@ -119,7 +99,7 @@ impl ChannelRepo for SqliteDatabase {
             .bind(id.to_string())
             .fetch_optional(&self.writer)
             .await?;
-        row.as_ref().map(channel_from_row).transpose()
+        row.as_ref().map(rows::channel).transpose()
     }
 
     async fn channel_stats(&self, since: DateTime<Utc>) -> DbResult<Vec<ChannelStats>> {
@@ -188,8 +168,8 @@ impl ChannelRepo for SqliteDatabase {
         let mut held: HashMap<String, i64> = HashMap::new();
         let mut stayed = false;
         for row in &rows {
-            let task = task_from_row(row)?;
-            let has_client_key: bool = row.try_get("has_client_key")?;
+            let task = rows::task(row)?;
+            let has_client_key = row.flag("has_client_key")?;
             let (to, otherwise) = match route(&task, has_client_key) {
                 Rehome::Stay => {
                     stayed = true;
