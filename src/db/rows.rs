@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::{
     ApiToken, AuditEntry, AuditRecord, ChannelLoad, DbError, DbResult, HourlyCredits, HourlyTasks, Price, Session,
-    StoredChannel, StoredFile, UsageRecord, UsageTotals, User,
+    StoredChannel, StoredFile, UsageRecord, UsageTotals, User, usage::Reservation,
 };
 use crate::{
     access::Role,
@@ -356,6 +356,18 @@ pub(super) fn usage_record(row: &impl Columns) -> DbResult<UsageRecord> {
         upstream_id: row.opt_text("upstream_id")?,
         created_at: row.time("created_at")?,
         finished_at: row.opt_time("finished_at")?,
+    })
+}
+
+/// A task's reservation, from its usage record's `user_id`, `token_id`, `per_task`,
+/// `per_image` and `reserved`.
+pub(super) fn reservation(row: &impl Columns) -> DbResult<Reservation> {
+    Ok(Reservation {
+        user_id: row.opt_text("user_id")?,
+        token_id: row.opt_text("token_id")?,
+        per_task: row.int("per_task")?,
+        per_image: row.int("per_image")?,
+        reserved: row.int("reserved")?,
     })
 }
 

@@ -208,7 +208,7 @@ async fn finish_in(
     .await?;
     let finished = rows::task(&row)?;
     // Every end settles the task's credits in the transaction that records it.
-    usage::settle(conn, &finished, usage::images_of(&artifacts)).await?;
+    usage::settle(conn, &finished, super::usage::images_of(&artifacts)).await?;
     let seq = row.int("last_seq")?;
     let data = payload::finish(finish, outputs_json(&artifacts), generation);
     let mut events = vec![insert_event(conn, id, seq, EventKind::for_status(next), data).await?];

@@ -2,15 +2,16 @@
 //! settlement made in the one that ends it, and the reads of prices and usage.
 
 use async_trait::async_trait;
-use sqlx::{Row, Sqlite, SqliteConnection};
+use sqlx::{Sqlite, SqliteConnection};
 
 use super::{SqliteDatabase, begin};
 use crate::{
     db::{
         Activity, Billing, DbResult, Enqueued, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals,
         rows::{self, now_ms},
+        usage::{Settlement, task_price},
     },
-    tasks::{NewTask, Task, TaskStatus},
+    tasks::{NewTask, Task},
 };
 
 /// Checks the owner's active-task limit (not counting the task itself, already
@@ -40,7 +41,7 @@ pub(super) async fn reserve(
         .unwrap_or((0, 0));
     // A 3D task asks for no images (`billing.images` is 0), so a per-image price never
     // makes it look more expensive than it can be.
-    let price = per_task.saturating_add(per_image.saturating_mul(i64::from(billing.images)));
+    let price = task_price(per_task, per_image, billing.images);
     let reserved = match billing.payer {
         Some(payer) if price > 0 => {
             let left: Option<i64> = sqlx::query_scalar(
@@ -113,20 +114,11 @@ pub(super) async fn settle(conn: &mut SqliteConnection, task: &Task, images: u32
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(()) };
-    let reserved: i64 = row.try_get("reserved")?;
-    let charged = if task.status == TaskStatus::Succeeded {
-        let per_task: i64 = row.try_get("per_task")?;
-        let per_image: i64 = row.try_get("per_image")?;
-        // The per-image price is for the images a text-to-image task was asked for, not
-        // for a 3D task's preview pictures.
-        let images = if task.kind == crate::tasks::TaskKind::TextToImage { images } else { 0 };
-        per_task.saturating_add(per_image.saturating_mul(i64::from(images))).min(reserved)
-    } else {
-        0
-    };
-    let refund = reserved - charged;
+    let reservation = rows::reservation(&row)?;
+    let settlement = Settlement::of(task, &reservation, images);
+    let refund = settlement.refund;
     if refund > 0 {
-        if let Some(user) = row.try_get::<Option<String>, _>("user_id")? {
+        if let Some(user) = &reservation.user_id {
             sqlx::query("UPDATE users SET balance = balance + ?1, updated_at = ?3 WHERE id = ?2")
                 .bind(refund)
                 .bind(user)
@@ -134,7 +126,7 @@ pub(super) async fn settle(conn: &mut SqliteConnection, task: &Task, images: u32
                 .execute(&mut *conn)
                 .await?;
         }
-        if let Some(token) = row.try_get::<Option<String>, _>("token_id")? {
+        if let Some(token) = &reservation.token_id {
             sqlx::query("UPDATE api_tokens SET spent = MAX(spent - ?1, 0) WHERE id = ?2")
                 .bind(refund)
                 .bind(token)
@@ -142,19 +134,16 @@ pub(super) async fn settle(conn: &mut SqliteConnection, task: &Task, images: u32
                 .await?;
         }
     }
-    let created = task.created_at.timestamp_millis();
-    let finished = task.finished_at.map(|t| t.timestamp_millis()).unwrap_or_else(now_ms);
-    let started = task.started_at.map(|t| t.timestamp_millis());
     sqlx::query(
         "UPDATE usage SET charged = ?1, outcome = ?2, queue_ms = ?3, run_ms = ?4, upstream_id = ?5, finished_at = ?6 \
          WHERE task_id = ?7",
     )
-    .bind(charged)
+    .bind(settlement.charged)
     .bind(task.status.as_str())
-    .bind((started.unwrap_or(finished) - created).max(0))
-    .bind(started.map(|s| (finished - s).max(0)))
+    .bind(settlement.queue_ms)
+    .bind(settlement.run_ms)
     .bind(&task.provider_job_id)
-    .bind(finished)
+    .bind(settlement.finished_at)
     .bind(task.id.to_string())
     .execute(&mut *conn)
     .await?;
@@ -276,9 +265,4 @@ impl UsageRepo for SqliteDatabase {
         let row = query.build().fetch_one(&self.reader).await?;
         rows::usage_totals(&row)
     }
-}
-
-/// Images among a task's outputs, for the per-image price.
-pub(super) fn images_of(artifacts: &[crate::tasks::Artifact]) -> u32 {
-    artifacts.iter().filter(|a| a.role == "image").count().try_into().unwrap_or(u32::MAX)
 }
