@@ -61,6 +61,32 @@ pub struct UserChanges {
     pub password_hash: Option<String>,
 }
 
+impl UserChanges {
+    /// What these changes make of `current`.
+    pub(super) fn applied_to(&self, current: &User) -> ChangedUser {
+        let role = self.role.unwrap_or(current.role);
+        let disabled = self.disabled.unwrap_or(current.disabled);
+        let was_admin = current.role == Role::Admin && !current.disabled;
+        let stays_admin = role == Role::Admin && !disabled;
+        ChangedUser {
+            role,
+            disabled,
+            max_active: self.max_active.unwrap_or(current.max_active),
+            removes_admin: was_admin && !stays_admin,
+        }
+    }
+}
+
+/// A user's fields after [`UserChanges`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ChangedUser {
+    pub role: Role,
+    pub disabled: bool,
+    pub max_active: Option<u32>,
+    /// An enabled admin stops being one: refused when it is the last.
+    pub removes_admin: bool,
+}
+
 /// The result of [`AccountRepo::update_user`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserUpdate {
@@ -170,6 +196,20 @@ pub struct AuditEntry {
     pub detail: Value,
     /// The client address the action came from.
     pub ip: Option<String>,
+}
+
+impl AuditEntry {
+    /// This entry with the balance before and after added to its detail.
+    pub(super) fn with_balances(&self, before: i64, after: i64) -> AuditEntry {
+        let mut detail = match &self.detail {
+            Value::Object(map) => map.clone(),
+            Value::Null => serde_json::Map::new(),
+            other => serde_json::Map::from_iter([("value".to_owned(), other.clone())]),
+        };
+        detail.insert("before".into(), before.into());
+        detail.insert("after".into(), after.into());
+        AuditEntry { detail: Value::Object(detail), ..self.clone() }
+    }
 }
 
 /// A stored line of the audit log.

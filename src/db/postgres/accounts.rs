@@ -3,18 +3,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 use super::{PostgresDatabase, begin};
-use crate::{
-    access::Role,
-    db::{
-        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbResult, FoundToken, NewSession,
-        NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate,
-        rows::{self, Columns, now_ms},
-    },
+use crate::db::{
+    AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbResult, FoundToken, NewSession,
+    NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate,
+    rows::{self, Columns, now_ms},
 };
 
 async fn insert_audit(conn: &mut PgConnection, entry: &AuditEntry) -> DbResult<AuditRecord> {
@@ -32,18 +28,6 @@ async fn insert_audit(conn: &mut PgConnection, entry: &AuditEntry) -> DbResult<A
     .fetch_one(&mut *conn)
     .await?;
     rows::audit(&row)
-}
-
-/// `audit` with the balance before and after added to its detail.
-fn with_balances(audit: &AuditEntry, before: i64, after: i64) -> AuditEntry {
-    let mut detail = match &audit.detail {
-        Value::Object(map) => map.clone(),
-        Value::Null => serde_json::Map::new(),
-        other => serde_json::Map::from_iter([("value".to_owned(), other.clone())]),
-    };
-    detail.insert("before".into(), before.into());
-    detail.insert("after".into(), after.into());
-    AuditEntry { detail: Value::Object(detail), ..audit.clone() }
 }
 
 impl PostgresDatabase {
@@ -74,7 +58,7 @@ impl PostgresDatabase {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        insert_audit(&mut tx, &with_balances(audit, before, after)).await?;
+        insert_audit(&mut tx, &audit.with_balances(before, after)).await?;
         tx.commit().await?;
         Ok(BalanceUpdate::Updated(after))
     }
@@ -153,12 +137,8 @@ impl AccountRepo for PostgresDatabase {
             return Ok(UserUpdate::NotFound);
         };
         let current = rows::user(&row, "")?;
-        let role = changes.role.unwrap_or(current.role);
-        let disabled = changes.disabled.unwrap_or(current.disabled);
-        let max_active = changes.max_active.unwrap_or(current.max_active);
-        let was_admin = current.role == Role::Admin && !current.disabled;
-        let stays_admin = role == Role::Admin && !disabled;
-        if was_admin && !stays_admin {
+        let changed = changes.applied_to(&current);
+        if changed.removes_admin {
             // The enabled admins' rows stay locked to the end, so of two processes
             // demoting the last two admins at once, the second sees the first's change.
             let admins: i64 = sqlx::query_scalar(
@@ -177,9 +157,9 @@ impl AccountRepo for PostgresDatabase {
             rows::user_columns!()
         ))
         .bind(id.to_string())
-        .bind(role.as_str())
-        .bind(i64::from(disabled))
-        .bind(max_active.map(i64::from))
+        .bind(changed.role.as_str())
+        .bind(i64::from(changed.disabled))
+        .bind(changed.max_active.map(i64::from))
         .bind(&changes.password_hash)
         .bind(now_ms())
         .fetch_one(&mut *tx)

@@ -3,18 +3,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::{Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use super::{SqliteDatabase, begin};
-use crate::{
-    access::Role,
-    db::{
-        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbResult, FoundToken, NewSession,
-        NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate,
-        rows::{self, Columns, now_ms},
-    },
+use crate::db::{
+    AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbResult, FoundToken, NewSession,
+    NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate,
+    rows::{self, Columns, now_ms},
 };
 
 async fn insert_audit(conn: &mut SqliteConnection, entry: &AuditEntry) -> DbResult<AuditRecord> {
@@ -32,18 +28,6 @@ async fn insert_audit(conn: &mut SqliteConnection, entry: &AuditEntry) -> DbResu
     .fetch_one(&mut *conn)
     .await?;
     rows::audit(&row)
-}
-
-/// `audit` with the balance before and after added to its detail.
-fn with_balances(audit: &AuditEntry, before: i64, after: i64) -> AuditEntry {
-    let mut detail = match &audit.detail {
-        Value::Object(map) => map.clone(),
-        Value::Null => serde_json::Map::new(),
-        other => serde_json::Map::from_iter([("value".to_owned(), other.clone())]),
-    };
-    detail.insert("before".into(), before.into());
-    detail.insert("after".into(), after.into());
-    AuditEntry { detail: Value::Object(detail), ..audit.clone() }
 }
 
 impl SqliteDatabase {
@@ -73,7 +57,7 @@ impl SqliteDatabase {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        insert_audit(&mut tx, &with_balances(audit, before, after)).await?;
+        insert_audit(&mut tx, &audit.with_balances(before, after)).await?;
         tx.commit().await?;
         Ok(BalanceUpdate::Updated(after))
     }
@@ -149,12 +133,8 @@ impl AccountRepo for SqliteDatabase {
             return Ok(UserUpdate::NotFound);
         };
         let current = rows::user(&row, "")?;
-        let role = changes.role.unwrap_or(current.role);
-        let disabled = changes.disabled.unwrap_or(current.disabled);
-        let max_active = changes.max_active.unwrap_or(current.max_active);
-        let was_admin = current.role == Role::Admin && !current.disabled;
-        let stays_admin = role == Role::Admin && !disabled;
-        if was_admin && !stays_admin {
+        let changed = changes.applied_to(&current);
+        if changed.removes_admin {
             // Counted inside the write transaction: two admins demoting each other at
             // once cannot both pass.
             let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
@@ -171,9 +151,9 @@ impl AccountRepo for SqliteDatabase {
             rows::user_columns!()
         ))
         .bind(id.to_string())
-        .bind(role.as_str())
-        .bind(i64::from(disabled))
-        .bind(max_active.map(i64::from))
+        .bind(changed.role.as_str())
+        .bind(i64::from(changed.disabled))
+        .bind(changed.max_active.map(i64::from))
         .bind(&changes.password_hash)
         .bind(now_ms())
         .fetch_one(&mut *tx)
@@ -409,6 +389,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::access::Role;
 
     async fn database() -> (tempfile::TempDir, SqliteDatabase) {
         let dir = tempfile::tempdir().expect("temp dir");
