@@ -105,6 +105,23 @@ impl Finish {
             Finish::Canceled => TaskStatus::Canceled,
         }
     }
+
+    /// What the ended task's row records: its error code and message, and its metadata
+    /// (an empty object unless it succeeded).
+    fn recorded(&self) -> (Option<String>, Option<String>, serde_json::Value) {
+        let empty = || serde_json::Value::Object(Default::default());
+        match self {
+            Finish::Succeeded { metadata } => (None, None, metadata.clone()),
+            Finish::Failed { code, message } => (Some(code.clone()), Some(message.clone()), empty()),
+            Finish::Canceled => (None, None, empty()),
+        }
+    }
+}
+
+/// The refusal of a task by a channel that already holds `capacity` tasks queued and
+/// running, or `None` when it has room.
+fn queue_full(queued: i64, running: i64, capacity: u32) -> Option<Enqueued> {
+    (queued + running >= i64::from(capacity)).then(|| Enqueued::QueueFull { waiting: queued.max(0) as u32 })
 }
 
 /// The result of a conditional status change.
@@ -319,6 +336,7 @@ pub(crate) mod payload {
     use serde_json::{Value, json};
 
     use super::Finish;
+    use crate::tasks::{Artifact, Task};
 
     pub fn queued(position: u32) -> Value {
         json!({ "status": "queued", "position": position })
@@ -328,7 +346,10 @@ pub(crate) mod payload {
         json!({ "status": "running", "progress": progress, "stage": stage })
     }
 
-    pub fn finish(finish: &Finish, outputs: Value, generation_time: Option<f64>) -> Value {
+    /// The terminal event of `task`, ended at `now` (ms) with `artifacts` as its outputs.
+    pub fn finish(finish: &Finish, task: &Task, artifacts: &[Artifact], now: i64) -> Value {
+        let outputs = Value::Array(artifacts.iter().map(Artifact::summary).collect());
+        let generation_time = task.started_at.map(|s| (now - s.timestamp_millis()).max(0) as f64 / 1000.0);
         match finish {
             Finish::Succeeded { metadata } => json!({
                 "status": "succeeded",

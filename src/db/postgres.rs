@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::{
     Billing, ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
-    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload,
+    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload, queue_full,
     rows::{self, Columns, now_ms, to_time},
 };
 use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
@@ -170,10 +170,6 @@ async fn lock_task(conn: &mut PgConnection, id: TaskId) -> DbResult<Option<Task>
     row.as_ref().map(rows::task).transpose()
 }
 
-fn outputs_json(artifacts: &[Artifact]) -> Value {
-    Value::Array(artifacts.iter().map(Artifact::summary).collect())
-}
-
 /// Clears the note that a file was being written: its record commits with this.
 async fn file_recorded(conn: &mut PgConnection, key: &str) -> DbResult<()> {
     sqlx::query("DELETE FROM pending_files WHERE key = $1").bind(key).execute(&mut *conn).await?;
@@ -213,14 +209,7 @@ async fn finish_in(
     } else {
         Vec::new()
     };
-    let generation = task.started_at.map(|s| (now - s.timestamp_millis()).max(0) as f64 / 1000.0);
-    let (code, message, metadata) = match finish {
-        Finish::Succeeded { metadata } => (None, None, metadata.clone()),
-        Finish::Failed { code, message } => {
-            (Some(code.clone()), Some(message.clone()), Value::Object(Default::default()))
-        }
-        Finish::Canceled => (None, None, Value::Object(Default::default())),
-    };
+    let (code, message, metadata) = finish.recorded();
     let row = sqlx::query(
         "UPDATE tasks SET status = $1, finished_at = $2, error_code = $3, error_message = $4, metadata = $5, \
              progress = CASE WHEN $1 = 'succeeded' THEN 100 ELSE progress END, last_seq = last_seq + 1, \
@@ -240,7 +229,7 @@ async fn finish_in(
     // Every end settles the task's credits in the transaction that records it.
     usage::settle(conn, &finished, super::usage::images_of(&artifacts)).await?;
     let seq = row.int("last_seq")?;
-    let data = payload::finish(finish, outputs_json(&artifacts), generation);
+    let data = payload::finish(finish, task, &artifacts, now);
     let mut events = vec![insert_event(conn, id, seq, EventKind::for_status(next), data).await?];
     if task.status == TaskStatus::Queued {
         events.extend(announce_positions(conn, &task.channel, window).await?);
@@ -294,8 +283,8 @@ impl TaskRepo for PostgresDatabase {
             }
         }
         let (queued, running) = lock_counts(&mut tx, &task.channel).await?;
-        if queued + running >= i64::from(capacity) {
-            return Ok(Enqueued::QueueFull { waiting: queued.max(0) as u32 });
+        if let Some(full) = queue_full(queued, running, capacity) {
+            return Ok(full);
         }
         let position = queued + 1;
         let now = now_ms();
@@ -771,7 +760,7 @@ impl MessageRepo for PostgresDatabase {
 #[async_trait]
 impl SingletonRepo for PostgresDatabase {
     async fn hold_singleton(&self, name: &str, holder: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<bool> {
-        let until = now.timestamp_millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let until = now.timestamp_millis().saturating_add(rows::millis(ttl));
         // One statement: the row lock of ON CONFLICT makes concurrent takers take turns.
         let held: Option<String> = sqlx::query_scalar(
             "INSERT INTO singletons (name, holder, until) VALUES ($1, $2, $3) \

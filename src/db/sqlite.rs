@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{
     Billing, ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
-    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload,
+    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload, queue_full,
     rows::{self, Columns, now_ms, to_time},
 };
 use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
@@ -140,10 +140,6 @@ async fn task_in(conn: &mut SqliteConnection, id: TaskId) -> DbResult<Option<Tas
     row.as_ref().map(rows::task).transpose()
 }
 
-fn outputs_json(artifacts: &[Artifact]) -> Value {
-    Value::Array(artifacts.iter().map(Artifact::summary).collect())
-}
-
 /// Clears the note that a file was being written: its record commits with this.
 async fn file_recorded(conn: &mut SqliteConnection, key: &str) -> DbResult<()> {
     sqlx::query("DELETE FROM pending_files WHERE key = ?1").bind(key).execute(&mut *conn).await?;
@@ -183,14 +179,7 @@ async fn finish_in(
     } else {
         Vec::new()
     };
-    let generation = task.started_at.map(|s| (now - s.timestamp_millis()).max(0) as f64 / 1000.0);
-    let (code, message, metadata) = match finish {
-        Finish::Succeeded { metadata } => (None, None, metadata.clone()),
-        Finish::Failed { code, message } => {
-            (Some(code.clone()), Some(message.clone()), Value::Object(Default::default()))
-        }
-        Finish::Canceled => (None, None, Value::Object(Default::default())),
-    };
+    let (code, message, metadata) = finish.recorded();
     let row = sqlx::query(
         "UPDATE tasks SET status = ?1, finished_at = ?2, error_code = ?3, error_message = ?4, metadata = ?5, \
              progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, last_seq = last_seq + 1, \
@@ -210,7 +199,7 @@ async fn finish_in(
     // Every end settles the task's credits in the transaction that records it.
     usage::settle(conn, &finished, super::usage::images_of(&artifacts)).await?;
     let seq = row.int("last_seq")?;
-    let data = payload::finish(finish, outputs_json(&artifacts), generation);
+    let data = payload::finish(finish, task, &artifacts, now);
     let mut events = vec![insert_event(conn, id, seq, EventKind::for_status(next), data).await?];
     if task.status == TaskStatus::Queued {
         events.extend(announce_positions(conn, &task.channel, window).await?);
@@ -255,8 +244,8 @@ impl TaskRepo for SqliteDatabase {
             Some(row) => (row.int("queued")?, row.int("running")?),
             None => (0, 0),
         };
-        if queued + running >= i64::from(capacity) {
-            return Ok(Enqueued::QueueFull { waiting: queued.max(0) as u32 });
+        if let Some(full) = queue_full(queued, running, capacity) {
+            return Ok(full);
         }
         let position = queued + 1;
         let now = now_ms();
@@ -732,7 +721,7 @@ impl MessageRepo for SqliteDatabase {
 #[async_trait]
 impl SingletonRepo for SqliteDatabase {
     async fn hold_singleton(&self, name: &str, holder: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<bool> {
-        let until = now.timestamp_millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let until = now.timestamp_millis().saturating_add(rows::millis(ttl));
         let held: Option<String> = sqlx::query_scalar(
             "INSERT INTO singletons (name, holder, until) VALUES (?1, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
