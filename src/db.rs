@@ -8,6 +8,7 @@
 mod accounts;
 pub mod channels;
 mod deliveries;
+mod listing;
 mod postgres;
 mod rows;
 mod sqlite;

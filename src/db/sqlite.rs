@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use super::{
     Billing, ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
-    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload, queue_full,
+    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, listing, payload, queue_full,
     rows::{self, Columns, now_ms, to_time},
 };
 use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
@@ -144,19 +144,6 @@ async fn task_in(conn: &mut SqliteConnection, id: TaskId) -> DbResult<Option<Tas
 async fn file_recorded(conn: &mut SqliteConnection, key: &str) -> DbResult<()> {
     sqlx::query("DELETE FROM pending_files WHERE key = ?1").bind(key).execute(&mut *conn).await?;
     Ok(())
-}
-
-/// Narrows a query on `tasks` or `pictures` to what a caller may see.
-fn push_scope(query: &mut sqlx::QueryBuilder<Sqlite>, scope: Scope) {
-    match scope {
-        Scope::All => {}
-        Scope::Owner(Some(owner)) => {
-            query.push(" AND owner_id = ").push_bind(owner.to_string());
-        }
-        Scope::Owner(None) => {
-            query.push(" AND owner_id IS NULL");
-        }
-    }
 }
 
 /// Ends `task` (read in this transaction, its status allowing `finish`) with its
@@ -298,21 +285,7 @@ impl TaskRepo for SqliteDatabase {
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> DbResult<Vec<Task>> {
-        // The WHERE clause is built per filter so each filter can use its index; a
-        // catch-all `(?1 IS NULL OR status = ?1)` would scan the whole table.
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE 1 = 1");
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(picture) = filter.picture_id {
-            query.push(" AND picture_id = ").push_bind(picture.to_string());
-        }
-        if let Some(before) = filter.before {
-            query.push(" AND id < ").push_bind(before.to_string());
-        }
-        push_scope(&mut query, filter.scope);
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(&self.reader).await?;
+        let rows = listing::tasks::<Sqlite>(filter).build().fetch_all(&self.reader).await?;
         rows.iter().map(rows::task).collect()
     }
 
@@ -624,15 +597,8 @@ impl FileRepo for SqliteDatabase {
     }
 
     async fn list_pictures(&self, scope: Scope, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)> {
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM pictures WHERE 1 = 1");
-        push_scope(&mut query, scope);
-        query.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(limit));
-        // Past i64::MAX is past any table. `as` would wrap it negative, which SQLite
-        // takes as no offset at all: the first page instead of an empty one.
-        query.push(" OFFSET ").push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
-        let rows = query.build().fetch_all(&self.reader).await?;
-        let mut count = sqlx::QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM pictures WHERE 1 = 1");
-        push_scope(&mut count, scope);
+        let (mut page, mut count) = listing::pictures::<Sqlite>(scope, offset, limit);
+        let rows = page.build().fetch_all(&self.reader).await?;
         let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
         Ok((rows.iter().map(rows::picture).collect::<DbResult<_>>()?, total.max(0) as u64))
     }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{PostgresDatabase, begin};
 use crate::db::{
     AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbResult, FoundToken, NewSession,
-    NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate,
+    NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate, listing,
     rows::{self, Columns, now_ms},
 };
 
@@ -119,8 +119,7 @@ impl AccountRepo for PostgresDatabase {
             " FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2"
         ))
         .bind(i64::from(limit))
-        // `as` would wrap a huge offset negative, which SQLite takes as none at all.
-        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .bind(listing::offset(offset))
         .fetch_all(&self.pool)
         .await?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
@@ -366,25 +365,9 @@ impl AccountRepo for PostgresDatabase {
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> DbResult<(Vec<AuditRecord>, u64)> {
-        // Built per filter so each filter can use its index (see `list_tasks`).
-        let filtered = |select: &str| {
-            let mut query = sqlx::QueryBuilder::<Postgres>::new(select);
-            query.push(" FROM audit_log WHERE 1 = 1");
-            if let Some(actor) = filter.actor_id {
-                query.push(" AND actor_id = ").push_bind(actor.to_string());
-            }
-            if let Some(action) = &filter.action {
-                query.push(" AND action = ").push_bind(action.clone());
-            }
-            query
-        };
-        let mut page = filtered("SELECT *");
-        page.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit))
-            .push(" OFFSET ")
-            .push_bind(i64::try_from(filter.offset).unwrap_or(i64::MAX));
+        let (mut page, mut count) = listing::audit::<Postgres>(filter);
         let rows = page.build().fetch_all(&self.pool).await?;
-        let total: i64 = filtered("SELECT COUNT(*)").build_query_scalar().fetch_one(&self.pool).await?;
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
         Ok((rows.iter().map(rows::audit).collect::<DbResult<_>>()?, total.max(0) as u64))
     }
 }

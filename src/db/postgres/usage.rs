@@ -7,7 +7,7 @@ use sqlx::{PgConnection, Postgres};
 use super::{PostgresDatabase, begin};
 use crate::{
     db::{
-        Activity, Billing, DbResult, Enqueued, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals,
+        Activity, Billing, DbResult, Enqueued, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals, listing,
         rows::{self, now_ms},
         usage::{Settlement, task_price},
     },
@@ -153,36 +153,6 @@ pub(super) async fn settle(conn: &mut PgConnection, task: &Task, images: u32) ->
     Ok(())
 }
 
-fn push_filter(query: &mut sqlx::QueryBuilder<Postgres>, filter: &UsageFilter) {
-    if let Some(user) = filter.user {
-        query.push(" AND u.user_id = ").push_bind(user.to_string());
-    }
-    if let Some(token) = filter.token {
-        query.push(" AND u.token_id = ").push_bind(token.to_string());
-    }
-    if let Some(model) = &filter.model {
-        query.push(" AND u.model = ").push_bind(model.clone());
-    }
-    if let Some(channel) = &filter.channel {
-        query.push(" AND u.channel = ").push_bind(channel.clone());
-    }
-    match filter.outcome.as_deref() {
-        Some("pending") => {
-            query.push(" AND u.outcome IS NULL");
-        }
-        Some(outcome) => {
-            query.push(" AND u.outcome = ").push_bind(outcome.to_owned());
-        }
-        None => {}
-    }
-    if let Some(from) = filter.from {
-        query.push(" AND u.created_at >= ").push_bind(from.timestamp_millis());
-    }
-    if let Some(to) = filter.to {
-        query.push(" AND u.created_at < ").push_bind(to.timestamp_millis());
-    }
-}
-
 #[async_trait]
 impl UsageRepo for PostgresDatabase {
     async fn activity(&self, since: chrono::DateTime<chrono::Utc>) -> DbResult<Activity> {
@@ -242,29 +212,19 @@ impl UsageRepo for PostgresDatabase {
     }
 
     async fn list_usage(&self, filter: &UsageFilter) -> DbResult<Vec<UsageRecord>> {
-        let mut query = sqlx::QueryBuilder::<Postgres>::new(
-            "SELECT u.*, t.error_code AS error_code, us.username AS username, k.name AS token_name \
-             FROM usage u JOIN tasks t ON t.id = u.task_id \
-             LEFT JOIN users us ON us.id = u.user_id LEFT JOIN api_tokens k ON k.id = u.token_id WHERE 1 = 1",
-        );
-        push_filter(&mut query, filter);
-        if let Some(before) = filter.before {
-            query.push(" AND u.task_id < ").push_bind(before.to_string());
-        }
-        query.push(" ORDER BY u.task_id DESC LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(&self.pool).await?;
+        let rows = listing::usage_records::<Postgres>(filter).build().fetch_all(&self.pool).await?;
         rows.iter().map(rows::usage_record).collect()
     }
 
     async fn usage_totals(&self, filter: &UsageFilter) -> DbResult<UsageTotals> {
-        let mut query = sqlx::QueryBuilder::<Postgres>::new(
+        let mut query = listing::usage::<Postgres>(
             "SELECT COUNT(*) AS tasks, \
                  COUNT(*) FILTER (WHERE u.outcome = 'succeeded') AS succeeded, \
                  COUNT(*) FILTER (WHERE u.outcome = 'failed') AS failed, \
                  COUNT(*) FILTER (WHERE u.outcome = 'canceled') AS canceled, \
                  COALESCE(SUM(u.charged), 0)::BIGINT AS charged FROM usage u WHERE 1 = 1",
+            filter,
         );
-        push_filter(&mut query, filter);
         let row = query.build().fetch_one(&self.pool).await?;
         rows::usage_totals(&row)
     }

@@ -7,7 +7,7 @@ use sqlx::{Sqlite, SqliteConnection};
 use super::{SqliteDatabase, begin};
 use crate::{
     db::{
-        Activity, Billing, DbResult, Enqueued, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals,
+        Activity, Billing, DbResult, Enqueued, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals, listing,
         rows::{self, now_ms},
         usage::{Settlement, task_price},
     },
@@ -150,36 +150,6 @@ pub(super) async fn settle(conn: &mut SqliteConnection, task: &Task, images: u32
     Ok(())
 }
 
-fn push_filter(query: &mut sqlx::QueryBuilder<Sqlite>, filter: &UsageFilter) {
-    if let Some(user) = filter.user {
-        query.push(" AND u.user_id = ").push_bind(user.to_string());
-    }
-    if let Some(token) = filter.token {
-        query.push(" AND u.token_id = ").push_bind(token.to_string());
-    }
-    if let Some(model) = &filter.model {
-        query.push(" AND u.model = ").push_bind(model.clone());
-    }
-    if let Some(channel) = &filter.channel {
-        query.push(" AND u.channel = ").push_bind(channel.clone());
-    }
-    match filter.outcome.as_deref() {
-        Some("pending") => {
-            query.push(" AND u.outcome IS NULL");
-        }
-        Some(outcome) => {
-            query.push(" AND u.outcome = ").push_bind(outcome.to_owned());
-        }
-        None => {}
-    }
-    if let Some(from) = filter.from {
-        query.push(" AND u.created_at >= ").push_bind(from.timestamp_millis());
-    }
-    if let Some(to) = filter.to {
-        query.push(" AND u.created_at < ").push_bind(to.timestamp_millis());
-    }
-}
-
 #[async_trait]
 impl UsageRepo for SqliteDatabase {
     async fn activity(&self, since: chrono::DateTime<chrono::Utc>) -> DbResult<Activity> {
@@ -239,29 +209,19 @@ impl UsageRepo for SqliteDatabase {
     }
 
     async fn list_usage(&self, filter: &UsageFilter) -> DbResult<Vec<UsageRecord>> {
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new(
-            "SELECT u.*, t.error_code AS error_code, us.username AS username, k.name AS token_name \
-             FROM usage u JOIN tasks t ON t.id = u.task_id \
-             LEFT JOIN users us ON us.id = u.user_id LEFT JOIN api_tokens k ON k.id = u.token_id WHERE 1 = 1",
-        );
-        push_filter(&mut query, filter);
-        if let Some(before) = filter.before {
-            query.push(" AND u.task_id < ").push_bind(before.to_string());
-        }
-        query.push(" ORDER BY u.task_id DESC LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(&self.reader).await?;
+        let rows = listing::usage_records::<Sqlite>(filter).build().fetch_all(&self.reader).await?;
         rows.iter().map(rows::usage_record).collect()
     }
 
     async fn usage_totals(&self, filter: &UsageFilter) -> DbResult<UsageTotals> {
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new(
+        let mut query = listing::usage::<Sqlite>(
             "SELECT COUNT(*) AS tasks, \
                  COALESCE(SUM(u.outcome = 'succeeded'), 0) AS succeeded, \
                  COALESCE(SUM(u.outcome = 'failed'), 0) AS failed, \
                  COALESCE(SUM(u.outcome = 'canceled'), 0) AS canceled, \
                  COALESCE(SUM(u.charged), 0) AS charged FROM usage u WHERE 1 = 1",
+            filter,
         );
-        push_filter(&mut query, filter);
         let row = query.build().fetch_one(&self.reader).await?;
         rows::usage_totals(&row)
     }
