@@ -14,7 +14,7 @@ use crate::{
         DbResult, DeliveryRepo, NextStep,
         rows::{self, millis, now_ms, to_time},
     },
-    deliveries::{Attempt, Delivery, DeliveryStatus, NewDelivery},
+    deliveries::{Attempt, Delivery, NewDelivery},
     tasks::TaskId,
 };
 
@@ -60,11 +60,7 @@ impl DeliveryRepo for PostgresDatabase {
     }
 
     async fn record_attempt(&self, id: Uuid, owner: &str, attempt: &Attempt, next: NextStep) -> DbResult<bool> {
-        let (status, next_at, finished_at) = match next {
-            NextStep::Delivered => (DeliveryStatus::Delivered, None, Some(now_ms())),
-            NextStep::Failed => (DeliveryStatus::Failed, None, Some(now_ms())),
-            NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at.timestamp_millis()), None),
-        };
+        let (status, next_at, finished_at) = next.recorded();
         let mut tx = begin(&self.pool).await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, duration_ms) \
