@@ -11,6 +11,8 @@ mod deliveries;
 mod listing;
 mod postgres;
 mod rows;
+#[cfg(test)]
+mod scratch;
 mod sqlite;
 mod usage;
 
@@ -364,5 +366,26 @@ pub(crate) mod payload {
             }),
             Finish::Canceled => json!({ "status": "canceled" }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::scratch::{Scratch, on_every_backend};
+
+    on_every_backend!(a_singleton_is_held_by_one_holder_until_its_lease_lapses);
+
+    async fn a_singleton_is_held_by_one_holder_until_its_lease_lapses(db: &Scratch) {
+        let ttl = Duration::from_secs(10);
+        let t0 = Utc::now();
+        assert!(db.hold_singleton("sweep", "a", ttl, t0).await.expect("take"));
+        assert!(!db.hold_singleton("sweep", "b", ttl, t0).await.expect("refused"), "a holds it");
+        assert!(db.hold_singleton("other", "b", ttl, t0).await.expect("take"), "names are apart");
+        let later = t0 + chrono::Duration::seconds(8);
+        assert!(db.hold_singleton("sweep", "a", ttl, later).await.expect("renew"), "its holder renews it");
+        let lapsed = later + chrono::Duration::seconds(11);
+        assert!(db.hold_singleton("sweep", "b", ttl, lapsed).await.expect("take over"), "lapsed: b takes it");
+        assert!(!db.hold_singleton("sweep", "a", ttl, lapsed).await.expect("refused"), "and a has lost it");
     }
 }

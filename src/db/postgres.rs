@@ -763,38 +763,20 @@ impl Database for PostgresDatabase {
 /// What SQLite's single writer gave for free, checked with several connections standing
 /// in for several kiln processes. They run against the server named by
 /// `KILN_TEST_DATABASE_URL` (`scripts/with-postgres.sh` starts one), each in a database
-/// of its own, and pass vacuously without it.
+/// of its own, and are skipped (saying so) without it.
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use sqlx::Connection;
     use tokio::sync::Notify;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::{db::ClaimTerms, tasks::TaskKind};
 
-    /// A fresh database on the test server, or `None` when there is no server.
-    async fn fresh_database() -> Option<String> {
-        let Ok(server) = std::env::var("KILN_TEST_DATABASE_URL") else {
-            eprintln!("KILN_TEST_DATABASE_URL is not set; skipping");
-            return None;
-        };
-        let name = format!("kiln_unit_{:016x}", fastrand::u64(..));
-        let mut conn = sqlx::PgConnection::connect(&server).await.expect("connect");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let mut url = url::Url::parse(&server).expect("url");
-        url.set_path(&name);
-        Some(url.to_string())
-    }
-
     /// `n` connections to one database: `n` processes, as far as the database can tell.
     async fn processes(n: usize) -> Option<Vec<Arc<PostgresDatabase>>> {
-        let url = fresh_database().await?;
+        let url = crate::db::scratch::postgres_url().await?;
         let mut all = Vec::new();
         for _ in 0..n {
             all.push(Arc::new(PostgresDatabase::connect(&url, 4).await.expect("connect")));

@@ -719,25 +719,3 @@ impl Database for SqliteDatabase {
         Arc::clone(&self.notifier) as Arc<dyn crate::notify::Notifier>
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_singleton_is_held_by_one_holder_until_its_lease_lapses() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-        let db = SqliteDatabase::connect(&url, 2).await.expect("database");
-        let ttl = Duration::from_secs(10);
-        let t0 = Utc::now();
-        assert!(db.hold_singleton("sweep", "a", ttl, t0).await.expect("take"));
-        assert!(!db.hold_singleton("sweep", "b", ttl, t0).await.expect("refused"), "a holds it");
-        assert!(db.hold_singleton("other", "b", ttl, t0).await.expect("take"), "names are apart");
-        let later = t0 + chrono::Duration::seconds(8);
-        assert!(db.hold_singleton("sweep", "a", ttl, later).await.expect("renew"), "its holder renews it");
-        let lapsed = later + chrono::Duration::seconds(11);
-        assert!(db.hold_singleton("sweep", "b", ttl, lapsed).await.expect("take over"), "lapsed: b takes it");
-        assert!(!db.hold_singleton("sweep", "a", ttl, lapsed).await.expect("refused"), "and a has lost it");
-    }
-}
