@@ -9,7 +9,11 @@ mod accounts;
 pub mod channels;
 pub mod copy;
 mod deliveries;
+mod listing;
 mod postgres;
+mod rows;
+#[cfg(test)]
+mod scratch;
 mod sqlite;
 mod usage;
 
@@ -105,6 +109,23 @@ impl Finish {
             Finish::Canceled => TaskStatus::Canceled,
         }
     }
+
+    /// What the ended task's row records: its error code and message, and its metadata
+    /// (an empty object unless it succeeded).
+    fn recorded(&self) -> (Option<String>, Option<String>, serde_json::Value) {
+        let empty = || serde_json::Value::Object(Default::default());
+        match self {
+            Finish::Succeeded { metadata } => (None, None, metadata.clone()),
+            Finish::Failed { code, message } => (Some(code.clone()), Some(message.clone()), empty()),
+            Finish::Canceled => (None, None, empty()),
+        }
+    }
+}
+
+/// The refusal of a task by a channel that already holds `capacity` tasks queued and
+/// running, or `None` when it has room.
+fn queue_full(queued: i64, running: i64, capacity: u32) -> Option<Enqueued> {
+    (queued + running >= i64::from(capacity)).then(|| Enqueued::QueueFull { waiting: queued.max(0) as u32 })
 }
 
 /// The result of a conditional status change.
@@ -324,6 +345,7 @@ pub(crate) mod payload {
     use serde_json::{Value, json};
 
     use super::Finish;
+    use crate::tasks::{Artifact, Task};
 
     pub fn queued(position: u32) -> Value {
         json!({ "status": "queued", "position": position })
@@ -333,7 +355,10 @@ pub(crate) mod payload {
         json!({ "status": "running", "progress": progress, "stage": stage })
     }
 
-    pub fn finish(finish: &Finish, outputs: Value, generation_time: Option<f64>) -> Value {
+    /// The terminal event of `task`, ended at `now` (ms) with `artifacts` as its outputs.
+    pub fn finish(finish: &Finish, task: &Task, artifacts: &[Artifact], now: i64) -> Value {
+        let outputs = Value::Array(artifacts.iter().map(Artifact::summary).collect());
+        let generation_time = task.started_at.map(|s| (now - s.timestamp_millis()).max(0) as f64 / 1000.0);
         match finish {
             Finish::Succeeded { metadata } => json!({
                 "status": "succeeded",
@@ -347,5 +372,26 @@ pub(crate) mod payload {
             }),
             Finish::Canceled => json!({ "status": "canceled" }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::scratch::{Scratch, on_every_backend};
+
+    on_every_backend!(a_singleton_is_held_by_one_holder_until_its_lease_lapses);
+
+    async fn a_singleton_is_held_by_one_holder_until_its_lease_lapses(db: &Scratch) {
+        let ttl = Duration::from_secs(10);
+        let t0 = Utc::now();
+        assert!(db.hold_singleton("sweep", "a", ttl, t0).await.expect("take"));
+        assert!(!db.hold_singleton("sweep", "b", ttl, t0).await.expect("refused"), "a holds it");
+        assert!(db.hold_singleton("other", "b", ttl, t0).await.expect("take"), "names are apart");
+        let later = t0 + chrono::Duration::seconds(8);
+        assert!(db.hold_singleton("sweep", "a", ttl, later).await.expect("renew"), "its holder renews it");
+        let lapsed = later + chrono::Duration::seconds(11);
+        assert!(db.hold_singleton("sweep", "b", ttl, lapsed).await.expect("take over"), "lapsed: b takes it");
+        assert!(!db.hold_singleton("sweep", "a", ttl, lapsed).await.expect("refused"), "and a has lost it");
     }
 }

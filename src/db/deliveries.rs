@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::DbResult;
 use crate::{
-    deliveries::{Attempt, Delivery, NewDelivery},
+    deliveries::{Attempt, Delivery, DeliveryStatus, NewDelivery},
     tasks::TaskId,
 };
 
@@ -22,6 +22,18 @@ pub enum NextStep {
     /// Pending, tried again at that time.
     RetryAt(DateTime<Utc>),
     Failed,
+}
+
+impl NextStep {
+    /// What the delivery's row records after this step: its status, when it is tried
+    /// next, and when it finished (milliseconds).
+    pub(super) fn recorded(self) -> (DeliveryStatus, Option<i64>, Option<i64>) {
+        match self {
+            NextStep::Delivered => (DeliveryStatus::Delivered, None, Some(super::rows::now_ms())),
+            NextStep::Failed => (DeliveryStatus::Failed, None, Some(super::rows::now_ms())),
+            NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at.timestamp_millis()), None),
+        }
+    }
 }
 
 #[async_trait]

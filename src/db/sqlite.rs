@@ -14,16 +14,17 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{
-    Row, Sqlite, SqliteConnection, Transaction,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous},
+    Sqlite, SqliteConnection, Transaction,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 use uuid::Uuid;
 
 use super::{
     Billing, ChannelLoad, ClaimTerms, Claimed, Database, DbError, DbResult, Enqueued, FileRepo, Finish, JournalRepo,
-    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, payload,
+    MessageRepo, Scope, SingletonRepo, StoredFile, TaskFilter, TaskRepo, Transition, listing, payload, queue_full,
+    rows::{self, Columns, now_ms, to_time},
 };
-use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskKind, TaskStatus};
+use crate::tasks::{Artifact, EventKind, NewTask, Picture, Task, TaskEvent, TaskId, TaskStatus};
 
 mod usage;
 
@@ -58,115 +59,6 @@ impl SqliteDatabase {
             .await?;
         Ok(Self { writer, reader, notifier: crate::notify::Local::new() })
     }
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
-}
-
-fn opt_time(ms: Option<i64>) -> Option<DateTime<Utc>> {
-    ms.map(to_time)
-}
-
-fn parse_json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or(Value::Null)
-}
-
-fn parse_uuid(text: &str) -> DbResult<Uuid> {
-    Uuid::parse_str(text).map_err(|_| DbError::Corrupt(format!("bad uuid `{text}`")))
-}
-
-fn opt_uuid(text: Option<String>) -> DbResult<Option<Uuid>> {
-    text.as_deref().map(parse_uuid).transpose()
-}
-
-fn task_from_row(row: &SqliteRow) -> DbResult<Task> {
-    let kind: String = row.try_get("kind")?;
-    let status: String = row.try_get("status")?;
-    let id: String = row.try_get("id")?;
-    let picture: Option<String> = row.try_get("picture_id")?;
-    let params: String = row.try_get("params")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(Task {
-        id: TaskId(parse_uuid(&id)?),
-        kind: TaskKind::parse(&kind).ok_or_else(|| DbError::Corrupt(format!("bad kind `{kind}`")))?,
-        model: row.try_get("model")?,
-        channel: row.try_get("channel")?,
-        status: TaskStatus::parse(&status).ok_or_else(|| DbError::Corrupt(format!("bad status `{status}`")))?,
-        prompt: row.try_get("prompt")?,
-        picture_id: picture.as_deref().map(parse_uuid).transpose()?,
-        params: parse_json(&params),
-        progress: row.try_get::<i64, _>("progress")?.clamp(0, 100) as u8,
-        stage: row.try_get("stage")?,
-        error_code: row.try_get("error_code")?,
-        error_message: row.try_get("error_message")?,
-        metadata: parse_json(&metadata),
-        provider_job_id: row.try_get("provider_job_id")?,
-        placement: row.try_get("placement")?,
-        submitting_at: opt_time(row.try_get("submitting_at")?),
-        attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
-        created_at: to_time(row.try_get("created_at")?),
-        started_at: opt_time(row.try_get("started_at")?),
-        finished_at: opt_time(row.try_get("finished_at")?),
-        deadline_at: opt_time(row.try_get("deadline_at")?),
-        owner_id: opt_uuid(row.try_get("owner_id")?)?,
-        token_id: opt_uuid(row.try_get("token_id")?)?,
-        webhook_url: row.try_get("webhook_url")?,
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> DbResult<TaskEvent> {
-    let id: String = row.try_get("task_id")?;
-    let kind: String = row.try_get("kind")?;
-    let data: String = row.try_get("data")?;
-    Ok(TaskEvent {
-        task_id: TaskId(parse_uuid(&id)?),
-        seq: row.try_get("seq")?,
-        kind: EventKind::parse(&kind).ok_or_else(|| DbError::Corrupt(format!("bad event kind `{kind}`")))?,
-        data: parse_json(&data),
-        created_at: to_time(row.try_get("created_at")?),
-    })
-}
-
-fn artifact_from_row(row: &SqliteRow) -> DbResult<Artifact> {
-    let id: String = row.try_get("id")?;
-    let task: String = row.try_get("task_id")?;
-    let metadata: String = row.try_get("metadata")?;
-    Ok(Artifact {
-        id: parse_uuid(&id)?,
-        task_id: TaskId(parse_uuid(&task)?),
-        name: row.try_get("name")?,
-        role: row.try_get("role")?,
-        key: row.try_get("key")?,
-        content_type: row.try_get("content_type")?,
-        size: row.try_get::<i64, _>("size")?.max(0) as u64,
-        sha256: row.try_get("sha256")?,
-        metadata: parse_json(&metadata),
-        created_at: to_time(row.try_get("created_at")?),
-        expired_at: opt_time(row.try_get("expired_at")?),
-    })
-}
-
-fn picture_from_row(row: &SqliteRow) -> DbResult<Picture> {
-    let id: String = row.try_get("id")?;
-    Ok(Picture {
-        id: parse_uuid(&id)?,
-        key: row.try_get("key")?,
-        content_type: row.try_get("content_type")?,
-        format: row.try_get("format")?,
-        width: row.try_get::<i64, _>("width")?.max(0) as u32,
-        height: row.try_get::<i64, _>("height")?.max(0) as u32,
-        size: row.try_get::<i64, _>("size")?.max(0) as u64,
-        sha256: row.try_get("sha256")?,
-        original_name: row.try_get("original_name")?,
-        created_at: to_time(row.try_get("created_at")?),
-        expired_at: opt_time(row.try_get("expired_at")?),
-        owner_id: opt_uuid(row.try_get("owner_id")?)?,
-    })
 }
 
 /// Appends one event, taking the next sequence number from the task row.
@@ -219,19 +111,7 @@ async fn announce_positions(conn: &mut SqliteConnection, channel: &str, window: 
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let now = now_ms();
-    let mut events = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let id: String = row.try_get("id")?;
-        let position: i64 = row.try_get("pos")?;
-        events.push(TaskEvent {
-            task_id: TaskId(parse_uuid(&id)?),
-            seq: row.try_get("seq")?,
-            kind: EventKind::Queued,
-            data: payload::queued(position.clamp(1, i64::from(u32::MAX)) as u32),
-            created_at: to_time(now),
-        });
-    }
+    let mut events = rows::queued_events(&rows, now_ms())?;
     insert_events(conn, &events).await?;
     // RETURNING gives no order; subscribers of one task only need its own in order.
     events.sort_by_key(|e| e.seq);
@@ -258,30 +138,13 @@ async fn insert_events(conn: &mut SqliteConnection, events: &[TaskEvent]) -> DbR
 
 async fn task_in(conn: &mut SqliteConnection, id: TaskId) -> DbResult<Option<Task>> {
     let row = sqlx::query("SELECT * FROM tasks WHERE id = ?1").bind(id.to_string()).fetch_optional(&mut *conn).await?;
-    row.as_ref().map(task_from_row).transpose()
-}
-
-fn outputs_json(artifacts: &[Artifact]) -> Value {
-    Value::Array(artifacts.iter().map(Artifact::summary).collect())
+    row.as_ref().map(rows::task).transpose()
 }
 
 /// Clears the note that a file was being written: its record commits with this.
 async fn file_recorded(conn: &mut SqliteConnection, key: &str) -> DbResult<()> {
     sqlx::query("DELETE FROM pending_files WHERE key = ?1").bind(key).execute(&mut *conn).await?;
     Ok(())
-}
-
-/// Narrows a query on `tasks` or `pictures` to what a caller may see.
-fn push_scope(query: &mut sqlx::QueryBuilder<Sqlite>, scope: Scope) {
-    match scope {
-        Scope::All => {}
-        Scope::Owner(Some(owner)) => {
-            query.push(" AND owner_id = ").push_bind(owner.to_string());
-        }
-        Scope::Owner(None) => {
-            query.push(" AND owner_id IS NULL");
-        }
-    }
 }
 
 /// Ends `task` (read in this transaction, its status allowing `finish`) with its
@@ -300,18 +163,11 @@ async fn finish_in(
             .bind(id.to_string())
             .fetch_all(&mut *conn)
             .await?;
-        rows.iter().map(artifact_from_row).collect::<DbResult<Vec<_>>>()?
+        rows.iter().map(rows::artifact).collect::<DbResult<Vec<_>>>()?
     } else {
         Vec::new()
     };
-    let generation = task.started_at.map(|s| (now - s.timestamp_millis()).max(0) as f64 / 1000.0);
-    let (code, message, metadata) = match finish {
-        Finish::Succeeded { metadata } => (None, None, metadata.clone()),
-        Finish::Failed { code, message } => {
-            (Some(code.clone()), Some(message.clone()), Value::Object(Default::default()))
-        }
-        Finish::Canceled => (None, None, Value::Object(Default::default())),
-    };
+    let (code, message, metadata) = finish.recorded();
     let row = sqlx::query(
         "UPDATE tasks SET status = ?1, finished_at = ?2, error_code = ?3, error_message = ?4, metadata = ?5, \
              progress = CASE WHEN ?1 = 'succeeded' THEN 100 ELSE progress END, last_seq = last_seq + 1, \
@@ -327,11 +183,11 @@ async fn finish_in(
     .bind(id.to_string())
     .fetch_one(&mut *conn)
     .await?;
-    let finished = task_from_row(&row)?;
+    let finished = rows::task(&row)?;
     // Every end settles the task's credits in the transaction that records it.
-    usage::settle(conn, &finished, usage::images_of(&artifacts)).await?;
-    let seq: i64 = row.try_get("last_seq")?;
-    let data = payload::finish(finish, outputs_json(&artifacts), generation);
+    usage::settle(conn, &finished, super::usage::images_of(&artifacts)).await?;
+    let seq = row.int("last_seq")?;
+    let data = payload::finish(finish, task, &artifacts, now);
     let mut events = vec![insert_event(conn, id, seq, EventKind::for_status(next), data).await?];
     if task.status == TaskStatus::Queued {
         events.extend(announce_positions(conn, &task.channel, window).await?);
@@ -359,12 +215,10 @@ impl TaskRepo for SqliteDatabase {
                 .fetch_optional(&mut *tx)
                 .await?;
             if let Some(row) = existing {
-                let stored: String = row.try_get("request_hash")?;
-                if stored != hash {
+                if row.text("request_hash")? != hash {
                     return Ok(Enqueued::KeyConflict);
                 }
-                let id: String = row.try_get("task_id")?;
-                let task = task_in(&mut tx, TaskId(parse_uuid(&id)?))
+                let task = task_in(&mut tx, TaskId(row.uuid("task_id")?))
                     .await?
                     .ok_or_else(|| DbError::Corrupt("idempotency key without task".into()))?;
                 return Ok(Enqueued::Replayed(task));
@@ -375,11 +229,11 @@ impl TaskRepo for SqliteDatabase {
             .fetch_optional(&mut *tx)
             .await?;
         let (queued, running): (i64, i64) = match counts {
-            Some(row) => (row.try_get("queued")?, row.try_get("running")?),
+            Some(row) => (row.int("queued")?, row.int("running")?),
             None => (0, 0),
         };
-        if queued + running >= i64::from(capacity) {
-            return Ok(Enqueued::QueueFull { waiting: queued.max(0) as u32 });
+        if let Some(full) = queue_full(queued, running, capacity) {
+            return Ok(full);
         }
         let position = queued + 1;
         let now = now_ms();
@@ -403,7 +257,7 @@ impl TaskRepo for SqliteDatabase {
         .bind(&task.webhook_url)
         .fetch_one(&mut *tx)
         .await?;
-        let stored = task_from_row(&row)?;
+        let stored = rows::task(&row)?;
         // After the task's row, which its usage record references; a refusal drops the
         // transaction, and the row with it.
         if let Err(refused) = usage::reserve(&mut tx, task, billing).await? {
@@ -428,26 +282,12 @@ impl TaskRepo for SqliteDatabase {
     async fn get_task(&self, id: TaskId) -> DbResult<Option<Task>> {
         let row =
             sqlx::query("SELECT * FROM tasks WHERE id = ?1").bind(id.to_string()).fetch_optional(&self.reader).await?;
-        row.as_ref().map(task_from_row).transpose()
+        row.as_ref().map(rows::task).transpose()
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> DbResult<Vec<Task>> {
-        // The WHERE clause is built per filter so each filter can use its index; a
-        // catch-all `(?1 IS NULL OR status = ?1)` would scan the whole table.
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM tasks WHERE 1 = 1");
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(picture) = filter.picture_id {
-            query.push(" AND picture_id = ").push_bind(picture.to_string());
-        }
-        if let Some(before) = filter.before {
-            query.push(" AND id < ").push_bind(before.to_string());
-        }
-        push_scope(&mut query, filter.scope);
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(&self.reader).await?;
-        rows.iter().map(task_from_row).collect()
+        let rows = listing::tasks::<Sqlite>(filter).build().fetch_all(&self.reader).await?;
+        rows.iter().map(rows::task).collect()
     }
 
     async fn queue_position(&self, id: TaskId) -> DbResult<Option<u32>> {
@@ -491,8 +331,8 @@ impl TaskRepo for SqliteDatabase {
             tx.rollback().await?;
             return Ok(None);
         };
-        let task = task_from_row(&row)?;
-        let seq: i64 = row.try_get("last_seq")?;
+        let task = rows::task(&row)?;
+        let seq = row.int("last_seq")?;
         let stage = task.stage.clone().unwrap_or_else(|| "starting".into());
         let mut events =
             vec![insert_event(&mut tx, task.id, seq, EventKind::Processing, payload::processing(0, &stage)).await?];
@@ -660,11 +500,7 @@ impl TaskRepo for SqliteDatabase {
         .bind(channel)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((row.try_get("placement")?, row.try_get::<i64, _>("n")?.clamp(0, i64::from(u32::MAX)) as u32))
-            })
-            .collect()
+        rows.iter().map(rows::placement_load).collect()
     }
 
     async fn release_placement(&self, channel: &str, placement: &str) -> DbResult<u64> {
@@ -693,7 +529,7 @@ impl TaskRepo for SqliteDatabase {
             .bind(name)
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(artifact_from_row).transpose()
+        row.as_ref().map(rows::artifact).transpose()
     }
 
     async fn finish(&self, id: TaskId, finish: &Finish, window: u32) -> DbResult<Transition> {
@@ -713,7 +549,7 @@ impl TaskRepo for SqliteDatabase {
             .bind(after)
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(rows::event).collect()
     }
 
     async fn list_artifacts(&self, id: TaskId) -> DbResult<Vec<Artifact>> {
@@ -721,7 +557,7 @@ impl TaskRepo for SqliteDatabase {
             .bind(id.to_string())
             .fetch_all(&self.reader)
             .await?;
-        rows.iter().map(artifact_from_row).collect()
+        rows.iter().map(rows::artifact).collect()
     }
 
     async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<(TaskId, String)>> {
@@ -729,37 +565,20 @@ impl TaskRepo for SqliteDatabase {
             .bind(now.timestamp_millis())
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|row| Ok((TaskId(parse_uuid(&row.try_get::<String, _>("id")?)?), row.try_get("channel")?)))
-            .collect()
+        rows.iter().map(rows::task_and_channel).collect()
     }
 
     async fn channel_loads(&self) -> DbResult<Vec<ChannelLoad>> {
         let rows = sqlx::query("SELECT channel, queued, running FROM channel_queues WHERE queued > 0 OR running > 0")
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ChannelLoad {
-                    channel: row.try_get("channel")?,
-                    queued: row.try_get::<i64, _>("queued")?.max(0) as u64,
-                    running: row.try_get::<i64, _>("running")?.max(0) as u64,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::channel_load).collect()
     }
 
     async fn count_by_status(&self) -> DbResult<Vec<(TaskStatus, u64)>> {
         let rows =
             sqlx::query("SELECT status, COUNT(*) AS n FROM tasks GROUP BY status").fetch_all(&self.reader).await?;
-        let mut counts = Vec::new();
-        for row in &rows {
-            let status: String = row.try_get("status")?;
-            if let Some(status) = TaskStatus::parse(&status) {
-                counts.push((status, row.try_get::<i64, _>("n")?.max(0) as u64));
-            }
-        }
-        Ok(counts)
+        rows::status_counts(&rows)
     }
 }
 
@@ -795,21 +614,14 @@ impl FileRepo for SqliteDatabase {
             .bind(id.to_string())
             .fetch_optional(&self.reader)
             .await?;
-        row.as_ref().map(picture_from_row).transpose()
+        row.as_ref().map(rows::picture).transpose()
     }
 
     async fn list_pictures(&self, scope: Scope, offset: u64, limit: u32) -> DbResult<(Vec<Picture>, u64)> {
-        let mut query = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM pictures WHERE 1 = 1");
-        push_scope(&mut query, scope);
-        query.push(" ORDER BY created_at DESC, id DESC LIMIT ").push_bind(i64::from(limit));
-        // Past i64::MAX is past any table. `as` would wrap it negative, which SQLite
-        // takes as no offset at all: the first page instead of an empty one.
-        query.push(" OFFSET ").push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
-        let rows = query.build().fetch_all(&self.reader).await?;
-        let mut count = sqlx::QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM pictures WHERE 1 = 1");
-        push_scope(&mut count, scope);
+        let (mut page, mut count) = listing::pictures::<Sqlite>(scope, offset, limit);
+        let rows = page.build().fetch_all(&self.reader).await?;
         let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
-        Ok((rows.iter().map(picture_from_row).collect::<DbResult<_>>()?, total.max(0) as u64))
+        Ok((rows.iter().map(rows::picture).collect::<DbResult<_>>()?, total.max(0) as u64))
     }
 
     async fn find_file(&self, key: &str) -> DbResult<Option<StoredFile>> {
@@ -820,17 +632,7 @@ impl FileRepo for SqliteDatabase {
         .bind(key)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|row| {
-            Ok(StoredFile {
-                key: row.try_get("key")?,
-                content_type: row.try_get("content_type")?,
-                size: row.try_get::<i64, _>("size")?.max(0) as u64,
-                sha256: row.try_get("sha256")?,
-                created_at: to_time(row.try_get("created_at")?),
-                expired: row.try_get::<Option<i64>, _>("expired_at")?.is_some(),
-            })
-        })
-        .transpose()
+        row.as_ref().map(rows::stored_file).transpose()
     }
 
     async fn expire_files_before(&self, cutoff: DateTime<Utc>) -> DbResult<Vec<String>> {
@@ -906,7 +708,7 @@ impl MessageRepo for SqliteDatabase {
 #[async_trait]
 impl SingletonRepo for SqliteDatabase {
     async fn hold_singleton(&self, name: &str, holder: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<bool> {
-        let until = now.timestamp_millis().saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+        let until = now.timestamp_millis().saturating_add(rows::millis(ttl));
         let held: Option<String> = sqlx::query_scalar(
             "INSERT INTO singletons (name, holder, until) VALUES (?1, ?2, ?3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
@@ -936,27 +738,5 @@ impl Database for SqliteDatabase {
 
     fn notifier(&self) -> Arc<dyn crate::notify::Notifier> {
         Arc::clone(&self.notifier) as Arc<dyn crate::notify::Notifier>
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_singleton_is_held_by_one_holder_until_its_lease_lapses() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-        let db = SqliteDatabase::connect(&url, 2).await.expect("database");
-        let ttl = Duration::from_secs(10);
-        let t0 = Utc::now();
-        assert!(db.hold_singleton("sweep", "a", ttl, t0).await.expect("take"));
-        assert!(!db.hold_singleton("sweep", "b", ttl, t0).await.expect("refused"), "a holds it");
-        assert!(db.hold_singleton("other", "b", ttl, t0).await.expect("take"), "names are apart");
-        let later = t0 + chrono::Duration::seconds(8);
-        assert!(db.hold_singleton("sweep", "a", ttl, later).await.expect("renew"), "its holder renews it");
-        let lapsed = later + chrono::Duration::seconds(11);
-        assert!(db.hold_singleton("sweep", "b", ttl, lapsed).await.expect("take over"), "lapsed: b takes it");
-        assert!(!db.hold_singleton("sweep", "a", ttl, lapsed).await.expect("refused"), "and a has lost it");
     }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::DbResult;
-use crate::tasks::TaskId;
+use crate::tasks::{Artifact, Task, TaskId, TaskKind, TaskStatus};
 
 /// What one model costs, in whole credits.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -123,4 +123,64 @@ pub trait UsageRepo: Send + Sync {
     async fn set_price(&self, price: &Price) -> DbResult<()>;
     async fn list_usage(&self, filter: &UsageFilter) -> DbResult<Vec<UsageRecord>>;
     async fn usage_totals(&self, filter: &UsageFilter) -> DbResult<UsageTotals>;
+}
+
+/// What a task costs at a model's prices: per task, plus per image at the per-image
+/// price, saturating rather than overflowing.
+pub(super) fn task_price(per_task: i64, per_image: i64, images: u32) -> i64 {
+    per_task.saturating_add(per_image.saturating_mul(i64::from(images)))
+}
+
+/// Images among a task's outputs, for the per-image price.
+pub(super) fn images_of(artifacts: &[Artifact]) -> u32 {
+    artifacts.iter().filter(|a| a.role == "image").count().try_into().unwrap_or(u32::MAX)
+}
+
+/// A task's reservation, as its usage record holds it until the task ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Reservation {
+    /// The payer, whose balance gets back what is not charged.
+    pub user_id: Option<String>,
+    /// The token whose spending gets back what is not charged.
+    pub token_id: Option<String>,
+    pub per_task: i64,
+    pub per_image: i64,
+    pub reserved: i64,
+}
+
+/// How a task's usage settles when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Settlement {
+    /// A succeeded task's price (per task, plus per image made, never more than was
+    /// reserved); nothing for any other end.
+    pub charged: i64,
+    /// The rest of the reservation, back to the payer and the token.
+    pub refund: i64,
+    pub queue_ms: i64,
+    pub run_ms: Option<i64>,
+    pub finished_at: i64,
+}
+
+impl Settlement {
+    /// The settlement of `task`, just ended, having made `images` images.
+    pub(super) fn of(task: &Task, reservation: &Reservation, images: u32) -> Self {
+        let charged = if task.status == TaskStatus::Succeeded {
+            // The per-image price is for the images a text-to-image task was asked for,
+            // not for a 3D task's preview pictures.
+            let images = if task.kind == TaskKind::TextToImage { images } else { 0 };
+            task_price(reservation.per_task, reservation.per_image, images).min(reservation.reserved)
+        } else {
+            0
+        };
+        let created = task.created_at.timestamp_millis();
+        let finished = task.finished_at.map(|t| t.timestamp_millis()).unwrap_or_else(super::rows::now_ms);
+        let started = task.started_at.map(|t| t.timestamp_millis());
+        Self {
+            charged,
+            refund: reservation.reserved - charged,
+            queue_ms: (started.unwrap_or(finished) - created).max(0),
+            run_ms: started.map(|s| (finished - s).max(0)),
+            finished_at: finished,
+        }
+    }
 }

@@ -9,22 +9,20 @@ use std::{
 
 use kiln::{access::Role, accounts::passwords, config::Secret};
 
+use crate::helpers::database_url;
+
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
-/// Runs `kiln admin …` in `dir` (its data directory), writing `stdin` to it.
+/// Runs `kiln admin …` in `dir` (its data directory), writing `stdin` to it. On SQLite
+/// it uses the database of the data directory; on PostgreSQL, the test's own database,
+/// named as an operator would name it, in `KILN_DATABASE__URL`.
 fn admin(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(KILN)
-        .arg("admin")
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env_remove("KILN_CONFIG")
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(KILN);
+    command.arg("admin").args(args).arg("--data-dir").arg(dir).env_remove("KILN_CONFIG").current_dir(dir);
+    if crate::common::postgres::enabled() {
+        command.env("KILN_DATABASE__URL", database_url(dir));
+    }
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     child.wait_with_output().unwrap()
 }
@@ -48,8 +46,7 @@ async fn admin_create_makes_a_user_once_and_refuses_a_taken_name_or_a_weak_passw
     assert_eq!(weak.status.code(), Some(1));
     assert!(stderr(&weak).contains("at least 8 characters"), "{}", stderr(&weak));
 
-    let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-    let db = kiln::db::connect(&url, 1).await.unwrap();
+    let db = kiln::db::connect(&database_url(dir.path()), 1).await.unwrap();
     let root = db.find_user_by_name("root").await.unwrap().expect("the user exists");
     assert_eq!((root.user.username.as_str(), root.user.role), ("Root", Role::Admin));
     assert!(
@@ -74,8 +71,7 @@ async fn admin_reset_password_sets_the_password_of_an_existing_user_only() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(stderr(&missing).contains("no user named `nobody`"), "{}", stderr(&missing));
 
-    let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-    let db = kiln::db::connect(&url, 1).await.unwrap();
+    let db = kiln::db::connect(&database_url(dir.path()), 1).await.unwrap();
     let sue = db.find_user_by_name("sue").await.unwrap().unwrap();
     assert_eq!(sue.user.role, Role::User);
     assert!(passwords::verify(&Secret::new("second password"), Some(&sue.password_hash)).await.unwrap());

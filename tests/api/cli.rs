@@ -35,6 +35,8 @@ fn config_check_prints_the_effective_configuration_with_secrets_masked() {
     let output = Command::new(KILN)
         .args(["config", "check", "--data-dir"])
         .arg(dir.path())
+        // Opens no database, so it runs alike on both backends: `config check` only
+        // prints the configuration, and this URL is there for its password to be masked.
         .env("KILN_DATABASE__URL", "sqlite://kiln:hunter2@localhost/kiln.db")
         .env("KILN_SERVER__BIND", "127.0.0.1:9999")
         .env_remove("KILN_CONFIG")

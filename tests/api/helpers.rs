@@ -59,6 +59,18 @@ level = "warn"
     )
 }
 
+/// The database of the test whose folder is `dir`, for a test that opens it itself or
+/// runs a command that does: the one [`config_toml_full`] names (a PostgreSQL database
+/// of the test's own with `KILN_TEST_DATABASE=postgres`), else the SQLite file kiln
+/// makes by default in a data folder `dir`.
+pub fn database_url(dir: &Path) -> String {
+    if crate::common::postgres::enabled() {
+        crate::common::postgres::database_url_for(dir)
+    } else {
+        format!("sqlite://{}", dir.join("kiln.db").display())
+    }
+}
+
 pub const ECHO_CHANNEL: &str = r#"
 [[channels]]
 name = "echo"

@@ -1,7 +1,8 @@
-//! Property tests of the state machine and the event log, against the real SQLite
-//! repositories: whatever operations arrive in whatever order, only legal transitions
-//! happen, sequence numbers run 1, 2, 3 … without gaps, nothing is appended after the
-//! end, and a replay from any point equals the tail of the log.
+//! Property tests of the state machine and the event log, against the real repositories
+//! (SQLite, or PostgreSQL with `KILN_TEST_DATABASE=postgres`, a database per case):
+//! whatever operations arrive in whatever order, only legal transitions happen, sequence
+//! numbers run 1, 2, 3 … without gaps, nothing is appended after the end, and a replay
+//! from any point equals the tail of the log.
 
 use std::time::Duration;
 
@@ -44,8 +45,7 @@ proptest! {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
             let dir = tempfile::tempdir().unwrap();
-            let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-            let db = db::connect(&url, 2).await.unwrap();
+            let db = db::connect(&crate::helpers::database_url(dir.path()), 2).await.unwrap();
             let id = TaskId::new();
             let new = NewTask {
                 id, kind: TaskKind::TextTo3d, model: "m".into(), channel: "c".into(),

@@ -95,8 +95,7 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
 }
 
 async fn database(dir: &TempDir) -> Db {
-    let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-    db::connect(&url, 2).await.expect("database")
+    db::connect(&crate::helpers::database_url(dir.path()), 2).await.expect("database")
 }
 
 fn settings(allow_private: bool, steps_ms: &[u64], max_age: Duration) -> DeliverySettings {

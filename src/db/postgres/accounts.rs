@@ -3,114 +3,15 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sqlx::{PgConnection, Postgres, Row, postgres::PgRow};
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
-use super::{PostgresDatabase, begin, now_ms, opt_time, parse_json, parse_uuid, to_time};
-use crate::{
-    access::Role,
-    db::{
-        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbError, DbResult,
-        FirstAdminInsert, FoundToken, NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials,
-        UserUpdate,
-    },
+use super::{PostgresDatabase, begin};
+use crate::db::{
+    AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbResult, FirstAdminInsert, FoundToken,
+    NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate, listing,
+    rows::{self, Columns, now_ms},
 };
-
-// Macros rather than consts: sqlx takes only `'static` SQL, which `concat!` builds from
-// literals at compile time, where `format!` would build it at run time.
-
-/// The columns of a user, never the hash or the webhook secret.
-macro_rules! user_columns {
-    () => {
-        "id, username, role, balance, max_active, disabled, created_at, updated_at"
-    };
-}
-
-/// The user's columns under `u_` names, for joins whose other table has its own `id`
-/// and `created_at`.
-macro_rules! user_as_u {
-    () => {
-        "u.id AS u_id, u.username AS u_username, u.role AS u_role, u.balance AS u_balance, \
-         u.max_active AS u_max_active, u.disabled AS u_disabled, u.created_at AS u_created_at, \
-         u.updated_at AS u_updated_at"
-    };
-}
-
-fn user_from_row(row: &PgRow, prefix: &str) -> DbResult<User> {
-    let col = |name: &str| format!("{prefix}{name}");
-    let id: String = row.try_get(col("id").as_str())?;
-    let role: String = row.try_get(col("role").as_str())?;
-    let max_active: Option<i64> = row.try_get(col("max_active").as_str())?;
-    Ok(User {
-        id: parse_uuid(&id)?,
-        username: row.try_get(col("username").as_str())?,
-        role: Role::parse(&role).ok_or_else(|| DbError::Corrupt(format!("bad role `{role}`")))?,
-        balance: row.try_get(col("balance").as_str())?,
-        max_active: max_active.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
-        disabled: row.try_get::<i64, _>(col("disabled").as_str())? != 0,
-        created_at: to_time(row.try_get(col("created_at").as_str())?),
-        updated_at: to_time(row.try_get(col("updated_at").as_str())?),
-    })
-}
-
-fn session_from_row(row: &PgRow) -> DbResult<Session> {
-    let user: String = row.try_get("user_id")?;
-    Ok(Session {
-        id_hash: row.try_get("id_hash")?,
-        user_id: parse_uuid(&user)?,
-        csrf: row.try_get("csrf")?,
-        created_at: to_time(row.try_get("created_at")?),
-        last_seen_at: to_time(row.try_get("last_seen_at")?),
-        expires_at: to_time(row.try_get("expires_at")?),
-        ip: row.try_get("ip")?,
-        user_agent: row.try_get("user_agent")?,
-        revoked_at: opt_time(row.try_get("revoked_at")?),
-    })
-}
-
-fn token_from_row(row: &PgRow) -> DbResult<ApiToken> {
-    let id: String = row.try_get("id")?;
-    let user: String = row.try_get("user_id")?;
-    let models: Option<String> = row.try_get("models")?;
-    let models = models
-        .map(|text| serde_json::from_str::<Vec<String>>(&text))
-        .transpose()
-        .map_err(|_| DbError::Corrupt(format!("bad model list of token {id}")))?;
-    let rate: Option<i64> = row.try_get("rate_per_minute")?;
-    Ok(ApiToken {
-        id: parse_uuid(&id)?,
-        user_id: parse_uuid(&user)?,
-        name: row.try_get("name")?,
-        hint: row.try_get("hint")?,
-        models,
-        spend_cap: row.try_get("spend_cap")?,
-        spent: row.try_get("spent")?,
-        rate_per_minute: rate.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
-        webhook_url: row.try_get("webhook_url")?,
-        expires_at: opt_time(row.try_get("expires_at")?),
-        last_used_at: opt_time(row.try_get("last_used_at")?),
-        revoked_at: opt_time(row.try_get("revoked_at")?),
-        created_at: to_time(row.try_get("created_at")?),
-    })
-}
-
-fn audit_from_row(row: &PgRow) -> DbResult<AuditRecord> {
-    let actor_id: Option<String> = row.try_get("actor_id")?;
-    let detail: String = row.try_get("detail")?;
-    Ok(AuditRecord {
-        id: row.try_get("id")?,
-        at: to_time(row.try_get("at")?),
-        entry: AuditEntry {
-            actor_id: actor_id.as_deref().map(parse_uuid).transpose()?,
-            actor: row.try_get("actor")?,
-            action: row.try_get("action")?,
-            target: row.try_get("target")?,
-            detail: parse_json(&detail),
-            ip: row.try_get("ip")?,
-        },
-    })
-}
 
 async fn insert_audit(conn: &mut PgConnection, entry: &AuditEntry) -> DbResult<AuditRecord> {
     let row = sqlx::query(
@@ -126,19 +27,7 @@ async fn insert_audit(conn: &mut PgConnection, entry: &AuditEntry) -> DbResult<A
     .bind(&entry.ip)
     .fetch_one(&mut *conn)
     .await?;
-    audit_from_row(&row)
-}
-
-/// `audit` with the balance before and after added to its detail.
-fn with_balances(audit: &AuditEntry, before: i64, after: i64) -> AuditEntry {
-    let mut detail = match &audit.detail {
-        Value::Object(map) => map.clone(),
-        Value::Null => serde_json::Map::new(),
-        other => serde_json::Map::from_iter([("value".to_owned(), other.clone())]),
-    };
-    detail.insert("before".into(), before.into());
-    detail.insert("after".into(), after.into());
-    AuditEntry { detail: Value::Object(detail), ..audit.clone() }
+    rows::audit(&row)
 }
 
 impl PostgresDatabase {
@@ -169,7 +58,7 @@ impl PostgresDatabase {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        insert_audit(&mut tx, &with_balances(audit, before, after)).await?;
+        insert_audit(&mut tx, &audit.with_balances(before, after)).await?;
         tx.commit().await?;
         Ok(BalanceUpdate::Updated(after))
     }
@@ -183,7 +72,7 @@ async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> DbResult<Option
     let row = sqlx::query(concat!(
         "INSERT INTO users (id, username, password_hash, role, max_active, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT DO NOTHING RETURNING ",
-        user_columns!()
+        rows::user_columns!()
     ))
     .bind(user.id.to_string())
     .bind(&user.username)
@@ -193,7 +82,7 @@ async fn insert_user(conn: &mut PgConnection, user: &NewUser) -> DbResult<Option
     .bind(now_ms())
     .fetch_optional(&mut *conn)
     .await?;
-    row.map(|row| user_from_row(&row, "")).transpose()
+    row.map(|row| rows::user(&row, "")).transpose()
 }
 
 #[async_trait]
@@ -228,56 +117,52 @@ impl AccountRepo for PostgresDatabase {
     }
 
     async fn get_user(&self, id: Uuid) -> DbResult<Option<User>> {
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+        let row = sqlx::query(concat!("SELECT ", rows::user_columns!(), " FROM users WHERE id = $1"))
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|row| user_from_row(&row, "")).transpose()
+        row.map(|row| rows::user(&row, "")).transpose()
     }
 
     async fn find_user_by_name(&self, username: &str) -> DbResult<Option<UserCredentials>> {
         let row = sqlx::query(concat!(
             "SELECT ",
-            user_columns!(),
+            rows::user_columns!(),
             ", password_hash FROM users WHERE lower(username) = lower($1)"
         ))
         .bind(username)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| {
-            Ok(UserCredentials { user: user_from_row(&row, "")?, password_hash: row.try_get("password_hash")? })
-        })
-        .transpose()
+        row.map(|row| Ok(UserCredentials { user: rows::user(&row, "")?, password_hash: row.text("password_hash")? }))
+            .transpose()
     }
 
     async fn list_users(&self, offset: u64, limit: u32) -> DbResult<(Vec<User>, u64)> {
-        let rows =
-            sqlx::query(concat!("SELECT ", user_columns!(), " FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2"))
-                .bind(i64::from(limit))
-                // `as` would wrap a huge offset negative, which SQLite takes as none at all.
-                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rows::user_columns!(),
+            " FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2"
+        ))
+        .bind(i64::from(limit))
+        .bind(listing::offset(offset))
+        .fetch_all(&self.pool)
+        .await?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool).await?;
-        Ok((rows.iter().map(|row| user_from_row(row, "")).collect::<DbResult<_>>()?, total.max(0) as u64))
+        Ok((rows.iter().map(|row| rows::user(row, "")).collect::<DbResult<_>>()?, total.max(0) as u64))
     }
 
     async fn update_user(&self, id: Uuid, changes: &UserChanges, audit: &AuditEntry) -> DbResult<UserUpdate> {
         let mut tx = begin(&self.pool).await?;
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1"))
+        let row = sqlx::query(concat!("SELECT ", rows::user_columns!(), " FROM users WHERE id = $1"))
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
             return Ok(UserUpdate::NotFound);
         };
-        let current = user_from_row(&row, "")?;
-        let role = changes.role.unwrap_or(current.role);
-        let disabled = changes.disabled.unwrap_or(current.disabled);
-        let max_active = changes.max_active.unwrap_or(current.max_active);
-        let was_admin = current.role == Role::Admin && !current.disabled;
-        let stays_admin = role == Role::Admin && !disabled;
-        if was_admin && !stays_admin {
+        let current = rows::user(&row, "")?;
+        let changed = changes.applied_to(&current);
+        if changed.removes_admin {
             // The enabled admins' rows stay locked to the end, so of two processes
             // demoting the last two admins at once, the second sees the first's change.
             let admins: i64 = sqlx::query_scalar(
@@ -293,17 +178,17 @@ impl AccountRepo for PostgresDatabase {
             "UPDATE users SET role = $2, disabled = $3, max_active = $4, \
                  password_hash = COALESCE($5, password_hash), updated_at = $6 \
              WHERE id = $1 RETURNING ",
-            user_columns!()
+            rows::user_columns!()
         ))
         .bind(id.to_string())
-        .bind(role.as_str())
-        .bind(i64::from(disabled))
-        .bind(max_active.map(i64::from))
+        .bind(changed.role.as_str())
+        .bind(i64::from(changed.disabled))
+        .bind(changed.max_active.map(i64::from))
         .bind(&changes.password_hash)
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        let user = user_from_row(&row, "")?;
+        let user = rows::user(&row, "")?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(UserUpdate::Updated(user))
@@ -357,13 +242,13 @@ impl AccountRepo for PostgresDatabase {
         .bind(&session.user_agent)
         .fetch_one(&self.pool)
         .await?;
-        session_from_row(&row)
+        rows::session(&row)
     }
 
     async fn find_session_by_hash(&self, id_hash: &str) -> DbResult<Option<(Session, User)>> {
         let row = sqlx::query(concat!(
             "SELECT s.*, ",
-            user_as_u!(),
+            rows::user_as_u!(),
             " FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > $2 AND u.disabled = 0"
         ))
@@ -371,7 +256,7 @@ impl AccountRepo for PostgresDatabase {
         .bind(now_ms())
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|row| Ok((session_from_row(&row)?, user_from_row(&row, "u_")?))).transpose()
+        row.map(|row| Ok((rows::session(&row)?, rows::user(&row, "u_")?))).transpose()
     }
 
     async fn touch_session(&self, id_hash: &str) -> DbResult<()> {
@@ -417,7 +302,7 @@ impl AccountRepo for PostgresDatabase {
         .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(session_from_row).collect()
+        rows.iter().map(rows::session).collect()
     }
 
     async fn purge_sessions(&self, cutoff: DateTime<Utc>) -> DbResult<u64> {
@@ -429,7 +314,7 @@ impl AccountRepo for PostgresDatabase {
     }
 
     async fn create_token(&self, token: &NewToken) -> DbResult<ApiToken> {
-        let models = token.models.as_ref().map(|m| Value::from(m.clone()).to_string());
+        let models = rows::models_json(token.models.as_ref());
         let row = sqlx::query(
             "INSERT INTO api_tokens (id, user_id, name, hash, hint, models, spend_cap, rate_per_minute, \
                  webhook_url, expires_at, created_at) \
@@ -448,13 +333,13 @@ impl AccountRepo for PostgresDatabase {
         .bind(now_ms())
         .fetch_one(&self.pool)
         .await?;
-        token_from_row(&row)
+        rows::token(&row)
     }
 
     async fn find_token_by_hash(&self, hash: &str) -> DbResult<Option<FoundToken>> {
         let row = sqlx::query(concat!(
             "SELECT t.*, ",
-            user_as_u!(),
+            rows::user_as_u!(),
             " FROM api_tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.hash = $1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > $2) \
                  AND u.disabled = 0"
@@ -464,11 +349,7 @@ impl AccountRepo for PostgresDatabase {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|row| {
-            Ok(FoundToken {
-                token: token_from_row(&row)?,
-                user: user_from_row(&row, "u_")?,
-                hash: row.try_get("hash")?,
-            })
+            Ok(FoundToken { token: rows::token(&row)?, user: rows::user(&row, "u_")?, hash: row.text("hash")? })
         })
         .transpose()
     }
@@ -480,7 +361,7 @@ impl AccountRepo for PostgresDatabase {
         }
         query.push(" ORDER BY created_at DESC, id DESC");
         let rows = query.build().fetch_all(&self.pool).await?;
-        rows.iter().map(token_from_row).collect()
+        rows.iter().map(rows::token).collect()
     }
 
     async fn revoke_token(&self, id: Uuid, user: Option<Uuid>) -> DbResult<bool> {
@@ -509,25 +390,9 @@ impl AccountRepo for PostgresDatabase {
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> DbResult<(Vec<AuditRecord>, u64)> {
-        // Built per filter so each filter can use its index (see `list_tasks`).
-        let filtered = |select: &str| {
-            let mut query = sqlx::QueryBuilder::<Postgres>::new(select);
-            query.push(" FROM audit_log WHERE 1 = 1");
-            if let Some(actor) = filter.actor_id {
-                query.push(" AND actor_id = ").push_bind(actor.to_string());
-            }
-            if let Some(action) = &filter.action {
-                query.push(" AND action = ").push_bind(action.clone());
-            }
-            query
-        };
-        let mut page = filtered("SELECT *");
-        page.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit))
-            .push(" OFFSET ")
-            .push_bind(i64::try_from(filter.offset).unwrap_or(i64::MAX));
+        let (mut page, mut count) = listing::audit::<Postgres>(filter);
         let rows = page.build().fetch_all(&self.pool).await?;
-        let total: i64 = filtered("SELECT COUNT(*)").build_query_scalar().fetch_one(&self.pool).await?;
-        Ok((rows.iter().map(audit_from_row).collect::<DbResult<_>>()?, total.max(0) as u64))
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        Ok((rows.iter().map(rows::audit).collect::<DbResult<_>>()?, total.max(0) as u64))
     }
 }

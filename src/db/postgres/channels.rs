@@ -1,69 +1,30 @@
 //! The PostgreSQL implementation of the channel repository.
 
-use std::collections::{BTreeMap, HashMap};
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Row, postgres::PgRow};
 use uuid::Uuid;
 
-use super::{
-    PostgresDatabase, announce_positions, begin, finish_in, lock_counts, now_ms, parse_uuid, task_from_row, to_time,
-};
+use super::{PostgresDatabase, announce_positions, begin, finish_in, lock_counts};
 use crate::{
     config::ChannelConfig,
     db::{
-        DbError, DbResult, TaskRepo,
-        channels::{
-            ChannelRepo, ChannelStats, LastError, Rehome, RehomeRoute, Rehomed, Stored, StoredChannel, percentile,
-        },
+        DbResult, TaskRepo,
+        channels::{self, ChannelRepo, ChannelStats, Pick, RehomeRoute, Rehomed, Stored, StoredChannel, WHOLE_QUEUE},
+        rows::{self, Columns, now_ms},
     },
-    tasks::{TaskId, TaskStatus},
 };
-
-fn channel_from_row(row: &PgRow) -> DbResult<StoredChannel> {
-    let id: String = row.try_get("id")?;
-    let config: String = row.try_get("config")?;
-    let config: ChannelConfig = serde_json::from_str(&config)
-        .map_err(|e| DbError::Corrupt(format!("channel {id}: unreadable configuration ({e})")))?;
-    Ok(StoredChannel {
-        id: parse_uuid(&id)?,
-        config: ChannelConfig { secret: None, ..config },
-        sealed_secret: row.try_get("secret")?,
-        created_at: to_time(row.try_get("created_at")?),
-        updated_at: to_time(row.try_get("updated_at")?),
-    })
-}
-
-/// A channel's statistics, made when first met.
-fn stats_of<'m>(stats: &'m mut BTreeMap<String, ChannelStats>, channel: &str) -> &'m mut ChannelStats {
-    stats
-        .entry(channel.to_owned())
-        .or_insert_with(|| ChannelStats { channel: channel.to_owned(), ..Default::default() })
-}
-
-/// The configuration as stored: JSON, without the secret (which only goes sealed into
-/// its own column), whatever the caller left in it.
-fn config_json(config: &ChannelConfig) -> DbResult<String> {
-    serde_json::to_string(&ChannelConfig { secret: None, ..config.clone() })
-        .map_err(|e| DbError::Corrupt(format!("channel `{}`: configuration not storable ({e})", config.name)))
-}
-
-/// Re-announce every changed place: a queue is bounded by its channel's capacity, and a
-/// move is rare, so every client whose place changed hears of it.
-const WHOLE_QUEUE: u32 = u32::MAX;
 
 #[async_trait]
 impl ChannelRepo for PostgresDatabase {
     async fn list_channels(&self) -> DbResult<Vec<StoredChannel>> {
         let rows = sqlx::query("SELECT * FROM channels ORDER BY id").fetch_all(&self.pool).await?;
-        rows.iter().map(channel_from_row).collect()
+        rows.iter().map(rows::channel).collect()
     }
 
     async fn get_channel(&self, id: Uuid) -> DbResult<Option<StoredChannel>> {
         let row =
             sqlx::query("SELECT * FROM channels WHERE id = $1").bind(id.to_string()).fetch_optional(&self.pool).await?;
-        row.as_ref().map(channel_from_row).transpose()
+        row.as_ref().map(rows::channel).transpose()
     }
 
     async fn create_channel(&self, config: &ChannelConfig, sealed_secret: Option<&str>) -> DbResult<Stored> {
@@ -74,13 +35,13 @@ impl ChannelRepo for PostgresDatabase {
         )
         .bind(Uuid::now_v7().to_string())
         .bind(&config.name)
-        .bind(config_json(config)?)
+        .bind(rows::channel_config_json(config)?)
         .bind(sealed_secret)
         .bind(now)
         .fetch_optional(&self.pool)
         .await?;
         match row {
-            Some(row) => Ok(Stored::Done(Box::new(channel_from_row(&row)?))),
+            Some(row) => Ok(Stored::Done(Box::new(rows::channel(&row)?))),
             None => Ok(Stored::NameTaken),
         }
     }
@@ -102,14 +63,14 @@ impl ChannelRepo for PostgresDatabase {
             "UPDATE channels SET name = $1, config = $2, secret = $3, updated_at = $4 WHERE id = $5 RETURNING *",
         )
         .bind(&config.name)
-        .bind(config_json(config)?)
+        .bind(rows::channel_config_json(config)?)
         .bind(sealed_secret)
         .bind(now_ms())
         .bind(id.to_string())
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else { return Ok(Stored::NotFound) };
-        let stored = channel_from_row(&row)?;
+        let stored = rows::channel(&row)?;
         tx.commit().await?;
         Ok(Stored::Done(Box::new(stored)))
     }
@@ -119,15 +80,11 @@ impl ChannelRepo for PostgresDatabase {
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(channel_from_row).transpose()
+        row.as_ref().map(rows::channel).transpose()
     }
 
     async fn channel_stats(&self, since: DateTime<Utc>) -> DbResult<Vec<ChannelStats>> {
-        let mut stats: BTreeMap<String, ChannelStats> = BTreeMap::new();
-        for load in self.channel_loads().await? {
-            let s = stats_of(&mut stats, &load.channel);
-            (s.queued, s.running) = (load.queued, load.running);
-        }
+        let loads = self.channel_loads().await?;
         let rows = sqlx::query(
             "SELECT id, channel, status, started_at, finished_at, error_code, error_message FROM tasks \
              WHERE finished_at >= $1 ORDER BY finished_at, rowid",
@@ -135,43 +92,7 @@ impl ChannelRepo for PostgresDatabase {
         .bind(since.timestamp_millis())
         .fetch_all(&self.pool)
         .await?;
-        let mut runs: HashMap<String, Vec<f64>> = HashMap::new();
-        for row in &rows {
-            let channel: String = row.try_get("channel")?;
-            let s = stats_of(&mut stats, &channel);
-            let status: String = row.try_get("status")?;
-            let finished: i64 = row.try_get("finished_at")?;
-            match TaskStatus::parse(&status) {
-                Some(TaskStatus::Succeeded) => {
-                    s.succeeded += 1;
-                    if let Some(started) = row.try_get::<Option<i64>, _>("started_at")? {
-                        runs.entry(channel).or_default().push((finished - started).max(0) as f64 / 1000.0);
-                    }
-                }
-                Some(TaskStatus::Failed) => {
-                    s.failed += 1;
-                    // Rows come oldest first: the last one written is the latest.
-                    s.last_error = Some(LastError {
-                        task_id: TaskId(parse_uuid(&row.try_get::<String, _>("id")?)?),
-                        code: row.try_get::<Option<String>, _>("error_code")?.unwrap_or_default(),
-                        message: row.try_get::<Option<String>, _>("error_message")?.unwrap_or_default(),
-                        at: to_time(finished),
-                    });
-                }
-                Some(TaskStatus::Canceled) => s.canceled += 1,
-                _ => {}
-            }
-        }
-        for s in stats.values_mut() {
-            let ended = s.succeeded + s.failed;
-            s.success_rate = (ended > 0).then(|| s.succeeded as f64 / ended as f64);
-            if let Some(runs) = runs.get_mut(&s.channel) {
-                runs.sort_by(f64::total_cmp);
-                s.p50_seconds = percentile(runs, 50.0);
-                s.p95_seconds = percentile(runs, 95.0);
-            }
-        }
-        Ok(stats.into_values().collect())
+        channels::stats(loads, &rows)
     }
 
     async fn rehome_queued(&self, channel: &str, route: &RehomeRoute<'_>) -> DbResult<Rehomed> {
@@ -186,38 +107,21 @@ impl ChannelRepo for PostgresDatabase {
         .bind(channel)
         .fetch_all(&mut *tx)
         .await?;
-        let mut done = Rehomed::default();
-        // Queued and running tasks per destination, as admission counts them.
-        let mut held: HashMap<String, i64> = HashMap::new();
-        let mut stayed = false;
+        let mut rehoming = channels::Rehoming::new(channel);
         for row in &rows {
-            let task = task_from_row(row)?;
-            let has_client_key: bool = row.try_get("has_client_key")?;
-            let (to, otherwise) = match route(&task, has_client_key) {
-                Rehome::Stay => {
-                    stayed = true;
-                    continue;
-                }
-                Rehome::Move { to, otherwise } => (to, otherwise),
-            };
-            let mut destination = None;
-            for candidate in to.iter().filter(|d| d.channel != channel) {
-                let count = match held.get(&candidate.channel) {
-                    Some(count) => *count,
-                    None => {
+            let task = rows::task(row)?;
+            let Some((to, otherwise)) = rehoming.route(route(&task, row.flag("has_client_key")?)) else { continue };
+            let destination = loop {
+                match rehoming.pick(&to) {
+                    Pick::Count(candidate) => {
                         // Locked like an admission's, so moves and admissions in other
                         // processes count each other.
-                        let (queued, running) = lock_counts(&mut tx, &candidate.channel).await?;
-                        let count = queued + running;
-                        held.insert(candidate.channel.clone(), count);
-                        count
+                        let (queued, running) = lock_counts(&mut tx, &candidate).await?;
+                        rehoming.learn(candidate, queued + running);
                     }
-                };
-                if count < i64::from(candidate.capacity) {
-                    destination = Some(candidate.channel.clone());
-                    break;
+                    Pick::Chosen(destination) => break destination,
                 }
-            }
+            };
             match destination {
                 Some(to) => {
                     // Only the channel changes (the counters follow through a trigger);
@@ -235,26 +139,19 @@ impl ChannelRepo for PostgresDatabase {
                         .bind(task.id.to_string())
                         .execute(&mut *tx)
                         .await?;
-                    *held.entry(to.clone()).or_default() += 1;
-                    done.moved.push((task.id, to));
+                    rehoming.moved(task.id, to);
                 }
                 None => {
                     let (ended, events) = finish_in(&mut tx, &task, &otherwise, 0).await?;
-                    done.failed.push(ended);
-                    done.events.extend(events);
+                    rehoming.ended(ended, events);
                 }
             }
         }
-        let mut destinations: Vec<&str> = done.moved.iter().map(|(_, to)| to.as_str()).collect();
-        destinations.sort_unstable();
-        destinations.dedup();
-        for to in destinations {
-            done.events.extend(announce_positions(&mut tx, to, WHOLE_QUEUE).await?);
-        }
-        if stayed && (!done.moved.is_empty() || !done.failed.is_empty()) {
-            done.events.extend(announce_positions(&mut tx, channel, WHOLE_QUEUE).await?);
+        for queue in rehoming.changed_queues() {
+            let events = announce_positions(&mut tx, &queue, WHOLE_QUEUE).await?;
+            rehoming.done.events.extend(events);
         }
         tx.commit().await?;
-        Ok(done)
+        Ok(rehoming.done)
     }
 }

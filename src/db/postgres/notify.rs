@@ -24,8 +24,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::event_from_row;
 use crate::{
+    db::rows,
     events::EventBus,
     notify::{Notifier, Wakers},
     tasks::{TaskEvent, TaskId},
@@ -281,7 +281,7 @@ impl Listener {
                     .await;
                 match rows
                     .map_err(crate::db::DbError::from)
-                    .and_then(|rows| rows.iter().map(event_from_row).collect::<Result<Vec<_>, _>>())
+                    .and_then(|found| found.iter().map(rows::event).collect::<Result<Vec<_>, _>>())
                 {
                     Ok(events) => self.bus.publish(&events),
                     Err(err) => tracing::warn!(task_id = %task, error = %err, "cannot read notified events"),

@@ -2,15 +2,16 @@
 //! settlement made in the one that ends it, and the reads of prices and usage.
 
 use async_trait::async_trait;
-use sqlx::{PgConnection, Postgres, Row, postgres::PgRow};
+use sqlx::{PgConnection, Postgres};
 
-use super::{PostgresDatabase, begin, now_ms, opt_time, opt_uuid, parse_uuid, to_time};
+use super::{PostgresDatabase, begin};
 use crate::{
     db::{
-        Activity, Billing, DbResult, Enqueued, HourlyCredits, HourlyTasks, Price, UsageFilter, UsageRecord, UsageRepo,
-        UsageTotals,
+        Activity, Billing, DbResult, Enqueued, Price, UsageFilter, UsageRecord, UsageRepo, UsageTotals, listing,
+        rows::{self, now_ms},
+        usage::{Settlement, task_price},
     },
-    tasks::{NewTask, Task, TaskId, TaskStatus},
+    tasks::{NewTask, Task},
 };
 
 /// Checks the owner's active-task limit (not counting the task itself, already
@@ -43,7 +44,7 @@ pub(super) async fn reserve(
         .unwrap_or((0, 0));
     // A 3D task asks for no images (`billing.images` is 0), so a per-image price never
     // makes it look more expensive than it can be.
-    let price = per_task.saturating_add(per_image.saturating_mul(i64::from(billing.images)));
+    let price = task_price(per_task, per_image, billing.images);
     let reserved = match billing.payer {
         Some(payer) if price > 0 => {
             let left: Option<i64> = sqlx::query_scalar(
@@ -116,20 +117,11 @@ pub(super) async fn settle(conn: &mut PgConnection, task: &Task, images: u32) ->
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(()) };
-    let reserved: i64 = row.try_get("reserved")?;
-    let charged = if task.status == TaskStatus::Succeeded {
-        let per_task: i64 = row.try_get("per_task")?;
-        let per_image: i64 = row.try_get("per_image")?;
-        // The per-image price is for the images a text-to-image task was asked for, not
-        // for a 3D task's preview pictures.
-        let images = if task.kind == crate::tasks::TaskKind::TextToImage { images } else { 0 };
-        per_task.saturating_add(per_image.saturating_mul(i64::from(images))).min(reserved)
-    } else {
-        0
-    };
-    let refund = reserved - charged;
+    let reservation = rows::reservation(&row)?;
+    let settlement = Settlement::of(task, &reservation, images);
+    let refund = settlement.refund;
     if refund > 0 {
-        if let Some(user) = row.try_get::<Option<String>, _>("user_id")? {
+        if let Some(user) = &reservation.user_id {
             sqlx::query("UPDATE users SET balance = balance + $1, updated_at = $3 WHERE id = $2")
                 .bind(refund)
                 .bind(user)
@@ -137,7 +129,7 @@ pub(super) async fn settle(conn: &mut PgConnection, task: &Task, images: u32) ->
                 .execute(&mut *conn)
                 .await?;
         }
-        if let Some(token) = row.try_get::<Option<String>, _>("token_id")? {
+        if let Some(token) = &reservation.token_id {
             sqlx::query("UPDATE api_tokens SET spent = GREATEST(spent - $1, 0) WHERE id = $2")
                 .bind(refund)
                 .bind(token)
@@ -145,76 +137,20 @@ pub(super) async fn settle(conn: &mut PgConnection, task: &Task, images: u32) ->
                 .await?;
         }
     }
-    let created = task.created_at.timestamp_millis();
-    let finished = task.finished_at.map(|t| t.timestamp_millis()).unwrap_or_else(now_ms);
-    let started = task.started_at.map(|t| t.timestamp_millis());
     sqlx::query(
         "UPDATE usage SET charged = $1, outcome = $2, queue_ms = $3, run_ms = $4, upstream_id = $5, finished_at = $6 \
          WHERE task_id = $7",
     )
-    .bind(charged)
+    .bind(settlement.charged)
     .bind(task.status.as_str())
-    .bind((started.unwrap_or(finished) - created).max(0))
-    .bind(started.map(|s| (finished - s).max(0)))
+    .bind(settlement.queue_ms)
+    .bind(settlement.run_ms)
     .bind(&task.provider_job_id)
-    .bind(finished)
+    .bind(settlement.finished_at)
     .bind(task.id.to_string())
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-fn record_from_row(row: &PgRow) -> DbResult<UsageRecord> {
-    let task: String = row.try_get("task_id")?;
-    Ok(UsageRecord {
-        task_id: TaskId(parse_uuid(&task)?),
-        user_id: opt_uuid(row.try_get("user_id")?)?,
-        username: row.try_get("username")?,
-        token_id: opt_uuid(row.try_get("token_id")?)?,
-        token_name: row.try_get("token_name")?,
-        channel: row.try_get("channel")?,
-        model: row.try_get("model")?,
-        kind: row.try_get("kind")?,
-        reserved: row.try_get("reserved")?,
-        charged: row.try_get("charged")?,
-        outcome: row.try_get("outcome")?,
-        error_code: row.try_get("error_code")?,
-        queue_ms: row.try_get("queue_ms")?,
-        run_ms: row.try_get("run_ms")?,
-        upstream_id: row.try_get("upstream_id")?,
-        created_at: to_time(row.try_get("created_at")?),
-        finished_at: opt_time(row.try_get("finished_at")?),
-    })
-}
-
-fn push_filter(query: &mut sqlx::QueryBuilder<Postgres>, filter: &UsageFilter) {
-    if let Some(user) = filter.user {
-        query.push(" AND u.user_id = ").push_bind(user.to_string());
-    }
-    if let Some(token) = filter.token {
-        query.push(" AND u.token_id = ").push_bind(token.to_string());
-    }
-    if let Some(model) = &filter.model {
-        query.push(" AND u.model = ").push_bind(model.clone());
-    }
-    if let Some(channel) = &filter.channel {
-        query.push(" AND u.channel = ").push_bind(channel.clone());
-    }
-    match filter.outcome.as_deref() {
-        Some("pending") => {
-            query.push(" AND u.outcome IS NULL");
-        }
-        Some(outcome) => {
-            query.push(" AND u.outcome = ").push_bind(outcome.to_owned());
-        }
-        None => {}
-    }
-    if let Some(from) = filter.from {
-        query.push(" AND u.created_at >= ").push_bind(from.timestamp_millis());
-    }
-    if let Some(to) = filter.to {
-        query.push(" AND u.created_at < ").push_bind(to.timestamp_millis());
-    }
 }
 
 #[async_trait]
@@ -230,17 +166,7 @@ impl UsageRepo for PostgresDatabase {
         .bind(HOUR)
         .fetch_all(&self.pool)
         .await?;
-        let tasks = rows
-            .iter()
-            .map(|row| {
-                Ok(HourlyTasks {
-                    hour: to_time(row.try_get("hour")?),
-                    model: row.try_get("model")?,
-                    outcome: row.try_get("outcome")?,
-                    count: row.try_get::<i64, _>("n")?.max(0) as u64,
-                })
-            })
-            .collect::<DbResult<Vec<_>>>()?;
+        let tasks = rows.iter().map(rows::hourly_tasks).collect::<DbResult<Vec<_>>>()?;
         let rows = sqlx::query(
             "SELECT (finished_at / $2) * $2 AS hour, SUM(charged)::BIGINT AS credits FROM usage \
              WHERE finished_at >= $1 AND charged > 0 GROUP BY 1 ORDER BY 1",
@@ -249,40 +175,20 @@ impl UsageRepo for PostgresDatabase {
         .bind(HOUR)
         .fetch_all(&self.pool)
         .await?;
-        let credits = rows
-            .iter()
-            .map(|row| Ok(HourlyCredits { hour: to_time(row.try_get("hour")?), credits: row.try_get("credits")? }))
-            .collect::<DbResult<Vec<_>>>()?;
+        let credits = rows.iter().map(rows::hourly_credits).collect::<DbResult<Vec<_>>>()?;
         let rows = sqlx::query(
             "SELECT channel, run_ms FROM usage WHERE finished_at >= $1 AND run_ms IS NOT NULL ORDER BY channel, run_ms",
         )
         .bind(since)
         .fetch_all(&self.pool)
         .await?;
-        let mut run_times: Vec<(String, Vec<i64>)> = Vec::new();
-        for row in &rows {
-            let channel: String = row.try_get("channel")?;
-            let ms: i64 = row.try_get("run_ms")?;
-            match run_times.last_mut() {
-                Some((last, times)) if *last == channel => times.push(ms),
-                _ => run_times.push((channel, vec![ms])),
-            }
-        }
-        Ok(Activity { tasks, credits, run_times })
+        Ok(Activity { tasks, credits, run_times: rows::run_times(&rows)? })
     }
 
     async fn list_prices(&self) -> DbResult<Vec<Price>> {
         let rows =
             sqlx::query("SELECT model, per_task, per_image FROM prices ORDER BY model").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(Price {
-                    model: row.try_get("model")?,
-                    per_task: row.try_get("per_task")?,
-                    per_image: row.try_get("per_image")?,
-                })
-            })
-            .collect()
+        rows.iter().map(rows::price).collect()
     }
 
     async fn set_price(&self, price: &Price) -> DbResult<()> {
@@ -306,42 +212,20 @@ impl UsageRepo for PostgresDatabase {
     }
 
     async fn list_usage(&self, filter: &UsageFilter) -> DbResult<Vec<UsageRecord>> {
-        let mut query = sqlx::QueryBuilder::<Postgres>::new(
-            "SELECT u.*, t.error_code AS error_code, us.username AS username, k.name AS token_name \
-             FROM usage u JOIN tasks t ON t.id = u.task_id \
-             LEFT JOIN users us ON us.id = u.user_id LEFT JOIN api_tokens k ON k.id = u.token_id WHERE 1 = 1",
-        );
-        push_filter(&mut query, filter);
-        if let Some(before) = filter.before {
-            query.push(" AND u.task_id < ").push_bind(before.to_string());
-        }
-        query.push(" ORDER BY u.task_id DESC LIMIT ").push_bind(i64::from(filter.limit));
-        let rows = query.build().fetch_all(&self.pool).await?;
-        rows.iter().map(record_from_row).collect()
+        let rows = listing::usage_records::<Postgres>(filter).build().fetch_all(&self.pool).await?;
+        rows.iter().map(rows::usage_record).collect()
     }
 
     async fn usage_totals(&self, filter: &UsageFilter) -> DbResult<UsageTotals> {
-        let mut query = sqlx::QueryBuilder::<Postgres>::new(
+        let mut query = listing::usage::<Postgres>(
             "SELECT COUNT(*) AS tasks, \
                  COUNT(*) FILTER (WHERE u.outcome = 'succeeded') AS succeeded, \
                  COUNT(*) FILTER (WHERE u.outcome = 'failed') AS failed, \
                  COUNT(*) FILTER (WHERE u.outcome = 'canceled') AS canceled, \
                  COALESCE(SUM(u.charged), 0)::BIGINT AS charged FROM usage u WHERE 1 = 1",
+            filter,
         );
-        push_filter(&mut query, filter);
         let row = query.build().fetch_one(&self.pool).await?;
-        let count = |name: &str| -> DbResult<u64> { Ok(row.try_get::<i64, _>(name)?.max(0) as u64) };
-        Ok(UsageTotals {
-            tasks: count("tasks")?,
-            succeeded: count("succeeded")?,
-            failed: count("failed")?,
-            canceled: count("canceled")?,
-            charged: row.try_get("charged")?,
-        })
+        rows::usage_totals(&row)
     }
-}
-
-/// Images among a task's outputs, for the per-image price.
-pub(super) fn images_of(artifacts: &[crate::tasks::Artifact]) -> u32 {
-    artifacts.iter().filter(|a| a.role == "image").count().try_into().unwrap_or(u32::MAX)
 }

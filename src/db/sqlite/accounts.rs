@@ -3,114 +3,15 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde_json::Value;
-use sqlx::{Row, Sqlite, SqliteConnection, sqlite::SqliteRow};
+use sqlx::{Sqlite, SqliteConnection};
 use uuid::Uuid;
 
-use super::{SqliteDatabase, begin, now_ms, opt_time, parse_json, parse_uuid, to_time};
-use crate::{
-    access::Role,
-    db::{
-        AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbError, DbResult,
-        FirstAdminInsert, FoundToken, NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials,
-        UserUpdate,
-    },
+use super::{SqliteDatabase, begin};
+use crate::db::{
+    AccountRepo, ApiToken, AuditEntry, AuditFilter, AuditRecord, BalanceUpdate, DbResult, FirstAdminInsert, FoundToken,
+    NewSession, NewToken, NewUser, Session, User, UserChanges, UserCredentials, UserUpdate, listing,
+    rows::{self, Columns, now_ms},
 };
-
-// Macros rather than consts: sqlx takes only `'static` SQL, which `concat!` builds from
-// literals at compile time, where `format!` would build it at run time.
-
-/// The columns of a user, never the hash or the webhook secret.
-macro_rules! user_columns {
-    () => {
-        "id, username, role, balance, max_active, disabled, created_at, updated_at"
-    };
-}
-
-/// The user's columns under `u_` names, for joins whose other table has its own `id`
-/// and `created_at`.
-macro_rules! user_as_u {
-    () => {
-        "u.id AS u_id, u.username AS u_username, u.role AS u_role, u.balance AS u_balance, \
-         u.max_active AS u_max_active, u.disabled AS u_disabled, u.created_at AS u_created_at, \
-         u.updated_at AS u_updated_at"
-    };
-}
-
-fn user_from_row(row: &SqliteRow, prefix: &str) -> DbResult<User> {
-    let col = |name: &str| format!("{prefix}{name}");
-    let id: String = row.try_get(col("id").as_str())?;
-    let role: String = row.try_get(col("role").as_str())?;
-    let max_active: Option<i64> = row.try_get(col("max_active").as_str())?;
-    Ok(User {
-        id: parse_uuid(&id)?,
-        username: row.try_get(col("username").as_str())?,
-        role: Role::parse(&role).ok_or_else(|| DbError::Corrupt(format!("bad role `{role}`")))?,
-        balance: row.try_get(col("balance").as_str())?,
-        max_active: max_active.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
-        disabled: row.try_get::<i64, _>(col("disabled").as_str())? != 0,
-        created_at: to_time(row.try_get(col("created_at").as_str())?),
-        updated_at: to_time(row.try_get(col("updated_at").as_str())?),
-    })
-}
-
-fn session_from_row(row: &SqliteRow) -> DbResult<Session> {
-    let user: String = row.try_get("user_id")?;
-    Ok(Session {
-        id_hash: row.try_get("id_hash")?,
-        user_id: parse_uuid(&user)?,
-        csrf: row.try_get("csrf")?,
-        created_at: to_time(row.try_get("created_at")?),
-        last_seen_at: to_time(row.try_get("last_seen_at")?),
-        expires_at: to_time(row.try_get("expires_at")?),
-        ip: row.try_get("ip")?,
-        user_agent: row.try_get("user_agent")?,
-        revoked_at: opt_time(row.try_get("revoked_at")?),
-    })
-}
-
-fn token_from_row(row: &SqliteRow) -> DbResult<ApiToken> {
-    let id: String = row.try_get("id")?;
-    let user: String = row.try_get("user_id")?;
-    let models: Option<String> = row.try_get("models")?;
-    let models = models
-        .map(|text| serde_json::from_str::<Vec<String>>(&text))
-        .transpose()
-        .map_err(|_| DbError::Corrupt(format!("bad model list of token {id}")))?;
-    let rate: Option<i64> = row.try_get("rate_per_minute")?;
-    Ok(ApiToken {
-        id: parse_uuid(&id)?,
-        user_id: parse_uuid(&user)?,
-        name: row.try_get("name")?,
-        hint: row.try_get("hint")?,
-        models,
-        spend_cap: row.try_get("spend_cap")?,
-        spent: row.try_get("spent")?,
-        rate_per_minute: rate.map(|n| n.clamp(0, i64::from(u32::MAX)) as u32),
-        webhook_url: row.try_get("webhook_url")?,
-        expires_at: opt_time(row.try_get("expires_at")?),
-        last_used_at: opt_time(row.try_get("last_used_at")?),
-        revoked_at: opt_time(row.try_get("revoked_at")?),
-        created_at: to_time(row.try_get("created_at")?),
-    })
-}
-
-fn audit_from_row(row: &SqliteRow) -> DbResult<AuditRecord> {
-    let actor_id: Option<String> = row.try_get("actor_id")?;
-    let detail: String = row.try_get("detail")?;
-    Ok(AuditRecord {
-        id: row.try_get("id")?,
-        at: to_time(row.try_get("at")?),
-        entry: AuditEntry {
-            actor_id: actor_id.as_deref().map(parse_uuid).transpose()?,
-            actor: row.try_get("actor")?,
-            action: row.try_get("action")?,
-            target: row.try_get("target")?,
-            detail: parse_json(&detail),
-            ip: row.try_get("ip")?,
-        },
-    })
-}
 
 async fn insert_audit(conn: &mut SqliteConnection, entry: &AuditEntry) -> DbResult<AuditRecord> {
     let row = sqlx::query(
@@ -126,19 +27,7 @@ async fn insert_audit(conn: &mut SqliteConnection, entry: &AuditEntry) -> DbResu
     .bind(&entry.ip)
     .fetch_one(&mut *conn)
     .await?;
-    audit_from_row(&row)
-}
-
-/// `audit` with the balance before and after added to its detail.
-fn with_balances(audit: &AuditEntry, before: i64, after: i64) -> AuditEntry {
-    let mut detail = match &audit.detail {
-        Value::Object(map) => map.clone(),
-        Value::Null => serde_json::Map::new(),
-        other => serde_json::Map::from_iter([("value".to_owned(), other.clone())]),
-    };
-    detail.insert("before".into(), before.into());
-    detail.insert("after".into(), after.into());
-    AuditEntry { detail: Value::Object(detail), ..audit.clone() }
+    rows::audit(&row)
 }
 
 impl SqliteDatabase {
@@ -168,7 +57,7 @@ impl SqliteDatabase {
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;
-        insert_audit(&mut tx, &with_balances(audit, before, after)).await?;
+        insert_audit(&mut tx, &audit.with_balances(before, after)).await?;
         tx.commit().await?;
         Ok(BalanceUpdate::Updated(after))
     }
@@ -179,7 +68,7 @@ async fn insert_user(conn: &mut SqliteConnection, user: &NewUser) -> DbResult<Op
     let row = sqlx::query(concat!(
         "INSERT INTO users (id, username, password_hash, role, max_active, created_at, updated_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT DO NOTHING RETURNING ",
-        user_columns!()
+        rows::user_columns!()
     ))
     .bind(user.id.to_string())
     .bind(&user.username)
@@ -189,7 +78,7 @@ async fn insert_user(conn: &mut SqliteConnection, user: &NewUser) -> DbResult<Op
     .bind(now_ms())
     .fetch_optional(&mut *conn)
     .await?;
-    row.map(|row| user_from_row(&row, "")).transpose()
+    row.map(|row| rows::user(&row, "")).transpose()
 }
 
 #[async_trait]
@@ -223,52 +112,49 @@ impl AccountRepo for SqliteDatabase {
     }
 
     async fn get_user(&self, id: Uuid) -> DbResult<Option<User>> {
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1"))
+        let row = sqlx::query(concat!("SELECT ", rows::user_columns!(), " FROM users WHERE id = ?1"))
             .bind(id.to_string())
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|row| user_from_row(&row, "")).transpose()
+        row.map(|row| rows::user(&row, "")).transpose()
     }
 
     async fn find_user_by_name(&self, username: &str) -> DbResult<Option<UserCredentials>> {
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), ", password_hash FROM users WHERE username = ?1"))
-            .bind(username)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.map(|row| {
-            Ok(UserCredentials { user: user_from_row(&row, "")?, password_hash: row.try_get("password_hash")? })
-        })
-        .transpose()
+        let row =
+            sqlx::query(concat!("SELECT ", rows::user_columns!(), ", password_hash FROM users WHERE username = ?1"))
+                .bind(username)
+                .fetch_optional(&self.reader)
+                .await?;
+        row.map(|row| Ok(UserCredentials { user: rows::user(&row, "")?, password_hash: row.text("password_hash")? }))
+            .transpose()
     }
 
     async fn list_users(&self, offset: u64, limit: u32) -> DbResult<(Vec<User>, u64)> {
-        let rows =
-            sqlx::query(concat!("SELECT ", user_columns!(), " FROM users ORDER BY created_at, id LIMIT ?1 OFFSET ?2"))
-                .bind(i64::from(limit))
-                // `as` would wrap a huge offset negative, which SQLite takes as none at all.
-                .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-                .fetch_all(&self.reader)
-                .await?;
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            rows::user_columns!(),
+            " FROM users ORDER BY created_at, id LIMIT ?1 OFFSET ?2"
+        ))
+        .bind(i64::from(limit))
+        .bind(listing::offset(offset))
+        .fetch_all(&self.reader)
+        .await?;
         let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.reader).await?;
-        Ok((rows.iter().map(|row| user_from_row(row, "")).collect::<DbResult<_>>()?, total.max(0) as u64))
+        Ok((rows.iter().map(|row| rows::user(row, "")).collect::<DbResult<_>>()?, total.max(0) as u64))
     }
 
     async fn update_user(&self, id: Uuid, changes: &UserChanges, audit: &AuditEntry) -> DbResult<UserUpdate> {
         let mut tx = begin(&self.writer).await?;
-        let row = sqlx::query(concat!("SELECT ", user_columns!(), " FROM users WHERE id = ?1"))
+        let row = sqlx::query(concat!("SELECT ", rows::user_columns!(), " FROM users WHERE id = ?1"))
             .bind(id.to_string())
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else {
             return Ok(UserUpdate::NotFound);
         };
-        let current = user_from_row(&row, "")?;
-        let role = changes.role.unwrap_or(current.role);
-        let disabled = changes.disabled.unwrap_or(current.disabled);
-        let max_active = changes.max_active.unwrap_or(current.max_active);
-        let was_admin = current.role == Role::Admin && !current.disabled;
-        let stays_admin = role == Role::Admin && !disabled;
-        if was_admin && !stays_admin {
+        let current = rows::user(&row, "")?;
+        let changed = changes.applied_to(&current);
+        if changed.removes_admin {
             // Counted inside the write transaction: two admins demoting each other at
             // once cannot both pass.
             let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled = 0")
@@ -282,17 +168,17 @@ impl AccountRepo for SqliteDatabase {
             "UPDATE users SET role = ?2, disabled = ?3, max_active = ?4, \
                  password_hash = COALESCE(?5, password_hash), updated_at = ?6 \
              WHERE id = ?1 RETURNING ",
-            user_columns!()
+            rows::user_columns!()
         ))
         .bind(id.to_string())
-        .bind(role.as_str())
-        .bind(i64::from(disabled))
-        .bind(max_active.map(i64::from))
+        .bind(changed.role.as_str())
+        .bind(i64::from(changed.disabled))
+        .bind(changed.max_active.map(i64::from))
         .bind(&changes.password_hash)
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await?;
-        let user = user_from_row(&row, "")?;
+        let user = rows::user(&row, "")?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(UserUpdate::Updated(user))
@@ -346,13 +232,13 @@ impl AccountRepo for SqliteDatabase {
         .bind(&session.user_agent)
         .fetch_one(&self.writer)
         .await?;
-        session_from_row(&row)
+        rows::session(&row)
     }
 
     async fn find_session_by_hash(&self, id_hash: &str) -> DbResult<Option<(Session, User)>> {
         let row = sqlx::query(concat!(
             "SELECT s.*, ",
-            user_as_u!(),
+            rows::user_as_u!(),
             " FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id_hash = ?1 AND s.revoked_at IS NULL AND s.expires_at > ?2 AND u.disabled = 0"
         ))
@@ -360,7 +246,7 @@ impl AccountRepo for SqliteDatabase {
         .bind(now_ms())
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|row| Ok((session_from_row(&row)?, user_from_row(&row, "u_")?))).transpose()
+        row.map(|row| Ok((rows::session(&row)?, rows::user(&row, "u_")?))).transpose()
     }
 
     async fn touch_session(&self, id_hash: &str) -> DbResult<()> {
@@ -406,7 +292,7 @@ impl AccountRepo for SqliteDatabase {
         .bind(now_ms())
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(session_from_row).collect()
+        rows.iter().map(rows::session).collect()
     }
 
     async fn purge_sessions(&self, cutoff: DateTime<Utc>) -> DbResult<u64> {
@@ -418,7 +304,7 @@ impl AccountRepo for SqliteDatabase {
     }
 
     async fn create_token(&self, token: &NewToken) -> DbResult<ApiToken> {
-        let models = token.models.as_ref().map(|m| Value::from(m.clone()).to_string());
+        let models = rows::models_json(token.models.as_ref());
         let row = sqlx::query(
             "INSERT INTO api_tokens (id, user_id, name, hash, hint, models, spend_cap, rate_per_minute, \
                  webhook_url, expires_at, created_at) \
@@ -437,13 +323,13 @@ impl AccountRepo for SqliteDatabase {
         .bind(now_ms())
         .fetch_one(&self.writer)
         .await?;
-        token_from_row(&row)
+        rows::token(&row)
     }
 
     async fn find_token_by_hash(&self, hash: &str) -> DbResult<Option<FoundToken>> {
         let row = sqlx::query(concat!(
             "SELECT t.*, ",
-            user_as_u!(),
+            rows::user_as_u!(),
             " FROM api_tokens t JOIN users u ON u.id = t.user_id \
              WHERE t.hash = ?1 AND t.revoked_at IS NULL AND (t.expires_at IS NULL OR t.expires_at > ?2) \
                  AND u.disabled = 0"
@@ -453,11 +339,7 @@ impl AccountRepo for SqliteDatabase {
         .fetch_optional(&self.reader)
         .await?;
         row.map(|row| {
-            Ok(FoundToken {
-                token: token_from_row(&row)?,
-                user: user_from_row(&row, "u_")?,
-                hash: row.try_get("hash")?,
-            })
+            Ok(FoundToken { token: rows::token(&row)?, user: rows::user(&row, "u_")?, hash: row.text("hash")? })
         })
         .transpose()
     }
@@ -469,7 +351,7 @@ impl AccountRepo for SqliteDatabase {
         }
         query.push(" ORDER BY created_at DESC, id DESC");
         let rows = query.build().fetch_all(&self.reader).await?;
-        rows.iter().map(token_from_row).collect()
+        rows.iter().map(rows::token).collect()
     }
 
     async fn revoke_token(&self, id: Uuid, user: Option<Uuid>) -> DbResult<bool> {
@@ -498,310 +380,9 @@ impl AccountRepo for SqliteDatabase {
     }
 
     async fn list_audit(&self, filter: &AuditFilter) -> DbResult<(Vec<AuditRecord>, u64)> {
-        // Built per filter so each filter can use its index (see `list_tasks`).
-        let filtered = |select: &str| {
-            let mut query = sqlx::QueryBuilder::<Sqlite>::new(select);
-            query.push(" FROM audit_log WHERE 1 = 1");
-            if let Some(actor) = filter.actor_id {
-                query.push(" AND actor_id = ").push_bind(actor.to_string());
-            }
-            if let Some(action) = &filter.action {
-                query.push(" AND action = ").push_bind(action.clone());
-            }
-            query
-        };
-        let mut page = filtered("SELECT *");
-        page.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(i64::from(filter.limit))
-            .push(" OFFSET ")
-            .push_bind(i64::try_from(filter.offset).unwrap_or(i64::MAX));
+        let (mut page, mut count) = listing::audit::<Sqlite>(filter);
         let rows = page.build().fetch_all(&self.reader).await?;
-        let total: i64 = filtered("SELECT COUNT(*)").build_query_scalar().fetch_one(&self.reader).await?;
-        Ok((rows.iter().map(audit_from_row).collect::<DbResult<_>>()?, total.max(0) as u64))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use chrono::TimeDelta;
-    use serde_json::json;
-
-    use super::*;
-
-    async fn database() -> (tempfile::TempDir, SqliteDatabase) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let url = format!("sqlite://{}", dir.path().join("kiln.db").display());
-        (dir, SqliteDatabase::connect(&url, 2).await.expect("database"))
-    }
-
-    fn system(action: &str) -> AuditEntry {
-        AuditEntry {
-            actor_id: None,
-            actor: Some("test".into()),
-            action: action.into(),
-            target: None,
-            detail: json!({ "why": "test" }),
-            ip: None,
-        }
-    }
-
-    async fn user(db: &SqliteDatabase, name: &str, role: Role) -> User {
-        let new = NewUser {
-            id: Uuid::now_v7(),
-            username: name.into(),
-            password_hash: format!("hash of {name}"),
-            role,
-            max_active: None,
-        };
-        db.create_user(&new, &system("user.create")).await.unwrap().expect("a free name")
-    }
-
-    fn session_for(user: Uuid, hash: &str, expires_in: TimeDelta) -> NewSession {
-        NewSession {
-            id_hash: hash.into(),
-            user_id: user,
-            csrf: format!("csrf {hash}"),
-            expires_at: Utc::now() + expires_in,
-            ip: None,
-            user_agent: None,
-        }
-    }
-
-    fn token_for(user: Uuid, hash: &str) -> NewToken {
-        NewToken {
-            id: Uuid::now_v7(),
-            user_id: user,
-            name: hash.into(),
-            hash: hash.into(),
-            hint: "abcd".into(),
-            models: None,
-            spend_cap: None,
-            rate_per_minute: None,
-            webhook_url: None,
-            expires_at: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn usernames_are_unique_without_case_and_hashes_stay_out_of_users() {
-        let (_dir, db) = database().await;
-        let olga = user(&db, "Olga", Role::User).await;
-        let again = NewUser {
-            id: Uuid::now_v7(),
-            username: "OLGA".into(),
-            password_hash: "x".into(),
-            role: Role::Admin,
-            max_active: Some(3),
-        };
-        assert_eq!(db.create_user(&again, &system("user.create")).await.unwrap(), None);
-        let (entries, total) = db
-            .list_audit(&AuditFilter { action: Some("user.create".into()), limit: 10, ..Default::default() })
-            .await
-            .unwrap();
-        assert_eq!((entries.len(), total), (1, 1), "a refused create leaves no audit entry");
-
-        let found = db.find_user_by_name("olga").await.unwrap().expect("found without case");
-        assert_eq!(found.user, olga);
-        assert_eq!(found.password_hash, "hash of Olga");
-        assert_eq!(db.get_user(olga.id).await.unwrap(), Some(olga.clone()));
-        assert_eq!(db.get_user(Uuid::now_v7()).await.unwrap(), None);
-        assert!(db.find_user_by_name("olg").await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn users_page_in_creation_order_with_the_total() {
-        let (_dir, db) = database().await;
-        let mut made = Vec::new();
-        for name in ["pam", "quinn", "rita", "sam", "tess"] {
-            made.push(user(&db, name, Role::User).await.id);
-        }
-        let (page, total) = db.list_users(1, 2).await.unwrap();
-        assert_eq!(total, 5);
-        assert_eq!(page.iter().map(|u| u.id).collect::<Vec<_>>(), made[1..3]);
-        let (past, total) = db.list_users(u64::MAX, 2).await.unwrap();
-        assert!(past.is_empty(), "a huge offset is past the end, not the first page");
-        assert_eq!(total, 5);
-    }
-
-    #[tokio::test]
-    async fn the_last_enabled_admin_cannot_be_demoted_or_disabled() {
-        let (_dir, db) = database().await;
-        let first = user(&db, "uma", Role::Admin).await;
-        let plain = user(&db, "vic", Role::User).await;
-        assert_eq!(db.count_admins().await.unwrap(), 1);
-        let demote = UserChanges { role: Some(Role::User), ..Default::default() };
-        let disable = UserChanges { disabled: Some(true), ..Default::default() };
-        assert_eq!(db.update_user(first.id, &demote, &system("user.update")).await.unwrap(), UserUpdate::LastAdmin);
-        assert_eq!(db.update_user(first.id, &disable, &system("user.update")).await.unwrap(), UserUpdate::LastAdmin);
-        assert_eq!(db.get_user(first.id).await.unwrap().unwrap().role, Role::Admin, "unchanged");
-        assert_eq!(
-            db.update_user(Uuid::now_v7(), &demote, &system("user.update")).await.unwrap(),
-            UserUpdate::NotFound
-        );
-
-        let promote = UserChanges { role: Some(Role::Admin), max_active: Some(Some(4)), ..Default::default() };
-        let UserUpdate::Updated(promoted) = db.update_user(plain.id, &promote, &system("user.update")).await.unwrap()
-        else {
-            panic!("not updated")
-        };
-        assert_eq!((promoted.role, promoted.max_active), (Role::Admin, Some(4)));
-        assert!(promoted.updated_at >= plain.updated_at);
-        assert_eq!(db.count_admins().await.unwrap(), 2);
-
-        // Two admins now: one may go.
-        let UserUpdate::Updated(gone) = db.update_user(first.id, &disable, &system("user.update")).await.unwrap()
-        else {
-            panic!("not updated")
-        };
-        assert!(gone.disabled);
-        assert_eq!(db.count_admins().await.unwrap(), 1, "a disabled admin does not count");
-        let clear =
-            UserChanges { max_active: Some(None), password_hash: Some("new hash".into()), ..Default::default() };
-        let UserUpdate::Updated(cleared) = db.update_user(plain.id, &clear, &system("user.update")).await.unwrap()
-        else {
-            panic!("not updated")
-        };
-        assert_eq!((cleared.role, cleared.max_active), (Role::Admin, None), "only what was asked changed");
-        assert_eq!(db.find_user_by_name("vic").await.unwrap().unwrap().password_hash, "new hash");
-        let (_, updates) = db
-            .list_audit(&AuditFilter { action: Some("user.update".into()), limit: 10, ..Default::default() })
-            .await
-            .unwrap();
-        assert_eq!(updates, 3, "refused and missing updates leave no audit entry");
-    }
-
-    #[tokio::test]
-    async fn balance_changes_are_audited_with_before_and_after_and_never_overflow() {
-        let (_dir, db) = database().await;
-        let will = user(&db, "will", Role::User).await;
-        assert_eq!(
-            db.adjust_balance(will.id, 100, &system("user.balance")).await.unwrap(),
-            BalanceUpdate::Updated(100)
-        );
-        assert_eq!(db.adjust_balance(will.id, -30, &system("user.balance")).await.unwrap(), BalanceUpdate::Updated(70));
-        assert_eq!(
-            db.set_balance(will.id, i64::MAX, &system("user.balance")).await.unwrap(),
-            BalanceUpdate::Updated(i64::MAX)
-        );
-        assert_eq!(db.adjust_balance(will.id, 1, &system("user.balance")).await.unwrap(), BalanceUpdate::OutOfRange);
-        assert_eq!(db.get_user(will.id).await.unwrap().unwrap().balance, i64::MAX, "unchanged");
-        assert_eq!(
-            db.adjust_balance(Uuid::now_v7(), 1, &system("user.balance")).await.unwrap(),
-            BalanceUpdate::NotFound
-        );
-
-        let (entries, total) = db
-            .list_audit(&AuditFilter { action: Some("user.balance".into()), limit: 10, ..Default::default() })
-            .await
-            .unwrap();
-        assert_eq!(total, 3, "only the changes made are audited");
-        assert_eq!(entries[0].entry.detail, json!({ "why": "test", "before": 70, "after": i64::MAX }), "newest first");
-        assert_eq!(entries[2].entry.detail, json!({ "why": "test", "before": 0, "after": 100 }));
-    }
-
-    #[tokio::test]
-    async fn the_webhook_secret_is_stored_as_given_and_can_be_cleared() {
-        let (_dir, db) = database().await;
-        let xena = user(&db, "xena", Role::User).await;
-        assert_eq!(db.get_webhook_secret(xena.id).await.unwrap(), None);
-        assert!(db.set_webhook_secret(xena.id, Some("v1:sealed")).await.unwrap());
-        assert_eq!(db.get_webhook_secret(xena.id).await.unwrap().as_deref(), Some("v1:sealed"));
-        assert!(db.set_webhook_secret(xena.id, None).await.unwrap());
-        assert_eq!(db.get_webhook_secret(xena.id).await.unwrap(), None);
-        assert!(!db.set_webhook_secret(Uuid::now_v7(), Some("v1:x")).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn sessions_are_found_touched_revoked_and_purged() {
-        let (_dir, db) = database().await;
-        let yan = user(&db, "yan", Role::User).await;
-        let zoe = user(&db, "zoe", Role::User).await;
-        let made = db.create_session(&session_for(yan.id, "s1", TimeDelta::hours(1))).await.unwrap();
-        db.create_session(&session_for(yan.id, "s2", TimeDelta::hours(1))).await.unwrap();
-        db.create_session(&session_for(yan.id, "old", TimeDelta::hours(-1))).await.unwrap();
-        db.create_session(&session_for(zoe.id, "z1", TimeDelta::hours(1))).await.unwrap();
-
-        let (found, owner) = db.find_session_by_hash("s1").await.unwrap().expect("live");
-        assert_eq!((found.clone(), owner.id), (made.clone(), yan.id));
-        assert_eq!(found.csrf, "csrf s1");
-        assert!(db.find_session_by_hash("old").await.unwrap().is_none(), "expired");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        db.touch_session("s1").await.unwrap();
-        let (touched, _) = db.find_session_by_hash("s1").await.unwrap().unwrap();
-        assert!(touched.last_seen_at > made.last_seen_at);
-        assert_eq!(touched.expires_at, made.expires_at, "a touch does not extend the session");
-
-        assert_eq!(db.list_sessions_for_user(yan.id).await.unwrap().len(), 2, "expired ones are not listed");
-        assert!(!db.revoke_session("s1", Some(zoe.id)).await.unwrap(), "not zoe's session");
-        assert!(db.revoke_session("s1", Some(yan.id)).await.unwrap());
-        assert!(db.find_session_by_hash("s1").await.unwrap().is_none());
-        assert_eq!(db.revoke_user_sessions(yan.id).await.unwrap(), 1, "s2; s1 was already revoked, old expired");
-        assert!(db.list_sessions_for_user(yan.id).await.unwrap().is_empty());
-        assert!(db.find_session_by_hash("z1").await.unwrap().is_some(), "another user's session stays");
-
-        assert_eq!(db.purge_sessions(Utc::now() + TimeDelta::seconds(1)).await.unwrap(), 3);
-        assert!(db.find_session_by_hash("z1").await.unwrap().is_some(), "a live session is never purged");
-    }
-
-    #[tokio::test]
-    async fn tokens_are_listed_by_user_revoked_once_and_touched() {
-        let (_dir, db) = database().await;
-        let ann = user(&db, "ann", Role::User).await;
-        let ben = user(&db, "ben", Role::User).await;
-        let limited = NewToken {
-            models: Some(vec!["relief".into(), "painter".into()]),
-            spend_cap: Some(10),
-            rate_per_minute: Some(5),
-            webhook_url: Some("https://example.com/h".into()),
-            expires_at: Some(Utc::now() + TimeDelta::days(1)),
-            ..token_for(ann.id, "h1")
-        };
-        let stored = db.create_token(&limited).await.unwrap();
-        assert_eq!(stored.models, limited.models);
-        assert_eq!((stored.spend_cap, stored.spent, stored.rate_per_minute), (Some(10), 0, Some(5)));
-        db.create_token(&token_for(ann.id, "h2")).await.unwrap();
-        db.create_token(&token_for(ben.id, "h3")).await.unwrap();
-        assert!(db.create_token(&token_for(ben.id, "h3")).await.is_err(), "hashes are unique");
-
-        assert_eq!(db.list_tokens(Some(ann.id)).await.unwrap().len(), 2);
-        assert_eq!(db.list_tokens(None).await.unwrap().len(), 3);
-        let found = db.find_token_by_hash("h1").await.unwrap().expect("usable");
-        assert_eq!((found.token.clone(), found.user.id, found.hash.as_str()), (stored.clone(), ann.id, "h1"));
-
-        db.touch_token_last_used(stored.id).await.unwrap();
-        assert!(db.find_token_by_hash("h1").await.unwrap().unwrap().token.last_used_at.is_some());
-        assert!(!db.revoke_token(stored.id, Some(ben.id)).await.unwrap(), "not ben's token");
-        assert!(db.revoke_token(stored.id, None).await.unwrap());
-        assert!(!db.revoke_token(stored.id, None).await.unwrap(), "already revoked");
-        assert!(db.find_token_by_hash("h1").await.unwrap().is_none());
-        let listed = db.list_tokens(Some(ann.id)).await.unwrap();
-        assert!(listed.iter().any(|t| t.id == stored.id && t.revoked_at.is_some()), "revoked tokens stay listed");
-    }
-
-    #[tokio::test]
-    async fn the_audit_log_filters_by_actor_and_action_newest_first() {
-        let (_dir, db) = database().await;
-        let admin = Uuid::now_v7();
-        for n in 0..5 {
-            let entry = AuditEntry {
-                actor_id: (n % 2 == 0).then_some(admin),
-                actor: Some("someone".into()),
-                action: if n < 3 { "user.create" } else { "token.revoke" }.into(),
-                target: Some(format!("t{n}")),
-                detail: json!({ "n": n }),
-                ip: Some("192.0.2.9".into()),
-            };
-            let record = db.append_audit(&entry).await.unwrap();
-            assert_eq!(record.entry, entry);
-        }
-        let all = db.list_audit(&AuditFilter { limit: 2, offset: 1, ..Default::default() }).await.unwrap();
-        assert_eq!(all.1, 5);
-        assert_eq!(all.0.iter().map(|r| r.entry.target.clone().unwrap()).collect::<Vec<_>>(), ["t3", "t2"]);
-        let by_admin =
-            db.list_audit(&AuditFilter { actor_id: Some(admin), limit: 10, ..Default::default() }).await.unwrap();
-        assert_eq!(by_admin.0.iter().map(|r| r.entry.target.clone().unwrap()).collect::<Vec<_>>(), ["t4", "t2", "t0"]);
-        let both = AuditFilter { actor_id: Some(admin), action: Some("user.create".into()), limit: 10, offset: 0 };
-        let both = db.list_audit(&both).await.unwrap();
-        assert_eq!((both.0.len(), both.1), (2, 2));
+        let total: i64 = count.build_query_scalar().fetch_one(&self.reader).await?;
+        Ok((rows.iter().map(rows::audit).collect::<DbResult<_>>()?, total.max(0) as u64))
     }
 }

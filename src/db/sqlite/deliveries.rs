@@ -6,51 +6,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::{Row, sqlite::SqliteRow};
 use uuid::Uuid;
 
-use super::{SqliteDatabase, begin, now_ms, opt_time, parse_uuid, to_time};
+use super::{SqliteDatabase, begin};
 use crate::{
-    db::{DbError, DbResult, DeliveryRepo, NextStep},
-    deliveries::{Attempt, Delivery, DeliveryEvent, DeliveryStatus, NewDelivery},
+    db::{
+        DbResult, DeliveryRepo, NextStep,
+        rows::{self, millis, now_ms, to_time},
+    },
+    deliveries::{Attempt, Delivery, NewDelivery},
     tasks::TaskId,
 };
-
-fn delivery_from_row(row: &SqliteRow) -> DbResult<Delivery> {
-    let id: String = row.try_get("id")?;
-    let task: String = row.try_get("task_id")?;
-    let owner: Option<String> = row.try_get("owner_id")?;
-    let event: String = row.try_get("event")?;
-    let status: String = row.try_get("status")?;
-    Ok(Delivery {
-        id: parse_uuid(&id)?,
-        task_id: TaskId(parse_uuid(&task)?),
-        owner_id: owner.as_deref().map(parse_uuid).transpose()?,
-        url: row.try_get("url")?,
-        event: DeliveryEvent::parse(&event).ok_or_else(|| DbError::Corrupt(format!("bad webhook event `{event}`")))?,
-        payload: row.try_get("payload")?,
-        status: DeliveryStatus::parse(&status)
-            .ok_or_else(|| DbError::Corrupt(format!("bad delivery status `{status}`")))?,
-        attempts: row.try_get::<i64, _>("attempts")?.clamp(0, i64::from(u32::MAX)) as u32,
-        next_at: opt_time(row.try_get("next_at")?),
-        created_at: to_time(row.try_get("created_at")?),
-        finished_at: opt_time(row.try_get("finished_at")?),
-    })
-}
-
-fn attempt_from_row(row: &SqliteRow) -> DbResult<Attempt> {
-    let status: Option<i64> = row.try_get("status_code")?;
-    Ok(Attempt {
-        at: to_time(row.try_get("at")?),
-        status_code: status.and_then(|s| u16::try_from(s).ok()),
-        error: row.try_get("error")?,
-        duration_ms: row.try_get::<i64, _>("duration_ms")?.max(0) as u64,
-    })
-}
-
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
 
 #[async_trait]
 impl DeliveryRepo for SqliteDatabase {
@@ -87,18 +53,14 @@ impl DeliveryRepo for SqliteDatabase {
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
         .await?;
-        let mut claimed = rows.iter().map(delivery_from_row).collect::<DbResult<Vec<_>>>()?;
+        let mut claimed = rows.iter().map(rows::delivery).collect::<DbResult<Vec<_>>>()?;
         // RETURNING gives no order.
         claimed.sort_by_key(|d| d.next_at);
         Ok(claimed)
     }
 
     async fn record_attempt(&self, id: Uuid, owner: &str, attempt: &Attempt, next: NextStep) -> DbResult<bool> {
-        let (status, next_at, finished_at) = match next {
-            NextStep::Delivered => (DeliveryStatus::Delivered, None, Some(now_ms())),
-            NextStep::Failed => (DeliveryStatus::Failed, None, Some(now_ms())),
-            NextStep::RetryAt(at) => (DeliveryStatus::Pending, Some(at.timestamp_millis()), None),
-        };
+        let (status, next_at, finished_at) = next.recorded();
         let mut tx = begin(&self.writer).await?;
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, at, status_code, error, duration_ms) \
@@ -141,8 +103,6 @@ impl DeliveryRepo for SqliteDatabase {
             .bind(task.to_string())
             .fetch_all(&self.reader)
             .await?;
-        let mut deliveries: Vec<(Delivery, Vec<Attempt>)> =
-            rows.iter().map(|row| Ok((delivery_from_row(row)?, Vec::new()))).collect::<DbResult<_>>()?;
         let attempts = sqlx::query(
             "SELECT a.delivery_id, a.at, a.status_code, a.error, a.duration_ms FROM webhook_attempts a \
              JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.task_id = ?1 ORDER BY a.at, a.rowid",
@@ -150,13 +110,7 @@ impl DeliveryRepo for SqliteDatabase {
         .bind(task.to_string())
         .fetch_all(&self.reader)
         .await?;
-        for row in &attempts {
-            let id = parse_uuid(&row.try_get::<String, _>("delivery_id")?)?;
-            if let Some((_, list)) = deliveries.iter_mut().find(|(d, _)| d.id == id) {
-                list.push(attempt_from_row(row)?);
-            }
-        }
-        Ok(deliveries)
+        rows::deliveries_with_attempts(&rows, &attempts)
     }
 
     async fn finished_without_delivery(&self, since: DateTime<Utc>) -> DbResult<Vec<TaskId>> {
@@ -169,7 +123,7 @@ impl DeliveryRepo for SqliteDatabase {
         .bind(since.timestamp_millis())
         .fetch_all(&self.reader)
         .await?;
-        ids.iter().map(|id| Ok(TaskId(parse_uuid(id)?))).collect()
+        ids.iter().map(|id| Ok(TaskId(rows::parse_uuid(id)?))).collect()
     }
 
     async fn next_delivery_due(&self) -> DbResult<Option<DateTime<Utc>>> {
