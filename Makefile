@@ -12,7 +12,7 @@ export KILN_TEST_PYTHON ?= $(CURDIR)/tests/python/.venv/bin/python
 # installs it. Named here, its absence fails those tests instead of skipping them.
 export KILN_TEST_S3_SERVER ?= $(CURDIR)/tools/s3s-fs/bin/s3s-fs
 
-.PHONY: run test build lint unit api-postgres campaign deps test-deps worker-test web web-test e2e schemathesis deploy-check screenshots
+.PHONY: run test build lint unit api-postgres campaign deps test-deps worker-test web web-test e2e schemathesis deploy-check screenshots bench-replicas
 
 ## Build everything in release mode and start kiln on http://127.0.0.1:8080.
 run: deps web
@@ -53,6 +53,13 @@ api-postgres:
 	else \
 		KILN_TEST_DATABASE=postgres ./scripts/with-postgres.sh $(CARGO) test --locked --test api --no-fail-fast; \
 	fi
+
+## The scale-out benchmarks (docs/benchmarks.md, not part of `make test`): task creations
+## per second on SQLite, on PostgreSQL with 1 and 3 replicas, cross-replica event delivery,
+## a 100 MiB result streamed to S3; release build, a throwaway PostgreSQL. About 10
+## minutes after compiling. BENCH_SECTIONS="create deliver s3" picks some.
+bench-replicas:
+	./scripts/with-postgres.sh $(CARGO) bench --locked --bench replicas -- $(BENCH_SECTIONS)
 
 ## The fault campaign (tests/campaign, docs/reliability.md): the real binary killed with
 ## SIGKILL while clients upload and tasks run, a corpus of malformed requests on every

@@ -6,6 +6,9 @@
 # command runs against that server instead.
 #
 # Usage: scripts/with-postgres.sh COMMAND [ARGS...]
+#
+# KILN_PG_OPTIONS adds server settings, e.g. `-c shared_preload_libraries=pg_stat_statements`
+# (benches/replicas.rs then counts the statements each task creation runs).
 set -euo pipefail
 
 if [ -n "${KILN_TEST_DATABASE_URL:-}" ]; then
@@ -50,7 +53,7 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 # Many tests at once, each with a pool: room for them. Durability is not needed for a
 # database deleted at the end, and fsync would make every commit wait for the disk.
 "${as_owner[@]}" pg_ctl -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=500 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+    -o "-h 127.0.0.1 -p $port -k $dir -c max_connections=500 -c fsync=off -c synchronous_commit=off -c full_page_writes=off ${KILN_PG_OPTIONS:-}" \
     start >/dev/null || {
     cat "$dir/server.log" >&2
     exit 1

@@ -14,6 +14,24 @@ use crate::{
     tasks::{NewTask, Task},
 };
 
+/// Whether queueing `task` must check the owner's active-task limit or reserve credits
+/// (then [`reserve`] does, under locks); when it need not, the task is queued in one
+/// statement. An anonymous or free caller needs neither.
+pub(super) async fn needs_reservation(pool: &sqlx::PgPool, task: &NewTask, billing: &Billing) -> DbResult<bool> {
+    if billing.max_active.is_some() && task.owner_id.is_some() {
+        return Ok(true);
+    }
+    if billing.payer.is_none() {
+        return Ok(false);
+    }
+    let (per_task, per_image): (i64, i64) = sqlx::query_as("SELECT per_task, per_image FROM prices WHERE model = $1")
+        .bind(&task.model)
+        .fetch_optional(pool)
+        .await?
+        .unwrap_or((0, 0));
+    Ok(task_price(per_task, per_image, billing.images) > 0)
+}
+
 /// Checks the owner's active-task limit (not counting the task itself, already
 /// inserted) and reserves the task's price. `Err` carries the refusal; the caller rolls
 /// back by dropping the transaction.
