@@ -38,20 +38,25 @@ lint:
 	$(CARGO) clippy --workspace --locked --all-targets -- -D warnings
 	$(CARGO) machete
 
+## Every crate's tests; the repository tests' PostgreSQL runs (`<name>::postgres` in the
+## library) are left to `api-postgres`, which has a server for them.
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --locked --no-fail-fast; \
+		$(CARGO) nextest run --workspace --locked --no-fail-fast -E 'not (binary_id(kiln) & test(/::postgres$$/))'; \
 	else \
 		$(CARGO) test --workspace --locked --no-fail-fast; \
 	fi
 
-## The API suite again on PostgreSQL (`unit` runs it on SQLite): a throwaway server
-## (scripts/with-postgres.sh; KILN_TEST_DATABASE_URL to use another), one database per test.
+## The API suite again on PostgreSQL (`unit` runs it on SQLite), and the repository tests'
+## PostgreSQL runs: a throwaway server (scripts/with-postgres.sh; KILN_TEST_DATABASE_URL to
+## use another), one database per test.
 api-postgres:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		KILN_TEST_DATABASE=postgres ./scripts/with-postgres.sh $(CARGO) nextest run --locked --test api --no-fail-fast; \
+		KILN_TEST_DATABASE=postgres ./scripts/with-postgres.sh $(CARGO) nextest run --locked --lib --test api \
+			--no-fail-fast -E 'binary_id(kiln::api) | (binary_id(kiln) & test(/::postgres$$/))'; \
 	else \
-		KILN_TEST_DATABASE=postgres ./scripts/with-postgres.sh $(CARGO) test --locked --test api --no-fail-fast; \
+		KILN_TEST_DATABASE=postgres ./scripts/with-postgres.sh sh -c \
+			'$(CARGO) test --locked --lib --no-fail-fast -- ::postgres && $(CARGO) test --locked --test api --no-fail-fast'; \
 	fi
 
 ## The scale-out benchmarks (docs/benchmarks.md, not part of `make test`): task creations

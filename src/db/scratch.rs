@@ -66,6 +66,12 @@ impl Deref for Scratch {
 /// A new, empty database on the test server, or `None` (said on stderr) without one.
 pub(crate) async fn postgres_url() -> Option<String> {
     let Ok(server) = std::env::var("KILN_TEST_DATABASE_URL") else {
+        // `make api-postgres` asks for the PostgreSQL runs: skipping them there would
+        // pass without testing anything.
+        assert!(
+            std::env::var("KILN_TEST_DATABASE").as_deref() != Ok("postgres"),
+            "KILN_TEST_DATABASE=postgres, but KILN_TEST_DATABASE_URL names no server"
+        );
         eprintln!(
             "skipped on PostgreSQL: KILN_TEST_DATABASE_URL names no server (scripts/with-postgres.sh starts one)"
         );
