@@ -54,5 +54,9 @@ export default defineConfig({
   test: {
     environment: 'happy-dom',
     include: ['tests/**/*.test.ts'],
+    // A test's first dynamic import compiles its view; `make test` runs this beside
+    // the Rust suites on two cores, where that alone has taken over the 5 s default.
+    // A ceiling against hangs, not a speed check.
+    testTimeout: 30_000,
   },
 })
