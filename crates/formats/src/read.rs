@@ -406,10 +406,13 @@ impl<'a> Source<'a> {
         textures: &mut HashMap<usize, Option<usize>>,
     ) -> Result<Material, FormatError> {
         let pbr = material.pbr_metallic_roughness();
-        let mut texture = |info: Option<gltf::Texture>, tex_coord: u32| -> Result<Option<usize>, FormatError> {
-            let Some(texture) = info else { return Ok(None) };
-            if tex_coord != 0 {
-                model.notes.push("a texture uses TEXCOORD_1 or higher; TEXCOORD_0 was used instead".into());
+        let note = "a texture uses TEXCOORD_1 or higher; TEXCOORD_0 was used instead";
+        let mut texture = |info: Option<gltf::Texture>, tex_coord: u32| {
+            let Some(texture) = info else {
+                return Ok::<_, FormatError>(None);
+            };
+            if tex_coord != 0 && !model.notes.iter().any(|n| n == note) {
+                model.notes.push(note.into());
             }
             if let Some(&known) = textures.get(&texture.index()) {
                 return Ok(known);
