@@ -94,6 +94,12 @@ fn relief_models_make_valid_usdz_files() {
 }
 
 #[test]
+fn a_trellis_like_model_makes_a_valid_usdz_file() {
+    // WebP textures become PNG; the metallic-roughness texture is wired in.
+    check("trellis-like", fixtures::trellis_like());
+}
+
+#[test]
 fn a_two_node_cube_makes_a_valid_usdz_file() {
     check("two-node cube", &fixtures::two_node_cube());
 }
