@@ -12,8 +12,9 @@ mod meshopt;
 
 use std::collections::HashMap;
 
-use gltf::json;
-use gltf::json::validation::Validate;
+// gltf-json directly (the crate gltf re-exports as `gltf::json`), as the GLB writers use it.
+use gltf_json as json;
+use gltf_json::validation::Validate;
 use serde_json::Value;
 
 use crate::error::FormatError;
