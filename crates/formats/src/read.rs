@@ -149,6 +149,11 @@ impl<'a> Source<'a> {
             }
         });
         if let Some(error) = first_error {
+            // A file that uses Draco without requiring it may keep its attributes only in
+            // compressed form (accessors without buffer views): say why it cannot be read.
+            if root.extensions_used.iter().any(|name| name == DRACO) {
+                return Err(FormatError::unsupported("Draco-compressed models are not supported"));
+            }
             return Err(FormatError::unreadable(format!("the glTF is invalid at {error}")));
         }
         let document = gltf::Document::from_json_without_validation(root);
