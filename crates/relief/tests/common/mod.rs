@@ -56,7 +56,7 @@ pub fn read_glb(glb: &[u8]) -> Decoded {
     let pbr = material.pbr_metallic_roughness();
     assert_eq!(pbr.metallic_factor(), 0.0);
     let texture = pbr.base_color_texture().expect("base colour texture");
-    let image_mime = match texture.texture().source().source() {
+    let image_mime = match texture.texture().source().expect("texture has an image").source() {
         gltf::image::Source::View { mime_type, .. } => mime_type.to_string(),
         gltf::image::Source::Uri { .. } => panic!("texture must be embedded"),
     };
