@@ -119,7 +119,7 @@ impl Cancel {
     /// `check` on every `CHECK_EVERY`-th item of a loop, for loops over vertices or
     /// triangles.
     pub fn check_every(&self, item: usize) -> Result<(), FormatError> {
-        if item % CHECK_EVERY == 0 { self.check() } else { Ok(()) }
+        if item.is_multiple_of(CHECK_EVERY) { self.check() } else { Ok(()) }
     }
 }
 
