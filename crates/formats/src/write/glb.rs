@@ -595,11 +595,19 @@ pub(super) fn floats(values: impl Iterator<Item = f32>) -> Vec<u8> {
     values.flat_map(f32::to_le_bytes).collect()
 }
 
-/// `n` scaled to unit length (the validator checks normals); a zero vector, which has no
-/// direction, becomes +Y.
+/// `n` at unit length, as the validator checks normals; a zero vector, which has no
+/// direction, becomes +Y. Normals already unit to f32 precision are kept bit for bit, so
+/// a model read back is the model written.
 pub(super) fn unit(n: [f32; 3]) -> [f32; 3] {
-    let length = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
-    if length > 1e-12 { n.map(|c| c / length) } else { [0.0, 1.0, 0.0] }
+    let squared = n[0] * n[0] + n[1] * n[1] + n[2] * n[2];
+    if (squared - 1.0).abs() <= 4.0 * f32::EPSILON {
+        n
+    } else if squared > 1e-24 && squared.is_finite() {
+        let length = squared.sqrt();
+        n.map(|c| c / length)
+    } else {
+        [0.0, 1.0, 0.0]
+    }
 }
 
 /// Component-wise minimum and maximum; glTF requires them on positions.
