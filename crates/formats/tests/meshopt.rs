@@ -357,3 +357,38 @@ fn the_decoded_model_renders_like_the_original() {
     let mean = total as f64 / a.as_raw().len() as f64;
     assert!(mean < 1.0, "mean difference {mean} per channel (of 255)");
 }
+
+#[test]
+fn the_crate_reader_reads_the_compressed_glb_back() {
+    for (name, model) in models() {
+        let options = CompressOptions::default();
+        let glb = compress(&model, &options);
+        let read = Model::read_glb(&glb, &formats::Limits::default(), &Cancel::new())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(read.triangles(), model.triangles(), "{name}");
+        let ((min, max), (read_min, read_max)) = (model.bounds().expect("bounds"), read.bounds().expect("bounds"));
+        let extent = (0..3).map(|k| max[k] - min[k]).fold(0.0f32, f32::max);
+        let half_step = extent / ((1u32 << options.position_bits) - 1) as f32 * 0.5;
+        for k in 0..3 {
+            assert!((min[k] - read_min[k]).abs() <= half_step * 1.01, "{name}: min {min:?} vs {read_min:?}");
+            assert!((max[k] - read_max[k]).abs() <= half_step * 1.01, "{name}: max {max:?} vs {read_max:?}");
+        }
+        // Same attributes present, same materials, per part.
+        assert_eq!(read.parts.len(), model.parts.len(), "{name}");
+        for (a, b) in model.parts.iter().zip(&read.parts) {
+            assert_eq!(
+                (a.normals.is_some(), a.uvs.is_some(), a.colors.is_some(), a.material),
+                (b.normals.is_some(), b.uvs.is_some(), b.colors.is_some(), b.material),
+                "{name}"
+            );
+        }
+        assert_eq!(read.materials.len(), model.materials.len(), "{name}");
+        // And the reader's model previews like the original.
+        let options = PreviewOptions { size: 96 };
+        let a = formats::preview(&model, &options, &Cancel::new()).expect("preview");
+        let b = formats::preview(&read, &options, &Cancel::new()).expect("preview");
+        let total: u64 = a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| u64::from(x.abs_diff(*y))).sum();
+        let mean = total as f64 / a.as_raw().len() as f64;
+        assert!(mean < 2.0, "{name}: mean difference {mean} per channel (textures are re-encoded)");
+    }
+}
