@@ -1,6 +1,7 @@
 //! The Khronos glTF Validator (npm package `gltf-validator`, run through
 //! `tools/gltf-validate`) on every GLB variant the crate writes: plain, core, meshopt
-//! and a simplified level of detail, for models with PNG, JPEG and WebP textures, alpha
+//! and a simplified level of detail, for relief's model of every fixture picture and
+//! generated models with PNG, JPEG and WebP textures, alpha
 //! modes, several parts, vertex colours and 32-bit indices. Zero errors and zero
 //! warnings; infos (the validator does not decode `EXT_meshopt_compression` and says
 //! so) are allowed. Without Node or the validator this test fails and says what to
@@ -67,6 +68,28 @@ fn models() -> Vec<(&'static str, Model)> {
     ]
 }
 
+/// The relief model of every fixture picture, read back: what kiln converts most.
+fn relief_models() -> Vec<(String, Model)> {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/images");
+    let mut pictures: Vec<PathBuf> = std::fs::read_dir(&fixtures)
+        .expect("the shared fixtures folder")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "jpg" | "png" | "webp")))
+        .collect();
+    pictures.sort();
+    assert!(pictures.len() >= 4, "expected the four fixture pictures, found {pictures:?}");
+    pictures
+        .iter()
+        .map(|picture| {
+            let name = picture.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let bytes = std::fs::read(picture).expect("a fixture");
+            let glb = relief::reconstruct(&bytes, &relief::Options::default(), &mut |_, _| {}).expect("relief").glb;
+            let model = Model::read_glb(&glb, &formats::Limits::default(), &Cancel::new()).expect("reads");
+            (format!("relief-{name}"), model)
+        })
+        .collect()
+}
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, bytes).expect("writing a model");
@@ -79,7 +102,9 @@ fn every_glb_variant_passes_the_khronos_validator() {
     let dir = tempfile::tempdir().expect("a temporary folder");
     let cancel = Cancel::new();
     let mut files = Vec::new();
-    for (name, model) in models() {
+    let mut all: Vec<(String, Model)> = models().into_iter().map(|(n, m)| (n.to_string(), m)).collect();
+    all.extend(relief_models());
+    for (name, model) in all {
         let mut plain = Vec::new();
         formats::write::glb(&model, &mut plain, &GlbOptions::default(), &cancel).expect("plain GLB");
         files.push(write(dir.path(), &format!("{name}.glb"), &plain));
