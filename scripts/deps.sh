@@ -114,8 +114,10 @@ schemathesis_env() {
     pinned_env "$root/tools/schemathesis" "schemathesis"
 }
 
-# OpenAI's own Python client, which tests/api/openai_python.rs runs
-# tests/python/openai_client.py with.
+# The Python test tools of tests/python: OpenAI's own Python client, which
+# tests/api/openai_python.rs runs tests/python/openai_client.py with, and trimesh and
+# usd-core, which crates/formats's tests run tests/python/mesh_check.py and usd_check.py
+# with. --test-downloads builds it, and scripts/test.sh waits for that before `unit`.
 openai_client_env() {
     pinned_env "$root/tests/python" "the OpenAI client test"
 }
