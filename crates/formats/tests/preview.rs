@@ -228,11 +228,19 @@ fn sizes_are_checked_and_cancel_stops() {
 fn write_previews() {
     let out = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/formats-previews");
     std::fs::create_dir_all(&out).expect("preview folder");
-    for (name, model) in [
-        ("sphere", sphere_model()),
-        ("two-parts", generated::two_parts()),
-        ("trellis-like", generated::trellis_like(50_000, 512)),
-    ] {
+    let mut models = vec![
+        ("sphere".to_string(), sphere_model()),
+        ("two-parts".to_string(), generated::two_parts()),
+        ("trellis-like".to_string(), generated::trellis_like(50_000, 512)),
+    ];
+    let fixtures = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/images");
+    for picture in ["vase.png", "mug.jpg", "toy.webp", "large-4096x3072.jpg"] {
+        let bytes = std::fs::read(fixtures.join(picture)).expect("a fixture");
+        let glb = relief::reconstruct(&bytes, &relief::Options::default(), &mut |_, _| {}).expect("relief").glb;
+        let model = Model::read_glb(&glb, &formats::Limits::default(), &Cancel::new()).expect("reads");
+        models.push((format!("relief-{}", picture.replace('.', "-")), model));
+    }
+    for (name, model) in models {
         let path = out.join(format!("{name}.png"));
         render(&model, 512).save(&path).expect("saving a preview");
         println!("{}", path.display());
