@@ -49,6 +49,9 @@ pub fn preview(model: &Model, options: &PreviewOptions, cancel: &Cancel) -> Resu
     if !(16..=4096).contains(&options.size) {
         return Err(FormatError::encode(format!("a preview must be 16 to 4096 pixels wide, not {}", options.size)));
     }
+    for part in &model.parts {
+        part.check()?;
+    }
     let side = options.size * SUPERSAMPLE;
     let mut target = Target::new(side);
     if let Some(camera) = Camera::framing(model, side) {

@@ -38,6 +38,9 @@ const ANY_ERROR: f32 = 1.0;
 /// Reduces `model` to at most `max_triangles` triangles where it can. A model already
 /// within the budget is returned unchanged, with error 0.
 pub fn simplify(model: &Model, max_triangles: u64, cancel: &Cancel) -> Result<(Model, SimplifyReport), FormatError> {
+    for part in &model.parts {
+        part.check()?;
+    }
     let before = model.triangles();
     let mut report = SimplifyReport { triangles_before: before, triangles_after: before, ..SimplifyReport::default() };
     if before <= max_triangles {

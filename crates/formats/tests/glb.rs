@@ -148,3 +148,22 @@ fn cancel_stops_the_writer() {
     let result = formats::write::glb(&generated::two_parts(), Vec::new(), &GlbOptions::default(), &cancel);
     assert!(matches!(result, Err(formats::FormatError::Cancelled)));
 }
+
+#[test]
+fn a_hand_built_part_that_breaks_the_invariants_is_refused_not_a_panic() {
+    let cancel = Cancel::new();
+    let good = generated::sphere(8, 4, 0.5);
+    let broken = [
+        formats::Part { indices: vec![0, 1, 9999], ..good.clone() },
+        formats::Part { indices: vec![0, 1], ..good.clone() },
+        formats::Part { uvs: Some(vec![[0.0; 2]; 3]), ..good.clone() },
+    ];
+    for part in broken {
+        let model = Model { parts: vec![part], ..Model::default() };
+        assert!(formats::write::glb(&model, Vec::new(), &GlbOptions::default(), &cancel).is_err());
+        let compress = formats::write::CompressOptions::default();
+        assert!(formats::write::meshopt_glb(&model, Vec::new(), &compress, &cancel).is_err());
+        assert!(formats::simplify(&model, 1, &cancel).is_err());
+        assert!(formats::preview(&model, &formats::PreviewOptions::default(), &cancel).is_err());
+    }
+}

@@ -33,6 +33,9 @@ const CORE_JPEG_QUALITY: u8 = 90;
 /// Writes `model` as a GLB: every part a primitive of one mesh, attributes as f32,
 /// indices as u16 or u32, textures embedded.
 pub fn glb<W: Write>(model: &Model, out: W, options: &GlbOptions, cancel: &Cancel) -> Result<Summary, FormatError> {
+    for part in &model.parts {
+        part.check()?;
+    }
     let rule = if options.core { TextureRule::Core } else { TextureRule::Keep };
     let prepared = prepare_textures(model, rule, options.texture_side, cancel)?;
     let mut document = Document::new();

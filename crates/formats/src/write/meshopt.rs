@@ -67,6 +67,9 @@ pub fn meshopt_glb<W: Write>(
     cancel: &Cancel,
 ) -> Result<Summary, FormatError> {
     check_options(options)?;
+    for part in &model.parts {
+        part.check()?;
+    }
     let prepared = glb::prepare_textures(model, TextureRule::Compress, Some(options.texture_side), cancel)?;
     let mut document = Document::new();
     let materials = document.materials(model, &prepared.textures);
