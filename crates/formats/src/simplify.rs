@@ -18,8 +18,9 @@ use crate::{Cancel, FormatError, Model};
 pub struct SimplifyReport {
     pub triangles_before: u64,
     pub triangles_after: u64,
-    /// The largest geometric error, relative to the model's size (its bounding box
-    /// diagonal's scale as meshoptimizer measures it): 0.01 is 1 %.
+    /// The largest collapse error, relative to the model's longest side (0.01 is 1 %):
+    /// meshoptimizer's measure, the geometric deviation plus the weighted attribute
+    /// deviation, so an upper bound on how far the surface moved.
     pub error: f32,
     /// Parts that needed clustering to fit the budget (their topology may change).
     pub clustered_parts: u32,
@@ -31,8 +32,8 @@ const NORMAL_WEIGHT: f32 = 0.5;
 const UV_WEIGHT: f32 = 1.0;
 const COLOR_WEIGHT: f32 = 0.5;
 
-/// Error allowed while collapsing, relative to the part's size: effectively none,
-/// since the triangle budget is what decides.
+/// Error allowed while collapsing, relative to the part's size: no real limit, since
+/// the triangle budget is what decides.
 const ANY_ERROR: f32 = 1.0;
 
 /// Reduces `model` to at most `max_triangles` triangles where it can. A model already

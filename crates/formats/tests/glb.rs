@@ -142,6 +142,12 @@ fn writing_twice_gives_the_same_bytes() {
 }
 
 #[test]
+fn a_zero_texture_side_is_refused() {
+    let options = GlbOptions { core: false, texture_side: Some(0) };
+    assert!(formats::write::glb(&generated::two_parts(), Vec::new(), &options, &Cancel::new()).is_err());
+}
+
+#[test]
 fn cancel_stops_the_writer() {
     let cancel = Cancel::new();
     cancel.cancel();

@@ -36,6 +36,9 @@ pub fn glb<W: Write>(model: &Model, out: W, options: &GlbOptions, cancel: &Cance
     for part in &model.parts {
         part.check()?;
     }
+    if options.texture_side == Some(0) {
+        return Err(FormatError::encode("invalid GLB option: texture_side must be at least 1"));
+    }
     let rule = if options.core { TextureRule::Core } else { TextureRule::Keep };
     let prepared = prepare_textures(model, rule, options.texture_side, cancel)?;
     let mut document = Document::new();
