@@ -68,11 +68,20 @@ class Near:
 
 def closest(source_positions, source_values, other_positions, other_values):
     """Per vertex of the other file, the smallest difference to a source vertex at the
-    same position; None for vertices with no source vertex there."""
-    near = Near(source_positions, source_values)
+    same position; None for vertices with no source vertex there. Exact float32 matches
+    (every vertex of a model without node transforms) are looked up directly; only the
+    rest go through the slower search within 1e-5."""
+    exact = {}
+    for position, value in zip(source_positions.astype(np.float32), source_values):
+        exact.setdefault(position.tobytes(), []).append(value)
+    near = None
     out = []
     for position, value in zip(other_positions, other_values):
-        candidates = near.values(position)
+        candidates = exact.get(position.astype(np.float32).tobytes())
+        if candidates is None:
+            if near is None:
+                near = Near(source_positions, source_values)
+            candidates = near.values(position)
         out.append(min(float(np.abs(c - value).max()) for c in candidates)
                    if candidates else None)
     return out

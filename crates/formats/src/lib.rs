@@ -31,8 +31,6 @@ mod model;
 mod preview;
 mod read;
 mod simplify;
-// Used by the writers; the allow goes once they land.
-#[allow(dead_code)]
 mod texture;
 pub mod write;
 

@@ -111,6 +111,9 @@ struct Source<'a> {
     compressed: Vec<(usize, meshopt::Compressed)>,
     limits: Limits,
     input_length: usize,
+    /// Texture bytes copied into the model so far: at most the input's length, however
+    /// many textures show the same image.
+    copied: std::cell::Cell<usize>,
 }
 
 /// Keeps an attacker-chosen name short and printable before it goes into a message.
@@ -176,6 +179,7 @@ impl<'a> Source<'a> {
             compressed,
             limits: limits.clone(),
             input_length: glb.len(),
+            copied: std::cell::Cell::new(0),
         })
     }
 
@@ -222,7 +226,7 @@ impl<'a> Source<'a> {
 
     /// The scene's mesh instances, with the total size of their triangles and vertices
     /// checked before any mesh data is read.
-    fn instances(&self, cancel: &Cancel) -> Result<(Vec<Instance>, u64, u64), FormatError> {
+    fn instances(&self, cancel: &Cancel) -> Result<Flattened, FormatError> {
         let roots: Vec<usize> = match self.document.default_scene().or_else(|| self.document.scenes().next()) {
             Some(scene) => scene.nodes().map(|n| n.index()).collect(),
             None => {
@@ -247,10 +251,15 @@ impl<'a> Source<'a> {
         for root in roots {
             walk.visit(root, IDENTITY)?;
         }
-        let (mut triangles, mut vertices) = (0u64, 0u64);
+        let (mut triangles, mut vertices, mut parts) = (0u64, 0u64, 0u64);
         let meshes: Vec<gltf::Mesh> = self.document.meshes().collect();
         for instance in &walk.instances {
             for primitive in meshes[instance.mesh].primitives() {
+                // Each primitive shown by each node becomes a part: counted like a node
+                // visit, so that many empty primitives cannot make this loop endless.
+                parts += 1;
+                Limits::check("mesh parts", parts, self.limits.max_nodes)?;
+                cancel.check_every(parts as usize)?;
                 let (t, v) = primitive_size(&primitive)?;
                 triangles = triangles.saturating_add(t);
                 vertices = vertices.saturating_add(v);
@@ -258,11 +267,11 @@ impl<'a> Source<'a> {
             Limits::check("triangles", triangles, self.limits.max_triangles)?;
             Limits::check("vertices", vertices, self.limits.max_vertices)?;
         }
-        Ok((walk.instances, triangles, vertices))
+        Ok(Flattened { instances: walk.instances, triangles, vertices, parts })
     }
 
     fn estimate(&self, cancel: &Cancel) -> Result<Estimate, FormatError> {
-        let (_, triangles, vertices) = self.instances(cancel)?;
+        let Flattened { triangles, vertices, parts, .. } = self.instances(cancel)?;
         let decoded = self.decoded_bytes();
         Limits::check("decompressed bytes", decoded, self.limits.max_memory / 2)?;
         let mut texture_pixels = 0u64;
@@ -274,9 +283,13 @@ impl<'a> Source<'a> {
             }
         }
         // Per vertex: the model's attributes (48 bytes) and a writer's working copy;
-        // per pixel: the decoded image, its RGBA copy and a resized copy; the JSON tree
-        // costs up to ~16× its text. Then half again, to stay on the safe side.
+        // per part: its vectors' headers and allocation slack; per pixel: the decoded
+        // image, its RGBA copy and a resized copy; the JSON tree costs up to ~16× its
+        // text; copied texture bytes at most the input again. Then half again, to stay
+        // on the safe side.
         let memory = (self.input_length as u64)
+            .saturating_mul(2)
+            .saturating_add(parts.saturating_mul(512))
             .saturating_add((self.json_length as u64).saturating_mul(16))
             .saturating_add(decoded)
             .saturating_add(vertices.saturating_mul(112))
@@ -295,7 +308,7 @@ impl<'a> Source<'a> {
             let material = self.material(&material, &mut model, &mut textures)?;
             model.materials.push(material);
         }
-        let (instances, _, _) = self.instances(cancel)?;
+        let instances = self.instances(cancel)?.instances;
         let meshes: Vec<gltf::Mesh> = self.document.meshes().collect();
         for instance in &instances {
             for primitive in meshes[instance.mesh].primitives() {
@@ -393,10 +406,13 @@ impl<'a> Source<'a> {
         textures: &mut HashMap<usize, Option<usize>>,
     ) -> Result<Material, FormatError> {
         let pbr = material.pbr_metallic_roughness();
-        let mut texture = |info: Option<gltf::Texture>, tex_coord: u32| -> Result<Option<usize>, FormatError> {
-            let Some(texture) = info else { return Ok(None) };
-            if tex_coord != 0 {
-                model.notes.push("a texture uses TEXCOORD_1 or higher; TEXCOORD_0 was used instead".into());
+        let note = "a texture uses TEXCOORD_1 or higher; TEXCOORD_0 was used instead";
+        let mut texture = |info: Option<gltf::Texture>, tex_coord: u32| {
+            let Some(texture) = info else {
+                return Ok::<_, FormatError>(None);
+            };
+            if tex_coord != 0 && !model.notes.iter().any(|n| n == note) {
+                model.notes.push(note.into());
             }
             if let Some(&known) = textures.get(&texture.index()) {
                 return Ok(known);
@@ -506,6 +522,9 @@ impl<'a> Source<'a> {
         };
         let (bytes, format) = self.image_bytes(image)?;
         let (width, height) = texture::dimensions(bytes, format, &self.limits)?;
+        let copied = self.copied.get().saturating_add(bytes.len());
+        Limits::check("texture bytes", copied as u64, self.input_length as u64)?;
+        self.copied.set(copied);
         let sampler = texture.sampler();
         let wrap = |mode| match mode {
             gltf::texture::WrappingMode::ClampToEdge => Wrap::ClampToEdge,
@@ -646,6 +665,14 @@ fn transform(
 struct Instance {
     mesh: usize,
     matrix: Matrix,
+}
+
+/// The scene's mesh instances and what they add up to.
+struct Flattened {
+    instances: Vec<Instance>,
+    triangles: u64,
+    vertices: u64,
+    parts: u64,
 }
 
 /// Depth-first flattening of the node tree with the checks a hostile file needs: cycles

@@ -128,8 +128,14 @@ fn rgb_bytes(image: &RgbaImage) -> Vec<u8> {
 /// without sRGB-aware filtering, and the difference is invisible at texel scale.
 pub(crate) fn sample_bilinear(image: &RgbaImage, sampler: &Sampler, uv: [f32; 2]) -> [f32; 4] {
     let (width, height) = (image.width() as i64, image.height() as i64);
-    let x = uv[0] as f64 * width as f64 - 0.5;
-    let y = uv[1] as f64 * height as f64 - 0.5;
+    // Brought into one period of the wrap first (2 × size covers repeat and mirror), so
+    // that a UV of 1e30 cannot overflow the texel arithmetic below.
+    let reduce = |v: f64, size: i64, mode: Wrap| match mode {
+        Wrap::ClampToEdge => v.clamp(-1.0, size as f64),
+        Wrap::Repeat | Wrap::MirroredRepeat => v.rem_euclid(2.0 * size as f64),
+    };
+    let x = reduce(f64::from(uv[0]) * width as f64 - 0.5, width, sampler.wrap_s);
+    let y = reduce(f64::from(uv[1]) * height as f64 - 0.5, height, sampler.wrap_t);
     let (x0, y0) = (x.floor(), y.floor());
     let (fx, fy) = ((x - x0) as f32, (y - y0) as f32);
     let (x0, y0) = (x0 as i64, y0 as i64);
@@ -229,6 +235,12 @@ mod tests {
         let repeat = Sampler::default();
         assert_eq!(sample_bilinear(&image, &repeat, [0.0, 0.25]), [0.5, 0.0, 0.5, 1.0]);
         assert_eq!(sample_bilinear(&image, &repeat, [1.25, 0.25]), [1.0, 0.0, 0.0, 1.0]);
+        assert_eq!(sample_bilinear(&image, &repeat, [-0.75, 0.25]), [1.0, 0.0, 0.0, 1.0]);
+        // Absurd coordinates are sampled somewhere, without overflowing.
+        for sampler in [clamp, repeat] {
+            let far = sample_bilinear(&image, &sampler, [1e30, -3e38]);
+            assert!(far.iter().all(|c| (0.0..=1.0).contains(c)));
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Round trips through an independent reader: each GLB (relief's model of every fixture
-//! picture, and a hand-built two-node cube) is converted to OBJ (zip), STL (metres and
+//! picture, a model as TRELLIS.2 writes it, and a hand-built two-node cube) is converted to OBJ (zip), STL (metres and
 //! millimetres) and PLY, and trimesh (tests/python/mesh_check.py) reads every file back.
 //! The triangle count must match, the bounding box agree within 1e-5 (STL's turned to
 //! Z up), a watertight source stay watertight, OBJ's UVs match the source's (the V flip),
@@ -132,6 +132,16 @@ fn relief_models_survive_every_format() {
     for (name, glb) in fixtures::relief_models() {
         check(name, glb);
     }
+}
+
+#[test]
+fn a_trellis_like_model_with_webp_textures_survives_every_format() {
+    let glb = fixtures::trellis_like();
+    let model = Model::read_glb(glb, &Limits::default(), &Cancel::new()).expect("read");
+    let material = &model.materials[0];
+    assert!(material.base_color_texture.is_some() && material.metallic_roughness_texture.is_some());
+    assert_eq!(model.textures[0].format, formats::ImageFormat::Webp);
+    check("trellis-like", glb);
 }
 
 #[test]

@@ -518,3 +518,33 @@ fn a_set_cancel_stops_reading() {
     let error = Model::read_glb(&glb, &Limits::default(), &cancel).expect_err("cancelled");
     assert!(matches!(error, FormatError::Cancelled));
 }
+
+#[test]
+fn many_textures_of_one_image_cannot_multiply_its_bytes() {
+    // A PNG of noise, which does not compress: about 16 KiB.
+    let noise = image::RgbaImage::from_fn(64, 64, |x, y| {
+        let h = (x * 7919 + y * 104_729).wrapping_mul(2_654_435_761);
+        image::Rgba(h.to_le_bytes())
+    });
+    let noise = crate::texture::encode_png(&noise).expect("png");
+    let (mut json, bin) = textured(json!({"source": 0}), &noise, Some("image/png"));
+    // Two hundred textures with their own samplers, all showing image 0, each used.
+    json["samplers"] = json!(vec![json!({"wrapS": 33071}); 200]);
+    json["textures"] = json!((0..200).map(|i| json!({"source": 0, "sampler": i})).collect::<Vec<_>>());
+    json["materials"] = json!(
+        (0..200).map(|i| json!({"pbrMetallicRoughness": {"baseColorTexture": {"index": i}}})).collect::<Vec<_>>()
+    );
+    let error = read(&json, &bin).err();
+    assert!(matches!(error, Some(FormatError::TooLarge { what: "texture bytes", .. })), "{error:?}");
+}
+
+#[test]
+fn many_empty_primitives_are_counted_as_parts() {
+    let (mut json, bin) = triangle();
+    let primitive = json["meshes"][0]["primitives"][0].clone();
+    json["meshes"][0]["primitives"] = json!(vec![primitive; 50]);
+    json["scenes"][0]["nodes"] = json!(vec![0; 50]);
+    let limits = Limits { max_nodes: 1000, ..Limits::default() };
+    let error = Model::read_glb(&glb(&json, &bin), &limits, &Cancel::new()).expect_err("parts");
+    assert!(matches!(error, FormatError::TooLarge { what: "mesh parts", .. }), "{error}");
+}
