@@ -14,7 +14,8 @@
 //! per-channel difference between the CPU previews of the model and of the compressed
 //! GLB read back. Criterion then times each conversion from an already-read `Model`
 //! (plus `read` itself, from the GLB bytes). `FORMATS_BENCH_INPUTS=vase,relief-500k`
-//! limits the inputs by name.
+//! limits the inputs by name; `FORMATS_BENCH_GLB=a.glb,b.glb` adds GLB files, named by
+//! their file stem (for instance `tests/python/make_trellis_like.py`'s output).
 
 #[path = "../tests/generated/mod.rs"]
 mod generated;
@@ -57,6 +58,16 @@ fn inputs() -> Vec<(String, Vec<u8>)> {
         let fine =
             relief::Options { resolution: 512, max_triangles: 500_000, texture_size: 2048, ..Default::default() };
         inputs.push(("relief-500k".to_string(), relief_glb("large-4096x3072.jpg", &fine)));
+    }
+    // GLB files from elsewhere, e.g. tests/python/make_trellis_like.py's (trimesh, lossy
+    // WebP textures, as TRELLIS.2 writes them), named by their file stem.
+    for path in std::env::var("FORMATS_BENCH_GLB").iter().flat_map(|v| v.split(',')) {
+        let path = PathBuf::from(path);
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("glb").to_string();
+        if keep(&name) {
+            let glb = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            inputs.push((name, glb));
+        }
     }
     if keep("trellis-like-500k") {
         let model = generated::trellis_like(500_000, 2048);
