@@ -1,7 +1,7 @@
 //! three.js's GLTFLoader with its MeshoptDecoder, the viewer's own loader, opens the
-//! compressed GLB (and the plain and core ones) under Node: the same triangle count,
-//! the box of the decoded vertices within half a quantization step of the model's, and
-//! every image of the type the file declares. `tests/three/load.mjs` does the loading;
+//! compressed GLB (and the plain and core ones) of relief's vase and of generated models
+//! under Node: the same triangle count, the box of the decoded vertices within half a
+//! quantization step of the model's, and every image of the type the file declares. `tests/three/load.mjs` does the loading;
 //! three.js comes from `web/node_modules` (`make web` installs it). Without Node or
 //! three.js this test fails and says what to install.
 
@@ -27,7 +27,14 @@ fn three_js_loads_every_glb_variant() {
         "three.js is not installed in web/node_modules: run `make web` (or `scripts/web.sh build`)"
     );
     let dir = tempfile::tempdir().expect("a temporary folder");
+    let vase = {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/images/vase.png");
+        let picture = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let glb = relief::reconstruct(&picture, &relief::Options::default(), &mut |_, _| {}).expect("relief").glb;
+        Model::read_glb(&glb, &formats::Limits::default(), &Cancel::new()).expect("reads")
+    };
     let models: Vec<(&str, Model)> = vec![
+        ("relief-vase", vase),
         ("trellis-like", generated::trellis_like(20_000, 128)),
         ("two-parts", generated::two_parts()),
         ("u32", generated::textured(generated::sphere(300, 240, 0.5), ImageFormat::Png, 64, AlphaMode::Opaque)),
