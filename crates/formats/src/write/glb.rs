@@ -465,14 +465,17 @@ impl Document {
         extensions: &[&'static str],
         fallback: Option<usize>,
     ) -> Result<(), FormatError> {
-        self.root.buffers.push(json::Buffer {
-            byte_length: USize64::from(self.bin.len()),
-            name: None,
-            uri: None,
-            extensions: None,
-            extras: Default::default(),
-        });
-        if let Some(length) = fallback {
+        // glTF forbids empty buffers: a model without triangles or textures has none.
+        if !self.bin.is_empty() {
+            self.root.buffers.push(json::Buffer {
+                byte_length: USize64::from(self.bin.len()),
+                name: None,
+                uri: None,
+                extensions: None,
+                extras: Default::default(),
+            });
+        }
+        if let Some(length) = fallback.filter(|&length| length > 0) {
             let mut others = serde_json::Map::new();
             others.insert("EXT_meshopt_compression".into(), serde_json::json!({ "fallback": true }));
             self.root.buffers.push(json::Buffer {

@@ -94,7 +94,8 @@ pub fn meshopt_glb<W: Write>(
         }
     }
     document.scene(primitives, transform);
-    let mut extensions = vec![EXTENSION, QUANTIZATION];
+    // Without a compressed stream (a model with no triangles) neither extension is used.
+    let mut extensions = if fallback.length > 0 { vec![EXTENSION, QUANTIZATION] } else { Vec::new() };
     extensions.extend(prepared.extensions);
     document.finish(out, &extensions, Some(fallback.length))?;
     let mut notes = prepared.notes;
