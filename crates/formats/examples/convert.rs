@@ -20,6 +20,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let size = path.and_then(|p| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
         println!("{name:8} {:8.1} ms {size:>10} bytes", start.elapsed().as_secs_f64() * 1000.0);
     };
+    let estimate = formats::estimate(&glb, &Limits::default())?;
+    println!("estimate {:.1} MB of memory", estimate.memory_bytes as f64 / 1e6);
     let start = Instant::now();
     let model = Model::read_glb(&glb, &Limits::default(), &cancel)?;
     timed("read", start, None);

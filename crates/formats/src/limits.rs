@@ -26,7 +26,8 @@ pub struct Limits {
     pub max_triangles: u64,
     /// Most vertices after instancing.
     pub max_vertices: u64,
-    /// Most nodes visited while flattening the scene (instances included).
+    /// Most nodes visited while flattening the scene (instances included), and most
+    /// parts (a primitive shown by a node).
     pub max_nodes: u64,
     /// Deepest node nesting.
     pub max_depth: u32,

@@ -12,8 +12,9 @@ mod meshopt;
 
 use std::collections::HashMap;
 
-use gltf::json;
-use gltf::json::validation::Validate;
+// gltf-json directly (the crate gltf re-exports as `gltf::json`), as the GLB writers use it.
+use gltf_json as json;
+use gltf_json::validation::Validate;
 use serde_json::Value;
 
 use crate::error::FormatError;
@@ -148,6 +149,11 @@ impl<'a> Source<'a> {
             }
         });
         if let Some(error) = first_error {
+            // A file that uses Draco without requiring it may keep its attributes only in
+            // compressed form (accessors without buffer views): say why it cannot be read.
+            if root.extensions_used.iter().any(|name| name == DRACO) {
+                return Err(FormatError::unsupported("Draco-compressed models are not supported"));
+            }
             return Err(FormatError::unreadable(format!("the glTF is invalid at {error}")));
         }
         let document = gltf::Document::from_json_without_validation(root);

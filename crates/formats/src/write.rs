@@ -21,6 +21,7 @@ pub use usdz::{UsdzOptions, usdz};
 pub struct Summary {
     pub triangles: u64,
     pub vertices: u64,
-    /// What was lost or changed on the way (textures re-encoded, materials simplified).
+    /// What was lost or changed on the way (textures re-encoded, maps left out). What the
+    /// reader left out is in `Model::notes`; a caller reports both.
     pub notes: Vec<String>,
 }

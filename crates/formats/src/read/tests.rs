@@ -260,6 +260,12 @@ fn draco_and_unknown_required_extensions_are_unsupported() {
     let error = read(&json, &bin).expect_err("draco");
     assert_eq!(error.code(), "model_unsupported");
     assert!(error.to_string().contains("Draco"), "{error}");
+    // Used but not required, with the attributes only in Draco's compressed form.
+    json["extensionsRequired"] = json!([]);
+    json["accessors"][0].as_object_mut().expect("accessor").remove("bufferView");
+    let error = read(&json, &bin).expect_err("draco without fallback");
+    assert_eq!(error.code(), "model_unsupported", "{error}");
+    let (mut json, bin) = triangle();
     json["extensionsRequired"] = json!(["KHR_texture_transform"]);
     json["extensionsUsed"] = json!(["KHR_texture_transform"]);
     let error = read(&json, &bin).expect_err("unknown");

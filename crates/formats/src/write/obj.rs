@@ -22,8 +22,8 @@ const DEFAULT_MATERIAL: &str = "default";
 
 /// Text is deflated, images stored (they are compressed already); the fixed timestamp
 /// and permissions make the bytes reproducible. Level 3: on relief's 471k-triangle model
-/// it made a zip 0.7 % larger than level 6 in a third of the time (2.7 s against 8.5 s),
-/// and level 1 one 48 % larger.
+/// it made a zip 0.7 % larger than level 6 in a third of the time (2.7 s against 8.5 s on
+/// a busy two-core machine), and level 1 one 48 % larger.
 fn options(method: CompressionMethod) -> SimpleFileOptions {
     SimpleFileOptions::default()
         .compression_method(method)
