@@ -135,6 +135,28 @@ pub enum Wrap {
     MirroredRepeat,
 }
 
+impl Part {
+    /// The invariants the reader guarantees, checked again for a part built by hand
+    /// (the fields are public): whole triangles, every index below the vertex count and
+    /// one attribute per vertex. meshoptimizer's C code and the writers index with them
+    /// unchecked, so they look first.
+    pub(crate) fn check(&self) -> Result<(), crate::FormatError> {
+        let vertices = self.positions.len();
+        let lengths =
+            [self.normals.as_ref().map(Vec::len), self.uvs.as_ref().map(Vec::len), self.colors.as_ref().map(Vec::len)];
+        if !self.indices.len().is_multiple_of(3) {
+            return Err(crate::FormatError::unreadable("a part's index count is not a multiple of 3"));
+        }
+        if lengths.iter().flatten().any(|&n| n != vertices) {
+            return Err(crate::FormatError::unreadable("a part's attributes differ in length from its positions"));
+        }
+        if self.indices.iter().any(|&i| i as usize >= vertices) {
+            return Err(crate::FormatError::unreadable("a part's index is past its last vertex"));
+        }
+        Ok(())
+    }
+}
+
 impl Model {
     /// Triangles over all parts.
     pub fn triangles(&self) -> u64 {
