@@ -236,6 +236,10 @@ pub trait TaskRepo: Send + Sync {
     /// file's note in the same transaction. `None` when the task no longer runs or
     /// already has an output of that name.
     async fn add_artifact(&self, artifact: &Artifact, event: serde_json::Value) -> DbResult<Option<TaskEvent>>;
+    /// Records an output made after the task succeeded (a conversion asked for later),
+    /// clearing its file's note, with no event: the task's log has ended. False when the
+    /// task is not `succeeded` or already has an output of that name.
+    async fn add_derived_artifact(&self, artifact: &Artifact) -> DbResult<bool>;
     /// Marks a submission to the upstream as in flight (`true`) or as provably not taken
     /// (`false`), while the task runs.
     async fn mark_submitting(&self, id: TaskId, submitting: bool) -> DbResult<()>;
