@@ -318,10 +318,62 @@ pub trait SingletonRepo: Send + Sync {
     async fn hold_singleton(&self, name: &str, holder: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<bool>;
 }
 
+/// What [`ConversionRepo::begin_conversion`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConversionClaim {
+    /// The caller holds the lease now: it converts, renewing the lease while it works.
+    Taken,
+    /// Another holder converts now; its lease has not lapsed.
+    Held,
+    /// Made already, from the same model.
+    Done,
+    /// Failed for good from the same model: converting again would fail the same way.
+    Failed { code: String, message: String },
+}
+
+/// How a conversion ended, for [`ConversionRepo::end_conversion`].
+#[derive(Debug, Clone, Copy)]
+pub enum ConversionEnd<'a> {
+    Done,
+    Failed { code: &'a str, message: &'a str, permanent: bool },
+}
+
+/// Conversions of a task's model into other formats, shared by the processes using the
+/// database: one of them makes a given (task, format) at a time, under a lease, and a
+/// failure that would repeat is remembered for the model it was made from.
+#[async_trait]
+pub trait ConversionRepo: Send + Sync {
+    /// Takes the conversion of `(task, format)` from the model `source_sha256` for
+    /// `holder` until `now + lease` when nobody holds it: never tried, failed in a way
+    /// worth retrying, its holder's lease lapsed, made from another model, or already
+    /// `holder`'s. Otherwise says who has it or how it ended.
+    async fn begin_conversion(
+        &self,
+        task: TaskId,
+        format: &str,
+        source_sha256: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> DbResult<ConversionClaim>;
+    /// Extends `holder`'s lease; false when it is no longer `holder`'s.
+    async fn renew_conversion(&self, task: TaskId, format: &str, holder: &str, lease: Duration) -> DbResult<bool>;
+    /// Ends `holder`'s conversion (nothing when it is no longer `holder`'s).
+    async fn end_conversion(&self, task: TaskId, format: &str, holder: &str, end: ConversionEnd<'_>) -> DbResult<()>;
+}
+
 /// The whole database.
 #[async_trait]
 pub trait Database:
-    TaskRepo + FileRepo + JournalRepo + MessageRepo + SingletonRepo + UsageRepo + AccountRepo + DeliveryRepo + ChannelRepo
+    TaskRepo
+    + FileRepo
+    + JournalRepo
+    + MessageRepo
+    + SingletonRepo
+    + ConversionRepo
+    + UsageRepo
+    + AccountRepo
+    + DeliveryRepo
+    + ChannelRepo
 {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod channels;
+mod conversions;
 mod deliveries;
 mod notify;
 

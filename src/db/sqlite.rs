@@ -6,6 +6,7 @@
 
 mod accounts;
 mod channels;
+mod conversions;
 mod deliveries;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
