@@ -362,6 +362,11 @@ impl Gateway {
         &self.metrics
     }
 
+    /// This process among those sharing the database: the holder of its leases.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// The conversions of 3D results made in this process (`?format=`).
     pub fn conversions(&self) -> &crate::outputs::Conversions {
         &self.conversions

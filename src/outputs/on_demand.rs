@@ -2,16 +2,18 @@
 //! made once on first request, stored as one more output of the task, then served as the
 //! stored file.
 //!
-//! Requests for the same conversion arriving together share one *flight*: the first
-//! starts it as a task of its own (it goes on if that client leaves), later ones wait
-//! for the same outcome, each at most `convert.wait`, then get 202 and ask again. A
-//! failure that converting again cannot change (an unreadable model, one over a ceiling)
-//! is remembered for the model it was made from, so asking again answers at once.
+//! Made once, twice over:
+//! - in this process, requests for the same conversion arriving together share one
+//!   *flight*: the first starts it as a task of its own (it goes on if that client
+//!   leaves), later ones wait for the same outcome, each at most `convert.wait`, then get
+//!   202 and ask again;
+//! - across the processes sharing the database, a flight first takes the conversion's
+//!   lease (`ConversionRepo`); a flight that finds it held waits for the file, and takes
+//!   over when the holder's lease lapses.
 //!
-//! Coalescing is per process: two replicas sharing a PostgreSQL database may each make
-//! the same file once; the artifacts' unique `(task_id, name)` keeps one record and the
-//! other replica's copy is deleted again. A cross-replica lease (design §2.6) is not here
-//! yet.
+//! A failure that converting again cannot change (an unreadable model, one over a
+//! ceiling) is recorded with the lease, for the model it was made from, so asking again
+//! answers at once, in every process and after a restart.
 
 use std::{
     collections::HashMap,
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Converter, Failure, FormatId};
 use crate::{
     access::Caller,
+    db::{ConversionClaim, ConversionEnd},
     error::{ApiError, ApiResult, Code},
     gateway::{Gateway, NewOutput, OutputBody, Recorded},
     metrics::Metrics,
@@ -44,41 +47,25 @@ type Outcome = Result<Artifact, Failure>;
 
 type Key = (TaskId, FormatId);
 
-/// The conversions of this process: its ceilings, the flights under way, and the
-/// failures remembered.
+/// The conversions of this process: its ceilings and the flights under way.
 pub struct Conversions {
     converter: Converter,
     flights: Mutex<HashMap<Key, watch::Receiver<Option<Outcome>>>>,
-    /// Permanent failures, with the SHA-256 of the model they were made from.
-    failures: Mutex<HashMap<Key, (String, Failure)>>,
     /// Fires at shutdown: flights stop their conversions.
     stop: CancellationToken,
 }
 
+/// How often a flight that found the conversion held looks for its file.
+const HELD_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
 impl Conversions {
     pub fn new(config: crate::config::ConvertConfig, metrics: Arc<Metrics>) -> Self {
-        Self {
-            converter: Converter::new(config, metrics),
-            flights: Mutex::default(),
-            failures: Mutex::default(),
-            stop: CancellationToken::new(),
-        }
+        Self { converter: Converter::new(config, metrics), flights: Mutex::default(), stop: CancellationToken::new() }
     }
 
     /// Stops every conversion under way (shutdown); their waiters get `shutting_down`.
     pub fn stop(&self) {
         self.stop.cancel();
-    }
-
-    fn remembered(&self, key: Key, source_sha256: &str) -> Option<Failure> {
-        let failures = self.failures.lock().ok()?;
-        failures.get(&key).filter(|(sha, _)| sha == source_sha256).map(|(_, failure)| failure.clone())
-    }
-
-    fn remember(&self, key: Key, source_sha256: &str, failure: &Failure) {
-        if let Ok(mut failures) = self.failures.lock() {
-            failures.insert(key, (source_sha256.to_owned(), failure.clone()));
-        }
     }
 
     /// The flight for `key`: the one under way, or a new one started with `start`.
@@ -164,9 +151,6 @@ pub async fn request(gateway: &Arc<Gateway>, caller: &Caller, id: TaskId, format
     }
     let conversions = gateway.conversions();
     let key = (task.id, format);
-    if let Some(failure) = conversions.remembered(key, &model.sha256) {
-        return Err(failure.to_api());
-    }
     let mut flight = conversions
         .join(key, |sender| {
             let gateway = Arc::clone(gateway);
@@ -174,13 +158,6 @@ pub async fn request(gateway: &Arc<Gateway>, caller: &Caller, id: TaskId, format
                 let conversions = gateway.conversions();
                 let _landing = Landing(conversions, key);
                 let outcome = fly(&gateway, &task, &model, format).await;
-                if let Err(failure) = &outcome {
-                    if failure.permanent {
-                        conversions.remember(key, &model.sha256, failure);
-                    }
-                    tracing::warn!(task_id = %task.id, format = format.as_str(), code = failure.code.as_str(),
-                        message = %failure.message, "conversion failed");
-                }
                 sender.send_replace(Some(outcome));
             });
         })
@@ -207,14 +184,96 @@ fn ready(artifact: Artifact) -> ApiResult<Answer> {
     Ok(Answer::Ready(Box::new(artifact)))
 }
 
-/// One flight: reads the model, converts it, stores the file as an output of the task.
+/// One flight: takes the conversion's lease (or waits for whoever has it), converts,
+/// stores the file as an output of the task, and records how it ended.
 async fn fly(gateway: &Gateway, task: &Task, model: &Artifact, format: FormatId) -> Outcome {
     let conversions = gateway.conversions();
     let wanted = format.format();
-    // A flight that started just after another landed finds its file.
-    if let Ok(Some(made)) = gateway.db().find_artifact(task.id, wanted.file).await {
-        return Ok(made);
+    let db = gateway.db();
+    let lease = gateway.config().tasks.lease;
+    let holder = gateway.instance();
+    loop {
+        // A flight that started just after another landed finds its file.
+        if let Some(made) = db.find_artifact(task.id, wanted.file).await.map_err(stored_failure)? {
+            return Ok(made);
+        }
+        match db.begin_conversion(task.id, format.as_str(), &model.sha256, holder, lease).await {
+            Ok(ConversionClaim::Taken) => break,
+            Ok(ConversionClaim::Failed { code, message }) => {
+                let code = Code::ALL.iter().copied().find(|c| c.as_str() == code).unwrap_or(Code::ConversionFailed);
+                return Err(Failure { code, message, permanent: true });
+            }
+            // Made meanwhile: the file was recorded before the conversion was marked done.
+            Ok(ConversionClaim::Done) => {
+                return db
+                    .find_artifact(task.id, wanted.file)
+                    .await
+                    .map_err(stored_failure)?
+                    .ok_or_else(Failure::poisoned);
+            }
+            // Another process is making it: its file appears soon, or its lease lapses.
+            Ok(ConversionClaim::Held) => {}
+            Err(err) => return Err(stored_failure(err)),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HELD_POLL) => {}
+            _ = conversions.stop.cancelled() => {
+                return Err(Failure {
+                    code: Code::ShuttingDown,
+                    message: Code::ShuttingDown.default_message().to_owned(),
+                    permanent: false,
+                });
+            }
+        }
     }
+    // The lease is renewed while the conversion runs, and given up however it ends.
+    let renewing = CancellationToken::new();
+    let _stop_renewing = renewing.clone().drop_guard();
+    tokio::spawn({
+        let (db, holder, renewing) = (db.clone(), holder.to_owned(), renewing.clone());
+        let (id, name) = (task.id, format.as_str());
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(lease / 3) => {}
+                    _ = renewing.cancelled() => return,
+                }
+                if !matches!(db.renew_conversion(id, name, &holder, lease).await, Ok(true)) {
+                    tracing::warn!(task_id = %id, format = name, "lost the lease of a conversion");
+                    return;
+                }
+            }
+        }
+    });
+    let outcome = convert(gateway, task, model, format).await;
+    let end = match &outcome {
+        Ok(_) => ConversionEnd::Done,
+        Err(failure) => {
+            tracing::warn!(task_id = %task.id, format = format.as_str(), code = failure.code.as_str(),
+                message = %failure.message, "conversion failed");
+            ConversionEnd::Failed {
+                code: failure.code.as_str(),
+                message: &failure.message,
+                permanent: failure.permanent,
+            }
+        }
+    };
+    if let Err(err) = db.end_conversion(task.id, format.as_str(), holder, end).await {
+        // The lease lapses by itself; the outcome stands.
+        tracing::warn!(task_id = %task.id, error = %err, "cannot record how a conversion ended");
+    }
+    outcome
+}
+
+fn stored_failure(err: crate::db::DbError) -> Failure {
+    tracing::warn!(error = %err, "the database failed during a conversion");
+    Failure::poisoned()
+}
+
+/// Reads the model, converts it and stores the file, holding the conversion's lease.
+async fn convert(gateway: &Gateway, task: &Task, model: &Artifact, format: FormatId) -> Outcome {
+    let conversions = gateway.conversions();
+    let wanted = format.format();
     let _admission = conversions.converter.admit(format)?;
     let glb = gateway.read_file(&model.key).await.map_err(|err| {
         tracing::warn!(task_id = %task.id, error = %err, "cannot read the model to convert");

@@ -244,3 +244,65 @@ async fn a_model_over_the_converters_ceiling_is_refused_as_too_large() {
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("triangles")), "{body}");
     app.stop().await;
 }
+
+/// The conversion lease the processes sharing a database take turns with, on the real
+/// repository (SQLite, or PostgreSQL with `KILN_TEST_DATABASE=postgres`).
+#[tokio::test]
+async fn one_holder_at_a_time_converts_and_lasting_failures_are_kept_per_model() {
+    use kiln::{
+        db::{self, ConversionClaim, ConversionEnd},
+        tasks::{NewTask, TaskId, TaskKind},
+    };
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = db::connect(&crate::helpers::database_url(dir.path()), 2).await.expect("database");
+    let id = TaskId::new();
+    let task = NewTask {
+        id,
+        kind: TaskKind::ImageTo3d,
+        model: "m".into(),
+        channel: "c".into(),
+        prompt: None,
+        picture_id: None,
+        params: serde_json::json!({}),
+        client_secret: None,
+        owner_id: None,
+        token_id: None,
+        webhook_url: None,
+    };
+    db.enqueue(&task, 10, None, &Default::default()).await.expect("enqueue");
+    let lease = Duration::from_secs(60);
+    let begin = |holder: &'static str, sha: &'static str, lease: Duration| {
+        let db = db.clone();
+        async move { db.begin_conversion(id, "stl", sha, holder, lease).await.expect("begin") }
+    };
+
+    assert_eq!(begin("a", "sha1", lease).await, ConversionClaim::Taken);
+    assert_eq!(begin("b", "sha1", lease).await, ConversionClaim::Held);
+    assert_eq!(begin("a", "sha1", lease).await, ConversionClaim::Taken, "the holder's own lease is renewed");
+    assert!(db.renew_conversion(id, "stl", "a", lease).await.expect("renew"));
+    assert!(!db.renew_conversion(id, "stl", "b", lease).await.expect("renew"));
+
+    // A failure worth retrying frees it; a lasting one is kept for that model only.
+    let retry = ConversionEnd::Failed { code: "internal_error", message: "x", permanent: false };
+    db.end_conversion(id, "stl", "a", retry).await.expect("end");
+    assert_eq!(begin("b", "sha1", lease).await, ConversionClaim::Taken);
+    let lasting =
+        ConversionEnd::Failed { code: "conversion_failed", message: "The model cannot be read.", permanent: true };
+    db.end_conversion(id, "stl", "a", lasting).await.expect("end by a non-holder");
+    assert_eq!(begin("a", "sha1", lease).await, ConversionClaim::Held, "only the holder ends it");
+    db.end_conversion(id, "stl", "b", lasting).await.expect("end");
+    let failed =
+        ConversionClaim::Failed { code: "conversion_failed".into(), message: "The model cannot be read.".into() };
+    assert_eq!(begin("a", "sha1", lease).await, failed);
+    assert_eq!(begin("a", "sha2", lease).await, ConversionClaim::Taken, "another model is converted afresh");
+    db.end_conversion(id, "stl", "a", ConversionEnd::Done).await.expect("end");
+    assert_eq!(begin("b", "sha2", lease).await, ConversionClaim::Done);
+
+    // A lapsed lease is taken over.
+    assert_eq!(begin("a", "sha3", Duration::ZERO).await, ConversionClaim::Taken);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(begin("b", "sha3", lease).await, ConversionClaim::Taken);
+    assert!(!db.renew_conversion(id, "stl", "a", lease).await.expect("renew"), "the old holder lost it");
+}
