@@ -392,6 +392,22 @@ mod tests {
     }
 
     #[test]
+    fn admissions_beyond_places_and_waiting_room_are_refused_until_one_ends() {
+        let config = ConvertConfig { concurrency: 1, max_waiting: 1, ..ConvertConfig::default() };
+        let metrics = Arc::new(Metrics::new());
+        let converter = Converter::new(config, Arc::clone(&metrics));
+        let first = converter.admit(FormatId::Stl).ok();
+        let second = converter.admit(FormatId::Stl).ok();
+        assert!(first.is_some() && second.is_some());
+        let refused = converter.admit(FormatId::Ply).err().map(|f| (f.code, f.permanent));
+        assert_eq!(refused, Some((Code::ConverterBusy, false)));
+        drop(first);
+        assert!(converter.admit(FormatId::Ply).is_ok(), "an ended conversion frees its place");
+        let text = metrics.render(&[], &[], &[]);
+        assert!(text.contains(r#"kiln_conversions_total{format="ply",outcome="busy"} 1"#), "{text}");
+    }
+
+    #[test]
     fn format_errors_map_to_codes_and_sentences() {
         let unreadable = Failure::from_format(formats::FormatError::Unreadable("no GLB header".into()));
         assert_eq!(unreadable.code, Code::ConversionFailed);

@@ -236,6 +236,30 @@ async fn a_model_that_is_no_glb_fails_to_convert_once_and_is_remembered() {
 }
 
 #[tokio::test]
+async fn a_conversion_still_running_answers_202_and_the_file_follows() {
+    // With no wait at all, the first answer comes before any conversion can end.
+    let app = TestApp::spawn_with(&format!("{CHANNELS}\n[convert]\nwait = \"0s\"\n")).await;
+    let id = finished_task(&app, "relief", SMALL).await;
+    let (status, headers, body) = ask(&app, &id, "format=usdz").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(headers[reqwest::header::RETRY_AFTER], "2");
+    assert_eq!(body, serde_json::json!({"format": "usdz", "status": "pending"}));
+    let mut answer = (status, body);
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (status, _, body) = ask(&app, &id, "format=usdz").await;
+        answer = (status, body);
+        if status != 202 {
+            break;
+        }
+    }
+    assert_eq!(answer.0, 303, "{}", answer.1);
+    assert_eq!(answer.1["name"], "model.usdz");
+    assert_eq!(counter(&app, r#"kiln_conversions_total{format="usdz",outcome="ok"}"#).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_model_over_the_converters_ceiling_is_refused_as_too_large() {
     let app = TestApp::spawn_with(&format!("{CHANNELS}\n[convert]\nmax_triangles = 100\n")).await;
     let id = finished_task(&app, "relief", SMALL).await;
