@@ -221,8 +221,8 @@ pub trait TaskRepo: Send + Sync {
     async fn announce_positions(&self, channel: &str, window: u32) -> DbResult<Vec<TaskEvent>>;
     /// Extends a lease; false when the task is no longer ours or no longer running.
     async fn renew_lease(&self, id: TaskId, owner: &str, lease: Duration) -> DbResult<bool>;
-    /// Makes the leases of running tasks claimable again at once. Called at start-up
-    /// by a backend that only one process may use.
+    /// Makes the leases of running tasks (and of conversions) claimable again at once.
+    /// Called at start-up by a backend that only one process may use; returns the tasks.
     async fn release_leases(&self) -> DbResult<u64>;
     /// Hands running tasks leased to `owner` back to the queue at a graceful stop:
     /// claimable again at once, by any process, no longer renewable by `owner`, and the

@@ -492,6 +492,7 @@ impl TaskRepo for PostgresDatabase {
     }
 
     async fn release_leases(&self) -> DbResult<u64> {
+        sqlx::query("UPDATE conversions SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.pool).await?;
         let done =
             sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.pool).await?;
         Ok(done.rows_affected())

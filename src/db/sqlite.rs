@@ -362,6 +362,10 @@ impl TaskRepo for SqliteDatabase {
     }
 
     async fn release_leases(&self) -> DbResult<u64> {
+        // Conversions the last run left half made are taken again by the next request.
+        sqlx::query("UPDATE conversions SET lease_expires_at = 0 WHERE status = 'running'")
+            .execute(&self.writer)
+            .await?;
         let done =
             sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.writer).await?;
         Ok(done.rows_affected())
