@@ -190,6 +190,8 @@ impl Application {
         let began = Instant::now();
         state.readiness.set_stopping();
         dispatch_stop.cancel();
+        // Conversions stop within milliseconds; their waiters hear `shutting_down`.
+        state.gateway.conversions().stop();
         tracing::info!(grace = ?config.server.shutdown_grace, "shutting down: no new connections or dispatch");
         let grace = config.server.shutdown_grace;
         if tokio::time::timeout(grace, &mut server).await.is_err() {

@@ -36,6 +36,8 @@ pub struct Config {
     /// (`KILN_ADMIN__USERNAME`, `KILN_ADMIN__PASSWORD`).
     pub admin: AdminConfig,
     pub files: FilesConfig,
+    /// Converting 3D results into other formats (docs/formats.md).
+    pub convert: ConvertConfig,
     /// Provider instances. The embedded default is one channel, the `relief` CPU engine
     /// ([`ChannelConfig::relief`]). A `channels` list in a file or the environment
     /// replaces that default as a whole; it is not added to it.
@@ -214,6 +216,42 @@ pub struct TasksConfig {
     pub position_interval: Duration,
     /// The model used when a request names none, per task kind.
     pub default_models: BTreeMap<String, String>,
+}
+
+/// Ceilings for converting a 3D result into another format (`?format=`): how many run at
+/// once, the memory and time each may take, and the largest input and output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConvertConfig {
+    /// Conversions at once in this process; each takes one core.
+    pub concurrency: u32,
+    /// Bytes all conversions of this process may hold together, by their estimate made
+    /// before they start; a conversion waits while the budget is taken.
+    pub memory: u64,
+    /// Most bytes one conversion is estimated to need; a model needing more is refused
+    /// with `model_too_large`. At most `memory`.
+    pub max_memory: u64,
+    /// One conversion's time ceiling; over it, `model_too_large`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How long `?format=` waits for a conversion before answering 202.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// Conversions waiting for a place in this process beyond `concurrency`; one more is
+    /// refused with 503 `converter_busy`.
+    pub max_waiting: u32,
+    /// Largest GLB converted, in bytes.
+    pub max_input: u64,
+    /// Most triangles of a model converted, counting every node that shows a mesh.
+    pub max_triangles: u64,
+    /// Longest texture side read, in pixels.
+    pub max_texture_side: u32,
+    /// Largest file written, in bytes.
+    pub max_output: u64,
+    /// Most triangles written into a USDZ file (AR on phones slows down past it).
+    pub usdz_max_triangles: u64,
+    /// Longest texture side in a USDZ file; larger textures are scaled down.
+    pub usdz_texture_side: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -507,6 +545,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
             files: FilesConfig::default(),
+            convert: ConvertConfig::default(),
             channels: vec![ChannelConfig::relief()],
         }
     }
@@ -584,6 +623,26 @@ impl Default for TasksConfig {
             position_window: 100,
             position_interval: Duration::from_millis(200),
             default_models: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for ConvertConfig {
+    fn default() -> Self {
+        const MIB: u64 = 1024 * 1024;
+        Self {
+            concurrency: 1,
+            memory: 1024 * MIB,
+            max_memory: 768 * MIB,
+            timeout: Duration::from_secs(120),
+            wait: Duration::from_secs(20),
+            max_waiting: 8,
+            max_input: 256 * MIB,
+            max_triangles: 5_000_000,
+            max_texture_side: 8192,
+            max_output: 1024 * MIB,
+            usdz_max_triangles: 250_000,
+            usdz_texture_side: 2048,
         }
     }
 }

@@ -221,8 +221,8 @@ pub trait TaskRepo: Send + Sync {
     async fn announce_positions(&self, channel: &str, window: u32) -> DbResult<Vec<TaskEvent>>;
     /// Extends a lease; false when the task is no longer ours or no longer running.
     async fn renew_lease(&self, id: TaskId, owner: &str, lease: Duration) -> DbResult<bool>;
-    /// Makes the leases of running tasks claimable again at once. Called at start-up
-    /// by a backend that only one process may use.
+    /// Makes the leases of running tasks (and of conversions) claimable again at once.
+    /// Called at start-up by a backend that only one process may use; returns the tasks.
     async fn release_leases(&self) -> DbResult<u64>;
     /// Hands running tasks leased to `owner` back to the queue at a graceful stop:
     /// claimable again at once, by any process, no longer renewable by `owner`, and the
@@ -236,6 +236,10 @@ pub trait TaskRepo: Send + Sync {
     /// file's note in the same transaction. `None` when the task no longer runs or
     /// already has an output of that name.
     async fn add_artifact(&self, artifact: &Artifact, event: serde_json::Value) -> DbResult<Option<TaskEvent>>;
+    /// Records an output made after the task succeeded (a conversion asked for later),
+    /// clearing its file's note, with no event: the task's log has ended. False when the
+    /// task is not `succeeded` or already has an output of that name.
+    async fn add_derived_artifact(&self, artifact: &Artifact) -> DbResult<bool>;
     /// Marks a submission to the upstream as in flight (`true`) or as provably not taken
     /// (`false`), while the task runs.
     async fn mark_submitting(&self, id: TaskId, submitting: bool) -> DbResult<()>;
@@ -314,10 +318,62 @@ pub trait SingletonRepo: Send + Sync {
     async fn hold_singleton(&self, name: &str, holder: &str, ttl: Duration, now: DateTime<Utc>) -> DbResult<bool>;
 }
 
+/// What [`ConversionRepo::begin_conversion`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConversionClaim {
+    /// The caller holds the lease now: it converts, renewing the lease while it works.
+    Taken,
+    /// Another holder converts now; its lease has not lapsed.
+    Held,
+    /// Made already, from the same model.
+    Done,
+    /// Failed for good from the same model: converting again would fail the same way.
+    Failed { code: String, message: String },
+}
+
+/// How a conversion ended, for [`ConversionRepo::end_conversion`].
+#[derive(Debug, Clone, Copy)]
+pub enum ConversionEnd<'a> {
+    Done,
+    Failed { code: &'a str, message: &'a str, permanent: bool },
+}
+
+/// Conversions of a task's model into other formats, shared by the processes using the
+/// database: one of them makes a given (task, format) at a time, under a lease, and a
+/// failure that would repeat is remembered for the model it was made from.
+#[async_trait]
+pub trait ConversionRepo: Send + Sync {
+    /// Takes the conversion of `(task, format)` from the model `source_sha256` for
+    /// `holder` until `now + lease` when nobody holds it: never tried, failed in a way
+    /// worth retrying, its holder's lease lapsed, made from another model, or already
+    /// `holder`'s. Otherwise says who has it or how it ended.
+    async fn begin_conversion(
+        &self,
+        task: TaskId,
+        format: &str,
+        source_sha256: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> DbResult<ConversionClaim>;
+    /// Extends `holder`'s lease; false when it is no longer `holder`'s.
+    async fn renew_conversion(&self, task: TaskId, format: &str, holder: &str, lease: Duration) -> DbResult<bool>;
+    /// Ends `holder`'s conversion (nothing when it is no longer `holder`'s).
+    async fn end_conversion(&self, task: TaskId, format: &str, holder: &str, end: ConversionEnd<'_>) -> DbResult<()>;
+}
+
 /// The whole database.
 #[async_trait]
 pub trait Database:
-    TaskRepo + FileRepo + JournalRepo + MessageRepo + SingletonRepo + UsageRepo + AccountRepo + DeliveryRepo + ChannelRepo
+    TaskRepo
+    + FileRepo
+    + JournalRepo
+    + MessageRepo
+    + SingletonRepo
+    + ConversionRepo
+    + UsageRepo
+    + AccountRepo
+    + DeliveryRepo
+    + ChannelRepo
 {
     async fn ping(&self) -> DbResult<()>;
     /// Whether several kiln processes may share this database (leases then expire on

@@ -71,6 +71,12 @@ pub enum Code {
     ChannelNotFound,
     ChannelReadOnly,
     InvalidChannel,
+    UnknownFormat,
+    FormatNotApplicable,
+    NoModel,
+    ConversionFailed,
+    ModelTooLarge,
+    ConverterBusy,
     Internal,
 }
 
@@ -212,6 +218,24 @@ impl Code {
                 S::BAD_REQUEST,
                 "The channel is not valid; `error.details.problems` says which fields.",
             ),
+            Code::UnknownFormat => {
+                ("unknown_format", S::BAD_REQUEST, "Unknown format; kiln makes glb, obj, stl, stl-mm, ply and usdz.")
+            }
+            Code::FormatNotApplicable => {
+                ("format_not_applicable", S::BAD_REQUEST, "Only 3D results convert into other formats.")
+            }
+            Code::NoModel => ("no_model", S::CONFLICT, "The task has no model to convert: it failed or was canceled."),
+            Code::ConversionFailed => {
+                ("conversion_failed", S::UNPROCESSABLE_ENTITY, "The model cannot be read or converted.")
+            }
+            Code::ModelTooLarge => (
+                "model_too_large",
+                S::UNPROCESSABLE_ENTITY,
+                "The model is over a size, memory or time ceiling of the converter.",
+            ),
+            Code::ConverterBusy => {
+                ("converter_busy", S::SERVICE_UNAVAILABLE, "Too many conversions are waiting; retry later.")
+            }
             Code::Internal => ("internal_error", S::INTERNAL_SERVER_ERROR, "Internal error."),
         }
     }

@@ -117,6 +117,15 @@ pub enum Recorded {
     Ended,
 }
 
+/// The task status an output is recorded in.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Made by the run: recorded with a `result` event.
+    Running,
+    /// Made after the task succeeded: recorded without an event.
+    Succeeded,
+}
+
 /// The URLs of the files an event names, made ahead of its (synchronous) rendering.
 #[derive(Debug, Default)]
 pub struct FileUrls(std::collections::HashMap<String, String>);
@@ -170,6 +179,8 @@ pub struct Gateway {
     /// Outbound webhooks of finished tasks, and the owners' signing secrets.
     deliveries: Arc<crate::deliveries::Deliveries>,
     secrets: Arc<webhooks::OwnerSecrets>,
+    /// Conversions of 3D results into other formats made in this process.
+    conversions: crate::outputs::Conversions,
 }
 
 /// The memory all picture decodes of this process may hold at once, whatever the number
@@ -321,6 +332,7 @@ impl Gateway {
                 Some(UrlSigner::new(loaded, config.files.signed_ttl))
             }
         };
+        let conversions = crate::outputs::Conversions::new(config.convert.clone(), Arc::clone(&metrics));
         Ok(Self {
             config,
             notifier: db.notifier(),
@@ -338,6 +350,7 @@ impl Gateway {
             rates: Default::default(),
             deliveries,
             secrets,
+            conversions,
         })
     }
 
@@ -347,6 +360,16 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// This process among those sharing the database: the holder of its leases.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The conversions of 3D results made in this process (`?format=`).
+    pub fn conversions(&self) -> &crate::outputs::Conversions {
+        &self.conversions
     }
 
     pub fn decodes(&self) -> &DecodeBudget {
@@ -575,6 +598,18 @@ impl Gateway {
     /// other bytes it is [`Recorded::Conflict`], and the first stays, file and record
     /// alike. A file stored while the task ended meanwhile is deleted again.
     pub async fn record_output(&self, task: &Task, output: NewOutput) -> ApiResult<Recorded> {
+        self.record(task, output, Stage::Running).await
+    }
+
+    /// Stores and records an output made after the task succeeded (a conversion asked
+    /// for later): like [`Gateway::record_output`], but it appends no event, since the
+    /// task's log ended with its terminal event. [`Recorded::Ended`] when the task is no
+    /// longer `succeeded`.
+    pub async fn record_derived(&self, task: &Task, output: NewOutput) -> ApiResult<Recorded> {
+        self.record(task, output, Stage::Succeeded).await
+    }
+
+    async fn record(&self, task: &Task, output: NewOutput, stage: Stage) -> ApiResult<Recorded> {
         if !Artifact::valid_name(&output.name) {
             return Err(ApiError::with_message(
                 Code::InvalidRequest,
@@ -608,9 +643,16 @@ impl Gateway {
             expired_at: None,
         };
         journal::write(&self.db, &self.storage, &artifact.key, body, &artifact.content_type).await?;
-        match self.db.add_artifact(&artifact, artifact.summary()).await {
-            Ok(Some(event)) => {
-                self.committed(&[event], None);
+        let added = match stage {
+            Stage::Running => self.db.add_artifact(&artifact, artifact.summary()).await.map(|event| {
+                event.map(|event| {
+                    self.committed(&[event], None);
+                })
+            }),
+            Stage::Succeeded => self.db.add_derived_artifact(&artifact).await.map(|added| added.then_some(())),
+        };
+        match added {
+            Ok(Some(())) => {
                 tracing::info!(task_id = %task.id, name = %artifact.name, size, "output stored");
                 Ok(Recorded::New(artifact))
             }

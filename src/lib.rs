@@ -18,6 +18,7 @@ pub mod input;
 pub mod journal;
 pub mod metrics;
 pub mod notify;
+pub mod outputs;
 pub mod providers;
 pub mod queue;
 pub mod ratelimit;

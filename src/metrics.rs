@@ -44,6 +44,17 @@ struct StatusLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConversionLabels {
+    format: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FormatLabels {
+    format: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TimeoutLabels {
     timeout: &'static str,
 }
@@ -62,6 +73,9 @@ pub struct Metrics {
     connections: Gauge,
     connections_refused: Counter,
     connections_timed_out: Family<TimeoutLabels, Counter>,
+    conversions: Family<ConversionLabels, Counter>,
+    conversion_seconds: Family<FormatLabels, Histogram>,
+    conversions_active: Gauge,
 }
 
 impl Default for Metrics {
@@ -109,6 +123,26 @@ impl Metrics {
             "Connections closed for sending no request in time (headers, silent, idle)",
             connections_timed_out.clone(),
         );
+        let conversions = Family::<ConversionLabels, Counter>::default();
+        let conversion_seconds = Family::<FormatLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.5, 12))
+        });
+        let conversions_active = Gauge::default();
+        registry.register(
+            "conversions",
+            "Conversions of 3D results into other formats, by format and outcome (ok, failed, too_large, busy)",
+            conversions.clone(),
+        );
+        registry.register(
+            "conversion_duration_seconds",
+            "Time one conversion took, by format",
+            conversion_seconds.clone(),
+        );
+        registry.register(
+            "conversions_active",
+            "Conversions admitted in this process: running or waiting for a place",
+            conversions_active.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -123,7 +157,23 @@ impl Metrics {
             connections,
             connections_refused,
             connections_timed_out,
+            conversions,
+            conversion_seconds,
+            conversions_active,
         }
+    }
+
+    /// Counts a conversion's outcome, with its duration when it ran.
+    pub fn conversion(&self, format: &str, outcome: &'static str, seconds: Option<f64>) {
+        self.conversions.get_or_create(&ConversionLabels { format: format.to_owned(), outcome }).inc();
+        if let Some(seconds) = seconds {
+            self.conversion_seconds.get_or_create(&FormatLabels { format: format.to_owned() }).observe(seconds);
+        }
+    }
+
+    /// Moves the count of admitted conversions by `delta`.
+    pub fn conversions_active(&self, delta: i64) {
+        self.conversions_active.inc_by(delta);
     }
 
     /// Counts an open connection until the guard is dropped.

@@ -23,6 +23,7 @@ use crate::{
     db::TaskFilter,
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::Gateway,
+    outputs::{self, Answer, FormatId},
     tasks::{Artifact, Task, TaskId, TaskKind, TaskStatus},
 };
 
@@ -454,23 +455,62 @@ struct ResultView {
     error: Option<TaskError>,
 }
 
-/// Get a finished task's outputs and metadata.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ResultQuery {
+    /// Another format of a 3D task's model: `glb`, `obj` (`output3d.zip`), `stl`,
+    /// `stl-mm`, `ply`, `usdz`. Made once on first request, then served as a stored file.
+    format: Option<String>,
+    /// With `format=stl`: `m` (the default) or `mm`.
+    units: Option<String>,
+}
+
+/// A conversion still being made.
+#[derive(Debug, Serialize, ToSchema)]
+struct PendingFormat {
+    format: String,
+    /// `pending`.
+    status: &'static str,
+}
+
+/// Get a finished task's outputs and metadata, or one of its model's formats.
 ///
 /// 409 while the task is queued or running. A failed task answers with its error.
+///
+/// With `?format=` (3D tasks): 303 to the stored file in that format, made on the first
+/// request (waiting up to `convert.wait`, then 202 with `Retry-After`: ask again).
+/// Concurrent requests share one conversion; a model that cannot be converted answers
+/// 422 each time without converting again.
 #[utoipa::path(
     get, path = "/api/v1/tasks/{id}/result", tag = "tasks",
-    params(("id" = String, Path, description = "Task id")),
+    params(("id" = String, Path, description = "Task id"), ResultQuery),
     responses(
         (status = 200, description = "The result (or the error of a failed task)", body = ResultView),
+        (status = 202, description = "`format`: still being made; ask again after `Retry-After` seconds", body = PendingFormat,
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 303, description = "`format`: the stored file, at `Location`; the body is the output", body = OutputView,
+            headers(("Location" = String, description = "The file's URL"))),
+        (status = 400, description = "`unknown_format`, `format_not_applicable` (not a 3D task), `invalid_request` (`units`)", body = ErrorBody),
         (status = 404, description = "No such task", body = ErrorBody),
-        (status = 409, description = "Not finished yet", body = ErrorBody),
+        (status = 409, description = "Not finished yet (`task_not_finished`); `format` of a failed or canceled task (`no_model`)", body = ErrorBody),
+        (status = 410, description = "`format`: the model was deleted after the retention period", body = ErrorBody),
+        (status = 422, description = "`format`: `conversion_failed` or `model_too_large`", body = ErrorBody),
+        (status = 503, description = "`format`: `converter_busy`; see Retry-After", body = ErrorBody),
     )
 )]
 async fn task_result(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<ResultView>> {
+    Query(query): Query<ResultQuery>,
+) -> ApiResult<Response> {
+    if let Some(format) = &query.format {
+        let format = FormatId::parse(format, query.units.as_deref())?;
+        return converted(&state, &caller, &id, format).await;
+    }
+    if query.units.is_some() {
+        return Err(ApiError::with_message(Code::InvalidRequest, "`units` goes with `format=stl`."));
+    }
     let (task, outputs) = finished(&state.gateway, &caller, &id, TaskStatus::as_str).await?;
     let main = main_output(&outputs);
     Ok(Json(ResultView {
@@ -487,7 +527,25 @@ async fn task_result(
         expired: !outputs.is_empty() && outputs.iter().all(|o| o.expired),
         outputs,
         error: task_error(&task),
-    }))
+    })
+    .into_response())
+}
+
+/// `?format=`: 303 to the stored file, or 202 while it is being made.
+async fn converted(state: &AppState, caller: &Caller, id: &str, format: FormatId) -> ApiResult<Response> {
+    match outputs::request(&state.gateway, caller, parse_id(id)?, format).await? {
+        Answer::Ready(artifact) => {
+            let view = output_view(&state.gateway, &artifact).await;
+            let location = HeaderValue::from_str(&view.url).map_err(ApiError::internal)?;
+            Ok((StatusCode::SEE_OTHER, [(header::LOCATION, location)], Json(view)).into_response())
+        }
+        Answer::Pending => Ok((
+            StatusCode::ACCEPTED,
+            [(header::RETRY_AFTER, HeaderValue::from_static("2"))],
+            Json(PendingFormat { format: format.as_str().to_owned(), status: "pending" }),
+        )
+            .into_response()),
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

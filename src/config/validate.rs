@@ -115,6 +115,40 @@ fn remove(value: &mut Value, path: &[String]) -> bool {
     dict.remove(last).is_some()
 }
 
+fn check_convert(convert: &super::ConvertConfig, problems: &mut ConfigErrors) {
+    const MIB: u64 = 1024 * 1024;
+    if convert.concurrency == 0 {
+        problems.push("convert.concurrency", "must be at least 1");
+    }
+    if convert.memory < 16 * MIB || convert.memory / 1024 > u64::from(u32::MAX) {
+        problems.push("convert.memory", "must be between 16 MiB (16777216) and 4 TiB");
+    }
+    if convert.max_memory == 0 || convert.max_memory > convert.memory {
+        problems.push("convert.max_memory", "must be greater than 0 and at most convert.memory");
+    }
+    if convert.timeout.is_zero() {
+        problems.push("convert.timeout", "must be longer than 0s");
+    }
+    for (name, value) in [
+        ("convert.max_input", convert.max_input),
+        ("convert.max_triangles", convert.max_triangles),
+        ("convert.max_output", convert.max_output),
+        ("convert.usdz_max_triangles", convert.usdz_max_triangles),
+    ] {
+        if value == 0 {
+            problems.push(name, "must be greater than 0");
+        }
+    }
+    for (name, value) in [
+        ("convert.max_texture_side", convert.max_texture_side),
+        ("convert.usdz_texture_side", convert.usdz_texture_side),
+    ] {
+        if value < 16 {
+            problems.push(name, "must be at least 16");
+        }
+    }
+}
+
 /// Checks that types alone cannot express.
 fn check(config: &Config, problems: &mut ConfigErrors) {
     let upload = &config.upload;
@@ -153,6 +187,7 @@ fn check(config: &Config, problems: &mut ConfigErrors) {
     if tasks.follow_poll_interval < std::time::Duration::from_millis(100) {
         problems.push("tasks.follow_poll_interval", "must be at least 100ms");
     }
+    check_convert(&config.convert, problems);
     if parse_time_of_day(&config.retention.run_at).is_none() {
         problems.push("retention.run_at", format!("`{}` is not a time of day like 03:00", config.retention.run_at));
     }

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod channels;
+mod conversions;
 mod deliveries;
 mod notify;
 
@@ -491,6 +492,7 @@ impl TaskRepo for PostgresDatabase {
     }
 
     async fn release_leases(&self) -> DbResult<u64> {
+        sqlx::query("UPDATE conversions SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.pool).await?;
         let done =
             sqlx::query("UPDATE tasks SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.pool).await?;
         Ok(done.rows_affected())
@@ -560,6 +562,39 @@ impl TaskRepo for PostgresDatabase {
         let event = append_event(&mut tx, artifact.task_id, EventKind::Result, event).await?;
         tx.commit().await?;
         Ok(Some(event))
+    }
+
+    async fn add_derived_artifact(&self, artifact: &Artifact) -> DbResult<bool> {
+        let mut tx = begin(&self.pool).await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+            .bind(artifact.task_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if status.as_deref() != Some("succeeded") {
+            return Ok(false);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO artifacts (id, task_id, name, role, key, content_type, size, sha256, metadata, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+        )
+        .bind(artifact.id.to_string())
+        .bind(artifact.task_id.to_string())
+        .bind(&artifact.name)
+        .bind(&artifact.role)
+        .bind(&artifact.key)
+        .bind(&artifact.content_type)
+        .bind(artifact.size as i64)
+        .bind(&artifact.sha256)
+        .bind(artifact.metadata.to_string())
+        .bind(artifact.created_at.timestamp_millis())
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        file_recorded(&mut tx, &artifact.key).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn mark_submitting(&self, id: TaskId, submitting: bool) -> DbResult<()> {

@@ -21,6 +21,7 @@ mod crash;
 mod db_copy;
 mod fakes;
 mod files;
+mod formats;
 mod lifecycle;
 mod notifications;
 mod object_storage;

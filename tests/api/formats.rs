@@ -1,0 +1,332 @@
+//! `GET /api/v1/tasks/{id}/result?format=`: a relief model converted on request through
+//! the real server (303 to a stored file that downloads and parses, made once however
+//! many ask at once, then reused), and the refusals: unknown formats, pictures, tasks
+//! without a model, and a provider's GLB that is not one (422, remembered, no panic).
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, fixture};
+
+const CHANNELS: &str = r#"
+[[channels]]
+name = "relief"
+type = "relief"
+max_concurrency = 1
+max_queue = 20
+models = [{ name = "relief", kind = "image_to_3d" }]
+
+[[channels]]
+name = "echo"
+type = "echo"
+max_concurrency = 2
+max_queue = 50
+models = [
+  { name = "echo", kind = "image_to_3d" },
+  { name = "echo-image", kind = "text_to_image" },
+]
+"#;
+
+/// A small relief model, quick to make and to convert.
+const SMALL: &str = r#"{"max_triangles": 4000, "texture_size": 256}"#;
+
+async fn spawn() -> TestApp {
+    TestApp::spawn_with(CHANNELS).await
+}
+
+/// A client that shows redirects instead of following them.
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client")
+}
+
+/// Submits a picture to `model` and waits for the task to end; returns its id.
+async fn finished_task(app: &TestApp, model: &str, params: &str) -> String {
+    let response = app.upload("/api/v1/tasks", fixture("vase.png"), &[("model", model), ("params", params)]).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let task: Value = response.json().await.expect("task");
+    let id = task["id"].as_str().expect("id").to_owned();
+    app.wait_terminal(&id).await;
+    id
+}
+
+async fn ask(app: &TestApp, id: &str, query: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let response =
+        no_redirects().get(app.url(&format!("/api/v1/tasks/{id}/result?{query}"))).send().await.expect("GET ?format=");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The value of a counter in `/metrics`, 0 when absent.
+async fn counter(app: &TestApp, series: &str) -> u64 {
+    let text = app.get("/metrics").await.text().await.expect("metrics");
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn stl_of_a_relief_model_is_made_once_stored_and_served() {
+    let app = spawn().await;
+    let id = finished_task(&app, "relief", SMALL).await;
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+    let triangles = result["outputs"][0]["metadata"]["triangles"].as_u64().expect("relief's triangle count");
+    let ok = r#"kiln_conversions_total{format="stl",outcome="ok"}"#;
+    assert_eq!(counter(&app, ok).await, 0);
+
+    let (status, headers, output) = ask(&app, &id, "format=stl").await;
+    assert_eq!(status, 303, "{output}");
+    let location = headers[reqwest::header::LOCATION].to_str().expect("location").to_owned();
+    assert_eq!(location, output["url"].as_str().expect("url"));
+    assert_eq!(output["name"], "model.stl");
+    assert_eq!(output["role"], "conversion");
+    assert_eq!(output["content_type"], "model/stl");
+    assert_eq!(output["metadata"]["format"], "stl");
+    assert_eq!(output["metadata"]["units"], "m");
+    assert_eq!(output["metadata"]["source"], "model.glb");
+    assert_eq!(output["metadata"]["source_sha256"], result["outputs"][0]["sha256"]);
+    assert_eq!(output["metadata"]["triangles"], triangles);
+
+    // The file downloads with its type, and its header agrees with its length and with
+    // the triangle count relief reported for the GLB.
+    let file = app.client.get(&location).send().await.expect("download");
+    assert_eq!(file.status().as_u16(), 200);
+    assert_eq!(file.headers()[reqwest::header::CONTENT_TYPE], "model/stl");
+    let bytes = file.bytes().await.expect("STL bytes");
+    assert_eq!(bytes.len() as u64, output["size"].as_u64().expect("size"));
+    let count = u32::from_le_bytes([bytes[80], bytes[81], bytes[82], bytes[83]]) as u64;
+    assert_eq!(count, triangles);
+    assert_eq!(bytes.len() as u64, 84 + 50 * count, "binary STL length");
+    assert_eq!(counter(&app, ok).await, 1);
+
+    // Asked again: the stored file, not a second conversion.
+    let (status, again_headers, again) = ask(&app, &id, "format=stl").await;
+    assert_eq!(status, 303);
+    assert_eq!(again_headers[reqwest::header::LOCATION], location.as_str());
+    assert_eq!(again["sha256"], output["sha256"]);
+    assert_eq!(counter(&app, ok).await, 1);
+
+    // It is one more output of the task, and the finished task's log has no new event.
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+    let names: Vec<&str> =
+        result["outputs"].as_array().expect("outputs").iter().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(names, ["model.glb", "model.stl"]);
+    let events = app.events(&id, None, 100).await;
+    assert_eq!(events.last().map(|(_, kind, _)| kind.as_str()), Some("completed"));
+    assert!(events.iter().all(|(_, kind, data)| kind != "result" || data["name"] != "model.stl"));
+
+    // `units=mm` is the millimetre file, a file of its own.
+    let (status, _, mm) = ask(&app, &id, "format=stl&units=mm").await;
+    assert_eq!(status, 303, "{mm}");
+    assert_eq!(mm["name"], "model-mm.stl");
+    assert_eq!(mm["metadata"]["units"], "mm");
+    assert_ne!(mm["sha256"], output["sha256"]);
+
+    // `glb` is the provider's own file.
+    let (status, _, glb) = ask(&app, &id, "format=glb").await;
+    assert_eq!(status, 303);
+    assert_eq!(glb["name"], "model.glb");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_for_one_format_make_it_once() {
+    let app = spawn().await;
+    let id = finished_task(&app, "relief", SMALL).await;
+    let asks = (0..10).map(|_| ask(&app, &id, "format=ply"));
+    let answers = futures::future::join_all(asks).await;
+    let first = &answers[0].2;
+    for (status, headers, output) in &answers {
+        assert_eq!(*status, 303, "{output}");
+        assert!(headers.contains_key(reqwest::header::LOCATION));
+        assert_eq!(output["sha256"], first["sha256"]);
+    }
+    assert_eq!(first["content_type"], "application/x-ply");
+    assert_eq!(counter(&app, r#"kiln_conversions_total{format="ply",outcome="ok"}"#).await, 1);
+    let file = app.client.get(first["url"].as_str().expect("url")).send().await.expect("download");
+    let bytes = file.bytes().await.expect("PLY bytes");
+    assert!(bytes.starts_with(b"ply\nformat binary_little_endian 1.0\n"), "a binary PLY header");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_other_formats_convert_with_their_content_types() {
+    let app = spawn().await;
+    let id = finished_task(&app, "relief", SMALL).await;
+    for (format, name, content_type, magic) in [
+        ("obj", "output3d.zip", "application/zip", &b"PK\x03\x04"[..]),
+        ("usdz", "model.usdz", "model/vnd.usdz+zip", &b"PK\x03\x04"[..]),
+    ] {
+        let (status, _, output) = ask(&app, &id, &format!("format={format}")).await;
+        assert_eq!(status, 303, "{format}: {output}");
+        assert_eq!(output["name"], name);
+        assert_eq!(output["content_type"], content_type);
+        let file = app.client.get(output["url"].as_str().expect("url")).send().await.expect("download");
+        assert_eq!(file.headers()[reqwest::header::CONTENT_TYPE], content_type);
+        assert!(file.bytes().await.expect("bytes").starts_with(magic), "{format}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn formats_are_refused_where_they_cannot_apply() {
+    let app = spawn().await;
+    let id = finished_task(&app, "relief", SMALL).await;
+    let (status, _, body) = ask(&app, &id, "format=fbx").await;
+    assert_eq!((status, error_code(&body)), (400, "unknown_format"), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("stl")), "{body}");
+    let (status, _, body) = ask(&app, &id, "format=stl&units=inch").await;
+    assert_eq!((status, error_code(&body)), (400, "invalid_request"), "{body}");
+    let (status, _, body) = ask(&app, "00000000-0000-7000-8000-000000000000", "format=stl").await;
+    assert_eq!((status, error_code(&body)), (404, "task_not_found"), "{body}");
+
+    // A picture has no 3D formats.
+    let picture = app.submit_prompt(serde_json::json!({"prompt": "a vase", "model": "echo-image"})).await;
+    assert_eq!(picture.status().as_u16(), 202);
+    let picture: Value = picture.json().await.expect("task");
+    let picture = picture["id"].as_str().expect("id");
+    app.wait_terminal(picture).await;
+    let (status, _, body) = ask(&app, picture, "format=stl").await;
+    assert_eq!((status, error_code(&body)), (400, "format_not_applicable"), "{body}");
+
+    // A failed task has no model; a running one has none yet.
+    let failed = finished_task(&app, "echo", r#"{"fail": "boom"}"#).await;
+    let (status, _, body) = ask(&app, &failed, "format=stl").await;
+    assert_eq!((status, error_code(&body)), (409, "no_model"), "{body}");
+    let response = app
+        .upload(
+            "/api/v1/tasks",
+            fixture("vase.png"),
+            &[("model", "echo"), ("params", r#"{"steps": 100, "step_ms": 100}"#)],
+        )
+        .await;
+    let running: Value = response.json().await.expect("task");
+    let running = running["id"].as_str().expect("id");
+    let (status, _, body) = ask(&app, running, "format=stl").await;
+    assert_eq!((status, error_code(&body)), (409, "task_not_finished"), "{body}");
+    let canceled = app.client.delete(app.url(&format!("/api/v1/tasks/{running}"))).send().await.expect("cancel");
+    assert_eq!(canceled.status().as_u16(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_model_that_is_no_glb_fails_to_convert_once_and_is_remembered() {
+    let app = spawn().await;
+    // The echo provider stores the picture it was given as `model.glb`: a PNG.
+    let id = finished_task(&app, "echo", "{}").await;
+    let failed = r#"kiln_conversions_total{format="stl",outcome="failed"}"#;
+    let (status, _, body) = ask(&app, &id, "format=stl").await;
+    assert_eq!((status, error_code(&body)), (422, "conversion_failed"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("The model cannot be read"), "{message}");
+    assert_eq!(counter(&app, failed).await, 1);
+
+    // Asked again: the same answer, without converting again.
+    let (status, _, again) = ask(&app, &id, "format=stl").await;
+    assert_eq!((status, error_code(&again)), (422, "conversion_failed"));
+    assert_eq!(again["error"]["message"], body["error"]["message"]);
+    assert_eq!(counter(&app, failed).await, 1);
+
+    // Nothing was stored, and the server is fine.
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+    assert_eq!(result["outputs"].as_array().map(Vec::len), Some(1), "{result}");
+    assert_eq!(app.get("/health").await.status().as_u16(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_conversion_still_running_answers_202_and_the_file_follows() {
+    // With no wait at all, the first answer comes before any conversion can end.
+    let app = TestApp::spawn_with(&format!("{CHANNELS}\n[convert]\nwait = \"0s\"\n")).await;
+    let id = finished_task(&app, "relief", SMALL).await;
+    let (status, headers, body) = ask(&app, &id, "format=usdz").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(headers[reqwest::header::RETRY_AFTER], "2");
+    assert_eq!(body, serde_json::json!({"format": "usdz", "status": "pending"}));
+    let mut answer = (status, body);
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (status, _, body) = ask(&app, &id, "format=usdz").await;
+        answer = (status, body);
+        if status != 202 {
+            break;
+        }
+    }
+    assert_eq!(answer.0, 303, "{}", answer.1);
+    assert_eq!(answer.1["name"], "model.usdz");
+    assert_eq!(counter(&app, r#"kiln_conversions_total{format="usdz",outcome="ok"}"#).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_model_over_the_converters_ceiling_is_refused_as_too_large() {
+    let app = TestApp::spawn_with(&format!("{CHANNELS}\n[convert]\nmax_triangles = 100\n")).await;
+    let id = finished_task(&app, "relief", SMALL).await;
+    let (status, _, body) = ask(&app, &id, "format=stl").await;
+    assert_eq!((status, error_code(&body)), (422, "model_too_large"), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("triangles")), "{body}");
+    app.stop().await;
+}
+
+/// The conversion lease the processes sharing a database take turns with, on the real
+/// repository (SQLite, or PostgreSQL with `KILN_TEST_DATABASE=postgres`).
+#[tokio::test]
+async fn one_holder_at_a_time_converts_and_lasting_failures_are_kept_per_model() {
+    use kiln::{
+        db::{self, ConversionClaim, ConversionEnd},
+        tasks::{NewTask, TaskId, TaskKind},
+    };
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = db::connect(&crate::helpers::database_url(dir.path()), 2).await.expect("database");
+    let id = TaskId::new();
+    let task = NewTask {
+        id,
+        kind: TaskKind::ImageTo3d,
+        model: "m".into(),
+        channel: "c".into(),
+        prompt: None,
+        picture_id: None,
+        params: serde_json::json!({}),
+        client_secret: None,
+        owner_id: None,
+        token_id: None,
+        webhook_url: None,
+    };
+    db.enqueue(&task, 10, None, &Default::default()).await.expect("enqueue");
+    let lease = Duration::from_secs(60);
+    let begin = |holder: &'static str, sha: &'static str, lease: Duration| {
+        let db = db.clone();
+        async move { db.begin_conversion(id, "stl", sha, holder, lease).await.expect("begin") }
+    };
+
+    assert_eq!(begin("a", "sha1", lease).await, ConversionClaim::Taken);
+    assert_eq!(begin("b", "sha1", lease).await, ConversionClaim::Held);
+    assert_eq!(begin("a", "sha1", lease).await, ConversionClaim::Taken, "the holder's own lease is renewed");
+    assert!(db.renew_conversion(id, "stl", "a", lease).await.expect("renew"));
+    assert!(!db.renew_conversion(id, "stl", "b", lease).await.expect("renew"));
+
+    // A failure worth retrying frees it; a lasting one is kept for that model only.
+    let retry = ConversionEnd::Failed { code: "internal_error", message: "x", permanent: false };
+    db.end_conversion(id, "stl", "a", retry).await.expect("end");
+    assert_eq!(begin("b", "sha1", lease).await, ConversionClaim::Taken);
+    let lasting =
+        ConversionEnd::Failed { code: "conversion_failed", message: "The model cannot be read.", permanent: true };
+    db.end_conversion(id, "stl", "a", lasting).await.expect("end by a non-holder");
+    assert_eq!(begin("a", "sha1", lease).await, ConversionClaim::Held, "only the holder ends it");
+    db.end_conversion(id, "stl", "b", lasting).await.expect("end");
+    let failed =
+        ConversionClaim::Failed { code: "conversion_failed".into(), message: "The model cannot be read.".into() };
+    assert_eq!(begin("a", "sha1", lease).await, failed);
+    assert_eq!(begin("a", "sha2", lease).await, ConversionClaim::Taken, "another model is converted afresh");
+    db.end_conversion(id, "stl", "a", ConversionEnd::Done).await.expect("end");
+    assert_eq!(begin("b", "sha2", lease).await, ConversionClaim::Done);
+
+    // A lapsed lease is taken over.
+    assert_eq!(begin("a", "sha3", Duration::ZERO).await, ConversionClaim::Taken);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(begin("b", "sha3", lease).await, ConversionClaim::Taken);
+    assert!(!db.renew_conversion(id, "stl", "a", lease).await.expect("renew"), "the old holder lost it");
+}
