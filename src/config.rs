@@ -248,7 +248,8 @@ pub struct ConvertConfig {
     pub max_texture_side: u32,
     /// Largest file written, in bytes.
     pub max_output: u64,
-    /// Most triangles written into a USDZ file (AR on phones slows down past it).
+    /// Most triangles written into a USDZ file; a larger model is simplified to this
+    /// first (AR on phones slows down past it).
     pub usdz_max_triangles: u64,
     /// Longest texture side in a USDZ file; larger textures are scaled down.
     pub usdz_texture_side: u32,

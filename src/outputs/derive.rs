@@ -282,7 +282,15 @@ impl Job {
     /// model is freed.
     fn run(self, _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit)) -> Result<Derived, formats::FormatError> {
         use formats::write;
-        let model = formats::Model::read_glb(&self.glb, &self.limits, &self.cancel)?;
+        let mut model = formats::Model::read_glb(&self.glb, &self.limits, &self.cancel)?;
+        let mut simplified = None;
+        if self.format == FormatId::Usdz && model.triangles() > self.usdz.max_triangles {
+            // Quick Look slows down past a few hundred thousand triangles: the USDZ is
+            // made from a simplified copy, which its metadata says.
+            let (lod, report) = formats::simplify(&model, self.usdz.max_triangles, &self.cancel)?;
+            model = lod;
+            simplified = Some(report);
+        }
         let mut file = tempfile::tempfile_in(&self.spool_dir)?;
         let summary = {
             let mut out = BufWriter::new(Capped::new(&mut file, self.max_output));
@@ -302,12 +310,23 @@ impl Job {
         let (len, sha256) = hash(&mut file)?;
         let mut notes = model.notes.clone();
         notes.extend(summary.notes);
+        if let Some(report) = &simplified {
+            notes.push(format!(
+                "simplified from {} to {} triangles for AR (largest deviation {:.2} % of the model's size)",
+                report.triangles_before,
+                report.triangles_after,
+                report.error * 100.0
+            ));
+        }
         let mut metadata = json!({
             "format": self.format.as_str(),
             "triangles": summary.triangles,
             "vertices": summary.vertices,
             "notes": notes,
         });
+        if let Some(report) = &simplified {
+            metadata["simplified_from"] = json!(report.triangles_before);
+        }
         if let FormatId::Stl | FormatId::StlMm = self.format {
             metadata["units"] = json!(if self.format == FormatId::StlMm { "mm" } else { "m" });
             metadata["up"] = json!("z");

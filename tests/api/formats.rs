@@ -269,6 +269,27 @@ async fn a_model_over_the_converters_ceiling_is_refused_as_too_large() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_usdz_over_its_triangle_budget_is_made_from_a_simplified_copy() {
+    let app = TestApp::spawn_with(&format!("{CHANNELS}\n[convert]\nusdz_max_triangles = 1000\n")).await;
+    let id = finished_task(&app, "relief", SMALL).await;
+    let result = app.get(&format!("/api/v1/tasks/{id}/result")).await.json::<Value>().await.expect("result");
+    let triangles = result["outputs"][0]["metadata"]["triangles"].as_u64().expect("relief's triangle count");
+    assert!(triangles > 1000, "relief made {triangles} triangles, no more than the budget");
+    let (status, _, output) = ask(&app, &id, "format=usdz").await;
+    assert_eq!(status, 303, "{output}");
+    let made = output["metadata"]["triangles"].as_u64().expect("triangles written");
+    assert!(made > 0 && made <= 1000, "{made} triangles in the USDZ");
+    assert_eq!(output["metadata"]["simplified_from"].as_u64(), Some(triangles), "{output}");
+    let notes = output["metadata"]["notes"].to_string();
+    assert!(notes.contains("simplified from"), "{notes}");
+    // Other formats keep every triangle.
+    let (status, _, stl) = ask(&app, &id, "format=stl").await;
+    assert_eq!(status, 303, "{stl}");
+    assert_eq!(stl["metadata"]["triangles"].as_u64(), Some(triangles));
+    app.stop().await;
+}
+
 /// The conversion lease the processes sharing a database take turns with, on the real
 /// repository (SQLite, or PostgreSQL with `KILN_TEST_DATABASE=postgres`).
 #[tokio::test]
