@@ -310,6 +310,40 @@ async fn admit_at_once(pool: &PgPool, task: &NewTask, capacity: u32) -> DbResult
     Ok(Some(Enqueued::Created(stored, event)))
 }
 
+/// Records `artifact` if its task is in `status` (`running` for an output the run
+/// made, `succeeded` for one made from a finished task's model) and not recorded yet,
+/// and clears its pending-file note. `false` when nothing was written.
+async fn insert_artifact(conn: &mut PgConnection, artifact: &Artifact, status: &str) -> DbResult<bool> {
+    let current: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
+        .bind(artifact.task_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    if current.as_deref() != Some(status) {
+        return Ok(false);
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO artifacts (id, task_id, name, role, key, content_type, size, sha256, metadata, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+    )
+    .bind(artifact.id.to_string())
+    .bind(artifact.task_id.to_string())
+    .bind(&artifact.name)
+    .bind(&artifact.role)
+    .bind(&artifact.key)
+    .bind(&artifact.content_type)
+    .bind(artifact.size as i64)
+    .bind(&artifact.sha256)
+    .bind(artifact.metadata.to_string())
+    .bind(artifact.created_at.timestamp_millis())
+    .execute(&mut *conn)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Ok(false);
+    }
+    file_recorded(&mut *conn, &artifact.key).await?;
+    Ok(true)
+}
+
 async fn begin(pool: &PgPool) -> DbResult<Transaction<'static, Postgres>> {
     Ok(pool.begin().await?)
 }
@@ -532,33 +566,9 @@ impl TaskRepo for PostgresDatabase {
 
     async fn add_artifact(&self, artifact: &Artifact, event: Value) -> DbResult<Option<TaskEvent>> {
         let mut tx = begin(&self.pool).await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
-            .bind(artifact.task_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if status.as_deref() != Some("running") {
+        if !insert_artifact(&mut tx, artifact, "running").await? {
             return Ok(None);
         }
-        let inserted = sqlx::query(
-            "INSERT INTO artifacts (id, task_id, name, role, key, content_type, size, sha256, metadata, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-        )
-        .bind(artifact.id.to_string())
-        .bind(artifact.task_id.to_string())
-        .bind(&artifact.name)
-        .bind(&artifact.role)
-        .bind(&artifact.key)
-        .bind(&artifact.content_type)
-        .bind(artifact.size as i64)
-        .bind(&artifact.sha256)
-        .bind(artifact.metadata.to_string())
-        .bind(artifact.created_at.timestamp_millis())
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(None);
-        }
-        file_recorded(&mut tx, &artifact.key).await?;
         let event = append_event(&mut tx, artifact.task_id, EventKind::Result, event).await?;
         tx.commit().await?;
         Ok(Some(event))
@@ -566,33 +576,9 @@ impl TaskRepo for PostgresDatabase {
 
     async fn add_derived_artifact(&self, artifact: &Artifact) -> DbResult<bool> {
         let mut tx = begin(&self.pool).await?;
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM tasks WHERE id = $1")
-            .bind(artifact.task_id.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
-        if status.as_deref() != Some("succeeded") {
+        if !insert_artifact(&mut tx, artifact, "succeeded").await? {
             return Ok(false);
         }
-        let inserted = sqlx::query(
-            "INSERT INTO artifacts (id, task_id, name, role, key, content_type, size, sha256, metadata, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
-        )
-        .bind(artifact.id.to_string())
-        .bind(artifact.task_id.to_string())
-        .bind(&artifact.name)
-        .bind(&artifact.role)
-        .bind(&artifact.key)
-        .bind(&artifact.content_type)
-        .bind(artifact.size as i64)
-        .bind(&artifact.sha256)
-        .bind(artifact.metadata.to_string())
-        .bind(artifact.created_at.timestamp_millis())
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(false);
-        }
-        file_recorded(&mut tx, &artifact.key).await?;
         tx.commit().await?;
         Ok(true)
     }
