@@ -331,6 +331,21 @@ pub enum ConversionClaim {
     Failed { code: String, message: String },
 }
 
+impl ConversionClaim {
+    /// What a conversion the caller could not take is, from its row's `status`,
+    /// `error_code` and `error_message` (read after the attempt), alike on every backend.
+    pub(crate) fn not_taken(row: Option<(String, Option<String>, Option<String>)>) -> Self {
+        match row {
+            Some((status, _, _)) if status == "done" => Self::Done,
+            Some((status, code, message)) if status == "failed" => {
+                Self::Failed { code: code.unwrap_or_default(), message: message.unwrap_or_default() }
+            }
+            // Running under another holder's live lease (or changed since: asked again).
+            _ => Self::Held,
+        }
+    }
+}
+
 /// How a conversion ended, for [`ConversionRepo::end_conversion`].
 #[derive(Debug, Clone, Copy)]
 pub enum ConversionEnd<'a> {

@@ -57,14 +57,7 @@ impl ConversionRepo for SqliteDatabase {
         .bind(format)
         .fetch_optional(&self.writer)
         .await?;
-        Ok(match row {
-            Some((status, _, _)) if status == "done" => ConversionClaim::Done,
-            Some((status, code, message)) if status == "failed" => {
-                ConversionClaim::Failed { code: code.unwrap_or_default(), message: message.unwrap_or_default() }
-            }
-            // Running under another holder's live lease (or changed since: asked again).
-            _ => ConversionClaim::Held,
-        })
+        Ok(ConversionClaim::not_taken(row))
     }
 
     async fn renew_conversion(&self, task: TaskId, format: &str, holder: &str, lease: Duration) -> DbResult<bool> {
