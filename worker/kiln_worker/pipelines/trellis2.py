@@ -102,9 +102,9 @@ PROGRESS_DECODING = 80.0
 PROGRESS_PREVIEW = 84.0
 PROGRESS_POSITION_MAP = 86.0
 PROGRESS_GLB = 87.0
+PROGRESS_OBJ = 97.0
 #: The position map's side when there is no cut-out to match (`preprocess_image` off).
 POSITION_MAP_SIZE = 512
-PROGRESS_OBJ = 97.0
 
 
 class Trellis2Pipeline(Pipeline):
