@@ -687,7 +687,7 @@ async fn the_trellis2_worker_serves_seed_004_with_progressive_results() {
     // worker's own preview is kept).
     assert_eq!(
         files,
-        ["preview.png", "model.glb", "output3d.zip", "model.meshopt.glb"],
+        ["pixel_images.png", "preview.png", "xyz_images.png", "model.glb", "output3d.zip", "model.meshopt.glb"],
         "results arrive one by one, as each is ready"
     );
     let progress: Vec<u64> = events.iter().filter_map(|(_, _, d)| d["progress"].as_u64()).collect();
@@ -698,6 +698,21 @@ async fn the_trellis2_worker_serves_seed_004_with_progressive_results() {
     assert!(status["modelUrl"].as_str().unwrap().ends_with("model.glb"));
     let zip = app.client.get(status["outputZipUrl"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(&zip[..2], b"PK");
+    // Seed 004's maps, by name, each with its role (never taken for the preview).
+    for (field, name) in [("pixelImagesUrl", "pixel_images.png"), ("xyzImagesUrl", "xyz_images.png")] {
+        let url = status[field].as_str().unwrap_or_else(|| panic!("{field}: {status}"));
+        assert!(url.ends_with(&format!("reconstruction/{task_id}/{name}")), "{url}");
+        let png = app.client.get(url).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(&png[1..4], b"PNG", "{name}");
+    }
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{task_id}/result")).await;
+    let role = |name: &str| {
+        result["outputs"].as_array().unwrap().iter().find(|o| o["name"] == name).map(|o| o["role"].clone())
+    };
+    assert_eq!(role("pixel_images.png"), Some(json!("cutout")));
+    assert_eq!(role("xyz_images.png"), Some(json!("position_map")));
+    assert_eq!(role("preview.png"), Some(json!("preview")));
+    assert_eq!(role("model.meshopt.glb"), Some(json!("variant")));
     app.stop().await;
 }
 
