@@ -513,3 +513,44 @@ async fn outputs_that_cannot_be_made_never_fail_the_task_and_are_answered_at_onc
     assert_eq!(counter(&app, failures).await, 1, "answered from the record, not converted again");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_finishing_step_left_by_a_dead_process_is_resumed_without_running_the_provider_again() {
+    let app = spawn().await;
+    let params = r#"{"glb": true, "then_detach": true, "steps": 2, "formats": ["stl"]}"#;
+    let response = app.upload("/api/v1/tasks", fixture("vase.png"), &[("model", "echo"), ("params", params)]).await;
+    assert_eq!(response.status().as_u16(), 202);
+    let task: Value = response.json().await.expect("task");
+    let id = task["id"].as_str().expect("id").to_owned();
+    let task_id: kiln::tasks::TaskId = id.parse().expect("task id");
+    // The provider made its model and left the task running.
+    for _ in 0..200 {
+        let artifacts = app.gateway.db().list_artifacts(task_id).await.expect("artifacts");
+        if artifacts.iter().any(|a| a.name == "model.glb") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    // A process began finishing it and died: its mark stays, its lease has lapsed.
+    let deadline = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let provider_said = serde_json::json!({"from": "the first run"});
+    let db = app.gateway.db();
+    let marked =
+        db.claim_finishing(task_id, true, "a-dead-process", std::time::Duration::ZERO, deadline, &provider_said);
+    assert!(marked.await.expect("mark"), "the task was running and nobody was finishing it");
+    // The queue claims it again and does the finishing step only.
+    let ended = app.wait_terminal(&id).await;
+    assert_eq!(ended["status"], "succeeded", "{ended}");
+    let (names, events) = result_names(&app, &id).await;
+    for name in ["model.glb", "preview.png", "model.meshopt.glb", "model.stl"] {
+        assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{name} once: {names:?}");
+    }
+    let steps = events.iter().filter(|(_, kind, data)| kind == "processing" && data["stage"] == "step-1").count();
+    assert_eq!(steps, 1, "the provider ran once: {events:?}");
+    assert!(events.iter().any(|(_, kind, data)| kind == "processing" && data["stage"] == "restarting"), "{events:?}");
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+    let provider = &result["metadata"]["provider"];
+    assert_eq!(provider["from"], "the first run", "the provider's metadata was kept: {provider}");
+    assert_eq!(provider["outputs"]["made"], serde_json::json!(["preview.png", "model.meshopt.glb", "model.stl"]));
+    app.stop().await;
+}

@@ -2,7 +2,8 @@
 //! echoes its input (for a text-to-image task, whose output must be a picture: a real
 //! 400 × 300 PNG, with the prompt's length in its metadata), and can be told through
 //! `params` to be slow, to fail, to panic, to write `output_bytes` bytes instead, or
-//! (`glb: true`) to make a real GLB of its picture with the relief engine.
+//! (`glb: true`) to make a real GLB of its picture with the relief engine, and to leave
+//! the task running after its output (`then_detach: true`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -92,6 +93,9 @@ impl Provider for Echo {
         })
         .await
         .map_err(ProviderError::internal)?;
+        if job.params["then_detach"].as_bool() == Some(true) {
+            return Ok(Outcome::Detached);
+        }
         Ok(Outcome::Completed { metadata: json!({ "attempt": job.attempt, "model": job.upstream_model }) })
     }
 }
