@@ -212,18 +212,27 @@ impl Converter {
                 .map_err(|_| Failure::internal())?
                 .map_err(Failure::from_format)?
         };
-        if estimate.memory_bytes > self.config.max_memory {
+        // A simplified copy (a level of detail, a large model's USDZ) is a second model
+        // beside the first while it is made: counted as the whole estimate again.
+        let simplified_to = match format {
+            FormatId::Usdz => Some(self.config.usdz_max_triangles),
+            FormatId::Lod => budget,
+            _ => None,
+        };
+        let simplifies = simplified_to.is_some_and(|most| estimate.triangles > most);
+        let memory_bytes = if simplifies { estimate.memory_bytes.saturating_mul(2) } else { estimate.memory_bytes };
+        if memory_bytes > self.config.max_memory {
             return Err(Failure::new(
                 Code::ModelTooLarge,
                 format!(
                     "Converting the model would take about {} MiB; the limit is {} MiB.",
-                    estimate.memory_bytes / (1024 * 1024),
+                    memory_bytes / (1024 * 1024),
                     self.config.max_memory / (1024 * 1024)
                 ),
                 true,
             ));
         }
-        let kib = u32::try_from(estimate.memory_bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.memory_kib);
+        let kib = u32::try_from(memory_bytes.div_ceil(1024)).unwrap_or(u32::MAX).clamp(1, self.memory_kib);
         let memory = tokio::select! {
             permit = Arc::clone(&self.memory).acquire_many_owned(kib) => permit.map_err(|_| Failure::internal())?,
             _ = stop.cancelled() => return Err(Failure::from_format(formats::FormatError::Cancelled)),

@@ -523,14 +523,20 @@ async fn a_finishing_step_left_by_a_dead_process_is_resumed_without_running_the_
     let task: Value = response.json().await.expect("task");
     let id = task["id"].as_str().expect("id").to_owned();
     let task_id: kiln::tasks::TaskId = id.parse().expect("task id");
-    // The provider made its model and left the task running.
-    for _ in 0..200 {
+    // The provider made its model and left the task running (detached, as a worker's).
+    let mut detached = false;
+    for _ in 0..2400 {
         let artifacts = app.gateway.db().list_artifacts(task_id).await.expect("artifacts");
-        if artifacts.iter().any(|a| a.name == "model.glb") {
+        let task = app.gateway.db().get_task(task_id).await.expect("task").expect("the task");
+        if artifacts.iter().any(|a| a.name == "model.glb") && task.stage.as_deref() == Some("step-2") {
+            detached = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
+    assert!(detached, "the provider made its model within a minute");
+    // (Its run ends a moment after the output; give it that moment.)
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // A process began finishing it and died: its mark stays, its lease has lapsed.
     let deadline = chrono::Utc::now() + chrono::Duration::minutes(5);
     let provider_said = serde_json::json!({"from": "the first run"});
