@@ -5,10 +5,8 @@ import assert from 'node:assert/strict'
 import { mkdirSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { PNG } from 'pngjs'
-import { FIXTURES, launchBrowser, newPage, postPicture, startFakeImageApi, startKiln } from './harness.mjs'
+import { expectModelDrawn, FIXTURES, launchBrowser, newPage, OUTPUT, postPicture, startFakeImageApi, startKiln } from './harness.mjs'
 
-const OUTPUT = join(import.meta.dirname, 'output')
 mkdirSync(OUTPUT, { recursive: true })
 
 // One relief run at a time, so that tasks put ahead of the page's own (made slow by their
@@ -78,40 +76,6 @@ async function fillQueue(count) {
     ids.push(body.id)
   }
   return ids
-}
-
-/**
- * The mean colour of a square of `png` around (x, y).
- * @param {PNG} png @param {number} x @param {number} y @param {number} half
- */
-function mean(png, x, y, half) {
-  const sum = [0, 0, 0]
-  let n = 0
-  for (let j = y - half; j <= y + half; j++)
-    for (let i = x - half; i <= x + half; i++) {
-      const at = (png.width * j + i) * 4
-      for (let c = 0; c < 3; c++) sum[c] = (sum[c] ?? 0) + (png.data[at + c] ?? 0)
-      n++
-    }
-  return sum.map((s) => s / n)
-}
-
-/**
- * @param {import('playwright-core').Page} page @param {string} name
- * @param {number} [within] a ceiling against hangs, not a speed check: the polling test
- *   waits behind eight relief tasks, which a debug build on two busy cores makes slowly
- */
-async function expectModelDrawn(page, name, within = 60_000) {
-  await page.locator('[data-testid="viewer"][data-state="loaded"]').waitFor({ timeout: within })
-  // A few frames for the first render after framing.
-  await page.waitForTimeout(500)
-  const canvas = page.locator('[data-testid="viewer-canvas"]')
-  const shot = PNG.sync.read(await canvas.screenshot({ path: join(OUTPUT, `${name}.png`) }))
-  const centre = mean(shot, Math.floor(shot.width / 2), Math.floor(shot.height / 2), 6)
-  const corner = mean(shot, 8, 8, 4)
-  const difference = Math.max(...centre.map((v, i) => Math.abs(v - (corner[i] ?? 0))))
-  assert.ok(difference > 25, `the canvas centre ${centre} looks like the background ${corner}`)
-  return shot
 }
 
 describe('the web page', () => {
