@@ -251,19 +251,19 @@ describe('the web page', () => {
     await page.goto(`${kiln.url}/library`)
     const card = page.locator('[data-testid="picture"]').first()
     await card.waitFor()
-    await card.locator('img').waitFor()
+    // The picture's own thumbnail (its tasks' previews are pictures too).
+    const thumb = card.locator('.thumb img')
+    await thumb.waitFor()
     // Loaded (the element shows before its picture arrives), then a thumbnail, not the
     // stored picture.
-    await card
-      .locator('img')
-      .evaluate(
-        (img) =>
-          /** @type {HTMLImageElement} */ (img).complete ||
-          new Promise((resolve) => img.addEventListener('load', resolve, { once: true })),
-      )
-    const natural = await card.locator('img').evaluate((img) => /** @type {HTMLImageElement} */ (img).naturalWidth)
+    await thumb.evaluate(
+      (img) =>
+        /** @type {HTMLImageElement} */ (img).complete ||
+        new Promise((resolve) => img.addEventListener('load', resolve, { once: true })),
+    )
+    const natural = await thumb.evaluate((img) => /** @type {HTMLImageElement} */ (img).naturalWidth)
     assert.ok(natural > 0 && natural <= 320, `thumbnail ${natural} px wide`)
-    assert.match((await card.locator('img').getAttribute('src')) ?? '', /\/api\/v1\/pictures\/[0-9a-f-]+\/thumbnail$/)
+    assert.match((await thumb.getAttribute('src')) ?? '', /\/api\/v1\/pictures\/[0-9a-f-]+\/thumbnail$/)
     const before = (await (await fetch(`${kiln.url}/api/v1/pictures`)).json()).total
     await card.locator('[data-testid="create-again"]').click()
     await page.waitForURL(/\?picture=/)
