@@ -92,7 +92,8 @@ async fn the_default_channel_turns_the_mug_into_a_model_with_live_progress() {
         .map(|(_, _, data)| (data["stage"].as_str().unwrap_or(""), data["progress"].as_u64().unwrap_or(0)))
         .collect();
     let stages: Vec<&str> = processing.iter().map(|(stage, _)| *stage).filter(|s| *s != "starting").collect();
-    assert_eq!(stages, ["segmenting", "meshing", "texturing", "encoding"], "{processing:?}");
+    // Then kiln's own step, which makes the preview and the compressed GLB.
+    assert_eq!(stages, ["segmenting", "meshing", "texturing", "encoding", "finishing"], "{processing:?}");
     assert!(processing.windows(2).all(|w| w[0].1 <= w[1].1), "progress went backwards: {processing:?}");
     let result_event = events.iter().find(|(_, kind, _)| kind == "result").expect("a result event");
     assert_eq!(result_event.2["name"], "model.glb");
@@ -102,9 +103,9 @@ async fn the_default_channel_turns_the_mug_into_a_model_with_live_progress() {
     assert_eq!(status, 200);
     assert_eq!(result["status"], "succeeded");
     let outputs = result["outputs"].as_array().expect("outputs");
-    assert_eq!(outputs.len(), 1);
-    let output = &outputs[0];
-    assert_eq!(output["name"], "model.glb");
+    let names: Vec<&str> = outputs.iter().filter_map(|o| o["name"].as_str()).collect();
+    assert!(names.contains(&"preview.png") && names.contains(&"model.meshopt.glb"), "{names:?}");
+    let output = outputs.iter().find(|o| o["name"] == "model.glb").expect("the model");
     assert_eq!(output["role"], "model");
     assert_eq!(output["content_type"], "model/gltf-binary");
     assert_eq!(output["format"], "glb");

@@ -1,7 +1,7 @@
 //! The SIGKILL loop. Clients keep uploading pictures and submitting tasks on every face
 //! while the real binary is killed with SIGKILL at chosen moments (during uploads,
-//! while tasks run, right after a start, at random) and started again on the same data
-//! directory. Then everything drains, and the campaign checks:
+//! while tasks run, while kiln makes a finished model's preview and compressed GLB,
+//! right after a start, at random) and started again on the same data directory. Then everything drains, and the campaign checks:
 //!
 //! - every task any face accepted exists and ended: `succeeded`, or `failed` with
 //!   `interrupted` (started three times, each cut short by a kill); so does every task in
@@ -64,6 +64,9 @@ enum Moment {
     Recovery,
     /// At a random time 0.3–3 s into the server's life.
     Random,
+    /// While a task is in its finishing step (kiln making its preview and compressed GLB
+    /// after relief's success): waits for one, then up to 30 ms more.
+    Finishing,
 }
 
 struct Kill {
@@ -456,6 +459,15 @@ async fn running(shared: &Shared) -> Option<usize> {
     page["items"].as_array().map(Vec::len)
 }
 
+/// How many running tasks are in their finishing step.
+async fn finishing(shared: &Shared) -> usize {
+    let response =
+        shared.client.get(shared.url("/api/v1/tasks?status=running&limit=100")).timeout(Duration::from_secs(2)).send();
+    let Ok(response) = response.await else { return 0 };
+    let page: Value = response.json().await.unwrap_or_default();
+    page["items"].as_array().map_or(0, |items| items.iter().filter(|t| t["stage"] == "finishing").count())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "the fault campaign: `make campaign` runs it"]
 async fn sigkill_loop_loses_no_task_no_event_no_file_and_no_idempotency_binding() {
@@ -487,7 +499,7 @@ async fn sigkill_loop_loses_no_task_no_event_no_file_and_no_idempotency_binding(
     let mut log = Vec::new();
     for n in 1..=kills {
         let born = Instant::now();
-        let moment = *rng.pick(&[Moment::Upload, Moment::Running, Moment::Recovery, Moment::Random]);
+        let moment = *rng.pick(&[Moment::Upload, Moment::Running, Moment::Recovery, Moment::Random, Moment::Finishing]);
         if moment != Moment::Recovery {
             tokio::time::sleep(rng.millis(300, 2000)).await;
         }
@@ -502,6 +514,10 @@ async fn sigkill_loop_loses_no_task_no_event_no_file_and_no_idempotency_binding(
             }
             Moment::Recovery => tokio::time::sleep(rng.millis(0, 150)).await,
             Moment::Random => tokio::time::sleep(rng.millis(0, 1000)).await,
+            Moment::Finishing => {
+                wait_for(Duration::from_secs(5), async || finishing(&shared).await > 0).await;
+                tokio::time::sleep(rng.millis(0, 30)).await;
+            }
         }
         let uploads = shared.uploads.load(Ordering::SeqCst);
         let running = if moment == Moment::Recovery { None } else { running(&shared).await };
@@ -691,9 +707,17 @@ async fn check(shared: &Shared, dir: &ServerDir) -> Vec<String> {
     }
     let models: BTreeSet<&str> =
         artifacts.iter().filter(|(_, name)| name == "model.glb").map(|(task, _)| task.as_str()).collect();
+    let made = |file: &str| -> BTreeSet<&str> {
+        artifacts.iter().filter(|(_, name)| name == file).map(|(task, _)| task.as_str()).collect()
+    };
+    // What the finishing step makes, even when a kill cut it short.
+    let (previews, compressed) = (made("preview.png"), made("model.meshopt.glb"));
     for (id, (status, _, _)) in &by_id {
         if *status == "succeeded" && !models.contains(id) {
             problems.push(format!("task {id} succeeded without a model.glb record"));
+        }
+        if *status == "succeeded" && !(previews.contains(id) && compressed.contains(id)) {
+            problems.push(format!("task {id} succeeded without its preview.png and model.meshopt.glb"));
         }
     }
     // The API agrees with the database, and SSE replays exactly the stored log.
@@ -826,12 +850,14 @@ fn report(seed: u64, kills: &[Kill], ledger: &Ledger, total: Duration, checking:
     let by = |m: Moment| kills.iter().filter(|k| k.moment == m).count();
     let _ = writeln!(
         out,
-        "seed {seed}; {} kills (upload {}, running {}, recovery {}, random {}); {} with uploads in flight, {} with tasks running",
+        "seed {seed}; {} kills (upload {}, running {}, recovery {}, random {}, finishing {}); {} with uploads in flight, \
+         {} with tasks running",
         kills.len(),
         by(Moment::Upload),
         by(Moment::Running),
         by(Moment::Recovery),
         by(Moment::Random),
+        by(Moment::Finishing),
         kills.iter().filter(|k| k.uploads > 0).count(),
         kills.iter().filter(|k| k.running.is_some_and(|r| r > 0)).count(),
     );

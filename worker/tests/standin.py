@@ -1,8 +1,11 @@
 """A stand-in for TRELLIS.2 that runs anywhere: no GPU, no weights, a few milliseconds.
 
-It behaves like the real pipeline as the worker sees it — stages with step progress, a
-preview PNG emitted early, a textured `model.glb`, an `output3d.zip` (OBJ + MTL +
-texture) returned at the end — and can be told to misbehave, so that the worker's
+It behaves like the real pipeline as the worker sees it — stages with step progress, the
+cut-out `pixel_images.png` emitted before sampling, then `preview.png` (transparent
+background), the position map `xyz_images.png` (16-bit, the encoding of
+kiln_worker/pipelines/position_map.py) and a textured `model.glb` emitted as each is
+ready, an `output3d.zip` (OBJ + MTL + texture) returned at the end — and can be told to
+misbehave, so that the worker's
 protocol, retries, OOM handling and timeouts are tested without a GPU. kiln's Rust
 conformance suite and integration tests run the worker with it:
 
@@ -17,7 +20,7 @@ Dispatch `params` it understands (others are ignored, as a real pipeline would):
                   every attempt / on the first attempt only
     fail_at       "sampling" (default) | "export": where `fail` strikes; "export" is after
                   the preview was emitted
-    outputs       list of "preview", "glb", "zip" (default all three)
+    outputs       list of "cutout", "preview", "xyz", "glb", "zip" (default all five)
 Environment: KILN_STANDIN_LOAD_SECONDS (warm-up time, default 0), KILN_STANDIN_LOAD_FAIL=1
 (the model "fails to load": /health answers 503 unhealthy), KILN_STANDIN_LOAD_UNTIL_FILE=PATH
 (the warm-up lasts until PATH exists, so a test decides when the worker becomes ready).
@@ -40,7 +43,9 @@ from PIL import Image, ImageDraw, ImageStat
 from kiln_worker.export import mesh_to_obj_zip
 from kiln_worker.pipelines import JobContext, JobInput, Pipeline, PipelineUnavailable
 
-OUTPUTS = ("preview", "glb", "zip")
+OUTPUTS = ("cutout", "preview", "xyz", "glb", "zip")
+#: The preview's and, without a cut-out, the position map's side.
+PREVIEW_SIZE = 256
 
 
 class OutOfMemoryError(RuntimeError):
@@ -126,7 +131,7 @@ class StandInPipeline(Pipeline):
         out["fail_at"] = fail_at
         outputs = params.get("outputs", list(OUTPUTS))
         if not isinstance(outputs, list) or any(o not in OUTPUTS for o in outputs):
-            raise ValueError("outputs must be a list of preview, glb, zip")
+            raise ValueError(f"outputs must be a list of {', '.join(OUTPUTS)}")
         out["outputs"] = outputs
         return out
 
@@ -147,7 +152,17 @@ class StandInPipeline(Pipeline):
             ctx.check_cancelled()
             self._run_gate.wait(timeout=0.005)
         with Image.open(job.image_path) as img:
-            color = tuple(int(c) for c in ImageStat.Stat(img.convert("RGB")).mean)
+            picture = img.copy()
+        color = tuple(int(c) for c in ImageStat.Stat(picture.convert("RGB")).mean)
+        map_size = PREVIEW_SIZE
+        if "cutout" in params["outputs"]:
+            from kiln_worker.pipelines.cutout import cut_out
+
+            cutout = cut_out(picture, _remove_background).image
+            pixel_images = job.workdir / "pixel_images.png"
+            cutout.save(pixel_images, format="PNG")
+            map_size = cutout.width
+            ctx.emit(pixel_images)
         steps = params["steps"]
         for step in range(steps):
             if step == steps // 2 and params["fail_at"] == "sampling":
@@ -161,6 +176,13 @@ class StandInPipeline(Pipeline):
             preview = job.workdir / "preview.png"
             _draw_preview(color).save(preview, format="PNG")
             ctx.emit(preview)
+        if "xyz" in params["outputs"]:
+            from kiln_worker.pipelines import position_map
+
+            xyz = job.workdir / "xyz_images.png"
+            points, inside = _cube_front_positions(map_size)
+            position_map.write_png16(position_map.encode(points, inside), xyz)
+            ctx.emit(xyz)
         if params["fail_at"] == "export":
             self._maybe_fail(params, ctx)
         mesh = _textured_cube(color)
@@ -195,14 +217,36 @@ class StandInPipeline(Pipeline):
             self.runs.append((task_id, attempt, outcome))
 
 
+def _remove_background(rgb: Image.Image) -> Image.Image:
+    """The stand-in's background removal: the ellipse inscribed in the picture is the
+    object (never empty, whatever the picture), as TRELLIS.2's rembg returns it: RGBA."""
+    mask = Image.new("L", rgb.size, 0)
+    ImageDraw.Draw(mask).ellipse((0, 0, rgb.width - 1, rgb.height - 1), fill=255)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(mask)
+    return rgba
+
+
+def _cube_front_positions(size: int) -> tuple[Any, Any]:
+    """What the real pipeline's front view sees of `_textured_cube`: its +Z face, framed
+    square, so it fills the picture; glTF coordinates at the pixel centres."""
+    import numpy as np
+
+    centres = (np.arange(size) + 0.5) / size
+    x = np.broadcast_to(centres - 0.5, (size, size))
+    y = np.broadcast_to((0.5 - centres)[:, None], (size, size))
+    points = np.stack([x, y, np.full((size, size), 0.5)], axis=-1)
+    return points, np.ones((size, size), dtype=bool)
+
+
 def _draw_preview(color: tuple[int, ...]) -> Image.Image:
-    """A 256×256 "render" of the cube: three shaded faces on a dark background."""
-    img = Image.new("RGB", (256, 256), (32, 32, 36))
+    """A 256×256 "render" of the cube: three shaded faces on a transparent background."""
+    img = Image.new("RGBA", (PREVIEW_SIZE, PREVIEW_SIZE), (0, 0, 0, 0))
     draw = ImageDraw.Draw(img)
     r, g, b = color[:3]
 
-    def shade(f: float) -> tuple[int, int, int]:
-        return (int(r * f), int(g * f), int(b * f))
+    def shade(f: float) -> tuple[int, int, int, int]:
+        return (int(r * f), int(g * f), int(b * f), 255)
 
     top = [(128, 40), (208, 80), (128, 120), (48, 80)]
     left = [(48, 80), (128, 120), (128, 216), (48, 176)]

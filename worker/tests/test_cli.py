@@ -94,7 +94,9 @@ def test_port_zero_prints_the_address_and_serves_a_job(tmp_path: Path, receiver:
         status = receiver.wait_status()
         assert status.json["status"] == "completed"  # type: ignore[index]
         assert [c.name for c in receiver.of("result")] == [
+            "pixel_images.png",
             "preview.png",
+            "xyz_images.png",
             "model.glb",
             "output3d.zip",
         ]

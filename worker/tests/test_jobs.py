@@ -27,6 +27,10 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
+#: What the stand-in sends, in order.
+ALL_RESULTS = ["pixel_images.png", "preview.png", "xyz_images.png", "model.glb", "output3d.zip"]
+
+
 def names_sent(receiver: Receiver) -> list[str]:
     return [c.name for c in receiver.of("result") if c.answered == 200]  # type: ignore[misc]
 
@@ -46,7 +50,7 @@ def test_result_callbacks_are_retried_on_5xx(make_worker: Any, receiver: Receive
     assert len({c.headers["webhook-id"] for c in attempts}) == 3
     assert all(c.signature_error is None for c in attempts)
     assert attempts[0].data == attempts[2].data
-    assert names_sent(receiver) == ["preview.png", "model.glb", "output3d.zip"]
+    assert names_sent(receiver) == ALL_RESULTS
 
 
 def test_status_callback_is_retried_on_5xx(make_worker: Any, receiver: Receiver) -> None:
@@ -74,7 +78,7 @@ def test_progress_5xx_is_dropped_not_fatal(make_worker: Any, receiver: Receiver)
 
 
 def test_409_on_a_result_stops_the_job_without_status(make_worker: Any, receiver: Receiver) -> None:
-    receiver.script["result:preview.png"] = [409]
+    receiver.script["result:pixel_images.png"] = [409]
     worker = make_worker()
     dispatch(worker.url, callback_url=receiver.url, params={"steps": 4})
     worker.wait_idle(timeout=5)
@@ -91,7 +95,9 @@ def test_409_on_progress_stops_the_pipeline(make_worker: Any, receiver: Receiver
     worker = make_worker()
     pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
     started = time.monotonic()
-    dispatch(worker.url, callback_url=receiver.url, params={"steps": 1000, "step_seconds": 0.01})
+    # Without the cut-out, which would go out before the 409 to the first progress is back.
+    params = {"steps": 1000, "step_seconds": 0.01, "outputs": ["preview", "glb", "zip"]}
+    dispatch(worker.url, callback_url=receiver.url, params=params)
     worker.wait_idle(timeout=5)
     # Generous bounds (CI machines are busy); the job's steps alone would take 10 s.
     assert time.monotonic() - started < 8, "stopped long before its 10 s of steps"
@@ -107,7 +113,7 @@ def test_404_on_a_result_stops_everything(make_worker: Any, receiver: Receiver) 
     dispatch(worker.url, callback_url=receiver.url)
     worker.wait_idle()
     time.sleep(0.05)
-    assert names_sent(receiver) == ["preview.png"]
+    assert names_sent(receiver) == ["pixel_images.png", "preview.png", "xyz_images.png"]
     assert [c.answered for c in receiver.of("result")][-1] == 404
     assert receiver.of("status") == []
 
@@ -150,7 +156,8 @@ def test_pipeline_error_fails_the_task(make_worker: Any, receiver: Receiver) -> 
         == "The standin pipeline failed: RuntimeError: the stand-in pipeline failed on purpose"
     )  # type: ignore[index]
     assert worker.pipeline.runs == [(TASK, 0, "RuntimeError")]  # type: ignore[attr-defined]
-    assert receiver.of("result") == []
+    # The cut-out, sent before sampling, is all kiln got.
+    assert names_sent(receiver) == ["pixel_images.png"]
 
 
 def test_oom_frees_memory_and_retries_once(make_worker: Any, receiver: Receiver) -> None:
@@ -164,7 +171,7 @@ def test_oom_frees_memory_and_retries_once(make_worker: Any, receiver: Receiver)
     assert pipeline.free_memory_calls == 2
     values = [c.json["progress"] for c in receiver.of("progress")]  # type: ignore[index]
     assert values == sorted(values), "the retry does not make progress go backwards"
-    assert names_sent(receiver) == ["preview.png", "model.glb", "output3d.zip"]
+    assert names_sent(receiver) == ALL_RESULTS
 
 
 def test_oom_after_the_preview_does_not_send_it_twice(make_worker: Any, receiver: Receiver) -> None:
@@ -174,7 +181,7 @@ def test_oom_after_the_preview_does_not_send_it_twice(make_worker: Any, receiver
     )
     status = receiver.wait_status()
     assert status.json["status"] == "completed"  # type: ignore[index]
-    assert names_sent(receiver) == ["preview.png", "model.glb", "output3d.zip"]
+    assert names_sent(receiver) == ALL_RESULTS
     assert worker.pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]  # type: ignore[attr-defined]
 
 

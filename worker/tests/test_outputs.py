@@ -75,4 +75,8 @@ def test_preview_is_a_png() -> None:
 
     buffer = io.BytesIO()
     _draw_preview((1, 2, 3)).save(buffer, format="PNG")
-    assert Image.open(io.BytesIO(buffer.getvalue())).size == (256, 256)
+    preview = Image.open(io.BytesIO(buffer.getvalue()))
+    assert preview.size == (256, 256) and preview.mode == "RGBA"
+    # Transparent around the cube, opaque on it (kiln shows it on any background).
+    assert preview.getpixel((0, 0))[3] == 0 and preview.getpixel((255, 255))[3] == 0
+    assert preview.getpixel((128, 128))[3] == 255

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
 from kiln_worker import PROTOCOL_VERSION, __version__
+from kiln_worker.pipelines import position_map
 from tests.conftest import (
     OTHER_SECRET_TEXT,
     Receiver,
@@ -26,6 +28,7 @@ from tests.conftest import (
     send,
     start_worker,
 )
+from tests.png16 import read_png16
 from tests.standin import StandInPipeline
 
 TASK = "0192f7c4-1111-7aaa-8bbb-000000000001"
@@ -78,17 +81,40 @@ def test_full_job_sends_progress_results_then_status(make_worker: Any, receiver:
     assert all(SNAKE.match(p["stage"]) for p in progress)  # type: ignore[index]
     assert "sampling" in {p["stage"] for p in progress}  # type: ignore[index]
 
-    # Results: preview first, then the model, then the archive; multipart name + file.
+    # Results: the cut-out before sampling, then the preview, the position map, the
+    # model, and the archive last; multipart name + file.
     results = receiver.of("result")
-    assert [r.name for r in results] == ["preview.png", "model.glb", "output3d.zip"]
+    assert [r.name for r in results] == [
+        "pixel_images.png",
+        "preview.png",
+        "xyz_images.png",
+        "model.glb",
+        "output3d.zip",
+    ]
+    stages = [
+        c.json["stage"] if c.kind == "progress" else c.kind  # type: ignore[index]
+        for c in calls
+    ]
+    assert calls.index(results[0]) < stages.index("sampling"), "the cut-out comes before sampling"
     for r in results:
         assert r.path == f"/result/{TASK}"
         assert r.filename == r.name
         assert r.headers["content-type"].startswith("multipart/form-data; boundary=")
-    preview, model, archive = (r.data or b"" for r in results)
-    assert Image.open(io.BytesIO(preview)).format == "PNG"
+    cutout, preview, xyz, model, archive = (r.data or b"" for r in results)
+    cut = Image.open(io.BytesIO(cutout))
+    assert cut.format == "PNG" and cut.mode == "RGBA" and cut.width == cut.height
+    shown = Image.open(io.BytesIO(preview))
+    assert shown.format == "PNG" and shown.mode == "RGBA"
+    assert shown.getpixel((0, 0))[3] == 0, "the preview's background is transparent"
+    positions = read_png16(xyz)
+    assert positions.shape == (cut.height, cut.width, 4)
+    points, inside = position_map.decode(positions)
+    # The stand-in's cube, seen from +Z: its front face, at Z = 0.5, fills the picture.
+    assert inside.all() and np.abs(points[..., 2] - 0.5).max() <= 1 / 65535
+    assert points[0, 0, 0] < points[0, -1, 0] and points[0, 0, 1] > points[-1, 0, 1]
     assert model[:4] == b"glTF" and int.from_bytes(model[8:12], "little") == len(model)
-    assert results[1].file_type == "model/gltf-binary"
+    assert results[3].file_type == "model/gltf-binary"
+    assert {r.file_type for r in results[:3]} == {"image/png"}
     names = zipfile.ZipFile(io.BytesIO(archive)).namelist()
     assert "model.obj" in names and "model.mtl" in names
     assert any(n.endswith(".png") for n in names)

@@ -19,11 +19,15 @@ import zipfile
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
+from kiln_worker.pipelines import position_map
 from kiln_worker.pipelines import JobCancelled, JobInput, PipelineUnavailable, load_pipeline
 from kiln_worker.pipelines.trellis2 import SamplerProgress, Trellis2Pipeline
 from tests.conftest import png_bytes
+from tests.png16 import read_png16
 
 
 class RecordingContext:
@@ -33,6 +37,8 @@ class RecordingContext:
         self.attempt = 0
         self.reports: list[tuple[float, str]] = []
         self.emitted: list[tuple[str, bytes]] = []
+        #: For each emitted file, how many progress reports had been made.
+        self.emitted_after: list[int] = []
         self.cancel_after = cancel_after
 
     def progress(self, percent: float, stage: str) -> None:
@@ -41,6 +47,7 @@ class RecordingContext:
 
     def emit(self, path: Path, name: str | None = None) -> None:
         self.emitted.append((name or path.name, path.read_bytes()))
+        self.emitted_after.append(len(self.reports))
 
     def check_cancelled(self) -> None:
         if self.cancel_after is not None and len(self.reports) >= self.cancel_after:
@@ -231,9 +238,41 @@ def test_a_stopped_job_leaves_the_sampler_loop() -> None:
 # -- run() against fake torch / trellis2 / o_voxel -------------------------------------
 
 
+class FakeTensor:
+    """The few torch.Tensor methods the pipeline calls, over a numpy array."""
+
+    def __init__(self, array: Any) -> None:
+        import numpy as np
+
+        self.array = np.asarray(array)
+
+    def min(self, dim: int) -> Any:
+        return types.SimpleNamespace(values=FakeTensor(self.array.min(axis=dim)))
+
+    def max(self, dim: int) -> Any:
+        return types.SimpleNamespace(values=FakeTensor(self.array.max(axis=dim)))
+
+    def permute(self, *axes: int) -> FakeTensor:
+        return FakeTensor(self.array.transpose(axes))
+
+    def float(self) -> FakeTensor:
+        return FakeTensor(self.array.astype("float32"))
+
+    def cpu(self) -> FakeTensor:
+        return self
+
+    def numpy(self) -> Any:
+        return self.array
+
+
+#: The fake model's box, in TRELLIS.2's coordinates (Z up).
+MESH_LOWER, MESH_UPPER = (-0.3, -0.2, -0.4), (0.3, 0.2, 0.4)
+
+
 class FakeMesh:
     def __init__(self) -> None:
-        self.vertices, self.faces, self.attrs, self.coords = "V", "F", "A", "C"
+        self.vertices = FakeTensor([MESH_LOWER, MESH_UPPER])
+        self.faces, self.attrs, self.coords = "F", "A", "C"
         self.layout = {"base_color": slice(0, 3)}
         self.voxel_size = 1 / 1024
         self.simplified_to: int | None = None
@@ -242,10 +281,64 @@ class FakeMesh:
         self.simplified_to = target
 
 
+class FakeRembg:
+    """TRELLIS.2's BiRefNet as the pipeline sees it: a disc of foreground, alpha added."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[int, int]]] = []
+        self.moves: list[str] = []
+
+    def to(self, device: str) -> None:
+        self.moves.append(str(device))
+
+    def cpu(self) -> None:
+        self.moves.append("cpu")
+
+    def __call__(self, image: Any) -> Any:
+        from PIL import Image, ImageDraw
+
+        self.calls.append((image.mode, image.size))
+        mask = Image.new("L", image.size, 0)
+        w, h = image.size
+        ImageDraw.Draw(mask).ellipse((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=255)
+        image.putalpha(mask)
+        return image
+
+
+class FakeMeshRenderer:
+    """`trellis2.renderers.MeshRenderer`: records the camera, returns known positions."""
+
+    instances: ClassVar[list[FakeMeshRenderer]] = []
+
+    def __init__(self, rendering_options: dict[str, Any] | None = None) -> None:
+        self.rendering_options = types.SimpleNamespace(**(rendering_options or {}))
+        self.calls: list[dict[str, Any]] = []
+        self.rendered: dict[str, Any] = {}
+        FakeMeshRenderer.instances.append(self)
+
+    def render(
+        self, mesh: Any, extrinsics: Any, intrinsics: Any, return_types: Any = ()
+    ) -> dict[str, Any]:
+        import numpy as np
+
+        size = self.rendering_options.resolution
+        self.calls.append(
+            {"extrinsics": extrinsics, "intrinsics": intrinsics, "types": list(return_types)}
+        )
+        # A ramp of positions over the picture, inside a centred square.
+        rows, cols = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+        coord = np.stack([cols - 0.5, -0.2 + 0.01 * rows, 0.5 - rows], axis=0) * 0.9
+        mask = np.zeros((size, size), dtype=np.float32)
+        mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 1
+        self.rendered = {"coord": coord.astype(np.float32), "mask": mask}
+        return {"coord": FakeTensor(coord.astype(np.float32)), "mask": FakeTensor(mask)}
+
+
 class FakeTrellisPipeline:
     instances: ClassVar[list[FakeTrellisPipeline]] = []
 
     def __init__(self) -> None:
+        self.rembg_model = FakeRembg()
         self.sparse_structure_sampler = FlowEulerCfgSampler()
         self.shape_slat_sampler = FlowEulerCfgSampler()
         self.tex_slat_sampler = FlowEulerCfgSampler()
@@ -265,7 +358,7 @@ class FakeTrellisPipeline:
         self.on_cuda = True
 
     def run(self, image: Any, **kwargs: Any) -> list[FakeMesh]:
-        self.calls.append(dict(kwargs, image_size=image.size))
+        self.calls.append(dict(kwargs, image_size=image.size, image_mode=image.mode))
 
         def steps(key: str) -> int:
             return int(kwargs.get(key, {}).get("steps", 3))
@@ -309,6 +402,9 @@ def fake_gpu_stack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     pipelines.Trellis2ImageTo3DPipeline = FakeTrellisPipeline  # type: ignore[attr-defined]
     renderers = types.ModuleType("trellis2.renderers")
     renderers.EnvMap = lambda image: ("envmap", image)  # type: ignore[attr-defined]
+    renderers.MeshRenderer = FakeMeshRenderer  # type: ignore[attr-defined]
+    FakeMeshRenderer.instances.clear()
+    torch.tensor = lambda data, dtype=None, device=None: data  # type: ignore[attr-defined]
     utils = types.ModuleType("trellis2.utils")
     render_utils = types.ModuleType("trellis2.utils.render_utils")
 
@@ -316,7 +412,13 @@ def fake_gpu_stack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         import numpy as np
 
         recorded["snapshots"].append(kwargs)
-        return {"shaded": [np.full((8, 8, 3), 128, dtype=np.uint8)], "normal": []}
+        # Like PbrMeshRenderer through render_frames: shaded over black, coverage as mask.
+        mask = np.zeros((8, 8, 3), dtype=np.uint8)
+        mask[2:6, 2:6] = 255
+        mask[2:6, 1] = 128
+        shaded = np.where(mask > 0, 128, 0).astype(np.uint8)
+        shaded[2:6, 1] = 64
+        return {"shaded": [shaded], "normal": [], "mask": [mask]}
 
     render_utils.render_snapshot = render_snapshot  # type: ignore[attr-defined]
     utils.render_utils = render_utils  # type: ignore[attr-defined]
@@ -352,6 +454,16 @@ def fake_gpu_stack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         monkeypatch.setitem(sys.modules, name, module)
     FakeTrellisPipeline.instances.clear()
     return recorded
+
+
+def stage_index(ctx: RecordingContext, stage: str) -> int:
+    return [s for _, s in ctx.reports].index(stage)
+
+
+def emitted_index(ctx: RecordingContext, name: str) -> int:
+    """How many progress reports came before `name` was emitted (the index of the first
+    report after it)."""
+    return ctx.emitted_after[[n for n, _ in ctx.emitted].index(name)]
 
 
 def job_for(tmp_path: Path, params: dict[str, Any]) -> JobInput:
@@ -397,9 +509,49 @@ def test_load_and_run_drive_trellis_as_documented(
         ("full", (256, 512, 3), 1.0, "cuda"),
     )
 
-    # Preview first, then the model; the archive is returned.
-    assert [name for name, _ in ctx.emitted] == ["preview.png", "model.glb"]
-    assert ctx.emitted[0][1][:8] == b"\x89PNG\r\n\x1a\n" and ctx.emitted[1][1][:4] == b"glTF"
+    # The cut-out before sampling, then the preview, the position map and the model;
+    # the archive is returned.
+    emitted = dict(ctx.emitted)
+    assert [name for name, _ in ctx.emitted] == [
+        "pixel_images.png",
+        "preview.png",
+        "xyz_images.png",
+        "model.glb",
+    ]
+    assert emitted["model.glb"][:4] == b"glTF"
+    cut = Image.open(io.BytesIO(emitted["pixel_images.png"]))
+    assert cut.format == "PNG" and cut.mode == "RGBA" and cut.width == cut.height
+    # The picture had no alpha: rembg ran once, here, and TRELLIS.2 got the RGBA cut-out
+    # (so its own preprocessing takes the alpha path: no second rembg).
+    assert pipe.rembg_model.calls == [("RGB", (32, 32))]
+    assert call["image_mode"] == "RGBA" and call["image_size"] == cut.size
+    assert pipe.rembg_model.moves == [], "not low-VRAM: rembg stays where it is"
+    assert emitted_index(ctx, "pixel_images.png") <= stage_index(ctx, "sampling_structure")
+
+    preview = Image.open(io.BytesIO(emitted["preview.png"]))
+    assert preview.mode == "RGBA"
+    alpha = np.asarray(preview.getchannel("A"))
+    assert alpha[0, 0] == 0 and alpha[3, 3] == 255 and alpha[3, 1] == 128
+    assert np.asarray(preview)[3, 1, :3].tolist() == [128, 128, 128], "edge colour unblended"
+
+    # The position map: the renderer's positions, in glTF's frame, at the cut-out's size.
+    renderer = FakeMeshRenderer.instances[0]
+    assert renderer.calls[0]["types"] == ["mask", "coord"]
+    assert renderer.rendering_options.ssaa == 1 and renderer.rendering_options.antialias is False
+    assert renderer.rendering_options.resolution == cut.width
+    xyz = read_png16(emitted["xyz_images.png"])
+    assert xyz.shape == (cut.height, cut.width, 4)
+    points, inside = position_map.decode(xyz)
+    coord = renderer.rendered["coord"].transpose(1, 2, 0)
+    expected = np.stack([coord[..., 0], coord[..., 2], -coord[..., 1]], axis=-1)
+    mask = renderer.rendered["mask"] > 0
+    assert np.array_equal(inside, mask)
+    assert np.abs(points[mask] - expected[mask]).max() <= 1 / 65535
+    assert not xyz[~mask].any()
+    # The camera frames the mesh's box from TRELLIS.2's −Y (glTF's +Z).
+    camera = position_map.front_camera(np.array(MESH_LOWER), np.array(MESH_UPPER))
+    assert np.allclose(renderer.calls[0]["extrinsics"], camera.extrinsics)
+    assert np.allclose(renderer.calls[0]["intrinsics"], camera.intrinsics)
     assert [f.name for f in files] == ["output3d.zip"]
     assert "model.obj" in zipfile.ZipFile(io.BytesIO(files[0].read_bytes())).namelist()
 
@@ -411,6 +563,7 @@ def test_load_and_run_drive_trellis_as_documented(
         "sampling_texture",
         "decoding",
         "rendering_preview",
+        "rendering_position_map",
         "exporting_glb",
         "exporting_obj",
     ):
@@ -430,14 +583,81 @@ def test_run_without_preview_and_obj(
         job_for(
             tmp_path,
             pipeline.validate_params(
-                {"preview": False, "obj": False, "webp": False, "resolution": 512}
+                {"preview": False, "xyz": False, "obj": False, "webp": False, "resolution": 512}
             ),
         ),
         ctx,
     )
-    assert files == [] and [n for n, _ in ctx.emitted] == ["model.glb"]
+    assert files == [] and [n for n, _ in ctx.emitted] == ["pixel_images.png", "model.glb"]
+    assert FakeMeshRenderer.instances == []
     assert fake_gpu_stack["exports"] == [{"extension_webp": False}]
     assert FakeTrellisPipeline.instances[0].calls[0]["pipeline_type"] == "512"
+
+
+def test_a_picture_with_alpha_is_its_own_cut_out(
+    fake_gpu_stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    pipe = FakeTrellisPipeline.instances[0]
+    picture = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    ImageDraw.Draw(picture).ellipse((8, 4, 47, 43), fill=(30, 60, 90, 255))
+    job = job_for(tmp_path, pipeline.validate_params({"resolution": 512}))
+    picture.save(job.image_path, format="PNG")
+    ctx = RecordingContext()
+    pipeline.run(job, ctx)
+
+    assert pipe.rembg_model.calls == [], "the picture's own alpha is used"
+    cut = Image.open(io.BytesIO(dict(ctx.emitted)["pixel_images.png"]))
+    assert cut.mode == "RGBA" and cut.width == cut.height
+    assert np.asarray(cut.getchannel("A")).min() == 0
+    assert pipe.calls[0]["image_mode"] == "RGBA" and pipe.calls[0]["preprocess_image"] is True
+
+
+def test_low_vram_moves_rembg_to_the_gpu_only_meanwhile(
+    fake_gpu_stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    pipe = FakeTrellisPipeline.instances[0]
+    pipe.device = "cuda:0"
+    job = job_for(tmp_path, pipeline.validate_params({"resolution": 512}))
+    pipeline.run(job, RecordingContext())
+    assert pipe.low_vram and pipe.rembg_model.moves == ["cuda:0", "cpu"]
+
+
+def test_without_preprocessing_the_picture_goes_in_as_given(
+    fake_gpu_stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    pipe = FakeTrellisPipeline.instances[0]
+    ctx = RecordingContext()
+    params = pipeline.validate_params({"preprocess_image": False, "resolution": 512})
+    pipeline.run(job_for(tmp_path, params), ctx)
+    assert pipe.rembg_model.calls == []
+    assert pipe.calls[0]["image_mode"] == "RGB" and pipe.calls[0]["preprocess_image"] is False
+    assert [n for n, _ in ctx.emitted] == ["preview.png", "xyz_images.png", "model.glb"]
+    assert FakeMeshRenderer.instances[0].rendering_options.resolution == 512
+
+
+def test_a_renderer_without_coord_costs_only_the_position_map(
+    fake_gpu_stack: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+
+    def render(self: Any, mesh: Any, extrinsics: Any, intrinsics: Any, **kw: Any) -> Any:
+        return {"mask": FakeTensor(np.ones((4, 4)))}
+
+    monkeypatch.setattr(FakeMeshRenderer, "render", render)
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    ctx = RecordingContext()
+    pipeline.run(job_for(tmp_path, pipeline.validate_params({"resolution": 512})), ctx)
+    assert [n for n, _ in ctx.emitted] == ["pixel_images.png", "preview.png", "model.glb"]
 
 
 def test_free_memory_empties_the_cuda_cache(fake_gpu_stack: dict[str, Any]) -> None:

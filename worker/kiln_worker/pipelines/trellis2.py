@@ -32,8 +32,18 @@ this worker says how to install it):
   remesh_project)` returns a textured `trimesh.Trimesh` (PBR material), whose
   `export(path, extension_webp=True)` writes the GLB; the same mesh is written as the
   OBJ archive.
+- `pipeline.rembg_model(rgb)` (BiRefNet) returns the picture with alpha added, and
+  `preprocess_image` uses a picture's own alpha when it is RGBA and not fully opaque;
+  the worker makes the cut-out itself (cutout.py) and sends it as `pixel_images.png`.
 - `trellis2.utils.render_utils.render_snapshot(mesh, …, envmap=EnvMap(tensor))` renders
-  views of the mesh; the `shaded` image of one view is the preview.
+  views of the mesh; the `shaded` image of one view, with its `mask` as alpha, is the
+  preview (preview.py).
+- `trellis2.renderers.MeshRenderer(options).render(mesh, extrinsics, intrinsics,
+  return_types=["mask", "coord"])` rasterises the mesh's positions: the position map
+  `xyz_images.png` (position_map.py).
+
+The files go to kiln in this order: `pixel_images.png` before sampling, then
+`preview.png`, `xyz_images.png` and `model.glb` as each is ready, `output3d.zip` last.
 """
 
 from __future__ import annotations
@@ -90,8 +100,11 @@ SAMPLER_STAGES = {
 }
 PROGRESS_DECODING = 80.0
 PROGRESS_PREVIEW = 84.0
+PROGRESS_POSITION_MAP = 86.0
 PROGRESS_GLB = 87.0
 PROGRESS_OBJ = 97.0
+#: The position map's side when there is no cut-out to match (`preprocess_image` off).
+POSITION_MAP_SIZE = 512
 
 
 class Trellis2Pipeline(Pipeline):
@@ -116,6 +129,7 @@ class Trellis2Pipeline(Pipeline):
         self.progress = SamplerProgress()
         self._pipe: Any = None
         self._envmap: Any = None
+        self._position_renderer: Any = None
 
     # -- start-up ------------------------------------------------------------------
 
@@ -219,7 +233,7 @@ class Trellis2Pipeline(Pipeline):
         resolution (512 | 1024 | 1536) or pipeline_type; seed; steps (all stages) or
         sparse_structure_steps / shape_steps / texture_steps; sparse_structure_guidance /
         shape_guidance / texture_guidance; texture_size (512–4096); decimation_target;
-        remesh, preprocess_image, preview, obj, webp (booleans); max_num_tokens.
+        remesh, preprocess_image, preview, xyz, obj, webp (booleans); max_num_tokens.
         """
         p = dict(params)
         out: dict[str, Any] = {}
@@ -250,7 +264,7 @@ class Trellis2Pipeline(Pipeline):
             p, "decimation_target", self.defaults["decimation_target"], 10_000, 2_000_000
         )
         out["max_num_tokens"] = _int(p, "max_num_tokens", 49152, 1024, 262_144)
-        for flag in ("remesh", "preprocess_image", "preview", "obj", "webp"):
+        for flag in ("remesh", "preprocess_image", "preview", "xyz", "obj", "webp"):
             out[flag] = _bool(p, flag, True)
         return out
 
@@ -261,25 +275,38 @@ class Trellis2Pipeline(Pipeline):
         import torch
         from PIL import Image
 
+        from .cutout import cut_out, normalise_mode
+
         if self._pipe is None:
             raise RuntimeError("the TRELLIS.2 pipeline is not loaded")
         p = job.params or self.validate_params({})
         ctx.progress(0, "preprocessing")
         with Image.open(job.image_path) as opened:
-            image = opened.copy()
-        if image.mode not in ("RGB", "RGBA"):
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            image = normalise_mode(opened.copy())
+
+        # The cut-out goes to kiln at once (it is ready long before the model), and is
+        # what TRELLIS.2 gets: no second background removal (see cutout.py).
+        model_input, preprocess = image, p["preprocess_image"]
+        cutout_size: int | None = None
+        if p["preprocess_image"]:
+            cutout = cut_out(image, self._remove_background)
+            pixel_images = job.workdir / "pixel_images.png"
+            cutout.image.save(pixel_images, format="PNG")
+            cutout_size = cutout.image.width
+            ctx.emit(pixel_images)
+            model_input, preprocess = cutout.model_input()
+        ctx.check_cancelled()
 
         cascade = p["pipeline_type"].endswith("_cascade")
         with torch.no_grad():
             with self.progress.job(ctx, shape_passes=2 if cascade else 1):
                 meshes = self._pipe.run(
-                    image,
+                    model_input,
                     seed=p["seed"],
                     sparse_structure_sampler_params=p["sparse_structure_sampler_params"],
                     shape_slat_sampler_params=p["shape_sampler_params"],
                     tex_slat_sampler_params=p["texture_sampler_params"],
-                    preprocess_image=p["preprocess_image"],
+                    preprocess_image=preprocess,
                     pipeline_type=p["pipeline_type"],
                     max_num_tokens=p["max_num_tokens"],
                 )
@@ -293,6 +320,12 @@ class Trellis2Pipeline(Pipeline):
                 preview = job.workdir / "preview.png"
                 if self._render_preview(mesh, preview, torch):
                     ctx.emit(preview)
+
+            if p["xyz"]:
+                ctx.progress(PROGRESS_POSITION_MAP, "rendering_position_map")
+                xyz = job.workdir / "xyz_images.png"
+                if self._render_position_map(mesh, cutout_size or POSITION_MAP_SIZE, xyz, torch):
+                    ctx.emit(xyz)
 
             ctx.progress(PROGRESS_GLB, "exporting_glb")
             textured = o_voxel.postprocess.to_glb(
@@ -323,22 +356,95 @@ class Trellis2Pipeline(Pipeline):
         ctx.progress(PROGRESS_OBJ, "exporting_obj")
         return [mesh_to_obj_zip(textured, job.workdir / "output3d.zip")]
 
+    def _remove_background(self, rgb: Any) -> Any:
+        """TRELLIS.2's `rembg_model` on `rgb`, moved to the GPU only meanwhile in low-VRAM
+        mode, as `preprocess_image` does; it returns the picture with alpha added."""
+        pipe = self._pipe
+        rembg = pipe.rembg_model
+        low_vram = getattr(pipe, "low_vram", False)
+        if low_vram:
+            rembg.to(getattr(pipe, "device", "cuda"))
+        try:
+            return rembg(rgb)
+        finally:
+            if low_vram:
+                rembg.cpu()
+
     def _render_preview(self, mesh: Any, path: Path, torch: Any) -> bool:
-        """Render one shaded view to `path`; a failure costs the preview, not the job."""
+        """Render one shaded view to `path`, transparent around the model; a failure costs
+        the preview, not the job."""
         from PIL import Image
         from trellis2.utils import render_utils
+
+        from .preview import transparent_preview
 
         try:
             frames = render_utils.render_snapshot(
                 mesh, resolution=512, r=2, fov=36, nviews=1, envmap=self._envmap, verbose=False
             )
             key = "shaded" if "shaded" in frames else next(iter(frames))
-            Image.fromarray(frames[key][0]).save(path, format="PNG")
+            coverage = next((frames[k] for k in ("mask", "alpha") if frames.get(k)), None)
+            if coverage is None:
+                log.info("the renderer returned no mask: the preview keeps its black background")
+                Image.fromarray(frames[key][0]).save(path, format="PNG")
+            else:
+                transparent_preview(frames[key][0], coverage[0]).save(path, format="PNG")
             return True
         except Exception as err:
             if self.is_out_of_memory(err):
                 raise  # the retry after freeing memory handles it
             log.warning("preview render failed, sending no preview: %s", err)
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    def _render_position_map(self, mesh: Any, size: int, path: Path, torch: Any) -> bool:
+        """Render the front view's surface positions to `path` (position_map.py says how).
+
+        `render_frames` would clip the coordinates to 8 bits, so `MeshRenderer.render` is
+        called directly, without supersampling or anti-aliasing: both blend a silhouette
+        pixel's position with the empty background's zeros. A TRELLIS.2 whose renderer
+        has no `coord` output gets no position map, and the job goes on.
+        """
+        from . import position_map
+
+        try:
+            from trellis2.renderers import MeshRenderer
+        except ImportError:
+            log.info("this TRELLIS.2 has no MeshRenderer: sending no position map")
+            return False
+        try:
+            vertices = mesh.vertices
+            camera = position_map.front_camera(
+                vertices.min(dim=0).values.cpu().numpy(), vertices.max(dim=0).values.cpu().numpy()
+            )
+            if self._position_renderer is None:
+                self._position_renderer = MeshRenderer(
+                    {"ssaa": 1, "antialias": False, "chunk_size": None}
+                )
+            renderer = self._position_renderer
+            renderer.rendering_options.resolution = size
+            renderer.rendering_options.near = camera.near
+            renderer.rendering_options.far = camera.far
+            rendered = renderer.render(
+                mesh,
+                torch.tensor(camera.extrinsics, dtype=torch.float32, device="cuda"),
+                torch.tensor(camera.intrinsics, dtype=torch.float32, device="cuda"),
+                return_types=["mask", "coord"],
+            )
+            if rendered.get("coord") is None or rendered.get("mask") is None:
+                log.info("TRELLIS.2's MeshRenderer gave no `coord`: sending no position map")
+                return False
+            # (3, H, W) and (H, W) on the GPU; rows top to bottom (OpenCV's y is down).
+            coords = rendered["coord"].permute(1, 2, 0).float().cpu().numpy()
+            inside = rendered["mask"].float().cpu().numpy() > 0.5
+            encoded = position_map.encode(position_map.trellis_to_gltf(coords), inside)
+            position_map.write_png16(encoded, path)
+            return True
+        except Exception as err:
+            if self.is_out_of_memory(err):
+                raise
+            log.warning("position map render failed, sending no xyz_images.png: %s", err)
             return False
         finally:
             torch.cuda.empty_cache()
