@@ -15,8 +15,9 @@
 //!   client accepts is sent, so the three.js chunk crosses a slow link at a quarter of
 //!   its size without compressing on every request.
 //! - Every answer carries a strict Content-Security-Policy (no inline script or style,
-//!   no `eval`), widened only by what the viewer needs and by the origin of the file URLs
-//!   when it differs from the page's.
+//!   no `eval`), widened only by what the viewer needs (WebAssembly for the meshopt
+//!   decoder, `blob:`/`data:` for glTF parts) and by the origin of the file URLs when it
+//!   differs from the page's.
 //! - When the page was not built, `/` answers a short plain-text note instead, and the
 //!   server works as before.
 
@@ -216,13 +217,16 @@ fn is_page_route(relative: &str) -> bool {
 /// The policy. `'self'` covers the page, its scripts and the API. The viewer needs
 /// `blob:` for the textures `GLTFLoader` unpacks from a GLB (fetched as object URLs), and
 /// `data:` for glTF buffers written inline; the picture preview uses a `blob:` URL too.
+/// `'wasm-unsafe-eval'` lets the meshopt decoder (bundled in the viewer's chunk) compile
+/// its WebAssembly, without which the compressed model cannot be read; it allows
+/// WebAssembly compilation only, not JavaScript's `eval` or `new Function`.
 /// File URLs are absolute, built from `server.public_url`: when that is another origin
 /// (a CDN, another host name), it must be allowed for images and fetches.
 fn csp(public_url: &url::Url) -> HeaderValue {
     let origin = public_url.origin();
     let files = if origin.is_tuple() { format!(" {}", origin.ascii_serialization()) } else { String::new() };
     let policy = format!(
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:{files}; \
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:{files}; \
          connect-src 'self' blob: data:{files}; font-src 'self'; worker-src 'self' blob:; \
          object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     );
@@ -421,9 +425,12 @@ mod tests {
     fn policy_is_strict_and_allows_the_file_origin() {
         let response = get(&page(), "/", &[]);
         let policy = header(&response, header::CONTENT_SECURITY_POLICY);
-        assert!(policy.contains("script-src 'self';"), "{policy}");
+        // WebAssembly (the viewer's meshopt decoder) and nothing else: no `eval`, no
+        // inline script or style.
+        assert!(policy.contains("script-src 'self' 'wasm-unsafe-eval';"), "{policy}");
         assert!(policy.contains("style-src 'self';"), "{policy}");
-        assert!(!policy.contains("unsafe"), "{policy}");
+        assert_eq!(policy.matches("unsafe").count(), 1, "{policy}");
+        assert!(!policy.contains("'unsafe-eval'") && !policy.contains("'unsafe-inline'"), "{policy}");
         assert!(policy.contains("img-src 'self' blob: data: https://files.example.com;"), "{policy}");
         assert!(policy.contains("connect-src 'self' blob: data: https://files.example.com;"), "{policy}");
         assert!(policy.contains("frame-ancestors 'none'"), "{policy}");

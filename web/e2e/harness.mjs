@@ -2,6 +2,7 @@
 // Shared by the end-to-end tests, the screenshots and the measurements: starts the real
 // `kiln` binary on a free port with a fresh data directory, and Debian's Chromium
 // through playwright-core (no browser is ever downloaded).
+import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer as createHttpServer } from 'node:http'
@@ -10,6 +11,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
+import { PNG } from 'pngjs'
 
 const here = dirname(fileURLToPath(import.meta.url))
 /** The repository root (web/ is one level down). */
@@ -139,7 +141,7 @@ export async function launchBrowser() {
 /**
  * A page that fails the test on any script error or CSP violation.
  * @param {import('playwright-core').Browser} browser
- * @param {{ width?: number, height?: number, locale?: string, isMobile?: boolean }} [options]
+ * @param {{ width?: number, height?: number, locale?: string, isMobile?: boolean, userAgent?: string }} [options]
  */
 export async function newPage(browser, options = {}) {
   const context = await browser.newContext({
@@ -148,6 +150,7 @@ export async function newPage(browser, options = {}) {
     isMobile: options.isMobile ?? false,
     hasTouch: options.isMobile ?? false,
     deviceScaleFactor: 1,
+    ...(options.userAgent ? { userAgent: options.userAgent } : {}),
   })
   // Generous: the machine may be busy with builds while the tests run.
   context.setDefaultTimeout(60_000)
@@ -161,6 +164,46 @@ export async function newPage(browser, options = {}) {
     if (/Content Security Policy/i.test(text)) problems.push(`CSP: ${text}`)
   })
   return { page, context, problems }
+}
+
+/** Where the tests leave their screenshots and measurements (not committed). */
+export const OUTPUT = join(here, 'output')
+
+/**
+ * The mean colour of a square of `png` around (x, y).
+ * @param {PNG} png @param {number} x @param {number} y @param {number} half
+ */
+function mean(png, x, y, half) {
+  const sum = [0, 0, 0]
+  let n = 0
+  for (let j = y - half; j <= y + half; j++)
+    for (let i = x - half; i <= x + half; i++) {
+      const at = (png.width * j + i) * 4
+      for (let c = 0; c < 3; c++) sum[c] = (sum[c] ?? 0) + (png.data[at + c] ?? 0)
+      n++
+    }
+  return sum.map((s) => s / n)
+}
+
+/**
+ * Waits for the viewer to say the model is loaded, then checks that the canvas shows
+ * something other than the background at its centre; the screenshot is kept in OUTPUT
+ * as `name`.png and returned.
+ * @param {import('playwright-core').Page} page @param {string} name
+ * @param {number} [within] a ceiling against hangs, not a speed check: the polling test
+ *   waits behind eight relief tasks, which a debug build on two busy cores makes slowly
+ */
+export async function expectModelDrawn(page, name, within = 60_000) {
+  await page.locator('[data-testid="viewer"][data-state="loaded"]').waitFor({ timeout: within })
+  // A few frames for the first render after framing.
+  await page.waitForTimeout(500)
+  const canvas = page.locator('[data-testid="viewer-canvas"]')
+  const shot = PNG.sync.read(await canvas.screenshot({ path: join(OUTPUT, `${name}.png`) }))
+  const centre = mean(shot, Math.floor(shot.width / 2), Math.floor(shot.height / 2), 6)
+  const corner = mean(shot, 8, 8, 4)
+  const difference = Math.max(...centre.map((v, i) => Math.abs(v - (corner[i] ?? 0))))
+  assert.ok(difference > 25, `the canvas centre ${centre} looks like the background ${corner}`)
+  return shot
 }
 
 /**
@@ -183,7 +226,6 @@ export async function postPicture(url, file, fields = {}) {
  * @param {number} width @param {number} height
  */
 export async function gradientPng(width, height) {
-  const { PNG } = await import('pngjs')
   const png = new PNG({ width, height })
   for (let y = 0; y < height; y++)
     for (let x = 0; x < width; x++) {

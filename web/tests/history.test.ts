@@ -1,5 +1,6 @@
-// The history with a scripted task list: each row's thumbnail is the picture a task was
-// made from, or the picture it made; prompt tasks show their prompt and kind.
+// The history with a scripted task list: each row's thumbnail is the picture a task
+// made (a 3D task's preview render), else the picture it was made from; prompt tasks
+// show their prompt and kind.
 import { flushPromises, mount } from '@vue/test-utils'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { createMemoryHistory, createRouter } from 'vue-router'
@@ -36,6 +37,7 @@ beforeEach(() => {
       task({ id: 'img-running', kind: 'text_to_image', model: 'painter', status: 'running', prompt: 'a cat', picture: null }),
       task({ id: '3d', kind: 'text_to_3d', model: 'tripo', prompt: 'a vase', picture: null }),
       task({ id: 'pic' }),
+      task({ id: 'pic-running', status: 'running', picture: { id: 'pic-2', url: 'http://kiln/files/pictures/pic-2.png' } }),
     ],
     next_cursor: null,
   })
@@ -65,8 +67,15 @@ describe('the history', () => {
     await thumb(2).trigger('error')
     expect(thumb(2).exists()).toBe(false)
     expect(rows[2]!.find('.kind-icon').exists()).toBe(true)
-    // The picture a task was made from.
+    // A 3D task made from a picture: its preview render, then (none made) its picture,
+    // then nothing.
+    expect(thumb(3).attributes('src')).toBe('/api/v1/tasks/pic/thumbnail')
+    await thumb(3).trigger('error')
     expect(thumb(3).attributes('src')).toBe('/api/v1/pictures/pic-1/thumbnail')
+    await thumb(3).trigger('error')
+    expect(thumb(3).exists()).toBe(false)
+    // A task still running shows the picture it was made from.
+    expect(thumb(4).attributes('src')).toBe('/api/v1/pictures/pic-2/thumbnail')
 
     expect(rows[0]!.text()).toContain('painter · Text → picture')
     expect(rows[0]!.text()).toContain('“a red fox”')

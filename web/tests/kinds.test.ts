@@ -14,6 +14,8 @@ import {
   modelKey,
   restingFor,
   thumbnailOf,
+  thumbnailsOf,
+  viewerOutput,
 } from '../src/lib/kinds'
 
 const output = (over: Partial<Output>): Output => ({
@@ -158,11 +160,17 @@ describe('the thumbnail of a task in a list', () => {
       'id' | 'kind' | 'status' | 'picture'
     >
 
-  it('is the picture it was made from', () => {
-    expect(thumbnailOf(task({ picture: { id: 'pic-1', url: 'http://kiln/files/pictures/pic-1.png' } }))).toBe(
-      '/api/v1/pictures/pic-1/thumbnail',
-    )
-    expect(thumbnailOf(task({ picture: { id: 'pic-1', url: null } }))).toBeNull()
+  const picture = { id: 'pic-1', url: 'http://kiln/files/pictures/pic-1.png' }
+
+  it('is a succeeded 3D task’s preview render, then the picture it was made from', () => {
+    expect(thumbnailsOf(task({ picture }))).toEqual(['/api/v1/tasks/task-1/thumbnail', '/api/v1/pictures/pic-1/thumbnail'])
+    expect(thumbnailOf(task({ picture }))).toBe('/api/v1/tasks/task-1/thumbnail')
+    // Not finished, or failed: only the input.
+    expect(thumbnailsOf(task({ picture, status: 'running' }))).toEqual(['/api/v1/pictures/pic-1/thumbnail'])
+    expect(thumbnailsOf(task({ picture, status: 'failed' }))).toEqual(['/api/v1/pictures/pic-1/thumbnail'])
+    // An expired input has no thumbnail.
+    expect(thumbnailsOf(task({ picture: { id: 'pic-1', url: null } }))).toEqual(['/api/v1/tasks/task-1/thumbnail'])
+    expect(thumbnailOf(task({ picture: { id: 'pic-1', url: null }, status: 'canceled' }))).toBeNull()
   })
 
   it('is the picture it made, once it made one', () => {
@@ -170,5 +178,35 @@ describe('the thumbnail of a task in a list', () => {
     expect(thumbnailOf(task({ kind: 'text_to_3d' }))).toBe('/api/v1/tasks/task-1/thumbnail')
     expect(thumbnailOf(task({ kind: 'text_to_image', status: 'running' }))).toBeNull()
     expect(thumbnailOf(task({ kind: 'text_to_image', status: 'failed' }))).toBeNull()
+  })
+})
+
+describe('the model the viewer loads', () => {
+  const meshopt = output({
+    name: 'model.meshopt.glb',
+    role: 'variant',
+    url: 'http://kiln/files/reconstruction/t/model.meshopt.glb',
+    metadata: { format: 'glb-meshopt', ratio: 0.21 },
+  })
+  const core = output({ name: 'model.core.glb', role: 'variant', metadata: { format: 'glb-core' } })
+
+  it('is the compressed copy when the server made one', () => {
+    expect(viewerOutput([glb, core, meshopt])).toBe(meshopt)
+    // Whatever the order of the outputs.
+    expect(viewerOutput([meshopt, glb])).toBe(meshopt)
+  })
+
+  it('is the model itself otherwise, never another variant or the preview', () => {
+    expect(viewerOutput([preview, glb])).toBe(glb)
+    expect(viewerOutput([core, glb])).toBe(glb)
+    expect(viewerOutput([{ ...meshopt, expired: true }, glb])).toBe(glb)
+    expect(viewerOutput([{ ...meshopt, url: null }, glb])).toBe(glb)
+    // A GLB named like the copy but not marked as one is not taken for it.
+    expect(viewerOutput([output({ name: 'model.meshopt.glb', role: 'variant' }), glb])).toBe(glb)
+    expect(viewerOutput([])).toBeNull()
+  })
+
+  it('leaves the download on the original', () => {
+    expect(mainOutput('image_to_3d', [meshopt, core, glb])).toBe(glb)
   })
 })

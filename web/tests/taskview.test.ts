@@ -39,7 +39,10 @@ vi.mock('../src/api/client', async (original) => ({ ...(await original<object>()
 // The viewer needs WebGL; here it only has to be the one chosen, with its URL.
 vi.mock('../src/components/ModelViewer.vue', () => ({
   __esModule: true,
-  default: { props: ['url', 'downloadName'], template: '<div data-testid="viewer" :data-url="url" :data-name="downloadName"></div>' },
+  default: {
+    props: ['url', 'downloadUrl', 'downloadName'],
+    template: '<div data-testid="viewer" :data-url="url" :data-download="downloadUrl" :data-name="downloadName"></div>',
+  },
 }))
 
 const output = (over: Partial<Output>): Output => ({
@@ -232,6 +235,45 @@ describe('the task page', () => {
     expect(viewer.attributes('data-url')).toBe(`${location.origin}/files/reconstruction/task-1/model.glb`)
     expect(viewer.attributes('data-name')).toBe('kiln-task-1.glb')
     expect(wrapper.find('[data-testid="result-image"]').exists()).toBe(false)
+  })
+
+  it('shows the compressed copy in the viewer, downloads the original, and lists every format', async () => {
+    api.task.mockResolvedValue(task({ status: 'succeeded', queue_position: null }))
+    const meshopt = output({
+      name: 'model.meshopt.glb',
+      role: 'variant',
+      url: 'http://kiln/files/reconstruction/task-1/model.meshopt.glb',
+      size: 300,
+      metadata: { format: 'glb-meshopt' },
+    })
+    const stl = { format: 'stl', file: 'model.stl', content_type: 'model/stl', status: 'available' as const, size: null, url: null }
+    const glbEntry = { format: 'glb', file: 'model.glb', content_type: 'model/gltf-binary', status: 'ready' as const, size: 2048, url: output({}).url }
+    api.result.mockResolvedValue({ ...finished([output({}), meshopt]), formats: [glbEntry, stl] })
+    const fetch = vi.fn().mockResolvedValue({ type: 'opaqueredirect', status: 0, headers: new Headers(), text: async () => '' })
+    vi.stubGlobal('fetch', fetch)
+    const { wrapper } = await mountAt('task-1')
+    const viewer = wrapper.get('[data-testid="viewer"]')
+    expect(viewer.attributes('data-url')).toBe(`${location.origin}/files/reconstruction/task-1/model.meshopt.glb`)
+    expect(viewer.attributes('data-download')).toBe(`${location.origin}/files/reconstruction/task-1/model.glb`)
+    expect(viewer.attributes('data-name')).toBe('kiln-task-1.glb')
+    // The size shown is the model's, not the copy's.
+    expect(wrapper.get('[data-testid="metadata"]').text()).toContain('2 KB')
+    const rows = wrapper.findAll('[data-testid="download-row"]')
+    expect(rows.map((r) => r.attributes('data-format'))).toEqual(['glb', 'stl'])
+    // No AR on a desktop.
+    expect(wrapper.find('[data-testid="ar"]').exists()).toBe(false)
+    // A prepared format: the page reads the result again, and the row becomes a link.
+    api.result.mockResolvedValue({
+      ...finished([output({}), meshopt]),
+      formats: [glbEntry, { ...stl, status: 'ready', size: 4096, url: 'http://kiln/files/reconstruction/task-1/model.stl' }],
+    })
+    await rows[1]!.get('[data-testid="prepare"]').trigger('click')
+    await flushPromises()
+    expect(fetch).toHaveBeenCalledTimes(1)
+    expect(api.result).toHaveBeenCalledTimes(2)
+    const link = wrapper.get('[data-testid="download-row"][data-format="stl"] a')
+    expect(link.attributes('download')).toBe('task-1-model.stl')
+    expect(link.attributes('href')).toBe(`${location.origin}/files/reconstruction/task-1/model.stl`)
   })
 
   it('says when the result is missing or was deleted, in the words of its kind', async () => {

@@ -153,6 +153,50 @@ export const api = {
     request<Task>('/api/v1/tasks', json(kind ? { prompt, model, kind } : { prompt, model })),
 }
 
+/** `GET /api/v1/tasks/{id}/result?format=…`: a 3D task's model in another format. */
+export function formatUrl(taskId: string, format: string): string {
+  return `/api/v1/tasks/${encodeURIComponent(taskId)}/result?format=${encodeURIComponent(format)}`
+}
+
+/**
+ * What `?format=` answered: `ready` (303 to the stored file: the result lists it now),
+ * `pending` (202: being made; ask again after `retryAfter` seconds) or `busy` (503
+ * `converter_busy`: too many conversions waiting; ask again later). Anything else (422
+ * `conversion_failed` or `model_too_large`, 410, a network failure…) is thrown as an
+ * ApiError.
+ */
+export type FormatAnswer = { kind: 'ready' } | { kind: 'pending'; retryAfter: number } | { kind: 'busy'; retryAfter: number; error: ApiError }
+
+/**
+ * Asks for a format once. The redirect is not followed (`redirect: 'manual'`): following
+ * it would download the whole file only to learn that it exists; the browser shows the
+ * 303 as an `opaqueredirect` response. A client that follows anyway (status 200) or
+ * shows the 303 itself means the same.
+ */
+export async function askFormat(taskId: string, format: string, signal?: AbortSignal): Promise<FormatAnswer> {
+  let response: Response
+  try {
+    response = await fetch(formatUrl(taskId, format), {
+      credentials: 'same-origin',
+      headers: { Accept: 'application/json' },
+      redirect: 'manual',
+      signal,
+    })
+  } catch (err) {
+    if (signal?.aborted) throw new ApiError('aborted', 'aborted', 0)
+    throw new ApiError('network_error', String(err), 0)
+  }
+  if (response.type === 'opaqueredirect' || response.status === 303 || response.status === 200) return { kind: 'ready' }
+  const text = await response.text().catch(() => '')
+  const retryAfter = response.headers.get('Retry-After')
+  const seconds = retryAfter !== null && /^\d+$/.test(retryAfter.trim()) ? Number(retryAfter.trim()) : 2
+  if (response.status === 202) return { kind: 'pending', retryAfter: seconds }
+  const error = errorFrom(response.status, text, retryAfter)
+  if (response.status === 503 && error.code === 'converter_busy') return { kind: 'busy', retryAfter: seconds, error }
+  if (response.status === 401 && error.code === 'unauthorized') onUnauthorized?.(error)
+  throw error
+}
+
 /** A stored picture's small copy (at most 320 px), for lists. */
 export function thumbnailUrl(pictureId: string): string {
   return `/api/v1/pictures/${encodeURIComponent(pictureId)}/thumbnail`

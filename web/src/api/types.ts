@@ -56,10 +56,32 @@ export interface Output {
   metadata: Record<string, unknown>
 }
 
+/** Where a format of a 3D task's model stands (`ResultView.formats`, docs/api.md). */
+export type FormatStatus = 'ready' | 'available' | 'pending' | 'failed'
+
+/**
+ * One format of a succeeded 3D task's model: `ready` (stored: `size` and `url`, the same
+ * URL as its entry in `outputs`), `available` (`?format=` makes it), `pending` (being
+ * made now) or `failed` (`error`, which `?format=` answers again at once).
+ */
+export interface FormatEntry {
+  /** The format id: `glb`, `glb-meshopt`, `glb-core`, `lod`, `preview`, `obj`, `stl`, `stl-mm`, `ply`, `usdz`, `cutout`, `position-map`. */
+  format: string
+  /** The file's name (`model.stl`). */
+  file: string
+  content_type: string
+  status: FormatStatus
+  size?: number | null
+  url?: string | null
+  error?: ErrorInfo | null
+}
+
 export interface TaskResult {
   id: string
   status: TaskStatus
   outputs: Output[]
+  /** Empty (or absent, from an older server) unless the task is a 3D task that succeeded. */
+  formats?: FormatEntry[]
   metadata: {
     format?: string | null
     size?: number | null

@@ -49,6 +49,19 @@ export function mainOutput(kind: TaskKind, outputs: readonly Output[]): Output |
   )
 }
 
+/** A compressed copy of the model (`model.meshopt.glb`) that can be fetched. */
+const isCompressedVariant = (o: Output) =>
+  o.role === 'variant' && o.metadata?.format === 'glb-meshopt' && !o.expired && Boolean(o.url)
+
+/**
+ * What the 3D viewer loads: the compressed copy of the model (meshopt, a fraction of the
+ * size; the viewer ships its decoder) when the server made one and still holds it, else
+ * the model itself. Downloads keep the original.
+ */
+export function viewerOutput(outputs: readonly Output[]): Output | null {
+  return outputs.find(isCompressedVariant) ?? mainOutput('image_to_3d', outputs)
+}
+
 /**
  * Every picture a text-to-image task made (an API asked for `n` images answers several),
  * the main one first; a 3D task's preview render is not among them.
@@ -100,12 +113,19 @@ export function restingFor(model: CatalogModel): number | null {
 }
 
 /**
- * The small picture a list shows for a task: the one it was made from, else the one it
- * made (a text-to-image task's image, a cloud 3D task's preview render: the server's
- * task thumbnail, which may not exist for a 3D task, so the list hides it on error).
+ * The small pictures a list may show for a task, best first; the list moves to the next
+ * when one does not load. A succeeded 3D task's own preview render comes first (the
+ * server's task thumbnail, from its `preview` output; a task finished before previews
+ * existed has none), then the picture it was made from; a text-to-image task's is the
+ * image it made. A task still running shows its input.
  */
+export function thumbnailsOf(task: Pick<Task, 'id' | 'kind' | 'status' | 'picture'>): string[] {
+  const made = task.status === 'succeeded' ? [taskThumbnailUrl(task.id)] : []
+  const input = task.picture?.url ? [thumbnailUrl(task.picture.id)] : []
+  return [...made, ...input]
+}
+
+/** The first of `thumbnailsOf`, or null. */
 export function thumbnailOf(task: Pick<Task, 'id' | 'kind' | 'status' | 'picture'>): string | null {
-  if (task.picture) return task.picture.url ? thumbnailUrl(task.picture.id) : null
-  if (task.status === 'succeeded') return taskThumbnailUrl(task.id)
-  return null
+  return thumbnailsOf(task)[0] ?? null
 }

@@ -1,6 +1,9 @@
 // The 3D viewer: three.js, GLTFLoader and OrbitControls around one canvas. This module
 // is only ever loaded with `import()`, from the task page once a model is ready, so
 // three.js (most of the page's weight) is not downloaded to create or watch a task.
+// The meshopt decoder (EXT_meshopt_compression, the compressed copy the server makes)
+// comes in the same chunk, from three's own copy: no CDN. It compiles WebAssembly, which
+// the page's CSP allows with 'wasm-unsafe-eval' (src/api/web.rs).
 import {
   Box3,
   CanvasTexture,
@@ -17,6 +20,7 @@ import {
   WebGLRenderer,
 } from 'three'
 import { GLTFLoader } from 'three/examples/jsm/loaders/GLTFLoader.js'
+import { MeshoptDecoder } from 'three/examples/jsm/libs/meshopt_decoder.module.js'
 import { OrbitControls } from 'three/examples/jsm/controls/OrbitControls.js'
 import { RoomEnvironment } from 'three/examples/jsm/environments/RoomEnvironment.js'
 import { frameBox, type Vec3 } from '../lib/framing'
@@ -188,7 +192,7 @@ export function createViewer(canvas: HTMLCanvasElement): Viewer {
 
   return {
     async load(url) {
-      const gltf = await new GLTFLoader().loadAsync(url)
+      const gltf = await new GLTFLoader().setMeshoptDecoder(MeshoptDecoder).loadAsync(url)
       if (model) scene.remove(model)
       model = gltf.scene
       scene.add(model)
