@@ -509,7 +509,9 @@ async fn formats_of(gateway: &Gateway, task: &Task, outputs: &[OutputView]) -> A
             });
             continue;
         }
-        if !format.on_request() {
+        // The core GLB is made when the task finishes whenever the model needs it; a
+        // model that does not need one would only get a copy of itself.
+        if !format.on_request() || format.id == FormatId::GlbCore {
             continue;
         }
         let made = conversions.iter().find(|(name, _)| name == format.name).map(|(_, claim)| claim);
