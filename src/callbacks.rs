@@ -7,6 +7,8 @@
 //! belongs to. A callback signed with another worker channel's secret is refused with
 //! 403 (a known worker, the wrong task), anything else with 401.
 
+use std::sync::Arc;
+
 use axum::http::HeaderMap;
 use chrono::Utc;
 use serde_json::json;
@@ -130,17 +132,11 @@ pub async fn progress(gateway: &Gateway, task: Option<Task>, report: &ProgressRe
     gateway.record_progress(task.id, percent, stage.as_deref().unwrap_or("processing")).await
 }
 
-/// What a file is to the client, from its name.
-fn role_of(name: &str) -> &'static str {
-    match Artifact::extension(name).as_str() {
-        "glb" | "gltf" | "obj" | "fbx" | "ply" | "stl" | "usdz" => "model",
-        "zip" => "archive",
-        "png" | "jpg" | "jpeg" | "webp" => "preview",
-        _ => "file",
-    }
-}
-
 fn content_type_of(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    if let Some(format) = crate::outputs::CATALOGUE.iter().find(|f| f.file == lower) {
+        return format.content_type.to_owned();
+    }
     match Artifact::extension(name).as_str() {
         "glb" => "model/gltf-binary".to_owned(),
         "gltf" => "model/gltf+json".to_owned(),
@@ -160,7 +156,7 @@ pub async fn result(gateway: &Gateway, task: Option<Task>, name: &str, file: Upl
     }
     let output = NewOutput {
         name: name.to_owned(),
-        role: role_of(name).to_owned(),
+        role: crate::outputs::role_of_file(name).to_owned(),
         content_type: content_type_of(name),
         metadata: json!({}),
         body: OutputBody::Spooled(file),
@@ -174,7 +170,12 @@ pub async fn result(gateway: &Gateway, task: Option<Task>, name: &str, file: Upl
 }
 
 /// `POST {callback_url}/status`: ends the task.
-pub async fn status(gateway: &Gateway, task: Option<Task>, report: &StatusReport) -> ApiResult<TaskStatus> {
+///
+/// A 3D task's success first goes through the finishing step (preview, compressed GLB,
+/// formats asked for), in the background under a lease of this process: the answer is
+/// then `running`, and the task succeeds when the step is done. A repeated `completed`
+/// while the step runs changes nothing.
+pub async fn status(gateway: &Arc<Gateway>, task: Option<Task>, report: &StatusReport) -> ApiResult<TaskStatus> {
     let task = task.ok_or_else(|| ApiError::new(Code::TaskNotFound))?;
     let finish = match report.status.as_str() {
         "completed" => {
@@ -184,7 +185,11 @@ pub async fn status(gateway: &Gateway, task: Option<Task>, report: &StatusReport
             let outputs = gateway.db().list_artifacts(task.id).await?;
             let role = task.kind.main_role();
             if outputs.iter().any(|a| a.role == role) {
-                Finish::Succeeded { metadata: json!({ "files": outputs.len() }) }
+                let metadata = json!({ "files": outputs.len() });
+                if role == "model" && task.status == TaskStatus::Running {
+                    return finish_in_background(gateway, task, metadata).await;
+                }
+                Finish::Succeeded { metadata }
             } else {
                 Finish::Failed {
                     code: format!("worker_no_{role}"),
@@ -222,18 +227,61 @@ pub async fn status(gateway: &Gateway, task: Option<Task>, report: &StatusReport
     }
 }
 
+/// Claims the finishing step of a worker's task for this process and runs it in the
+/// background, renewing the lease while it works. An interrupted step leaves the task
+/// running under a lease that lapses: the queue then claims it and finishes it.
+async fn finish_in_background(
+    gateway: &Arc<Gateway>,
+    task: Task,
+    metadata: serde_json::Value,
+) -> ApiResult<TaskStatus> {
+    let owner = gateway.instance().to_owned();
+    let lease = gateway.config().tasks.lease;
+    let deadline = crate::queue::finishing_deadline(gateway);
+    if !gateway.db().claim_finishing(task.id, true, &owner, lease, deadline, &metadata).await? {
+        // Another process finishes it already, or it ended meanwhile.
+        let now = gateway.db().get_task(task.id).await?.map_or(task.status, |t| t.status);
+        return Ok(now);
+    }
+    let gateway = Arc::clone(gateway);
+    tokio::spawn(async move {
+        let renewing = tokio_util::sync::CancellationToken::new();
+        let _stop_renewing = renewing.clone().drop_guard();
+        tokio::spawn({
+            let (gateway, owner, id) = (Arc::clone(&gateway), owner.clone(), task.id);
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(lease / 3) => {}
+                        _ = renewing.cancelled() => return,
+                    }
+                    if !matches!(gateway.db().renew_lease(id, &owner, lease).await, Ok(true)) {
+                        return;
+                    }
+                }
+            }
+        });
+        let stop = gateway.conversions().stop_token();
+        let finished = crate::outputs::finish_outputs(&gateway, &task, metadata, &stop).await;
+        if let crate::outputs::Finished::Done(metadata) = finished
+            && let Err(err) = gateway.finish(task.id, Finish::Succeeded { metadata }).await
+        {
+            tracing::error!(task_id = %task.id, error = %err.message, "cannot record the end of a finished task");
+        }
+    });
+    Ok(TaskStatus::Running)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn files_get_roles_and_types_from_their_names() {
-        assert_eq!((role_of("model.glb"), content_type_of("model.glb").as_str()), ("model", "model/gltf-binary"));
-        assert_eq!((role_of("output3d.zip"), content_type_of("output3d.zip").as_str()), ("archive", "application/zip"));
-        assert_eq!(
-            (role_of("pixel_images.png"), content_type_of("pixel_images.png").as_str()),
-            ("preview", "image/png")
-        );
-        assert_eq!(role_of("notes"), "file");
+    fn files_get_types_from_their_names() {
+        assert_eq!(content_type_of("model.glb"), "model/gltf-binary");
+        assert_eq!(content_type_of("output3d.zip"), "application/zip");
+        assert_eq!(content_type_of("pixel_images.png"), "image/png");
+        assert_eq!(content_type_of("model.usdz"), "model/vnd.usdz+zip");
+        assert_eq!(content_type_of("notes"), "application/octet-stream");
     }
 }

@@ -253,6 +253,10 @@ pub struct ConvertConfig {
     pub usdz_max_triangles: u64,
     /// Longest texture side in a USDZ file; larger textures are scaled down.
     pub usdz_texture_side: u32,
+    /// Make each 3D result's preview picture and compressed GLB (and its core GLB when
+    /// the model needs extensions) when the task finishes, before it is `succeeded`.
+    /// Off: only what `params.formats` and `params.max_triangles` ask for.
+    pub on_finish: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -644,6 +648,7 @@ impl Default for ConvertConfig {
             max_output: 1024 * MIB,
             usdz_max_triangles: 250_000,
             usdz_texture_side: 2048,
+            on_finish: true,
         }
     }
 }

@@ -221,6 +221,20 @@ pub trait TaskRepo: Send + Sync {
     async fn announce_positions(&self, channel: &str, window: u32) -> DbResult<Vec<TaskEvent>>;
     /// Extends a lease; false when the task is no longer ours or no longer running.
     async fn renew_lease(&self, id: TaskId, owner: &str, lease: Duration) -> DbResult<bool>;
+    /// Marks a running task as finishing (its provider is done; kiln makes its outputs),
+    /// with the provider's `metadata`, leases it to `owner` and moves its deadline to at
+    /// least `deadline`. `first`: only if nobody began finishing it (a worker's
+    /// `completed` callback, which may come twice); otherwise only if `owner` holds its
+    /// lease (the run that claimed it). False when refused, or the task no longer runs.
+    async fn claim_finishing(
+        &self,
+        id: TaskId,
+        first: bool,
+        owner: &str,
+        lease: Duration,
+        deadline: DateTime<Utc>,
+        metadata: &serde_json::Value,
+    ) -> DbResult<bool>;
     /// Makes the leases of running tasks (and of conversions) claimable again at once.
     /// Called at start-up by a backend that only one process may use; returns the tasks.
     async fn release_leases(&self) -> DbResult<u64>;
@@ -344,6 +358,19 @@ impl ConversionClaim {
             _ => Self::Held,
         }
     }
+
+    /// A row of [`LIST_CONVERSIONS`]; `None` when it may be asked for again.
+    pub(crate) fn listed(
+        (format, state, code, message): (String, String, Option<String>, Option<String>),
+    ) -> Option<(String, Self)> {
+        let claim = match state.as_str() {
+            "done" => Self::Done,
+            "running" => Self::Held,
+            "failed" => Self::Failed { code: code.unwrap_or_default(), message: message.unwrap_or_default() },
+            _ => return None,
+        };
+        Some((format, claim))
+    }
 }
 
 /// How a conversion ended, for [`ConversionRepo::end_conversion`].
@@ -374,7 +401,17 @@ pub trait ConversionRepo: Send + Sync {
     async fn renew_conversion(&self, task: TaskId, format: &str, holder: &str, lease: Duration) -> DbResult<bool>;
     /// Ends `holder`'s conversion (nothing when it is no longer `holder`'s).
     async fn end_conversion(&self, task: TaskId, format: &str, holder: &str, end: ConversionEnd<'_>) -> DbResult<()>;
+    /// The task's conversions that are under way (`Held`), made (`Done`) or failed for
+    /// good (`Failed`), by format; the others may be asked for again.
+    async fn list_conversions(&self, task: TaskId) -> DbResult<Vec<(String, ConversionClaim)>>;
 }
+
+/// The query of [`ConversionRepo::list_conversions`], alike on every backend: `$1` the
+/// task, `$2` now; each row's `state` is `done`, `failed`, `running` or `free`.
+pub(crate) const LIST_CONVERSIONS: &str = "SELECT format, CASE WHEN status = 'done' THEN 'done' \
+     WHEN status = 'failed' AND permanent = 1 THEN 'failed' \
+     WHEN status = 'running' AND lease_expires_at >= $2 THEN 'running' ELSE 'free' END AS state, \
+     error_code, error_message FROM conversions WHERE task_id = $1 ORDER BY format";
 
 /// The whole database.
 #[async_trait]

@@ -791,9 +791,14 @@ impl Gateway {
         };
         // The best channel's verdict on the parameters is the client's answer; a
         // spill-over channel whose provider refuses them is skipped.
+        crate::outputs::Asked::from_params(kind, &sub.params)
+            .map_err(|m| ApiError::with_message(Code::InvalidParams, m))?;
+        let provider_view = |channel: &crate::channels::Channel, params: &Value| {
+            crate::outputs::provider_params(&channel.params_for(params), channel.provider.as_ref())
+        };
         channels[0]
             .provider
-            .check_params(kind, &channels[0].params_for(&sub.params))
+            .check_params(kind, &provider_view(&channels[0], &sub.params))
             .map_err(|m| ApiError::with_message(Code::InvalidParams, m))?;
         let picture = match sub.input {
             Input::Image { upload, filename } => Some(self.store_picture(caller, upload, filename).await?),
@@ -825,7 +830,7 @@ impl Gateway {
         let mut waiting = 0;
         for (i, channel) in channels.iter().enumerate() {
             let params = channel.params_for(&sub.params);
-            if i > 0 && channel.provider.check_params(kind, &params).is_err() {
+            if i > 0 && channel.provider.check_params(kind, &provider_view(channel, &sub.params)).is_err() {
                 continue;
             }
             let new = NewTask {

@@ -6,11 +6,15 @@
 //! File names are fixed per format, so an output's storage key never comes from user
 //! input, and a conversion made twice lands on the same name (made once, then reused).
 
+mod asked;
 mod derive;
+mod finishing;
 mod on_demand;
 
+pub use asked::{Asked, provider_params};
 pub use derive::{Converter, Failure};
-pub use on_demand::{Answer, Conversions, request};
+pub use finishing::{Finished, finish_outputs};
+pub use on_demand::{Answer, Conversions, request, states};
 
 use crate::error::{ApiError, Code};
 
@@ -19,6 +23,16 @@ use crate::error::{ApiError, Code};
 pub enum FormatId {
     /// The provider's own GLB, served as it is.
     Glb,
+    /// The GLB with meshopt-compressed, quantized geometry and JPEG textures: what the
+    /// web page's viewer loads.
+    GlbMeshopt,
+    /// The GLB without extensions (WebP textures re-encoded), for readers that know only
+    /// core glTF: Android's Scene Viewer, older engines.
+    GlbCore,
+    /// A level of detail simplified to `params.max_triangles`.
+    Lod,
+    /// A PNG picture of the model, front three-quarter view, transparent background.
+    Preview,
     /// `output3d.zip`: OBJ + MTL + textures (seed 004's file).
     Obj,
     /// Binary STL in metres, Z up.
@@ -29,6 +43,23 @@ pub enum FormatId {
     Ply,
     /// USDZ for AR Quick Look.
     Usdz,
+    /// `pixel_images.png`: the object cut out of the input picture (seed 004's file).
+    Cutout,
+    /// `xyz_images.png`: the front surface's positions (seed 004's file).
+    PositionMap,
+}
+
+/// Who makes a format's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Maker {
+    /// The provider (or worker), when it can: kiln cannot make it.
+    Provider,
+    /// kiln, when the task finishes (and on request for tasks finished before).
+    Finishing,
+    /// kiln, when the task finishes if `params.max_triangles` asks for it.
+    Budget,
+    /// kiln, when asked at creation (`params.formats`) or on request.
+    Request,
 }
 
 /// One row of the catalogue.
@@ -39,68 +70,81 @@ pub struct Format {
     pub name: &'static str,
     /// The stored file's name.
     pub file: &'static str,
-    /// The output's role: `model` for the provider's GLB, `archive` for zips a tool
-    /// unpacks, `conversion` for single-file conversions.
+    /// The output's role: `model` for the provider's GLB, `variant` for other GLBs of the
+    /// same model, `archive` for zips a tool unpacks, `conversion` for single-file
+    /// conversions, `preview`, and seed 004's `cutout` and `position_map`.
     pub role: &'static str,
     pub content_type: &'static str,
-    /// Made by kiln from the model (false: the provider's own file).
-    pub converted: bool,
+    pub maker: Maker,
 }
 
-/// Every format, in the order the API lists them. The compressed and core GLB, the
-/// level of detail and the preview join this table with the step that makes them when a
-/// task finishes.
+impl Format {
+    /// kiln makes it from the model (false: the provider's own file).
+    pub fn converted(&self) -> bool {
+        self.maker != Maker::Provider
+    }
+
+    /// `?format=` may make it: everything kiln makes except the level of detail, whose
+    /// budget only the task's parameters give.
+    pub fn on_request(&self) -> bool {
+        matches!(self.maker, Maker::Finishing | Maker::Request)
+    }
+
+    /// `params.formats` may ask for it at creation.
+    pub fn asked_at_creation(&self) -> bool {
+        self.maker == Maker::Request
+    }
+}
+
+const fn row(
+    id: FormatId,
+    name: &'static str,
+    file: &'static str,
+    role: &'static str,
+    content_type: &'static str,
+    maker: Maker,
+) -> Format {
+    Format { id, name, file, role, content_type, maker }
+}
+
+const GLB: &str = "model/gltf-binary";
+
+/// Every format, in the order the API lists them (the download menu's order).
 pub const CATALOGUE: &[Format] = &[
-    Format {
-        id: FormatId::Glb,
-        name: "glb",
-        file: "model.glb",
-        role: "model",
-        content_type: "model/gltf-binary",
-        converted: false,
-    },
-    Format {
-        id: FormatId::Obj,
-        name: "obj",
-        file: "output3d.zip",
-        role: "archive",
-        content_type: "application/zip",
-        converted: true,
-    },
-    Format {
-        id: FormatId::Stl,
-        name: "stl",
-        file: "model.stl",
-        role: "conversion",
-        content_type: "model/stl",
-        converted: true,
-    },
-    Format {
-        id: FormatId::StlMm,
-        name: "stl-mm",
-        file: "model-mm.stl",
-        role: "conversion",
-        content_type: "model/stl",
-        converted: true,
-    },
-    Format {
-        id: FormatId::Ply,
-        name: "ply",
-        file: "model.ply",
-        role: "conversion",
-        content_type: "application/x-ply",
-        converted: true,
-    },
-    Format {
-        id: FormatId::Usdz,
-        name: "usdz",
-        file: "model.usdz",
-        // AR Quick Look opens a USDZ only with exactly this type.
-        role: "conversion",
-        content_type: "model/vnd.usdz+zip",
-        converted: true,
-    },
+    row(FormatId::Glb, "glb", "model.glb", "model", GLB, Maker::Provider),
+    row(FormatId::GlbMeshopt, "glb-meshopt", "model.meshopt.glb", "variant", GLB, Maker::Finishing),
+    row(FormatId::GlbCore, "glb-core", "model.core.glb", "variant", GLB, Maker::Finishing),
+    row(FormatId::Lod, "lod", "model.lod.glb", "variant", GLB, Maker::Budget),
+    row(FormatId::Preview, "preview", "preview.png", "preview", "image/png", Maker::Finishing),
+    row(FormatId::Obj, "obj", "output3d.zip", "archive", "application/zip", Maker::Request),
+    row(FormatId::Stl, "stl", "model.stl", "conversion", "model/stl", Maker::Request),
+    row(FormatId::StlMm, "stl-mm", "model-mm.stl", "conversion", "model/stl", Maker::Request),
+    row(FormatId::Ply, "ply", "model.ply", "conversion", "application/x-ply", Maker::Request),
+    // AR Quick Look opens a USDZ only with exactly this type.
+    row(FormatId::Usdz, "usdz", "model.usdz", "conversion", "model/vnd.usdz+zip", Maker::Request),
+    row(FormatId::Cutout, "cutout", "pixel_images.png", "cutout", "image/png", Maker::Provider),
+    row(FormatId::PositionMap, "position-map", "xyz_images.png", "position_map", "image/png", Maker::Provider),
 ];
+
+/// What a file a provider or worker sends is to the client, from its name: a catalogue
+/// file has the catalogue's role, so that `model.meshopt.glb` never passes for the model
+/// and `pixel_images.png` never for the preview; other names go by their extension.
+pub fn role_of_file(name: &str) -> &'static str {
+    let lower = name.to_ascii_lowercase();
+    if let Some(format) = CATALOGUE.iter().find(|f| f.file == lower) {
+        return format.role;
+    }
+    let extension = lower.rsplit_once('.').map(|(_, e)| e).unwrap_or_default();
+    match extension {
+        _ if lower.starts_with("pixel_images") => "cutout",
+        _ if lower.starts_with("xyz_images") => "position_map",
+        "glb" if [".meshopt.glb", ".core.glb", ".lod.glb"].iter().any(|s| lower.ends_with(s)) => "variant",
+        "glb" | "gltf" | "obj" | "fbx" | "ply" | "stl" | "usdz" => "model",
+        "zip" => "archive",
+        "png" | "jpg" | "jpeg" | "webp" => "preview",
+        _ => "file",
+    }
+}
 
 impl FormatId {
     /// The catalogue row of this format.
@@ -150,7 +194,20 @@ mod tests {
 
     #[test]
     fn every_format_has_one_row_with_a_valid_file_name() {
-        let ids = [FormatId::Glb, FormatId::Obj, FormatId::Stl, FormatId::StlMm, FormatId::Ply, FormatId::Usdz];
+        let ids = [
+            FormatId::Glb,
+            FormatId::GlbMeshopt,
+            FormatId::GlbCore,
+            FormatId::Lod,
+            FormatId::Preview,
+            FormatId::Obj,
+            FormatId::Stl,
+            FormatId::StlMm,
+            FormatId::Ply,
+            FormatId::Usdz,
+            FormatId::Cutout,
+            FormatId::PositionMap,
+        ];
         assert_eq!(ids.len(), CATALOGUE.len());
         for id in ids {
             assert_eq!(CATALOGUE.iter().filter(|f| f.id == id).count(), 1, "{id:?}");
@@ -158,9 +215,32 @@ mod tests {
             assert_eq!(format.id, id);
             assert!(Artifact::valid_name(format.file), "{}", format.file);
             assert_eq!(FormatId::parse(format.name, None).ok(), Some(id));
+            assert_eq!(role_of_file(format.file), format.role, "a provider's {} keeps its role", format.file);
         }
         let files: std::collections::HashSet<_> = CATALOGUE.iter().map(|f| f.file).collect();
         assert_eq!(files.len(), CATALOGUE.len(), "two formats share a file name");
+    }
+
+    #[test]
+    fn files_a_provider_sends_get_roles_by_name() {
+        for (name, role) in [
+            ("model.glb", "model"),
+            ("Model.GLB", "model"),
+            ("scan.glb", "model"),
+            ("scan.meshopt.glb", "variant"),
+            ("model.core.glb", "variant"),
+            ("pixel_images.png", "cutout"),
+            ("pixel_images_1.png", "cutout"),
+            ("xyz_images.png", "position_map"),
+            ("preview.png", "preview"),
+            ("render.jpg", "preview"),
+            ("output3d.zip", "archive"),
+            ("model.stl", "conversion"),
+            ("mesh.stl", "model"),
+            ("notes", "file"),
+        ] {
+            assert_eq!(role_of_file(name), role, "{name}");
+        }
     }
 
     #[test]
@@ -173,7 +253,12 @@ mod tests {
         let unknown = FormatId::parse("fbx\u{7}", None).err().map(|e| (e.code, e.message));
         assert_eq!(
             unknown,
-            Some((Code::UnknownFormat, "Unknown format `fbx`; kiln makes glb, obj, stl, stl-mm, ply, usdz.".into()))
+            Some((
+                Code::UnknownFormat,
+                "Unknown format `fbx`; kiln makes glb, glb-meshopt, glb-core, lod, preview, obj, stl, stl-mm, ply, \
+                 usdz, cutout, position-map."
+                    .into()
+            ))
         );
     }
 }

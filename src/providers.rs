@@ -221,6 +221,12 @@ pub trait Provider: Any + Send + Sync {
         Ok(())
     }
 
+    /// Whether this provider takes one of kiln's own output parameters itself
+    /// (`max_triangles`): then it sees that key, and kiln does not make the output.
+    fn takes_output_param(&self, _name: &str) -> bool {
+        false
+    }
+
     /// Runs one job.
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError>;
 

@@ -212,7 +212,21 @@ impl Scheduler {
         tracing::info!(task_id = %id, channel = %channel.name, attempt = task.attempts, "task started");
         let cancel = gw.runs().register(id);
         let heartbeat = self.spawn_heartbeat(id, cancel.clone());
-        let outcome = self.execute(&channel, &task, cancel.clone()).await;
+        let outcome = if task.finishing_at.is_some() {
+            // The provider finished in an earlier run, which stopped while making the
+            // task's own outputs: only that is done again.
+            tracing::info!(task_id = %id, "resuming the finishing step of a task");
+            RunEnd::Provider(Ok(Outcome::Completed { metadata: task.metadata.clone() }))
+        } else {
+            self.execute(&channel, &task, cancel.clone()).await
+        };
+        let outcome = match outcome {
+            RunEnd::Provider(Ok(Outcome::Completed { metadata })) => match self.finishing(&task, metadata).await {
+                Some(metadata) => RunEnd::Provider(Ok(Outcome::Completed { metadata })),
+                None => RunEnd::Abandoned,
+            },
+            other => other,
+        };
         heartbeat.abort();
         gw.runs().unregister(id);
         let finish = match outcome {
@@ -256,6 +270,30 @@ impl Scheduler {
         }
     }
 
+    /// The finishing step (`outputs::finish_outputs`) under this run's lease: `None` when
+    /// the task is no longer this run's or the step was interrupted; then the task is
+    /// left running, for the next claim to finish.
+    async fn finishing(&self, task: &Task, metadata: serde_json::Value) -> Option<serde_json::Value> {
+        let gw = &self.gateway;
+        let claimed = gw
+            .db()
+            .claim_finishing(task.id, false, &self.owner, gw.config().tasks.lease, finishing_deadline(gw), &metadata)
+            .await;
+        match claimed {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(err) => {
+                tracing::error!(task_id = %task.id, error = %err, "cannot mark a task as finishing");
+                return None;
+            }
+        }
+        // Stopped when the drain gives up on this run, like the provider's part.
+        match crate::outputs::finish_outputs(gw, task, metadata, &self.abandon).await {
+            crate::outputs::Finished::Done(metadata) => Some(metadata),
+            crate::outputs::Finished::Interrupted => None,
+        }
+    }
+
     async fn execute(&self, channel: &Arc<Channel>, task: &Task, cancel: CancellationToken) -> RunEnd {
         let gw = &self.gateway;
         let image = match task.picture_id {
@@ -277,7 +315,7 @@ impl Scheduler {
             upstream_model: upstream,
             prompt: task.prompt.clone(),
             image,
-            params: task.params.clone(),
+            params: crate::outputs::provider_params(&task.params, channel.provider.as_ref()),
             attempt: task.attempts,
             deadline: task.deadline_at,
             upstream: Upstream::of(task),
@@ -554,6 +592,13 @@ async fn succeeded(gw: &Gateway, task: &Task, metadata: serde_json::Value) -> Fi
             Finish::Succeeded { metadata }
         }
     }
+}
+
+/// The deadline a finishing task is given: room for several conversions, each under its
+/// own time ceiling, so that the deadline sweeper does not fail a task whose model exists.
+pub fn finishing_deadline(gw: &Gateway) -> chrono::DateTime<Utc> {
+    let room = gw.config().convert.timeout.saturating_mul(8) + Duration::from_secs(60);
+    Utc::now() + chrono::Duration::from_std(room).unwrap_or(chrono::Duration::hours(1))
 }
 
 pub fn timeout_finish(deadline: Duration) -> Finish {

@@ -155,6 +155,9 @@ pub struct Task {
     pub placement: Option<String>,
     /// Set while a submission to an upstream is in flight (see [`crate::providers::Upstream`]).
     pub submitting_at: Option<DateTime<Utc>>,
+    /// Set when the provider finished and kiln began making the task's own outputs
+    /// (`outputs::finishing`); a run claiming the task then does only that.
+    pub finishing_at: Option<DateTime<Utc>>,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

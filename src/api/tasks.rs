@@ -20,7 +20,7 @@ use crate::{
         sse,
         stream_docs::TaskEventStream,
     },
-    db::TaskFilter,
+    db::{ConversionClaim, TaskFilter},
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::Gateway,
     outputs::{self, Answer, FormatId},
@@ -453,13 +453,86 @@ struct ResultView {
     expired: bool,
     /// Why the task failed, when it did.
     error: Option<TaskError>,
+    /// A succeeded 3D task's model in every format kiln serves, for a download menu:
+    /// ready, available on request (`?format=`), being made, or failed. Empty otherwise.
+    formats: Vec<FormatView>,
+}
+
+/// One format of a 3D result.
+#[derive(Debug, Serialize, ToSchema)]
+struct FormatView {
+    /// The format id (`?format=`): `glb`, `glb-meshopt`, `glb-core`, `lod`, `preview`,
+    /// `obj`, `stl`, `stl-mm`, `ply`, `usdz`, `cutout`, `position-map`.
+    format: &'static str,
+    /// The file's name when stored.
+    file: String,
+    content_type: &'static str,
+    /// `ready` (stored: `url`, `size`), `available` (`?format=` makes it), `pending`
+    /// (being made: ask `?format=` again) or `failed` (`error`; `?format=` answers it).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<TaskError>,
+}
+
+/// The formats of a succeeded 3D task, in the catalogue's order.
+async fn formats_of(gateway: &Gateway, task: &Task, outputs: &[OutputView]) -> ApiResult<Vec<FormatView>> {
+    if task.kind.main_role() != "model" || task.status != TaskStatus::Succeeded {
+        return Ok(Vec::new());
+    }
+    let live = |o: &&OutputView| !o.expired;
+    let Some(model) = outputs.iter().filter(live).find(|o| o.role == "model") else { return Ok(Vec::new()) };
+    let conversions = outputs::states(gateway, task).await?;
+    let mut views = Vec::new();
+    for format in outputs::CATALOGUE {
+        let stored = match format.id {
+            FormatId::Glb => Some(model),
+            _ => outputs.iter().filter(live).find(|o| o.name == format.file),
+        };
+        let view = |status, file: &str| FormatView {
+            format: format.name,
+            file: file.to_owned(),
+            content_type: format.content_type,
+            status,
+            size: None,
+            url: None,
+            error: None,
+        };
+        if let Some(stored) = stored {
+            views.push(FormatView {
+                size: Some(stored.size),
+                url: Some(stored.url.clone()),
+                ..view("ready", &stored.name)
+            });
+            continue;
+        }
+        if !format.on_request() {
+            continue;
+        }
+        let made = conversions.iter().find(|(name, _)| name == format.name).map(|(_, claim)| claim);
+        views.push(match made {
+            Some(ConversionClaim::Held) => view("pending", format.file),
+            Some(ConversionClaim::Failed { code, message }) => FormatView {
+                error: Some(TaskError { code: code.clone(), message: message.clone() }),
+                ..view("failed", format.file)
+            },
+            // Done but not among the outputs: expired with them; made again on request.
+            _ => view("available", format.file),
+        });
+    }
+    Ok(views)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ResultQuery {
-    /// Another format of a 3D task's model: `glb`, `obj` (`output3d.zip`), `stl`,
-    /// `stl-mm`, `ply`, `usdz`. Made once on first request, then served as a stored file.
+    /// Another format of a 3D task's model: `glb`, `glb-meshopt`, `glb-core`, `preview`,
+    /// `obj` (`output3d.zip`), `stl`, `stl-mm`, `ply`, `usdz` (made once on first request,
+    /// then served as a stored file), or `lod`, `cutout`, `position-map` when the task has
+    /// them.
     format: Option<String>,
     /// With `format=stl`: `m` (the default) or `mm`.
     units: Option<String>,
@@ -513,7 +586,9 @@ async fn task_result(
     }
     let (task, outputs) = finished(&state.gateway, &caller, &id, TaskStatus::as_str).await?;
     let main = main_output(&outputs);
+    let formats = formats_of(&state.gateway, &task, &outputs).await?;
     Ok(Json(ResultView {
+        formats,
         id: task.id,
         status: task.status,
         metadata: ResultMetadata {

@@ -41,7 +41,11 @@ pub fn route(router: &Router, from: &str, task: &Task, client_key: bool) -> Reho
         .filter(|c| c.name != from && c.enabled && !c.is_retired())
         .filter(|c| c.model(&task.model).is_some_and(|m| m.kind == task.kind))
         .filter(|c| !client_key || c.client_keys)
-        .filter(|c| c.provider.check_params(task.kind, &task.params).is_ok())
+        .filter(|c| {
+            c.provider
+                .check_params(task.kind, &crate::outputs::provider_params(&task.params, c.provider.as_ref()))
+                .is_ok()
+        })
         .collect();
     // Stable: among equals, the configuration's order.
     takers.sort_by(|a, b| b.priority.cmp(&a.priority).then(b.weight.cmp(&a.weight)));
@@ -160,6 +164,7 @@ mod tests {
             provider_job_id: None,
             placement: None,
             submitting_at: None,
+            finishing_at: None,
             attempts: 0,
             created_at: chrono::Utc::now(),
             started_at: None,

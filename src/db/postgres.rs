@@ -525,6 +525,34 @@ impl TaskRepo for PostgresDatabase {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn claim_finishing(
+        &self,
+        id: TaskId,
+        first: bool,
+        owner: &str,
+        lease: Duration,
+        deadline: DateTime<Utc>,
+        metadata: &serde_json::Value,
+    ) -> DbResult<bool> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE tasks SET finishing_at = COALESCE(finishing_at, $1), lease_owner = $2, lease_expires_at = $3, \
+                 deadline_at = GREATEST(COALESCE(deadline_at, 0), $4), metadata = $5 \
+             WHERE id = $6 AND status = 'running' \
+                 AND (($7 = 1 AND finishing_at IS NULL) OR ($7 = 0 AND lease_owner = $2))",
+        )
+        .bind(now)
+        .bind(owner)
+        .bind(now + lease.as_millis() as i64)
+        .bind(deadline.timestamp_millis())
+        .bind(metadata.to_string())
+        .bind(id.to_string())
+        .bind(i64::from(first))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn release_leases(&self) -> DbResult<u64> {
         sqlx::query("UPDATE conversions SET lease_expires_at = 0 WHERE status = 'running'").execute(&self.pool).await?;
         let done =

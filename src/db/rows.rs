@@ -133,6 +133,7 @@ pub(super) fn task(row: &impl Columns) -> DbResult<Task> {
         provider_job_id: row.opt_text("provider_job_id")?,
         placement: row.opt_text("placement")?,
         submitting_at: row.opt_time("submitting_at")?,
+        finishing_at: row.opt_time("finishing_at")?,
         attempts: row.int("attempts")?.max(0) as u32,
         created_at: row.time("created_at")?,
         started_at: row.opt_time("started_at")?,

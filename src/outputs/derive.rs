@@ -15,6 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use image::ImageEncoder;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -157,7 +158,7 @@ impl Converter {
         }
     }
 
-    fn limits(&self) -> formats::Limits {
+    pub(super) fn limits(&self) -> formats::Limits {
         formats::Limits {
             max_input: self.config.max_input,
             max_triangles: self.config.max_triangles,
@@ -173,11 +174,12 @@ impl Converter {
         &self,
         glb: Bytes,
         format: FormatId,
+        budget: Option<u64>,
         spool_dir: std::path::PathBuf,
         stop: &CancellationToken,
     ) -> Result<Derived, Failure> {
         let started = Instant::now();
-        let result = self.derive_uncounted(glb, format, spool_dir, stop).await;
+        let result = self.derive_uncounted(glb, format, budget, spool_dir, stop).await;
         let seconds = started.elapsed().as_secs_f64();
         match &result {
             Ok(_) => self.metrics.conversion(format.as_str(), "ok", Some(seconds)),
@@ -190,6 +192,7 @@ impl Converter {
         &self,
         glb: Bytes,
         format: FormatId,
+        budget: Option<u64>,
         spool_dir: std::path::PathBuf,
         stop: &CancellationToken,
     ) -> Result<Derived, Failure> {
@@ -234,6 +237,7 @@ impl Converter {
         let job = Job {
             glb,
             format,
+            budget,
             limits,
             usdz: formats::write::UsdzOptions {
                 texture_side: self.config.usdz_texture_side,
@@ -270,6 +274,8 @@ impl Converter {
 struct Job {
     glb: Bytes,
     format: FormatId,
+    /// The level of detail's triangles (`params.max_triangles`).
+    budget: Option<u64>,
     limits: formats::Limits,
     usdz: formats::write::UsdzOptions,
     max_output: u64,
@@ -284,10 +290,19 @@ impl Job {
         use formats::write;
         let mut model = formats::Model::read_glb(&self.glb, &self.limits, &self.cancel)?;
         let mut simplified = None;
-        if self.format == FormatId::Usdz && model.triangles() > self.usdz.max_triangles {
-            // Quick Look slows down past a few hundred thousand triangles: the USDZ is
-            // made from a simplified copy, which its metadata says.
-            let (lod, report) = formats::simplify(&model, self.usdz.max_triangles, &self.cancel)?;
+        // Quick Look slows down past a few hundred thousand triangles: the USDZ is made
+        // from a simplified copy, which its metadata says.
+        let budget = match self.format {
+            FormatId::Usdz => Some(self.usdz.max_triangles),
+            FormatId::Lod => Some(
+                self.budget.ok_or_else(|| formats::FormatError::Unsupported("no triangle budget was given".into()))?,
+            ),
+            _ => None,
+        };
+        if let Some(budget) = budget
+            && model.triangles() > budget
+        {
+            let (lod, report) = formats::simplify(&model, budget, &self.cancel)?;
             model = lod;
             simplified = Some(report);
         }
@@ -300,8 +315,16 @@ impl Job {
                 FormatId::Ply => write::ply(&model, &mut out, &self.cancel)?,
                 FormatId::Obj => write::obj_zip(&model, &mut out, &self.cancel)?,
                 FormatId::Usdz => write::usdz(&model, &mut out, &self.usdz, &self.cancel)?,
-                FormatId::Glb => {
-                    return Err(formats::FormatError::Unsupported("the GLB is the provider's own file".into()));
+                FormatId::GlbMeshopt => {
+                    write::meshopt_glb(&model, &mut out, &write::CompressOptions::default(), &self.cancel)?
+                }
+                FormatId::GlbCore => {
+                    write::glb(&model, &mut out, &write::GlbOptions { core: true, texture_side: None }, &self.cancel)?
+                }
+                FormatId::Lod => write::glb(&model, &mut out, &write::GlbOptions::default(), &self.cancel)?,
+                FormatId::Preview => preview(&model, &mut out, &self.cancel)?,
+                FormatId::Glb | FormatId::Cutout | FormatId::PositionMap => {
+                    return Err(formats::FormatError::Unsupported("this file is the provider's own".into()));
                 }
             };
             out.flush()?;
@@ -311,8 +334,9 @@ impl Job {
         let mut notes = model.notes.clone();
         notes.extend(summary.notes);
         if let Some(report) = &simplified {
+            let purpose = if self.format == FormatId::Usdz { " for AR" } else { "" };
             notes.push(format!(
-                "simplified from {} to {} triangles for AR (largest deviation {:.2} % of the model's size)",
+                "simplified from {} to {} triangles{purpose} (largest deviation {:.2} % of the model's size)",
                 report.triangles_before,
                 report.triangles_after,
                 report.error * 100.0
@@ -327,12 +351,31 @@ impl Job {
         if let Some(report) = &simplified {
             metadata["simplified_from"] = json!(report.triangles_before);
         }
+        if let FormatId::GlbMeshopt | FormatId::GlbCore | FormatId::Lod = self.format
+            && !self.glb.is_empty()
+        {
+            // Rounded so that the same file always has the same metadata.
+            metadata["ratio"] = json!((len as f64 / self.glb.len() as f64 * 1000.0).round() / 1000.0);
+        }
         if let FormatId::Stl | FormatId::StlMm = self.format {
             metadata["units"] = json!(if self.format == FormatId::StlMm { "mm" } else { "m" });
             metadata["up"] = json!("z");
         }
         Ok(Derived { upload: Upload { file, len, sha256 }, metadata })
     }
+}
+
+/// The preview picture as PNG: `formats` renders it, `image` encodes it.
+fn preview<W: Write>(
+    model: &formats::Model,
+    out: W,
+    cancel: &formats::Cancel,
+) -> Result<formats::write::Summary, formats::FormatError> {
+    let picture = formats::preview(model, &formats::PreviewOptions::default(), cancel)?;
+    image::codecs::png::PngEncoder::new(out)
+        .write_image(picture.as_raw(), picture.width(), picture.height(), image::ExtendedColorType::Rgba8)
+        .map_err(|e| formats::FormatError::Encode(e.to_string()))?;
+    Ok(formats::write::Summary { triangles: model.triangles(), vertices: model.vertices(), notes: Vec::new() })
 }
 
 /// Reads the spooled file back from the start for its length and SHA-256, and leaves it

@@ -68,6 +68,15 @@ impl Conversions {
         self.stop.cancel();
     }
 
+    /// Fires at shutdown.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    pub(super) fn converter(&self) -> &Converter {
+        &self.converter
+    }
+
     /// The flight for `key`: the one under way, or a new one started with `start`.
     fn join(
         &self,
@@ -92,8 +101,19 @@ impl Conversions {
     }
 }
 
+const ENDED: &str = "The task's outputs are gone.";
+
 impl Failure {
-    fn poisoned() -> Self {
+    /// The task ended (was canceled, or its outputs deleted) while the file was made.
+    pub(super) fn ended() -> Self {
+        Failure { code: Code::NoModel, message: ENDED.to_owned(), permanent: false }
+    }
+
+    pub(super) fn is_ended(&self) -> bool {
+        self.code == Code::NoModel && self.message == ENDED
+    }
+
+    pub(super) fn poisoned() -> Self {
         Failure { code: Code::Internal, message: Code::Internal.default_message().to_owned(), permanent: false }
     }
 }
@@ -149,6 +169,16 @@ pub async fn request(gateway: &Arc<Gateway>, caller: &Caller, id: TaskId, format
         // A provider's GLB under another name (the name is the provider's choice).
         return Ok(Answer::Ready(Box::new(model)));
     }
+    if !wanted.on_request() {
+        let why = match wanted.maker {
+            super::Maker::Budget => "it is made when the task finishes if `params.max_triangles` asks for it",
+            _ => "only the provider can make it, and this one did not",
+        };
+        return Err(ApiError::with_message(
+            Code::FormatNotApplicable,
+            format!("This task has no `{}` file: {why}.", wanted.name),
+        ));
+    }
     let conversions = gateway.conversions();
     let key = (task.id, format);
     let mut flight = conversions
@@ -157,7 +187,8 @@ pub async fn request(gateway: &Arc<Gateway>, caller: &Caller, id: TaskId, format
             tokio::spawn(async move {
                 let conversions = gateway.conversions();
                 let _landing = Landing(conversions, key);
-                let outcome = fly(&gateway, &task, &model, format).await;
+                let making = Making::later(format, conversions);
+                let outcome = fly(&gateway, &task, &model, &making).await;
                 sender.send_replace(Some(outcome));
             });
         })
@@ -177,6 +208,12 @@ pub async fn request(gateway: &Arc<Gateway>, caller: &Caller, id: TaskId, format
     }
 }
 
+/// The conversions of a task the caller may see that are under way, made, or failed for
+/// good, by format.
+pub async fn states(gateway: &Gateway, task: &Task) -> ApiResult<Vec<(String, ConversionClaim)>> {
+    Ok(gateway.db().list_conversions(task.id).await?)
+}
+
 fn ready(artifact: Artifact) -> ApiResult<Answer> {
     if artifact.expired_at.is_some() {
         return Err(ApiError::new(Code::ArtifactExpired));
@@ -184,10 +221,31 @@ fn ready(artifact: Artifact) -> ApiResult<Answer> {
     Ok(Answer::Ready(Box::new(artifact)))
 }
 
+/// One file to make from a task's model, and how.
+pub(super) struct Making {
+    pub format: FormatId,
+    /// The level of detail's triangles.
+    pub budget: Option<u64>,
+    /// The model's bytes, when the caller has read them already.
+    pub glb: Option<bytes::Bytes>,
+    /// Made while the task still runs (finishing): recorded with its `result` event.
+    /// Otherwise the task has ended and its log with it.
+    pub running: bool,
+    /// Stops the conversion: the process's shutdown for a request; for a run's finishing
+    /// step, the end of the grace its run is given at shutdown.
+    pub stop: CancellationToken,
+}
+
+impl Making {
+    fn later(format: FormatId, conversions: &Conversions) -> Self {
+        Making { format, budget: None, glb: None, running: false, stop: conversions.stop.clone() }
+    }
+}
+
 /// One flight: takes the conversion's lease (or waits for whoever has it), converts,
 /// stores the file as an output of the task, and records how it ended.
-async fn fly(gateway: &Gateway, task: &Task, model: &Artifact, format: FormatId) -> Outcome {
-    let conversions = gateway.conversions();
+pub(super) async fn fly(gateway: &Gateway, task: &Task, model: &Artifact, making: &Making) -> Outcome {
+    let format = making.format;
     let wanted = format.format();
     let db = gateway.db();
     let lease = gateway.config().tasks.lease;
@@ -217,7 +275,7 @@ async fn fly(gateway: &Gateway, task: &Task, model: &Artifact, format: FormatId)
         }
         tokio::select! {
             _ = tokio::time::sleep(HELD_POLL) => {}
-            _ = conversions.stop.cancelled() => {
+            _ = making.stop.cancelled() => {
                 return Err(Failure {
                     code: Code::ShuttingDown,
                     message: Code::ShuttingDown.default_message().to_owned(),
@@ -245,7 +303,7 @@ async fn fly(gateway: &Gateway, task: &Task, model: &Artifact, format: FormatId)
             }
         }
     });
-    let outcome = convert(gateway, task, model, format).await;
+    let outcome = convert(gateway, task, model, making).await;
     let end = match &outcome {
         Ok(_) => ConversionEnd::Done,
         Err(failure) => {
@@ -271,11 +329,16 @@ fn stored_failure(err: crate::db::DbError) -> Failure {
 }
 
 /// Reads the model, converts it and stores the file, holding the conversion's lease.
-async fn convert(gateway: &Gateway, task: &Task, model: &Artifact, format: FormatId) -> Outcome {
+async fn convert(gateway: &Gateway, task: &Task, model: &Artifact, making: &Making) -> Outcome {
+    let format = making.format;
     let conversions = gateway.conversions();
     let wanted = format.format();
     let _admission = conversions.converter.admit(format)?;
-    let glb = gateway.read_file(&model.key).await.map_err(|err| {
+    let glb = match &making.glb {
+        Some(glb) => Ok(glb.clone()),
+        None => gateway.read_file(&model.key).await,
+    };
+    let glb = glb.map_err(|err| {
         tracing::warn!(task_id = %task.id, error = %err, "cannot read the model to convert");
         match err.code {
             Code::FileNotFound => Failure {
@@ -287,7 +350,7 @@ async fn convert(gateway: &Gateway, task: &Task, model: &Artifact, format: Forma
         }
     })?;
     let started = std::time::Instant::now();
-    let derived = conversions.converter.derive(glb, format, gateway.spool_dir(), &conversions.stop).await?;
+    let derived = conversions.converter.derive(glb, format, making.budget, gateway.spool_dir(), &making.stop).await?;
     let mut metadata = derived.metadata;
     metadata["source"] = model.name.clone().into();
     metadata["source_sha256"] = model.sha256.clone().into();
@@ -299,7 +362,12 @@ async fn convert(gateway: &Gateway, task: &Task, model: &Artifact, format: Forma
         metadata,
         body: OutputBody::Spooled(derived.upload),
     };
-    let recorded = gateway.record_derived(task, output).await.map_err(|err| {
+    let recorded = if making.running {
+        gateway.record_output(task, output).await
+    } else {
+        gateway.record_derived(task, output).await
+    };
+    let recorded = recorded.map_err(|err| {
         tracing::warn!(task_id = %task.id, error = %err, "cannot store a converted file");
         Failure::poisoned()
     })?;
@@ -311,8 +379,6 @@ async fn convert(gateway: &Gateway, task: &Task, model: &Artifact, format: Forma
         }
         // Another process made it first; its file stays.
         Recorded::Again(artifact) | Recorded::Conflict(artifact) => Ok(artifact),
-        Recorded::Ended => {
-            Err(Failure { code: Code::NoModel, message: "The task's outputs are gone.".to_owned(), permanent: false })
-        }
+        Recorded::Ended => Err(Failure::ended()),
     }
 }

@@ -130,6 +130,12 @@ impl Provider for Relief {
         self.options(params).map(|_| ())
     }
 
+    /// relief's own `max_triangles` is the same promise as kiln's level of detail: its
+    /// model is made within the budget, so no simplified copy is needed.
+    fn takes_output_param(&self, name: &str) -> bool {
+        name == "max_triangles"
+    }
+
     async fn run(&self, job: Job, ctx: JobContext) -> Result<Outcome, ProviderError> {
         let options = self.options(&job.params).map_err(|message| ProviderError::new("invalid_params", message))?;
         let Some(image) = job.image else {

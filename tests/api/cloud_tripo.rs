@@ -99,7 +99,12 @@ async fn a_picture_becomes_a_stored_model_and_preview_made_once_upstream() {
     let events = app.events(&id, None, 100).await;
     assert!(events.iter().any(|(_, kind, data)| kind == "processing" && data["stage"] == "submitted"));
     assert!(events.iter().any(|(_, kind, data)| kind == "processing" && data["stage"] == "upstream_running"));
-    assert_eq!(events.iter().filter(|(_, kind, _)| kind == "result").count(), 2);
+    // Tripo's model and rendered preview, then kiln's compressed GLB (Tripo's preview is
+    // kept, not drawn again).
+    let results: Vec<&str> =
+        events.iter().filter(|(_, kind, _)| kind == "result").filter_map(|(_, _, d)| d["name"].as_str()).collect();
+    assert_eq!(results.len(), 3, "{results:?}");
+    assert_eq!(results.last(), Some(&"model.meshopt.glb"), "{results:?}");
     let everything = format!("{done}{result}{events:?}");
     assert!(!everything.contains(TRIPO_KEY), "the key never reaches a client");
     app.stop().await;

@@ -116,7 +116,20 @@ async fn stl_of_a_relief_model_is_made_once_stored_and_served() {
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
     let names: Vec<&str> =
         result["outputs"].as_array().expect("outputs").iter().filter_map(|o| o["name"].as_str()).collect();
-    assert_eq!(names, ["pixel_images.png", "xyz_images.png", "model.glb", "output3d.zip", "model.stl"]);
+    // relief's own files, then the preview and the compressed GLB made when the task
+    // finished.
+    assert_eq!(
+        names,
+        [
+            "pixel_images.png",
+            "xyz_images.png",
+            "model.glb",
+            "output3d.zip",
+            "preview.png",
+            "model.meshopt.glb",
+            "model.stl"
+        ]
+    );
     let events = app.events(&id, None, 100).await;
     assert_eq!(events.last().map(|(_, kind, _)| kind.as_str()), Some("completed"));
     assert!(events.iter().all(|(_, kind, data)| kind != "result" || data["name"] != "model.stl"));
@@ -355,4 +368,165 @@ async fn one_holder_at_a_time_converts_and_lasting_failures_are_kept_per_model()
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(begin("b", "sha3", lease).await, ConversionClaim::Taken);
     assert!(!db.renew_conversion(id, "stl", "a", lease).await.expect("renew"), "the old holder lost it");
+}
+
+/// The names of a task's `result` events, in order, and whether its log ends `completed`
+/// right after them.
+async fn result_names(app: &TestApp, id: &str) -> (Vec<String>, Vec<(i64, String, Value)>) {
+    let events = app.events(id, None, 200).await;
+    assert_eq!(events.last().map(|(_, kind, _)| kind.as_str()), Some("completed"), "{events:?}");
+    let names = events
+        .iter()
+        .filter(|(_, kind, _)| kind == "result")
+        .filter_map(|(_, _, data)| data["name"].as_str().map(str::to_owned))
+        .collect();
+    (names, events)
+}
+
+fn format_entry<'a>(result: &'a Value, format: &str) -> &'a Value {
+    result["formats"].as_array().and_then(|all| all.iter().find(|f| f["format"] == format)).unwrap_or(&Value::Null)
+}
+
+#[tokio::test]
+async fn a_3d_task_finishes_with_its_preview_compressed_glb_and_asked_formats_before_completed() {
+    let app = spawn().await;
+    let params = r#"{"max_triangles": 4000, "texture_size": 256, "formats": ["stl", "usdz"]}"#;
+    let id = finished_task(&app, "relief", params).await;
+    let (names, events) = result_names(&app, &id).await;
+    let at = |name: &str| names.iter().position(|n| n == name).unwrap_or_else(|| panic!("no {name} in {names:?}"));
+    assert!(at("model.glb") < at("preview.png"), "{names:?}");
+    assert!(at("preview.png") < at("model.meshopt.glb"), "{names:?}");
+    assert!(at("model.meshopt.glb") < at("model.stl") && at("model.stl") < at("model.usdz"), "{names:?}");
+    assert!(!names.iter().any(|n| n == "model.lod.glb"), "relief took `max_triangles` itself: {names:?}");
+    assert!(!names.iter().any(|n| n == "model.core.glb"), "relief's GLB is core glTF already: {names:?}");
+    assert!(
+        events.iter().any(|(_, kind, data)| kind == "processing" && data["stage"] == "finishing"),
+        "the finishing step shows as a stage: {events:?}"
+    );
+
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+    let made = &result["metadata"]["provider"]["outputs"];
+    assert_eq!(made["made"], serde_json::json!(["preview.png", "model.meshopt.glb", "model.stl", "model.usdz"]));
+    assert_eq!(made["failed"], serde_json::json!([]));
+    let glb = format_entry(&result, "glb");
+    assert_eq!((glb["status"].as_str(), glb["file"].as_str()), (Some("ready"), Some("model.glb")), "{result}");
+    for (format, status) in
+        [("glb-meshopt", "ready"), ("preview", "ready"), ("stl", "ready"), ("usdz", "ready"), ("ply", "available")]
+    {
+        assert_eq!(format_entry(&result, format)["status"], status, "{format}: {result}");
+    }
+    assert_eq!(format_entry(&result, "glb-core")["status"], "available", "{result}");
+    assert_eq!(format_entry(&result, "lod"), &Value::Null, "no budget below the model's: {result}");
+    let ply = format_entry(&result, "ply");
+    assert!(ply.get("url").is_none() && ply.get("size").is_none(), "{ply}");
+
+    // The compressed GLB is smaller and reads back with every triangle.
+    let compressed = format_entry(&result, "glb-meshopt");
+    let (plain_size, small_size) = (glb["size"].as_u64().unwrap_or(0), compressed["size"].as_u64().unwrap_or(0));
+    assert!(small_size > 0 && small_size < plain_size, "{small_size} vs {plain_size}");
+    let bytes = app.client.get(compressed["url"].as_str().expect("url")).send().await.expect("GET").bytes().await;
+    let model = formats::Model::read_glb(&bytes.expect("bytes"), &formats::Limits::default(), &formats::Cancel::new())
+        .expect("the compressed GLB reads");
+    let triangles = result["outputs"][0]["metadata"]["triangles"].as_u64().expect("relief's triangles");
+    assert_eq!(model.triangles(), triangles);
+
+    // The preview: a 512 px picture on a transparent background, served as the thumbnail.
+    let preview = format_entry(&result, "preview");
+    let png = app.client.get(preview["url"].as_str().expect("url")).send().await.expect("GET").bytes().await;
+    let picture = image::load_from_memory(&png.expect("bytes")).expect("a PNG").to_rgba8();
+    assert_eq!(picture.dimensions(), (512, 512));
+    assert_eq!(picture.get_pixel(0, 0)[3], 0, "transparent corner");
+    assert!(picture.pixels().filter(|p| p[3] == 255).count() > 512 * 512 / 20, "the model is drawn");
+    let thumbnail = app.get(&format!("/api/v1/tasks/{id}/thumbnail")).await;
+    assert_eq!(thumbnail.status().as_u16(), 200);
+
+    // Asked again on request: the file made at the end, not a second conversion.
+    let (status, _, stl) = ask(&app, &id, "format=stl").await;
+    assert_eq!((status, stl["name"].as_str()), (303, Some("model.stl")));
+    assert_eq!(counter(&app, r#"kiln_conversions_total{format="stl",outcome="ok"}"#).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_budget_below_the_models_triangles_makes_a_simplified_level_of_detail() {
+    let app = spawn().await;
+    // `echo` makes a relief GLB of ~6,000 triangles and, unlike relief, takes no budget.
+    let id = finished_task(&app, "echo", r#"{"glb": true, "max_triangles": 1000}"#).await;
+    let (names, _) = result_names(&app, &id).await;
+    assert!(names.iter().any(|n| n == "model.lod.glb"), "{names:?}");
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+    let lod = result["outputs"].as_array().and_then(|o| o.iter().find(|o| o["name"] == "model.lod.glb")).cloned();
+    let lod = lod.expect("the level of detail is an output");
+    assert_eq!((lod["role"].as_str(), lod["metadata"]["format"].as_str()), (Some("variant"), Some("lod")));
+    let before = lod["metadata"]["simplified_from"].as_u64().expect("simplified_from");
+    let after = lod["metadata"]["triangles"].as_u64().expect("triangles");
+    assert!(before > 1000 && after <= 1000 && after > 100, "{before} → {after}");
+    assert_eq!(format_entry(&result, "lod")["status"], "ready");
+    // The budget is kiln's: `?format=lod` serves it, and cannot be asked where none was.
+    let (status, _, served) = ask(&app, &id, "format=lod").await;
+    assert_eq!((status, served["name"].as_str()), (303, Some("model.lod.glb")));
+    let plain = finished_task(&app, "echo", r#"{"glb": true}"#).await;
+    let (status, _, body) = ask(&app, &plain, "format=lod").await;
+    assert_eq!((status, error_code(&body)), (400, "format_not_applicable"), "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn formats_and_budgets_asked_at_creation_are_checked_when_submitted() {
+    let app = spawn().await;
+    let refused = |model: &'static str, params: &'static str| {
+        let app = &app;
+        async move {
+            let response =
+                app.upload("/api/v1/tasks", fixture("vase.png"), &[("model", model), ("params", params)]).await;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, error_code(&body).to_owned(), body["error"]["message"].as_str().unwrap_or_default().to_owned())
+        }
+    };
+    let (status, code, message) = refused("relief", r#"{"formats": ["fbx"]}"#).await;
+    assert_eq!((status, code.as_str()), (400, "invalid_params"));
+    assert!(message.contains("fbx") && message.contains("usdz"), "{message}");
+    let (status, code, _) = refused("relief", r#"{"formats": "stl"}"#).await;
+    assert_eq!((status, code.as_str()), (400, "invalid_params"));
+    let (status, code, message) = refused("echo", r#"{"max_triangles": 10}"#).await;
+    assert_eq!((status, code.as_str()), (400, "invalid_params"), "{message}");
+    let prompt = app
+        .submit_prompt(serde_json::json!({"prompt": "a vase", "model": "echo-image", "params": {"formats": ["stl"]}}))
+        .await;
+    assert_eq!(prompt.status().as_u16(), 400);
+    // relief refuses keys it does not know, so it never sees `formats`.
+    let response = app
+        .upload("/api/v1/tasks", fixture("vase.png"), &[("model", "relief"), ("params", r#"{"formats": ["ply"]}"#)])
+        .await;
+    assert_eq!(response.status().as_u16(), 202);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn outputs_that_cannot_be_made_never_fail_the_task_and_are_answered_at_once_later() {
+    let app = spawn().await;
+    // `echo` stores the picture as `model.glb`: nothing can be made from it.
+    let id = finished_task(&app, "echo", r#"{"formats": ["stl"]}"#).await;
+    let (_, task) = app.get_json(&format!("/api/v1/tasks/{id}")).await;
+    assert_eq!(task["status"], "succeeded", "{task}");
+    let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
+    let failed = result["metadata"]["provider"]["outputs"]["failed"].as_array().cloned().unwrap_or_default();
+    let failed: Vec<_> = failed.iter().map(|f| (f["format"].as_str(), f["code"].as_str())).collect();
+    assert_eq!(
+        failed,
+        [
+            (Some("preview"), Some("conversion_failed")),
+            (Some("glb-meshopt"), Some("conversion_failed")),
+            (Some("stl"), Some("conversion_failed"))
+        ]
+    );
+    let stl = format_entry(&result, "stl");
+    assert_eq!((stl["status"].as_str(), stl["error"]["code"].as_str()), (Some("failed"), Some("conversion_failed")));
+    let failures = r#"kiln_conversions_total{format="stl",outcome="failed"}"#;
+    assert_eq!(counter(&app, failures).await, 1);
+    let (status, _, body) = ask(&app, &id, "format=stl").await;
+    assert_eq!((status, error_code(&body)), (422, "conversion_failed"), "{body}");
+    assert_eq!(counter(&app, failures).await, 1, "answered from the record, not converted again");
+    app.stop().await;
 }

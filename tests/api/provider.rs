@@ -1,7 +1,8 @@
 //! `echo`: a test-only provider. It reports a few progress steps, writes one output that
 //! echoes its input (for a text-to-image task, whose output must be a picture: a real
 //! 400 × 300 PNG, with the prompt's length in its metadata), and can be told through
-//! `params` to be slow, to fail, to panic or to write `output_bytes` bytes instead.
+//! `params` to be slow, to fail, to panic, to write `output_bytes` bytes instead, or
+//! (`glb: true`) to make a real GLB of its picture with the relief engine.
 
 use std::{sync::Arc, time::Duration};
 
@@ -62,6 +63,14 @@ impl Provider for Echo {
         let size = body.len();
         let body = match (job.kind.main_role(), job.params["output_bytes"].as_u64()) {
             ("image", _) => picture(),
+            // A real model, made by relief from the picture (and unlike relief's
+            // provider, this one takes no `max_triangles`: kiln's level of detail).
+            _ if job.params["glb"].as_bool() == Some(true) => {
+                let options = relief::Options { max_triangles: 6_000, texture_size: 256, ..relief::Options::default() };
+                let model = relief::reconstruct(&body, &options, &mut |_, _| {})
+                    .map_err(|e| ProviderError::new("bad_picture", e.to_string()))?;
+                Bytes::from(model.glb)
+            }
             // A large output (object storage's multipart uploads): bytes that do not
             // repeat, so a misplaced part shows.
             (_, Some(n)) => {

@@ -151,7 +151,8 @@ async fn the_default_channel_turns_the_mug_into_a_model_with_live_progress() {
         .map(|(_, _, data)| (data["stage"].as_str().unwrap_or(""), data["progress"].as_u64().unwrap_or(0)))
         .collect();
     let stages: Vec<&str> = processing.iter().map(|(stage, _)| *stage).filter(|s| *s != "starting").collect();
-    assert_eq!(stages, ["segmenting", "meshing", "texturing", "encoding"], "{processing:?}");
+    // Then kiln's own step, which makes the preview and the compressed GLB.
+    assert_eq!(stages, ["segmenting", "meshing", "texturing", "encoding", "finishing"], "{processing:?}");
     assert!(processing.windows(2).all(|w| w[0].1 <= w[1].1), "progress went backwards: {processing:?}");
     // Seed 004's files, each stored as soon as it is ready: the cut-out while texturing,
     // the position map while encoding, then the model and its OBJ archive.
@@ -188,6 +189,8 @@ async fn the_default_channel_turns_the_mug_into_a_model_with_live_progress() {
             (Some(role), Some(content_type))
         );
     }
+    let names: Vec<&str> = outputs.iter().filter_map(|o| o["name"].as_str()).collect();
+    assert!(names.contains(&"preview.png") && names.contains(&"model.meshopt.glb"), "{names:?}");
     let output = named("model.glb");
     assert_eq!(output["format"], "glb");
     let archive = named("output3d.zip");

@@ -500,19 +500,23 @@ async fn callbacks_are_authenticated_checked_and_idempotent() {
     let (status, _) = send(client, &result_url, &content_type3, form3.clone(), &key(5).sign(&form3).headers()).await;
     assert_eq!(status, 400);
 
-    // Completed, twice: harmless. Afterwards anything else is 409.
+    // Completed, twice: harmless. kiln then makes the model's own outputs (preview,
+    // compressed GLB) while the task runs on, and marks it succeeded. Afterwards anything
+    // else is 409.
     let done = json!({ "taskId": id, "status": "completed" });
     let (status, answer) = callback(client, &key(5), &format!("{base}/status"), done.clone()).await;
-    assert_eq!((status, answer["status"].clone()), (200, json!("succeeded")));
+    assert_eq!((status, answer["status"].clone()), (200, json!("running")));
     let (status, _) = callback(client, &key(5), &app.url("/api/reconstruction/callback/status"), done).await;
     assert_eq!(status, 200);
+    assert_eq!(app.wait_terminal(&id).await["status"], "succeeded");
     let (status, _) = callback(client, &key(5), &url, progress).await;
     assert_eq!(status, 409);
     let (status, _) =
         callback(client, &key(5), &format!("{base}/status"), json!({ "taskId": id, "status": "failed" })).await;
     assert_eq!(status, 409);
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
-    assert_eq!(result["outputs"].as_array().unwrap().len(), 1);
+    let names: Vec<&str> = result["outputs"].as_array().unwrap().iter().filter_map(|o| o["name"].as_str()).collect();
+    assert_eq!(names.first(), Some(&"model.glb"), "the worker's model, then what kiln made of it: {names:?}");
     let stored = client.get(result["outputs"][0]["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(stored.as_ref(), glb().as_slice());
 
@@ -711,7 +715,13 @@ async fn the_trellis2_worker_serves_seed_004_with_progressive_results() {
     let events = read_events(&app.client, &app.url(created["sseUrl"].as_str().unwrap()), None, 200).await;
     let files: Vec<&str> =
         events.iter().filter(|(_, k, _)| k == "result").filter_map(|(_, _, d)| d["fileName"].as_str()).collect();
-    assert_eq!(files, ["preview.png", "model.glb", "output3d.zip"], "results arrive one by one, as each is ready");
+    // The worker's files one by one as each is ready, then kiln's compressed GLB (the
+    // worker's own preview is kept).
+    assert_eq!(
+        files,
+        ["preview.png", "model.glb", "output3d.zip", "model.meshopt.glb"],
+        "results arrive one by one, as each is ready"
+    );
     let progress: Vec<u64> = events.iter().filter_map(|(_, _, d)| d["progress"].as_u64()).collect();
     assert!(progress.iter().any(|p| *p > 0 && *p < 100), "the sampler's progress shows: {progress:?}");
     assert_eq!(events.last().unwrap().2["status"], "COMPLETED");

@@ -76,6 +76,10 @@ pub struct Estimate {
     pub texture_pixels: u64,
     /// A conservative guess of the peak memory of reading and converting the model.
     pub memory_bytes: u64,
+    /// The model needs a glTF extension to be shown (`extensionsRequired`, or WebP
+    /// textures): readers that know only core glTF 2.0 (Android's Scene Viewer, older
+    /// engines) need a core copy.
+    pub needs_extensions: bool,
 }
 
 /// Stops a conversion: a shared flag the caller sets, and an optional deadline.

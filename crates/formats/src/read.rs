@@ -303,7 +303,9 @@ impl<'a> Source<'a> {
             .saturating_add(texture_pixels.saturating_mul(12));
         let memory_bytes = memory.saturating_add(memory / 2);
         Limits::check("estimated memory", memory_bytes, self.limits.max_memory)?;
-        Ok(Estimate { triangles, vertices, texture_pixels, memory_bytes })
+        let needs_extensions = self.document.extensions_required().next().is_some()
+            || self.document.extensions_used().any(|name| name == "EXT_texture_webp");
+        Ok(Estimate { triangles, vertices, texture_pixels, memory_bytes, needs_extensions })
     }
 
     fn read(mut self, cancel: &Cancel) -> Result<Model, FormatError> {

@@ -98,4 +98,13 @@ impl ConversionRepo for SqliteDatabase {
         .await?;
         Ok(())
     }
+
+    async fn list_conversions(&self, task: TaskId) -> DbResult<Vec<(String, ConversionClaim)>> {
+        let rows: Vec<(String, String, Option<String>, Option<String>)> = sqlx::query_as(crate::db::LIST_CONVERSIONS)
+            .bind(task.to_string())
+            .bind(now_ms())
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.into_iter().filter_map(ConversionClaim::listed).collect())
+    }
 }

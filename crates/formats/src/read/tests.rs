@@ -97,6 +97,7 @@ fn reads_a_relief_model_completely() {
     assert_eq!(estimate.triangles, u64::from(stats.triangles));
     assert_eq!(estimate.texture_pixels, u64::from(stats.texture_width * stats.texture_height));
     assert!(estimate.memory_bytes > glb.len() as u64);
+    assert!(!estimate.needs_extensions, "relief writes core glTF");
 }
 
 #[test]
@@ -344,6 +345,10 @@ fn webp_textures_are_found_through_their_extension() {
     let model = read(&json, &bin).expect("read");
     let texture = &model.textures[0];
     assert_eq!(texture.format, crate::ImageFormat::Webp);
+    json["extensionsRequired"] = json!([]);
+    let estimated = estimate(&glb(&json, &bin), &Limits::default()).expect("estimate");
+    assert!(estimated.needs_extensions, "a WebP texture needs its extension, required or not");
+    json["extensionsRequired"] = json!(["EXT_texture_webp"]);
     assert!(crate::texture::decode(texture).is_ok());
 
     json["textures"][0]["extensions"]["EXT_texture_webp"]["source"] = json!(5);
