@@ -63,7 +63,7 @@ async fn counter(app: &TestApp, series: &str) -> u64 {
 }
 
 /// The task's model among its outputs (relief stores its cut-out and position map first).
-fn model(result: &Value) -> &Value {
+fn model_output(result: &Value) -> &Value {
     result["outputs"].as_array().and_then(|o| o.iter().find(|o| o["role"] == "model")).expect("a model output")
 }
 
@@ -76,7 +76,7 @@ async fn stl_of_a_relief_model_is_made_once_stored_and_served() {
     let app = spawn().await;
     let id = finished_task(&app, "relief", SMALL).await;
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
-    let triangles = model(&result)["metadata"]["triangles"].as_u64().expect("relief's triangle count");
+    let triangles = model_output(&result)["metadata"]["triangles"].as_u64().expect("relief's triangle count");
     let ok = r#"kiln_conversions_total{format="stl",outcome="ok"}"#;
     assert_eq!(counter(&app, ok).await, 0);
 
@@ -90,7 +90,7 @@ async fn stl_of_a_relief_model_is_made_once_stored_and_served() {
     assert_eq!(output["metadata"]["format"], "stl");
     assert_eq!(output["metadata"]["units"], "m");
     assert_eq!(output["metadata"]["source"], "model.glb");
-    assert_eq!(output["metadata"]["source_sha256"], model(&result)["sha256"]);
+    assert_eq!(output["metadata"]["source_sha256"], model_output(&result)["sha256"]);
     assert_eq!(output["metadata"]["triangles"], triangles);
 
     // The file downloads with its type, and its header agrees with its length and with
@@ -292,7 +292,7 @@ async fn a_usdz_over_its_triangle_budget_is_made_from_a_simplified_copy() {
     let app = TestApp::spawn_with(&format!("{CHANNELS}\n[convert]\nusdz_max_triangles = 1000\n")).await;
     let id = finished_task(&app, "relief", SMALL).await;
     let result = app.get(&format!("/api/v1/tasks/{id}/result")).await.json::<Value>().await.expect("result");
-    let triangles = model(&result)["metadata"]["triangles"].as_u64().expect("relief's triangle count");
+    let triangles = model_output(&result)["metadata"]["triangles"].as_u64().expect("relief's triangle count");
     assert!(triangles > 1000, "relief made {triangles} triangles, no more than the budget");
     let (status, _, output) = ask(&app, &id, "format=usdz").await;
     assert_eq!(status, 303, "{output}");
@@ -427,7 +427,7 @@ async fn a_3d_task_finishes_with_its_preview_compressed_glb_and_asked_formats_be
     let bytes = app.client.get(compressed["url"].as_str().expect("url")).send().await.expect("GET").bytes().await;
     let model = formats::Model::read_glb(&bytes.expect("bytes"), &formats::Limits::default(), &formats::Cancel::new())
         .expect("the compressed GLB reads");
-    let triangles = result["outputs"][0]["metadata"]["triangles"].as_u64().expect("relief's triangles");
+    let triangles = model_output(&result)["metadata"]["triangles"].as_u64().expect("relief's triangles");
     assert_eq!(model.triangles(), triangles);
 
     // The preview: a 512 px picture on a transparent background, served as the thumbnail.
