@@ -28,7 +28,7 @@ use crate::{
     },
     error::{ApiError, ApiResult, Code, ErrorBody},
     gateway::{FileUrls, Gateway, Input, Submission},
-    tasks::{EventKind, Picture, Task, TaskEvent, TaskStatus},
+    tasks::{Artifact, EventKind, Picture, Task, TaskEvent, TaskStatus},
 };
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -328,8 +328,11 @@ struct ReconstructionStatus {
     xyz_images_url: Option<String>,
     /// The OBJ + MTL + texture archive.
     output_zip_url: Option<String>,
-    /// The GLB model.
+    /// The model as the engine made it (`model.glb`; not a compressed or simplified
+    /// variant).
     model_url: Option<String>,
+    /// A PNG picture of the model (`preview.png`), when one was made.
+    preview_url: Option<String>,
     error_message: Option<String>,
     error_code: Option<String>,
     created_at: String,
@@ -355,18 +358,23 @@ async fn status(
     let gateway = &state.gateway;
     let task: Task = gateway.task(&caller, parse_id(&task_id)?).await?;
     let artifacts = gateway.artifacts(&task).await?;
-    let key_of = |pick: &dyn Fn(&str) -> bool| {
-        artifacts.iter().find(|a| a.expired_at.is_none() && pick(&a.name.to_ascii_lowercase())).map(|a| a.key.clone())
-    };
+    let live: Vec<&Artifact> = artifacts.iter().filter(|a| a.expired_at.is_none()).collect();
+    let named =
+        |pick: &dyn Fn(&str) -> bool| live.iter().find(|a| pick(&a.name.to_ascii_lowercase())).map(|a| a.key.clone());
     let url_of = async |key: Option<String>| match key {
         Some(key) => Some(gateway.file_url(&key).await),
         None => None,
     };
     let original = url_of(gateway.task_picture(&task).await?.map(|p| p.key)).await;
-    let pixel_images = url_of(key_of(&|n| n.starts_with("pixel_images"))).await;
-    let xyz_images = url_of(key_of(&|n| n.starts_with("xyz_images"))).await;
-    let output_zip = url_of(key_of(&|n| n.ends_with(".zip"))).await;
-    let model = url_of(key_of(&|n| n.ends_with(".glb"))).await;
+    let pixel_images = url_of(named(&|n| n.starts_with("pixel_images"))).await;
+    let xyz_images = url_of(named(&|n| n.starts_with("xyz_images"))).await;
+    let output_zip = url_of(named(&|n| n.ends_with(".zip"))).await;
+    // By role: a task may hold several GLBs (compressed, simplified), all but the
+    // engine's own with role `variant`.
+    let models: Vec<&&Artifact> = live.iter().filter(|a| a.role == "model").collect();
+    let model_key = models.iter().find(|a| a.name.to_ascii_lowercase().ends_with(".glb")).or(models.first());
+    let model = url_of(model_key.map(|a| a.key.clone())).await;
+    let preview = url_of(live.iter().find(|a| a.role == "preview").map(|a| a.key.clone())).await;
     let updated = [Some(task.created_at), task.started_at, task.finished_at]
         .into_iter()
         .flatten()
@@ -381,6 +389,7 @@ async fn status(
         xyz_images_url: xyz_images,
         output_zip_url: output_zip,
         model_url: model,
+        preview_url: preview,
         error_message: task
             .error_message
             .clone()

@@ -1,19 +1,24 @@
 //! `relief`: the in-process CPU engine as a provider. It runs [`::relief`] on a blocking
 //! thread (the engine is synchronous and CPU-bound, and would otherwise stall the async
 //! workers), turns the engine's stage reports into task progress, stops between stages
-//! when the task is canceled or overdue, and stores the model as `model.glb`.
+//! when the task is canceled or overdue, and stores seed 004's files as each is ready:
+//! `pixel_images.png` (the cut-out), `xyz_images.png` (the front surface's position
+//! map), `model.glb`, then `output3d.zip` (OBJ + MTL + texture, made from the GLB by the
+//! `formats` crate).
 //!
 //! Options come from two places, both with the same keys (`depth`, `resolution`,
 //! `max_triangles`, `texture_size`): the channel's `options` table sets its defaults,
 //! and a task's `params` override them for that task.
 
+use std::io::Cursor;
 use std::sync::Arc;
 
-use ::relief::{Options, ReliefError, Stage, Stats};
+use ::relief::{Observer, Options, Product, ReliefError, Stage, Stats};
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::ChannelConfig,
@@ -139,8 +144,9 @@ impl Provider for Relief {
         let model = reconstruct(image.bytes, options.clone(), &ctx).await?;
         let size = model.glb.len();
         let stats = stats_json(&model.stats);
-        let file = ctx.spool_bytes(&model.glb).await.map_err(ProviderError::internal)?;
-        drop(model.glb);
+        let glb = Bytes::from(model.glb);
+        let file = ctx.spool_bytes(&glb).await.map_err(ProviderError::internal)?;
+        let glb_sha256 = file.sha256.clone();
         ctx.output(Output {
             name: "model.glb".to_owned(),
             role: "model".to_owned(),
@@ -150,6 +156,7 @@ impl Provider for Relief {
         })
         .await
         .map_err(ProviderError::internal)?;
+        archive(glb, glb_sha256, &ctx).await?;
         let mut metadata = json!({
             "format": "glb",
             "size": size,
@@ -168,36 +175,75 @@ impl Provider for Relief {
     }
 }
 
-/// Runs the engine on a blocking thread and forwards its progress as it comes.
+/// What the engine's thread tells the provider while it runs.
+enum Report {
+    Progress(Stage, u8),
+    Product(Product),
+}
+
+/// The engine's observer: sends every report over the channel.
+struct Reporter(mpsc::UnboundedSender<Report>);
+
+impl Observer for Reporter {
+    fn stage(&mut self, stage: Stage, percent: u8) {
+        // The receiver only goes away when the run was abandoned; nothing to tell.
+        let _ = self.0.send(Report::Progress(stage, percent));
+    }
+
+    fn product(&mut self, product: Product) {
+        let _ = self.0.send(Report::Product(product));
+    }
+}
+
+/// Runs the engine on a blocking thread, forwarding its progress and storing its
+/// products as they come. A product that cannot be stored stops the engine and fails
+/// the run: seed 004's clients count on every file.
 async fn reconstruct(bytes: Bytes, options: Options, ctx: &JobContext) -> Result<::relief::Model, ProviderError> {
-    let (progress_tx, mut progress_rx) = mpsc::unbounded_channel();
-    let token = ctx.cancelled().clone();
+    let (report_tx, mut report_rx) = mpsc::unbounded_channel();
+    // The engine stops when the task is canceled or when a product was lost.
+    let stop = ctx.cancelled().child_token();
+    let engine_stop = stop.clone();
     let mut engine = tokio::task::spawn_blocking(move || {
-        let mut report = |stage: Stage, percent: u8| {
-            // The receiver only goes away when the run was abandoned; nothing to tell.
-            let _ = progress_tx.send((stage, percent));
-        };
-        ::relief::reconstruct_cancellable(&bytes, &options, &mut report, &|| token.is_cancelled())
+        ::relief::reconstruct_observed(&bytes, &options, &mut Reporter(report_tx), &|| engine_stop.is_cancelled())
     });
+    let mut lost: Option<ProviderError> = None;
     let joined = loop {
         tokio::select! {
-            // Progress first, so reports are forwarded before the end is handled.
+            // Reports first, so they are handled before the end is.
             biased;
-            Some((stage, percent)) = progress_rx.recv() => forward(ctx, stage, percent).await,
+            Some(report) = report_rx.recv() => forward(ctx, report, &stop, &mut lost).await,
             joined = &mut engine => break joined,
         }
     };
-    // The engine may have reported a last stage between the final poll and its end.
-    while let Ok((stage, percent)) = progress_rx.try_recv() {
-        forward(ctx, stage, percent).await;
+    // The engine may have reported between the final poll and its end.
+    while let Ok(report) = report_rx.try_recv() {
+        forward(ctx, report, &stop, &mut lost).await;
     }
     let result = joined.map_err(|err| ProviderError::internal(anyhow::anyhow!("the relief engine stopped: {err}")))?;
+    if let Some(lost) = lost {
+        return Err(lost);
+    }
     result.map_err(provider_error)
+}
+
+/// Handles one report: a stage becomes task progress, a product a stored output. After
+/// a product was lost (`lost`), later products are not stored either.
+async fn forward(ctx: &JobContext, report: Report, stop: &CancellationToken, lost: &mut Option<ProviderError>) {
+    match report {
+        Report::Progress(stage, percent) => progress(ctx, stage, percent).await,
+        Report::Product(product) if lost.is_none() => {
+            if let Err(err) = store_product(ctx, product).await {
+                *lost = Some(err);
+                stop.cancel();
+            }
+        }
+        Report::Product(_) => {}
+    }
 }
 
 /// Records one stage report as task progress. The engine's final 100 % means "model
 /// ready", which is not yet "stored": the task's completion reports 100 instead.
-async fn forward(ctx: &JobContext, stage: Stage, percent: u8) {
+async fn progress(ctx: &JobContext, stage: Stage, percent: u8) {
     if percent >= 100 {
         return;
     }
@@ -205,6 +251,93 @@ async fn forward(ctx: &JobContext, stage: Stage, percent: u8) {
         // A lost progress event is no reason to throw the model away.
         tracing::warn!(error = format!("{err:#}"), "cannot record relief progress");
     }
+}
+
+/// Stores a cut-out or position map under seed 004's name, with its role and size.
+async fn store_product(ctx: &JobContext, product: Product) -> Result<(), ProviderError> {
+    let (role, format) = match product {
+        Product::Cutout(_) => ("cutout", "cutout"),
+        Product::PositionMap(_) => ("position_map", "position-map"),
+    };
+    let mut metadata = json!({ "format": format });
+    if let Ok((width, height)) = image::ImageReader::new(Cursor::new(product.bytes()))
+        .with_guessed_format()
+        .map_err(image::ImageError::from)
+        .and_then(|reader| reader.into_dimensions())
+    {
+        metadata["width"] = json!(width);
+        metadata["height"] = json!(height);
+    }
+    if let Product::PositionMap(_) = product {
+        // Enough for a client to decode it without reading docs/relief.md.
+        metadata["encoding"] = json!({
+            "bits": 16,
+            "xyz": "rgb / 65535 - 0.5, in model.glb's coordinates",
+            "inside": "alpha = 65535; elsewhere every channel is 0",
+        });
+    }
+    let file = ctx.spool_bytes(product.bytes()).await.map_err(ProviderError::internal)?;
+    ctx.output(Output {
+        name: product.file_name().to_owned(),
+        role: role.to_owned(),
+        content_type: "image/png".to_owned(),
+        file,
+        metadata,
+    })
+    .await
+    .map_err(ProviderError::internal)
+}
+
+/// Makes `output3d.zip` (OBJ + MTL + texture) from the stored GLB on a blocking thread
+/// and stores it. relief's models are small (60 000 triangles by default, 500 000 at
+/// most), so the zip is made in memory. A model the converter refuses is a fault here,
+/// not the task's: the model is kept and the failure logged.
+async fn archive(glb: Bytes, glb_sha256: String, ctx: &JobContext) -> Result<(), ProviderError> {
+    let cancel = formats::Cancel::new();
+    let converter_cancel = cancel.clone();
+    let mut converter = tokio::task::spawn_blocking(move || {
+        let model = formats::Model::read_glb(&glb, &formats::Limits::default(), &converter_cancel)?;
+        let mut zip = Cursor::new(Vec::new());
+        let summary = formats::write::obj_zip(&model, &mut zip, &converter_cancel)?;
+        let mut notes = model.notes.clone();
+        notes.extend(summary.notes);
+        Ok::<_, formats::FormatError>((zip.into_inner(), summary.triangles, summary.vertices, notes))
+    });
+    let joined = tokio::select! {
+        joined = &mut converter => joined,
+        () = ctx.cancelled().cancelled() => {
+            cancel.cancel();
+            converter.await
+        }
+    };
+    let (zip, triangles, vertices, notes) = match joined {
+        Ok(Ok(made)) => made,
+        Ok(Err(formats::FormatError::Cancelled)) => {
+            return Err(ProviderError::new("canceled", "The task was canceled."));
+        }
+        Ok(Err(err)) => {
+            tracing::error!(error = %err, "relief's model could not be converted to output3d.zip");
+            return Ok(());
+        }
+        Err(err) => return Err(ProviderError::internal(anyhow::anyhow!("the OBJ converter stopped: {err}"))),
+    };
+    let file = ctx.spool_bytes(&zip).await.map_err(ProviderError::internal)?;
+    ctx.output(Output {
+        name: "output3d.zip".to_owned(),
+        role: "archive".to_owned(),
+        content_type: "application/zip".to_owned(),
+        file,
+        metadata: json!({
+            "format": "obj",
+            "source": "model.glb",
+            "source_sha256": glb_sha256,
+            "triangles": triangles,
+            "vertices": vertices,
+            "notes": notes,
+        }),
+    })
+    .await
+    .map_err(ProviderError::internal)
 }
 
 fn stage_name(stage: Stage) -> &'static str {
@@ -353,6 +486,132 @@ mod tests {
         assert!(err.contains("`depht`"), "{err}");
         let err = factory(&channel(json!({"resolution": 4}))).err().expect("range refused").to_string();
         assert!(err.contains("`resolution` must be between 32 and 512"), "{err}");
+    }
+
+    /// Records what a run reports, in order; refuses to store `refuse` if set.
+    struct Recorder {
+        seen: std::sync::Mutex<Vec<(String, Option<Output>)>>,
+        refuse: Option<&'static str>,
+    }
+
+    #[async_trait]
+    impl crate::providers::JobSink for Recorder {
+        async fn progress(&self, progress: u8, stage: &str) -> anyhow::Result<()> {
+            self.seen.lock().expect("not poisoned").push((format!("{stage} {progress}"), None));
+            Ok(())
+        }
+        async fn output(&self, output: Output) -> anyhow::Result<()> {
+            if self.refuse == Some(output.name.as_str()) {
+                anyhow::bail!("storage is down");
+            }
+            self.seen.lock().expect("not poisoned").push((output.name.clone(), Some(output)));
+            Ok(())
+        }
+        async fn submitting(&self, _in_flight: bool) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn submitted(&self, _job_id: &str, _placement: Option<&str>) -> anyhow::Result<()> {
+            Ok(())
+        }
+        async fn place(&self, _placement: &str) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A red disc on white, as a PNG.
+    fn disc() -> Bytes {
+        let picture = image::RgbImage::from_fn(160, 120, |x, y| {
+            let (dx, dy) = (f64::from(x) - 80.0, f64::from(y) - 60.0);
+            if dx * dx + dy * dy < 45.0 * 45.0 { image::Rgb([200, 40, 40]) } else { image::Rgb([255, 255, 255]) }
+        });
+        let mut bytes = Cursor::new(Vec::new());
+        picture.write_to(&mut bytes, image::ImageFormat::Png).expect("encodes");
+        Bytes::from(bytes.into_inner())
+    }
+
+    async fn run_with(refuse: Option<&'static str>) -> (Result<Outcome, ProviderError>, Vec<(String, Option<Output>)>) {
+        let sink = Arc::new(Recorder { seen: std::sync::Mutex::new(Vec::new()), refuse });
+        let spool = tempfile::tempdir().expect("a spool folder");
+        let ctx = JobContext::new(sink.clone(), CancellationToken::new(), spool.path().to_owned());
+        let job = Job {
+            task_id: crate::tasks::TaskId::new(),
+            kind: TaskKind::ImageTo3d,
+            model: "relief".into(),
+            upstream_model: "relief".into(),
+            prompt: None,
+            image: Some(crate::providers::InputImage {
+                bytes: disc(),
+                format: "png".into(),
+                content_type: "image/png".into(),
+                width: 160,
+                height: 120,
+            }),
+            params: json!({"resolution": 48, "texture_size": 128}),
+            attempt: 1,
+            deadline: None,
+            upstream: crate::providers::Upstream::None,
+            client_key: None,
+        };
+        let outcome = relief().run(job, ctx).await;
+        let seen = std::mem::take(&mut *sink.seen.lock().expect("not poisoned"));
+        (outcome, seen)
+    }
+
+    #[tokio::test]
+    async fn seed_004s_files_are_stored_as_each_is_ready() {
+        let (outcome, seen) = run_with(None).await;
+        assert!(matches!(outcome, Ok(Outcome::Completed { .. })), "{outcome:?}");
+        let order: Vec<&str> = seen.iter().map(|(what, _)| what.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "segmenting 0",
+                "meshing 25",
+                "texturing 60",
+                "pixel_images.png",
+                "encoding 85",
+                "xyz_images.png",
+                "model.glb",
+                "output3d.zip"
+            ]
+        );
+        let outputs: Vec<&Output> = seen.iter().filter_map(|(_, output)| output.as_ref()).collect();
+        let kinds: Vec<(&str, &str)> = outputs.iter().map(|o| (o.role.as_str(), o.content_type.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("cutout", "image/png"),
+                ("position_map", "image/png"),
+                ("model", "model/gltf-binary"),
+                ("archive", "application/zip")
+            ]
+        );
+        let texture = &outputs[2].metadata["texture"];
+        for map in &outputs[..2] {
+            assert_eq!(map.metadata["width"], texture["width"], "{}", map.name);
+            assert_eq!(map.metadata["height"], texture["height"], "{}", map.name);
+        }
+        assert_eq!(outputs[0].metadata["format"], "cutout");
+        assert_eq!(outputs[1].metadata["format"], "position-map");
+        assert_eq!(outputs[1].metadata["encoding"]["bits"], 16);
+        let zip = &outputs[3];
+        assert_eq!(zip.metadata["format"], "obj");
+        assert_eq!(zip.metadata["source_sha256"], json!(outputs[2].file.sha256));
+        assert_eq!(zip.metadata["triangles"], outputs[2].metadata["triangles"]);
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &zip.file.file, &mut bytes).expect("reads the spooled zip");
+        assert!(bytes.starts_with(b"PK\x03\x04"), "not a zip");
+        assert_eq!(bytes.len() as u64, zip.file.len);
+    }
+
+    #[tokio::test]
+    async fn a_product_that_cannot_be_stored_fails_the_run_before_the_model() {
+        let (outcome, seen) = run_with(Some("pixel_images.png")).await;
+        let err = outcome.expect_err("a lost product fails the run");
+        assert_eq!(err.code, "provider_error");
+        assert!(seen.iter().all(|(what, _)| what != "model.glb" && what != "xyz_images.png"), "{:?}", {
+            seen.iter().map(|(what, _)| what.clone()).collect::<Vec<_>>()
+        });
     }
 
     #[test]

@@ -62,6 +62,11 @@ async fn counter(app: &TestApp, series: &str) -> u64 {
     text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
 }
 
+/// The task's model among its outputs (relief stores its cut-out and position map first).
+fn model_output(result: &Value) -> &Value {
+    result["outputs"].as_array().and_then(|o| o.iter().find(|o| o["role"] == "model")).expect("a model output")
+}
+
 fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
 }
@@ -71,7 +76,7 @@ async fn stl_of_a_relief_model_is_made_once_stored_and_served() {
     let app = spawn().await;
     let id = finished_task(&app, "relief", SMALL).await;
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
-    let triangles = result["outputs"][0]["metadata"]["triangles"].as_u64().expect("relief's triangle count");
+    let triangles = model_output(&result)["metadata"]["triangles"].as_u64().expect("relief's triangle count");
     let ok = r#"kiln_conversions_total{format="stl",outcome="ok"}"#;
     assert_eq!(counter(&app, ok).await, 0);
 
@@ -85,7 +90,7 @@ async fn stl_of_a_relief_model_is_made_once_stored_and_served() {
     assert_eq!(output["metadata"]["format"], "stl");
     assert_eq!(output["metadata"]["units"], "m");
     assert_eq!(output["metadata"]["source"], "model.glb");
-    assert_eq!(output["metadata"]["source_sha256"], result["outputs"][0]["sha256"]);
+    assert_eq!(output["metadata"]["source_sha256"], model_output(&result)["sha256"]);
     assert_eq!(output["metadata"]["triangles"], triangles);
 
     // The file downloads with its type, and its header agrees with its length and with
@@ -111,8 +116,20 @@ async fn stl_of_a_relief_model_is_made_once_stored_and_served() {
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
     let names: Vec<&str> =
         result["outputs"].as_array().expect("outputs").iter().filter_map(|o| o["name"].as_str()).collect();
-    // (The preview and the compressed GLB were made when the task finished.)
-    assert_eq!(names, ["model.glb", "preview.png", "model.meshopt.glb", "model.stl"]);
+    // relief's own files, then the preview and the compressed GLB made when the task
+    // finished.
+    assert_eq!(
+        names,
+        [
+            "pixel_images.png",
+            "xyz_images.png",
+            "model.glb",
+            "output3d.zip",
+            "preview.png",
+            "model.meshopt.glb",
+            "model.stl"
+        ]
+    );
     let events = app.events(&id, None, 100).await;
     assert_eq!(events.last().map(|(_, kind, _)| kind.as_str()), Some("completed"));
     assert!(events.iter().all(|(_, kind, data)| kind != "result" || data["name"] != "model.stl"));
@@ -275,7 +292,7 @@ async fn a_usdz_over_its_triangle_budget_is_made_from_a_simplified_copy() {
     let app = TestApp::spawn_with(&format!("{CHANNELS}\n[convert]\nusdz_max_triangles = 1000\n")).await;
     let id = finished_task(&app, "relief", SMALL).await;
     let result = app.get(&format!("/api/v1/tasks/{id}/result")).await.json::<Value>().await.expect("result");
-    let triangles = result["outputs"][0]["metadata"]["triangles"].as_u64().expect("relief's triangle count");
+    let triangles = model_output(&result)["metadata"]["triangles"].as_u64().expect("relief's triangle count");
     assert!(triangles > 1000, "relief made {triangles} triangles, no more than the budget");
     let (status, _, output) = ask(&app, &id, "format=usdz").await;
     assert_eq!(status, 303, "{output}");
@@ -410,7 +427,7 @@ async fn a_3d_task_finishes_with_its_preview_compressed_glb_and_asked_formats_be
     let bytes = app.client.get(compressed["url"].as_str().expect("url")).send().await.expect("GET").bytes().await;
     let model = formats::Model::read_glb(&bytes.expect("bytes"), &formats::Limits::default(), &formats::Cancel::new())
         .expect("the compressed GLB reads");
-    let triangles = result["outputs"][0]["metadata"]["triangles"].as_u64().expect("relief's triangles");
+    let triangles = model_output(&result)["metadata"]["triangles"].as_u64().expect("relief's triangles");
     assert_eq!(model.triangles(), triangles);
 
     // The preview: a 512 px picture on a transparent background, served as the thumbnail.

@@ -1,13 +1,18 @@
 //! The relief engine end to end through the real server, on the embedded default
-//! channel: the catalog entry, a picture in, live progress over SSE, the stored GLB and
-//! its metadata, `no_foreground_object`, bad params refused before queueing, and
-//! `kiln generate` writing a model that the Khronos glTF Validator accepts.
+//! channel: the catalog entry, a picture in, live progress over SSE, seed 004's files
+//! (cut-out, position map, model, OBJ archive) stored as each is ready, the GLB's
+//! metadata, seed 004's status table filled, `no_foreground_object`, bad params refused
+//! before queueing, and `kiln generate` writing a model that the Khronos glTF Validator
+//! accepts.
 
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::helpers::{FIXTURES, TestApp, fixture};
+use crate::helpers::{FIXTURES, TestApp, fixture, read_events};
+
+/// Seed 004's files in the order relief stores them, each as soon as it is ready.
+pub const SEED_004_FILES: [&str; 4] = ["pixel_images.png", "xyz_images.png", "model.glb", "output3d.zip"];
 
 /// No `[[channels]]` in the file: the embedded default (one relief channel) applies.
 const DEFAULT_CHANNELS: &str = "";
@@ -20,6 +25,60 @@ fn uniform_png() -> Vec<u8> {
     let mut bytes = std::io::Cursor::new(Vec::new());
     picture.write_to(&mut bytes, image::ImageFormat::Png).expect("encoding a plain picture");
     bytes.into_inner()
+}
+
+/// Fetches `url` (absolute, or relative to the server) and checks its content type.
+async fn fetch(app: &TestApp, url: &str, content_type: &str) -> Vec<u8> {
+    let url = if url.starts_with("http") { url.to_owned() } else { app.url(url) };
+    let response = app.client.get(&url).send().await.expect("GET a stored file");
+    assert_eq!(response.status().as_u16(), 200, "{url}");
+    assert_eq!(response.headers()["content-type"], content_type, "{url}");
+    response.bytes().await.expect("the file's body").to_vec()
+}
+
+/// Fetches seed 004's three pictures-and-archive files and checks each is what its name
+/// promises: the cut-out an 8-bit RGBA PNG with a transparent background and an opaque
+/// object; the position map a 16-bit RGBA PNG of the same size, alpha only 0 or 65535,
+/// its surface points inside the model's unit cube and its other pixels zero; the
+/// archive a zip holding `model.obj` and `model.mtl`.
+pub async fn assert_seed_004_files(app: &TestApp, pixel_images: &str, xyz_images: &str, output_zip: &str) {
+    let cutout = match image::load_from_memory(&fetch(app, pixel_images, "image/png").await).expect("a PNG") {
+        image::DynamicImage::ImageRgba8(image) => image,
+        other => panic!("pixel_images.png is {:?}, not 8-bit RGBA", other.color()),
+    };
+    assert!(cutout.pixels().any(|p| p.0[3] == 0), "the cut-out has no transparent background");
+    assert!(cutout.pixels().any(|p| p.0[3] == 255), "the cut-out has no opaque object");
+
+    let positions = match image::load_from_memory(&fetch(app, xyz_images, "image/png").await).expect("a PNG") {
+        image::DynamicImage::ImageRgba16(image) => image,
+        other => panic!("xyz_images.png is {:?}, not 16-bit RGBA", other.color()),
+    };
+    assert_eq!(positions.dimensions(), cutout.dimensions(), "the two pictures cover the same texels");
+    let mut surface = 0usize;
+    let mut front = f64::MIN;
+    for pixel in positions.pixels() {
+        match pixel.0[3] {
+            0 => assert_eq!(pixel.0, [0; 4], "a pixel off the surface is not zero"),
+            u16::MAX => {
+                surface += 1;
+                // docs/relief.md's decoding: (R, G, B) / 65535 - 0.5.
+                let z = f64::from(pixel.0[2]) / 65535.0 - 0.5;
+                front = front.max(z);
+            }
+            other => panic!("a position map pixel has alpha {other}"),
+        }
+    }
+    assert!(surface > 100, "the position map covers {surface} pixels");
+    assert!(front > 0.0, "the front surface lies behind the model's middle ({front})");
+    let opaque = cutout.pixels().filter(|p| p.0[3] >= 128).count();
+    let ratio = surface as f64 / opaque as f64;
+    assert!((0.95..1.05).contains(&ratio), "{surface} surface pixels against {opaque} opaque cut-out pixels");
+
+    let zip = fetch(app, output_zip, "application/zip").await;
+    assert!(zip.starts_with(b"PK\x03\x04"), "output3d.zip is not a zip");
+    for name in [b"model.obj".as_slice(), b"model.mtl"] {
+        assert!(zip.windows(name.len()).any(|w| w == name), "output3d.zip has no {}", String::from_utf8_lossy(name));
+    }
 }
 
 /// Checks the GLB container: magic, version 2, total length, a JSON chunk first.
@@ -95,20 +154,60 @@ async fn the_default_channel_turns_the_mug_into_a_model_with_live_progress() {
     // Then kiln's own step, which makes the preview and the compressed GLB.
     assert_eq!(stages, ["segmenting", "meshing", "texturing", "encoding", "finishing"], "{processing:?}");
     assert!(processing.windows(2).all(|w| w[0].1 <= w[1].1), "progress went backwards: {processing:?}");
-    let result_event = events.iter().find(|(_, kind, _)| kind == "result").expect("a result event");
-    assert_eq!(result_event.2["name"], "model.glb");
-    assert!(result_event.2["url"].as_str().is_some_and(|u| u.ends_with("/model.glb")), "{}", result_event.2);
+    // Seed 004's files, each stored as soon as it is ready: the cut-out while texturing,
+    // the position map while encoding, then the model and its OBJ archive.
+    let results: Vec<(i64, &str)> = events
+        .iter()
+        .filter(|(_, kind, _)| kind == "result")
+        .map(|(seq, _, data)| (*seq, data["name"].as_str().unwrap_or("")))
+        .collect();
+    let names: Vec<&str> = results.iter().map(|(_, name)| *name).collect();
+    assert!(names.starts_with(&SEED_004_FILES), "{names:?}");
+    let stage_seq =
+        |stage: &str| events.iter().find(|(_, kind, data)| kind == "processing" && data["stage"] == stage).map(|e| e.0);
+    let (texturing, encoding) = (stage_seq("texturing").expect("texturing"), stage_seq("encoding").expect("encoding"));
+    assert!(texturing < results[0].0 && results[0].0 < encoding, "the cut-out is stored while texturing");
+    assert!(encoding < results[1].0, "the position map is stored while encoding");
+    for (_, _, data) in events.iter().filter(|(_, kind, _)| kind == "result").take(4) {
+        let name = data["name"].as_str().unwrap_or("");
+        assert!(data["url"].as_str().is_some_and(|u| u.ends_with(&format!("/{name}"))), "{data}");
+    }
 
     let (status, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
     assert_eq!(status, 200);
     assert_eq!(result["status"], "succeeded");
     let outputs = result["outputs"].as_array().expect("outputs");
+    let named = |name: &str| outputs.iter().find(|o| o["name"] == name).unwrap_or_else(|| panic!("no {name}"));
+    for (name, role, content_type) in [
+        ("pixel_images.png", "cutout", "image/png"),
+        ("xyz_images.png", "position_map", "image/png"),
+        ("model.glb", "model", "model/gltf-binary"),
+        ("output3d.zip", "archive", "application/zip"),
+    ] {
+        assert_eq!(
+            (named(name)["role"].as_str(), named(name)["content_type"].as_str()),
+            (Some(role), Some(content_type))
+        );
+    }
     let names: Vec<&str> = outputs.iter().filter_map(|o| o["name"].as_str()).collect();
     assert!(names.contains(&"preview.png") && names.contains(&"model.meshopt.glb"), "{names:?}");
-    let output = outputs.iter().find(|o| o["name"] == "model.glb").expect("the model");
-    assert_eq!(output["role"], "model");
-    assert_eq!(output["content_type"], "model/gltf-binary");
+    let output = named("model.glb");
     assert_eq!(output["format"], "glb");
+    let archive = named("output3d.zip");
+    assert_eq!(archive["metadata"]["format"], "obj");
+    assert_eq!(archive["metadata"]["source_sha256"], output["sha256"]);
+    assert_eq!(archive["metadata"]["triangles"], output["metadata"]["triangles"]);
+    let texture = &output["metadata"]["texture"];
+    for map in [named("pixel_images.png"), named("xyz_images.png")] {
+        assert_eq!((&map["metadata"]["width"], &map["metadata"]["height"]), (&texture["width"], &texture["height"]));
+    }
+    assert_seed_004_files(
+        &app,
+        named("pixel_images.png")["url"].as_str().expect("url"),
+        named("xyz_images.png")["url"].as_str().expect("url"),
+        archive["url"].as_str().expect("url"),
+    )
+    .await;
     let stats = &output["metadata"];
     let triangles = stats["triangles"].as_u64().expect("triangles");
     assert!((1..=60_000).contains(&triangles), "{stats}");
@@ -186,7 +285,8 @@ async fn bad_relief_params_are_refused_before_queueing() {
     let done = app.wait_terminal(task["id"].as_str().expect("id")).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{}/result", task["id"].as_str().unwrap_or(""))).await;
-    let stats = &result["outputs"][0]["metadata"];
+    let model = result["outputs"].as_array().and_then(|o| o.iter().find(|o| o["role"] == "model")).expect("a model");
+    let stats = &model["metadata"];
     assert!(stats["triangles"].as_u64().is_some_and(|t| t <= 2000), "{stats}");
     assert!(stats["texture"]["width"].as_u64().is_some_and(|w| w <= 256), "{stats}");
     app.stop().await;
@@ -213,8 +313,9 @@ async fn kiln_generate_writes_a_valid_model_of_the_mug() {
     let (_, page) = app.get_json("/api/v1/tasks").await;
     let id = page["items"][0]["id"].as_str().expect("the generated task");
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
-    assert_eq!(result["outputs"][0]["size"].as_u64(), Some(glb.len() as u64));
-    assert!(result["outputs"][0]["metadata"]["triangles"].as_u64().is_some_and(|t| t > 0), "{result}");
+    let model = result["outputs"].as_array().and_then(|o| o.iter().find(|o| o["role"] == "model")).expect("a model");
+    assert_eq!(model["size"].as_u64(), Some(glb.len() as u64));
+    assert!(model["metadata"]["triangles"].as_u64().is_some_and(|t| t > 0), "{result}");
 
     // A plain picture: the command fails and names the code.
     let plain = app.dir.path().join("plain.png");
@@ -227,5 +328,65 @@ async fn kiln_generate_writes_a_valid_model_of_the_mug() {
         .expect("running kiln generate");
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_foreground_object"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn seed_004s_status_table_points_at_every_file_relief_made() {
+    let app = TestApp::spawn_with(DEFAULT_CHANNELS).await;
+    let form = reqwest::multipart::Form::new()
+        .part("file", reqwest::multipart::Part::bytes(fixture("vase.png")).file_name("vase.png"));
+    let picture: Value = app
+        .client
+        .post(app.url("/picture/upload"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload")
+        .json()
+        .await
+        .expect("JSON");
+    let created: Value = app
+        .client
+        .post(app.url("/api/reconstruction/create-from-image"))
+        .json(&json!({ "pictureId": picture["id"] }))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("JSON");
+    let task_id = created["taskId"].as_str().expect("a task id");
+
+    // The stream renders each file as a `result` in arrival order, then COMPLETED.
+    let events = read_events(&app.client, &app.url(created["sseUrl"].as_str().expect("sseUrl")), None, 100).await;
+    let files: Vec<&str> = events
+        .iter()
+        .filter(|(_, kind, _)| kind == "result")
+        .filter_map(|(_, _, data)| data["fileName"].as_str())
+        .collect();
+    assert!(files.starts_with(&SEED_004_FILES), "{files:?}");
+    let (_, name, last) = events.last().expect("events");
+    assert_eq!((name.as_str(), last["status"].as_str()), ("status", Some("COMPLETED")));
+
+    let (_, status) = app.get_json(&format!("/api/reconstruction/status/{task_id}")).await;
+    assert_eq!(status["status"], "COMPLETED", "{status}");
+    let url = |field: &str| status[field].as_str().unwrap_or_else(|| panic!("{field} is empty: {status}")).to_owned();
+    for (field, file) in [
+        ("pixelImagesUrl", "pixel_images.png"),
+        ("xyzImagesUrl", "xyz_images.png"),
+        ("outputZipUrl", "output3d.zip"),
+        ("modelUrl", "model.glb"),
+    ] {
+        assert!(url(field).ends_with(&format!("reconstruction/{task_id}/{file}")), "{field}: {status}");
+    }
+    assert_seed_004_files(&app, &url("pixelImagesUrl"), &url("xyzImagesUrl"), &url("outputZipUrl")).await;
+    assert_glb(&fetch(&app, &url("modelUrl"), "model/gltf-binary").await);
+    // relief makes no preview picture itself; kiln's own, when it makes one, has role
+    // `preview`, never the cut-out.
+    match status["previewUrl"].as_str() {
+        None => assert!(status["previewUrl"].is_null()),
+        Some(preview) => assert!(preview.ends_with("/preview.png"), "{status}"),
+    }
     app.stop().await;
 }

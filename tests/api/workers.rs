@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, fixture, read_events};
+use crate::relief::{SEED_004_FILES, assert_seed_004_files};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
@@ -183,12 +184,33 @@ async fn every_face_runs_on_kiln_worker() {
     assert_eq!(kinds.last(), Some(&"completed"), "{kinds:?}");
     let stages: Vec<&str> = events.iter().filter_map(|(_, _, d)| d["stage"].as_str()).collect();
     assert!(stages.contains(&"dispatched") && stages.contains(&"meshing"), "{stages:?}");
-    let result = events.iter().find(|(_, k, _)| k == "result").expect("a result event");
-    assert_eq!(result.2["name"], "model.glb");
-    assert_eq!(result.2["key"], format!("reconstruction/{id}/model.glb"));
+    // relief's files, each sent as a result callback as soon as it is ready, reach kiln
+    // in the same order with seed 004's names, and kiln gives each its role by name.
+    let results: Vec<&Value> = events.iter().filter(|(_, k, _)| k == "result").map(|(_, _, d)| d).collect();
+    let names: Vec<&str> = results.iter().filter_map(|d| d["name"].as_str()).collect();
+    assert!(names.starts_with(&SEED_004_FILES), "{names:?}");
+    for (data, name) in results.iter().zip(SEED_004_FILES) {
+        assert_eq!(data["key"], format!("reconstruction/{id}/{name}"));
+    }
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
     assert_eq!(result["status"], "succeeded");
     assert_eq!(result["metadata"]["format"], "glb");
+    let outputs = result["outputs"].as_array().expect("outputs");
+    let named =
+        |name: &str| outputs.iter().find(|o| o["name"] == name).unwrap_or_else(|| panic!("no {name}: {result}"));
+    for (name, role, content_type) in [
+        ("pixel_images.png", "cutout", "image/png"),
+        ("xyz_images.png", "position_map", "image/png"),
+        ("model.glb", "model", "model/gltf-binary"),
+        ("output3d.zip", "archive", "application/zip"),
+    ] {
+        assert_eq!(
+            (named(name)["role"].as_str(), named(name)["content_type"].as_str()),
+            (Some(role), Some(content_type))
+        );
+    }
+    let url = |name: &str| named(name)["url"].as_str().expect("url").to_owned();
+    assert_seed_004_files(&app, &url("pixel_images.png"), &url("xyz_images.png"), &url("output3d.zip")).await;
 
     // Seed 002: wait for the model, then fetch it from /static.
     let form = reqwest::multipart::Form::new()
@@ -250,16 +272,26 @@ async fn every_face_runs_on_kiln_worker() {
     let task_id = created["taskId"].as_str().unwrap();
     assert_eq!(created["sseUrl"], format!("/api/reconstruction/events/{task_id}"));
     let events = read_events(&app.client, &app.url(created["sseUrl"].as_str().unwrap()), None, 100).await;
-    let result = events.iter().find(|(_, k, _)| k == "result").expect("a result event");
-    assert_eq!(result.2["fileName"], "model.glb");
-    assert_eq!(result.2["taskId"], task_id);
+    let results: Vec<&Value> = events.iter().filter(|(_, k, _)| k == "result").map(|(_, _, d)| d).collect();
+    let files: Vec<&str> = results.iter().filter_map(|d| d["fileName"].as_str()).collect();
+    assert!(files.starts_with(&SEED_004_FILES), "{files:?}");
+    assert!(results.iter().all(|d| d["taskId"] == task_id));
     let (_, name, last) = events.last().unwrap();
     assert_eq!((name.as_str(), last["status"].as_str()), ("status", Some("COMPLETED")));
     let (_, status) = app.get_json(&format!("/api/reconstruction/status/{task_id}")).await;
     assert_eq!(status["status"], "COMPLETED");
-    assert!(status["modelUrl"].as_str().unwrap().ends_with(&format!("reconstruction/{task_id}/model.glb")));
+    let url = |field: &str| status[field].as_str().unwrap_or_else(|| panic!("{field} is empty: {status}")).to_owned();
+    for (field, file) in [
+        ("pixelImagesUrl", "pixel_images.png"),
+        ("xyzImagesUrl", "xyz_images.png"),
+        ("outputZipUrl", "output3d.zip"),
+        ("modelUrl", "model.glb"),
+    ] {
+        assert!(url(field).ends_with(&format!("reconstruction/{task_id}/{file}")), "{field}: {status}");
+    }
+    assert_seed_004_files(&app, &url("pixelImagesUrl"), &url("xyzImagesUrl"), &url("outputZipUrl")).await;
     assert_eq!(status["originalImageUrl"], picture["url"]);
-    assert!(status["outputZipUrl"].is_null() && status["errorMessage"].is_null());
+    assert!(status["errorMessage"].is_null());
     app.stop().await;
 }
 

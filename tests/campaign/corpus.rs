@@ -198,7 +198,8 @@ impl Target {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert_eq!(result["status"], "succeeded", "the reference task: {result}");
-        let model_key = files_key(result["outputs"][0]["url"].as_str().expect("model url"));
+        let model = result["outputs"].as_array().and_then(|o| o.iter().find(|o| o["role"] == "model"));
+        let model_key = files_key(model.and_then(|m| m["url"].as_str()).expect("model url"));
         Self { server, dir, addr, task: id, picture, picture_key, model_key }
     }
 

@@ -375,7 +375,8 @@ async fn fetch_result(http: &reqwest::Client, base: &str, id: &str) -> Result<Ve
         .json()
         .await
         .map_err(|e| e.to_string())?;
-    let output = &result["outputs"][0];
+    let output = result["outputs"].as_array().and_then(|o| o.iter().find(|o| o["role"] == "model"));
+    let output = output.ok_or_else(|| format!("task {id}: no model in {result}"))?;
     let url = output["url"].as_str().ok_or_else(|| format!("task {id}: no output in {result}"))?;
     if !url.starts_with(base) {
         return Err(format!("task {id}: the output's URL {url} is not {base}'s own"));

@@ -15,6 +15,14 @@
 //! thread spent running on the core (the scheduler's own accounting, Linux
 //! `/proc/thread-self/schedstat`), so other processes sharing the core do not inflate
 //! it; on an idle machine the two agree. Elsewhere it falls back to wall-clock time.
+//!
+//! A third group, `reconstruct-with-products-on-cpu`, times the runs kiln's provider
+//! makes: the same, plus seed 004's cut-out and position map (`reconstruct_observed`).
+//! The difference from `reconstruct-on-cpu` is what the two pictures cost:
+//!
+//! ```sh
+//! taskset -c 0 cargo bench -p relief --bench reconstruct -- on-cpu
+//! ```
 
 use std::hint::black_box;
 use std::io::Cursor;
@@ -24,7 +32,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat, RgbaImage};
-use relief::{Options, reconstruct};
+use relief::{Observer, Options, Product, Stage, reconstruct, reconstruct_observed};
 
 /// The object's longest side as a fraction of the square: a typical product photo.
 const OBJECT_FRACTION: f64 = 0.7;
@@ -70,6 +78,17 @@ fn time_on_cpu(iterations: u64, mut work: impl FnMut()) -> Duration {
     }
 }
 
+/// Keeps the products' sizes, as a caller storing them would read them.
+struct Keep(usize);
+
+impl Observer for Keep {
+    fn stage(&mut self, _stage: Stage, _percent: u8) {}
+
+    fn product(&mut self, product: Product) {
+        self.0 += black_box(product.bytes()).len();
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let options = Options::default();
     let mug = fixture("mug.jpg");
@@ -101,6 +120,22 @@ fn bench(c: &mut Criterion) {
         }
         group.finish();
     }
+
+    let mut group = c.benchmark_group("reconstruct-with-products-on-cpu");
+    group.sample_size(20);
+    for (name, side, input) in &inputs {
+        group.throughput(Throughput::Elements(u64::from(*side) * u64::from(*side)));
+        group.bench_with_input(BenchmarkId::new(*name, side), input, |b, input| {
+            b.iter_custom(|iterations| {
+                time_on_cpu(iterations, || {
+                    let mut keep = Keep(0);
+                    reconstruct_observed(black_box(input), &options, &mut keep, &|| false).expect("a model");
+                    assert!(keep.0 > 0, "no products");
+                })
+            })
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, bench);

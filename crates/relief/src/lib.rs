@@ -14,7 +14,13 @@
 //! - `field`: distance to the outline and the rounded height profile;
 //! - `mesh`: front and back sheets sharing the rim, closed, with normals;
 //! - `texture`: the picture under the object with colours bled past the outline;
+//! - `maps`: the cut-out and the front surface's position map, pictures of the same
+//!   rectangle as the texture (seed 004's `pixel_images.png` and `xyz_images.png`);
 //! - `glb`: the binary glTF file.
+//!
+//! [`reconstruct_observed`] reports each stage and hands over the two pictures as
+//! soon as each is made; [`reconstruct`] and [`reconstruct_cancellable`] report
+//! stages only and skip making them.
 //!
 //! ```no_run
 //! let bytes = std::fs::read("mug.jpg").expect("read");
@@ -29,6 +35,7 @@ mod error;
 mod field;
 mod glb;
 mod grid;
+mod maps;
 mod mesh;
 mod options;
 mod picture;
@@ -49,6 +56,63 @@ pub enum Stage {
     Meshing,
     Texturing,
     Encoding,
+}
+
+/// A picture made on the way to the model, handed to the [`Observer`] as soon as it is
+/// ready. Both are PNG files covering the texture's rectangle at the texture's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Product {
+    /// The object cut out of the picture: 8-bit RGBA, alpha from the object's mask
+    /// (or the picture's own alpha for cut-out inputs), fully transparent pixels zero.
+    Cutout(Vec<u8>),
+    /// The front surface's positions: 16-bit RGBA, `(x, y, z) = (R, G, B) / 65535 - 0.5`
+    /// in the model's coordinates where A = 65535, and all zero off the surface.
+    PositionMap(Vec<u8>),
+}
+
+impl Product {
+    /// Seed 004's name for the file.
+    pub fn file_name(&self) -> &'static str {
+        match self {
+            Product::Cutout(_) => "pixel_images.png",
+            Product::PositionMap(_) => "xyz_images.png",
+        }
+    }
+
+    /// The PNG bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Product::Cutout(bytes) | Product::PositionMap(bytes) => bytes,
+        }
+    }
+}
+
+/// Follows a reconstruction: each stage as it starts and each [`Product`] as it is made.
+pub trait Observer {
+    /// A stage starts, at `percent` (0-100) of the whole; 100 when the model is ready.
+    fn stage(&mut self, stage: Stage, percent: u8);
+    /// A product is ready. Called only when [`Observer::wants_products`] is true.
+    fn product(&mut self, product: Product);
+    /// Whether to make the products at all: they cost a few tens of milliseconds that
+    /// a caller wanting only the model should not pay.
+    fn wants_products(&self) -> bool {
+        true
+    }
+}
+
+/// The stage callback of [`reconstruct`] as an observer that wants no products.
+struct StagesOnly<'a>(&'a mut dyn FnMut(Stage, u8));
+
+impl Observer for StagesOnly<'_> {
+    fn stage(&mut self, stage: Stage, percent: u8) {
+        (self.0)(stage, percent);
+    }
+
+    fn product(&mut self, _product: Product) {}
+
+    fn wants_products(&self) -> bool {
+        false
+    }
 }
 
 /// Facts about the produced model, for the caller's metadata.
@@ -100,11 +164,24 @@ pub fn reconstruct_cancellable(
     progress: &mut dyn FnMut(Stage, u8),
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Model, ReliefError> {
+    reconstruct_observed(image_bytes, options, &mut StagesOnly(progress), cancelled)
+}
+
+/// Like [`reconstruct_cancellable`], and also hands `observer` the cut-out (when
+/// texturing starts) and the position map (when encoding starts), unless it
+/// [wants none](Observer::wants_products). The model's bytes are the same either way.
+pub fn reconstruct_observed(
+    image_bytes: &[u8],
+    options: &Options,
+    observer: &mut dyn Observer,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Model, ReliefError> {
     let check = || if cancelled() { Err(ReliefError::Cancelled) } else { Ok(()) };
     options.validate()?;
     check()?;
+    let products = observer.wants_products();
 
-    progress(Stage::Segmenting, 0);
+    observer.stage(Stage::Segmenting, 0);
     // A working copy a few times finer than the grid keeps the outline's position
     // precise while making segmentation cost independent of the picture's size.
     let work_side = options.resolution.saturating_mul(4).clamp(1024, 2048);
@@ -114,7 +191,7 @@ pub fn reconstruct_cancellable(
     let bounds = mask.bounds().ok_or(ReliefError::NoForegroundObject)?;
     check()?;
 
-    progress(Stage::Meshing, 25);
+    observer.stage(Stage::Meshing, 25);
     let grid = fit_grid(&mask, bounds, options)?;
     check()?;
     let heights = field::heights(&grid, options.depth);
@@ -122,11 +199,21 @@ pub fn reconstruct_cancellable(
     let mesh = mesh::build(&grid, &heights, |point| crop.uv(&picture, grid.to_picture(point)));
     check()?;
 
-    progress(Stage::Texturing, 60);
-    let texture = texture::build(&picture, &mask, crop, options.texture_size)?;
+    observer.stage(Stage::Texturing, 60);
+    let region = texture::sample(&picture, crop, options.texture_size);
+    if products {
+        observer.product(Product::Cutout(maps::cutout(&picture, &mask, crop, &region)?));
+        check()?;
+    }
+    let texture = texture::build(&picture, &mask, crop, &region)?;
+    drop(region);
     check()?;
 
-    progress(Stage::Encoding, 85);
+    observer.stage(Stage::Encoding, 85);
+    if products {
+        observer.product(Product::PositionMap(maps::position_map(&mesh, texture.width, texture.height)?));
+        check()?;
+    }
     let glb = glb::encode(&mesh, &texture)?;
     let (bbox_min, bbox_max) = mesh.bounds();
     let stats = Stats {
@@ -138,7 +225,7 @@ pub fn reconstruct_cancellable(
         texture_height: texture.height,
         texture_format: texture.format,
     };
-    progress(Stage::Encoding, 100);
+    observer.stage(Stage::Encoding, 100);
     Ok(Model { glb, stats })
 }
 

@@ -13,8 +13,12 @@ pub(crate) struct Mesh {
     /// Unit length, area-weighted averages of the faces around each vertex.
     pub normals: Vec<[f32; 3]>,
     pub uvs: Vec<[f32; 2]>,
-    /// Counter-clockwise seen from outside.
+    /// Counter-clockwise seen from outside. The front sheet's triangles come first.
     pub indices: Vec<u32>,
+    /// How many of the triangles, from the first, make the front sheet: the surface
+    /// facing the camera, whose texture coordinates are one-to-one with the picture
+    /// (the back sheet reuses them mirrored, so the position map draws the front only).
+    pub front_triangles: usize,
 }
 
 impl Mesh {
@@ -84,6 +88,7 @@ pub(crate) fn build(grid: &Grid, heights: &[f32], uv: impl Fn([f64; 2]) -> [f32;
     }
 
     let mut indices = Vec::new();
+    let mut back_indices = Vec::new();
     let mut front_ids = Vec::with_capacity(6);
     let mut back_ids = Vec::with_capacity(6);
     for j in 0..grid.ny - 1 {
@@ -108,16 +113,19 @@ pub(crate) fn build(grid: &Grid, heights: &[f32], uv: impl Fn([f64; 2]) -> [f32;
                 // when seen from behind).
                 for k in 1..polygon.len() - 1 {
                     indices.extend_from_slice(&[front_ids[0], front_ids[k + 1], front_ids[k]]);
-                    indices.extend_from_slice(&[back_ids[0], back_ids[k], back_ids[k + 1]]);
+                    back_indices.extend_from_slice(&[back_ids[0], back_ids[k], back_ids[k + 1]]);
                 }
             });
         }
     }
 
+    let front_triangles = indices.len() / 3;
+    indices.append(&mut back_indices);
+
     fit_unit_cube(&mut points);
     let normals = vertex_normals(&points, &indices);
     let positions = points.iter().map(|p| p.map(|c| (c as f32).clamp(-0.5, 0.5))).collect();
-    Mesh { positions, normals, uvs, indices }
+    Mesh { positions, normals, uvs, indices, front_triangles }
 }
 
 /// Centres the points on the origin and scales them so the longest side is 1.
@@ -258,6 +266,23 @@ mod tests {
         for n in &mesh.normals {
             let length = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();
             assert!((length - 1.0).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn the_front_sheet_comes_first_and_faces_the_camera() {
+        let mesh = build_from(&RING);
+        assert_eq!(2 * mesh.front_triangles, mesh.triangle_count(), "one front and one back per polygon");
+        for (k, t) in mesh.indices.chunks_exact(3).enumerate() {
+            let [a, b, c] = [0, 1, 2].map(|i| mesh.positions[t[i] as usize].map(f64::from));
+            let (u, v) = (sub(b, a), sub(c, a));
+            let facing = u[0] * v[1] - u[1] * v[0];
+            let z = a[2] + b[2] + c[2];
+            if k < mesh.front_triangles {
+                assert!(facing > 0.0 && z > 0.0, "front triangle {k} faces away or lies behind");
+            } else {
+                assert!(facing < 0.0 && z < 0.0, "back triangle {k} faces the camera or lies in front");
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::io::Cursor;
 use image::codecs::jpeg::JpegEncoder;
 use image::codecs::png::PngEncoder;
 use image::imageops::FilterType;
-use image::{ExtendedColorType, ImageEncoder, RgbImage};
+use image::{DynamicImage, ExtendedColorType, ImageEncoder, RgbImage};
 
 use crate::ReliefError;
 use crate::grid::Grid;
@@ -61,18 +61,27 @@ impl Crop {
     }
 }
 
-/// Cuts, scales, bleeds and encodes the texture: PNG for cut-outs, JPEG otherwise.
-pub(crate) fn build(picture: &Picture, mask: &Mask, crop: Crop, texture_size: u32) -> Result<Texture, ReliefError> {
+/// The part of the picture under `crop`, scaled so its longest side is at most
+/// `texture_size`: the pixels both the texture and the cut-out are made from, so that
+/// texel (i, j) of one is pixel (i, j) of the other.
+pub(crate) fn sample(picture: &Picture, crop: Crop, texture_size: u32) -> DynamicImage {
     let longest = crop.width.max(crop.height);
     let scale = (f64::from(texture_size) / f64::from(longest)).min(1.0);
     let width = ((f64::from(crop.width) * scale).round() as u32).max(1);
     let height = ((f64::from(crop.height) * scale).round() as u32).max(1);
     let region = picture.full.crop_imm(crop.x, crop.y, crop.width, crop.height);
-    let mut rgb = if (width, height) == (crop.width, crop.height) {
-        region.to_rgb8()
+    if (width, height) == (crop.width, crop.height) {
+        region
     } else {
-        region.resize_exact(width, height, FilterType::Triangle).to_rgb8()
-    };
+        region.resize_exact(width, height, FilterType::Triangle)
+    }
+}
+
+/// Bleeds and encodes the texture from the [`sample`]d region: PNG for cut-outs, JPEG
+/// otherwise.
+pub(crate) fn build(picture: &Picture, mask: &Mask, crop: Crop, region: &DynamicImage) -> Result<Texture, ReliefError> {
+    let (width, height) = (region.width(), region.height());
+    let mut rgb = region.to_rgb8();
 
     let known = known_texels(picture, mask, crop, width, height);
     bleed(&mut rgb, &known);
