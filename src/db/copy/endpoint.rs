@@ -658,7 +658,11 @@ impl<'a> Batch<'a> {
             let decoded = match (&row, column) {
                 (SourceRow::Sqlite(row), Values::Int(values)) => row.try_get(i).map(|v| values.push(v)),
                 (SourceRow::Sqlite(row), Values::Text(values)) => row.try_get(i).map(|v| values.push(v)),
-                (SourceRow::Postgres(row), Values::Int(values)) => row.try_get(i).map(|v| values.push(v)),
+                // An INTEGER column (int4) is read as such and widened.
+                (SourceRow::Postgres(row), Values::Int(values)) => row
+                    .try_get(i)
+                    .or_else(|_| row.try_get::<Option<i32>, _>(i).map(|v| v.map(i64::from)))
+                    .map(|v| values.push(v)),
                 (SourceRow::Postgres(row), Values::Text(values)) => row.try_get(i).map(|v| values.push(v)),
             };
             decoded.with_context(|| {
