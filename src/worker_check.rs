@@ -238,6 +238,24 @@ pub fn synthetic_picture() -> Bytes {
     Bytes::from(out)
 }
 
+/// What a worker's warm-up measured, in a few words: time, peak VRAM, card, settings.
+fn warmup_summary(warmup: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(seconds) = warmup["seconds"].as_f64() {
+        parts.push(format!("{seconds:.1} s"));
+    }
+    if let Some(mib) = warmup["peak_vram_mib"].as_u64() {
+        parts.push(format!("peak VRAM {:.1} GiB", mib as f64 / 1024.0));
+    }
+    if let Some(device) = warmup["device"].as_str() {
+        parts.push(format!("on {device}"));
+    }
+    if let Some(settings) = warmup.get("settings") {
+        parts.push(format!("settings {settings}"));
+    }
+    format!("warm-up {}", parts.join(", "))
+}
+
 /// A health answer that is not ready, with the worker's own reason when it gives one.
 fn not_ready(status: u16, health: &Health) -> String {
     match &health.error {
@@ -485,7 +503,7 @@ async fn checks(c: &Checker) -> Report {
     report.record(
         "health answers 200 healthy with models_loaded",
         health.map(|h| {
-            let warmup = h.warmup.as_ref().map(|w| format!(", warm-up {w}")).unwrap_or_default();
+            let warmup = h.warmup.as_ref().map(|w| format!(", {}", warmup_summary(w))).unwrap_or_default();
             format!("protocol {:?}, slots {slots}, worker {:?}{warmup}", h.protocol, h.worker)
         }),
     );
