@@ -824,7 +824,8 @@ def test_the_warm_up_runs_the_whole_job_and_reports_time_and_vram(
     assert report is not None
     assert report["peak_vram_mib"] == 6 * 1024 and report["total_vram_mib"] == 22888
     assert report["device"] == "NVIDIA GeForce RTX 4090 (fake)"
-    assert report["settings"]["pipeline_type"] == "512" and report["settings"]["texture_size"] == 512
+    assert report["settings"]["pipeline_type"] == "512"
+    assert report["settings"]["texture_size"] == 512
     assert set(report["files"]) == {
         "pixel_images.png",
         "preview.png",

@@ -19,7 +19,9 @@ PIPELINE_JSON = {
     "args": {
         "models": {
             "sparse_structure_flow_model": "ckpts/ss_flow_img_dit_1_3B_64_bf16",
-            "sparse_structure_decoder": "microsoft/TRELLIS-image-large/ckpts/ss_dec_conv3d_16l8_fp16",
+            "sparse_structure_decoder": (
+                "microsoft/TRELLIS-image-large/ckpts/ss_dec_conv3d_16l8_fp16"
+            ),
             "shape_slat_flow_model_512": "ckpts/slat_flow_img2shape_dit_1_3B_512_bf16",
             "shape_slat_flow_model_1024": "ckpts/slat_flow_img2shape_dit_1_3B_1024_bf16",
             "shape_slat_decoder": "ckpts/shape_dec_next_dc_f16c32_fp16",
@@ -67,7 +69,10 @@ def full_cache(cache: Path, *, remover: str = "briaai/RMBG-2.0") -> None:
     put(
         cache,
         "microsoft/TRELLIS-image-large",
-        {"ckpts/ss_dec_conv3d_16l8_fp16.json": "{}", "ckpts/ss_dec_conv3d_16l8_fp16.safetensors": "w"},
+        {
+            "ckpts/ss_dec_conv3d_16l8_fp16.json": "{}",
+            "ckpts/ss_dec_conv3d_16l8_fp16.safetensors": "w",
+        },
     )
     put(
         cache,
@@ -155,7 +160,8 @@ def test_a_local_model_directory_and_another_background_remover(
 
 
 def test_sharded_weights_are_checked_shard_by_shard(cache: Path) -> None:
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    shards = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+    index = {"weight_map": {"a": shards[0], "b": shards[1]}}
     put(
         cache,
         "facebook/dinov3-vitl16-pretrain-lvd1689m",
@@ -165,7 +171,8 @@ def test_sharded_weights_are_checked_shard_by_shard(cache: Path) -> None:
             "model-00001-of-00002.safetensors": "w",
         },
     )
-    missing = [str(m) for m in weights._transformers_model("facebook/dinov3-vitl16-pretrain-lvd1689m", cache)]
+    dinov3 = "facebook/dinov3-vitl16-pretrain-lvd1689m"
+    missing = [str(m) for m in weights._transformers_model(dinov3, cache)]
     assert missing == ["facebook/dinov3-vitl16-pretrain-lvd1689m: model-00002-of-00002.safetensors"]
 
 
@@ -175,7 +182,8 @@ def test_offline_with_a_missing_file_fails_the_load_naming_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     full_cache(cache)
-    (cache / "models--facebook--dinov3-vitl16-pretrain-lvd1689m" / "snapshots" / "0123abcd" / "model.safetensors").unlink()
+    dinov3 = cache / "models--facebook--dinov3-vitl16-pretrain-lvd1689m" / "snapshots" / "0123abcd"
+    (dinov3 / "model.safetensors").unlink()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pipeline = Trellis2Pipeline()
     with pytest.raises(PipelineUnavailable) as info:

@@ -224,7 +224,9 @@ class Trellis2Pipeline(Pipeline):
         self._check_weights()
 
         self.load_phase = "loading the model"
-        log.info("loading %s on %s (%.1f GiB)…", self.model, device.name, device.total_memory / 2**30)
+        log.info(
+            "loading %s on %s (%.1f GiB)…", self.model, device.name, device.total_memory / 2**30
+        )
         pipe = self._from_pretrained()
         if self.low_vram is not None:
             pipe.low_vram = self.low_vram

@@ -178,5 +178,7 @@ def _transformers_model(name: str, cache: Path) -> list[Missing]:
             for target in auto_map.values()
             if isinstance(target, str) and "." in target
         }
-        missing += [Missing(name, m, "its model code") for m in sorted(modules) if not model.find(m)]
+        missing += [
+            Missing(name, m, "its model code") for m in sorted(modules) if not model.find(m)
+        ]
     return missing
