@@ -5,7 +5,8 @@
 # Usage: scripts/deps.sh [--test | --test-build | --test-downloads | --worker |
 # --schemathesis | --openai-client | --deploy-check]. With --test it also installs what
 # only the tests need: the glTF validator, which needs Node.js and npm, the S3 server
-# s3s-fs, PostgreSQL's server, the Python worker's test environment, schemathesis's, the
+# s3s-fs, PostgreSQL's server, the Python worker's test environment (and shellcheck, for
+# worker/install.sh), schemathesis's, the
 # OpenAI client's and the deployment checks'. --test is the sum of two halves, which
 # scripts/test.sh runs side by side: --test-build, what cargo compiles (busy cores), and
 # --test-downloads, what apt, pip and npm fetch (busy network and disk). With --worker (as `make worker-test` runs it), --schemathesis (as
@@ -89,6 +90,24 @@ worker_env() {
     echo "$want" >"$stamp"
 }
 
+# The linter ShellCheck, which the worker's tests run on worker/install.sh (worker/tests/test_install.py).
+# From the distribution's packages, once.
+shellcheck_tool() {
+    if have shellcheck; then
+        return 0
+    fi
+    if ! have apt-get; then
+        echo "deps: shellcheck is missing; install it (the worker's tests check worker/install.sh)" >&2
+        exit 1
+    fi
+    local sudo_cmd=""
+    if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+    if ! $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null 2>&1; then
+        $sudo_cmd apt-get update -qq
+        $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null
+    fi
+}
+
 # A pinned Python environment `$1/.venv`: the packages of `$1/requirements.txt` with every
 # dependency at the version of `$1/constraints.txt` (a full freeze). Created when missing;
 # `pip install` runs again only when one of the two files changed since the last install
@@ -156,6 +175,7 @@ deploy_check_env() {
 
 if $only_worker; then
     worker_env
+    shellcheck_tool
     exit 0
 fi
 if $only_schemathesis; then
@@ -235,6 +255,7 @@ fi
 
 if $for_tests && $download_half; then
     worker_env
+    shellcheck_tool
     schemathesis_env
     openai_client_env
     deploy_check_env

@@ -185,7 +185,11 @@ pub async fn status(gateway: &Arc<Gateway>, task: Option<Task>, report: &StatusR
             let outputs = gateway.db().list_artifacts(task.id).await?;
             let role = task.kind.main_role();
             if outputs.iter().any(|a| a.role == role) {
-                let metadata = json!({ "files": outputs.len() });
+                let mut metadata = json!({ "files": outputs.len() });
+                // What the worker says about its result (the settings it really used).
+                if let Some(worker) = &report.metadata {
+                    metadata["worker"] = serde_json::Value::Object(worker.clone());
+                }
                 if role == "model" && task.status == TaskStatus::Running {
                     return finish_in_background(gateway, task, metadata).await;
                 }

@@ -238,6 +238,38 @@ pub fn synthetic_picture() -> Bytes {
     Bytes::from(out)
 }
 
+/// What a worker's warm-up measured, in a few words: time, peak VRAM, card, settings.
+fn warmup_summary(warmup: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(seconds) = warmup["seconds"].as_f64() {
+        parts.push(format!("{seconds:.1} s"));
+    }
+    if let Some(mib) = warmup["peak_vram_mib"].as_u64() {
+        parts.push(format!("peak VRAM {:.1} GiB", mib as f64 / 1024.0));
+    }
+    if let Some(device) = warmup["device"].as_str() {
+        parts.push(format!("on {device}"));
+    }
+    if let Some(settings) = warmup.get("settings") {
+        parts.push(format!("settings {settings}"));
+    }
+    format!("warm-up {}", parts.join(", "))
+}
+
+/// A health answer that is not ready, with the worker's own reason when it gives one.
+fn not_ready(status: u16, health: &Health) -> String {
+    match &health.error {
+        Some(error) => {
+            format!(
+                "answered {status} with status `{}`: {}",
+                health.status,
+                error.chars().take(800).collect::<String>()
+            )
+        }
+        None => format!("answered {status} with status `{}`", health.status),
+    }
+}
+
 /// Whether bytes are a GLB whose header agrees with its length.
 fn valid_glb(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 20 || &bytes[..4] != b"glTF" {
@@ -459,15 +491,21 @@ async fn checks(c: &Checker) -> Report {
             Ok((200, health)) => {
                 break Err(format!("200 with status `{}`, models_loaded {}", health.status, health.models_loaded));
             }
+            // Unhealthy is the worker's verdict on itself (a failed load or warm-up): waiting
+            // would only delay the reason.
+            Ok((status, health)) if health.status == "unhealthy" => break Err(not_ready(status, &health)),
             Ok((503, _)) | Err(_) if Instant::now() < until => tokio::time::sleep(Duration::from_millis(250)).await,
-            Ok((status, health)) => break Err(format!("answered {status} with status `{}`", health.status)),
+            Ok((status, health)) => break Err(not_ready(status, &health)),
             Err(e) => break Err(e),
         }
     };
     let slots = health.as_ref().ok().and_then(|h| h.slots).unwrap_or(1).max(1);
     report.record(
         "health answers 200 healthy with models_loaded",
-        health.map(|h| format!("protocol {:?}, slots {slots}, worker {:?}", h.protocol, h.worker)),
+        health.map(|h| {
+            let warmup = h.warmup.as_ref().map(|w| format!(", {}", warmup_summary(w))).unwrap_or_default();
+            format!("protocol {:?}, slots {slots}, worker {:?}{warmup}", h.protocol, h.worker)
+        }),
     );
     if !report.passed() {
         return report;

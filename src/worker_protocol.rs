@@ -43,6 +43,12 @@ pub struct StatusReport {
     /// With `failed`: what went wrong, in a sentence for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `completed`: what the worker wants kept with the result (the settings it
+    /// really used, say, when it had to lower them); kiln keeps it as the task's
+    /// `metadata.worker`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The answer to an accepted dispatch.
@@ -68,6 +74,12 @@ pub struct Health {
     pub worker: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Why the worker is not ready (with a 503): what to fix, for the person reading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the worker's warm-up measured, when it ran one (seconds, peak VRAM …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<serde_json::Value>,
 }
 
 /// Whether a result file name is acceptable (it becomes part of a storage key).

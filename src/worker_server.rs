@@ -175,6 +175,7 @@ async fn health(State(state): State<Shared>) -> Json<Health> {
         running: Some(u32::try_from(running).unwrap_or(u32::MAX)),
         worker: Some("relief".into()),
         version: Some(env!("CARGO_PKG_VERSION").into()),
+        ..Health::default()
     })
 }
 
@@ -312,16 +313,20 @@ async fn run_job(state: &Shared, job: Job, callback_url: String, timeout: Durati
     let status = tokio::select! {
         joined = &mut run => match joined {
             Ok(Ok(Outcome::Completed { .. } | Outcome::Detached)) => StatusReport {
-                task_id: task_id.to_string(), status: "completed".into(), error: None,
+                task_id: task_id.to_string(), status: "completed".into(), error: None, metadata: None,
             },
-            Ok(Err(err)) => StatusReport { task_id: task_id.to_string(), status: "failed".into(), error: Some(err.message) },
+            Ok(Err(err)) => StatusReport {
+                task_id: task_id.to_string(), status: "failed".into(), error: Some(err.message), metadata: None,
+            },
             Err(_) => StatusReport {
                 task_id: task_id.to_string(), status: "failed".into(), error: Some("The engine stopped unexpectedly.".into()),
+                metadata: None,
             },
         },
         _ = tokio::time::sleep(timeout) => StatusReport {
             task_id: task_id.to_string(), status: "failed".into(),
             error: Some(format!("Generation timeout: the job did not finish within {} s.", timeout.as_secs())),
+            metadata: None,
         },
         // kiln answered 409: the task ended there; nothing more to say.
         _ = cancel.cancelled() => {

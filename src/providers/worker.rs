@@ -403,7 +403,12 @@ impl Pool {
         let response = request.send().await.map_err(|e| format!("unreachable ({e})"))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("answered {status}"));
+            // A worker that is not ready says why (a missing module, a failed warm-up …).
+            let reason = response.json::<Health>().await.ok().and_then(|h| h.error);
+            return Err(match reason {
+                Some(reason) => format!("answered {status}: {}", reason.chars().take(400).collect::<String>()),
+                None => format!("answered {status}"),
+            });
         }
         let health = response.json::<Health>().await.map_err(|_| format!("answered {status} without its health"))?;
         let mut said = vec![health.status.clone()];

@@ -475,11 +475,22 @@ async fn a_worker_channels_test_asks_every_worker_for_its_health() {
     let up = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, app_router).await });
     let down = "http://127.0.0.1:9";
+    // A worker that is up but not ready, and says why.
+    let sick_router = Router::new().route(
+        "/health",
+        get(|| async {
+            let body = json!({ "status": "unhealthy", "models_loaded": false, "error": "flash_attn does not import" });
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, Json(body))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let sick = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, sick_router).await });
 
     let app = TestApp::spawn().await;
     let workers = format!(
         "name = \"gpu\"\ntype = \"worker\"\nmodels = [{{ name = \"w\", kind = \"image_to_3d\" }}]\n\
-         [options]\nworkers = [\"{up}\", \"{down}\"]\nhealth_interval = \"1h\"\n"
+         [options]\nworkers = [\"{up}\", \"{down}\", \"{sick}\"]\nhealth_interval = \"1h\"\n"
     );
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let admin = admin(&app.gateway);
@@ -489,9 +500,13 @@ async fn a_worker_channels_test_asks_every_worker_for_its_health() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = calls.load(Ordering::SeqCst);
     let answer = admin.test_connection("gpu").await.expect("live").expect("one is healthy");
-    assert!(answer.starts_with("1 of 2 workers healthy"), "{answer}");
+    assert!(answer.starts_with("1 of 3 workers healthy"), "{answer}");
     assert!(answer.contains(&format!("{up} (healthy, protocol 1, 1/2 running)")), "{answer}");
     assert!(answer.contains(&format!("{down} (unreachable")), "{answer}");
+    assert!(
+        answer.contains(&format!("{sick} (answered 503 Service Unavailable: flash_attn does not import)")),
+        "{answer}"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), before + 1, "one /health per worker");
     app.stop().await;
 }

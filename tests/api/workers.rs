@@ -55,6 +55,11 @@ impl WorkerProcess {
 
     /// The TRELLIS.2 worker (Python) with its stand-in pipeline.
     fn trellis2(secret: &str) -> Self {
+        Self::trellis2_with(secret, &[])
+    }
+
+    /// The TRELLIS.2 worker with its stand-in pipeline and more environment.
+    fn trellis2_with(secret: &str, env: &[(&str, &str)]) -> Self {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("worker");
         let python = dir.join(".venv/bin/python");
         assert!(
@@ -68,7 +73,8 @@ impl WorkerProcess {
             .current_dir(&dir)
             .env("KILN_WORKER_SECRET", secret)
             .env("KILN_WORKER_PIPELINE", "tests.standin:StandInPipeline")
-            .env("KILN_WORKER_LOG_LEVEL", "warning");
+            .env("KILN_WORKER_LOG_LEVEL", "warning")
+            .envs(env.iter().copied());
         Self::spawn(command, "kiln-worker listening on ")
     }
 
@@ -503,7 +509,13 @@ async fn callbacks_are_authenticated_checked_and_idempotent() {
     // Completed, twice: harmless. kiln then makes the model's own outputs (preview,
     // compressed GLB) while the task runs on, and marks it succeeded. Afterwards anything
     // else is 409.
-    let done = json!({ "taskId": id, "status": "completed" });
+    // The worker's metadata (the settings it lowered after running out of memory, say)
+    // is kept as the result's `metadata.provider.worker`.
+    let worker_metadata = json!({
+        "settings": { "pipeline_type": "512", "resolution": 512 },
+        "out_of_memory_retry": { "changed": { "pipeline_type": { "from": "1024_cascade", "to": "512" } } },
+    });
+    let done = json!({ "taskId": id, "status": "completed", "metadata": worker_metadata });
     let (status, answer) = callback(client, &key(5), &format!("{base}/status"), done.clone()).await;
     assert_eq!((status, answer["status"].clone()), (200, json!("running")));
     let (status, _) = callback(client, &key(5), &app.url("/api/reconstruction/callback/status"), done).await;
@@ -517,6 +529,7 @@ async fn callbacks_are_authenticated_checked_and_idempotent() {
     let (_, result) = app.get_json(&format!("/api/v1/tasks/{id}/result")).await;
     let names: Vec<&str> = result["outputs"].as_array().unwrap().iter().filter_map(|o| o["name"].as_str()).collect();
     assert_eq!(names.first(), Some(&"model.glb"), "the worker's model, then what kiln made of it: {names:?}");
+    assert_eq!(result["metadata"]["provider"]["worker"], worker_metadata, "{result}");
     let stored = client.get(result["outputs"][0]["url"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(stored.as_ref(), glb().as_slice());
 
@@ -689,6 +702,25 @@ async fn the_trellis2_worker_passes_the_conformance_suite() {
     let report = check_worker(&worker.url, 11, Duration::from_secs(60), Duration::from_secs(30)).await;
     println!("{report}");
     assert!(report.passed(), "{report}");
+    let health = &report.verdicts[0].detail;
+    assert!(health.contains(", warm-up ") && health.contains(" s, on stand-in (no GPU)"), "{report}");
+}
+
+#[tokio::test]
+async fn the_conformance_suite_shows_why_a_worker_is_not_ready() {
+    // The stand-in's warm-up job fails after its preview, as a broken install would.
+    let worker = WorkerProcess::trellis2_with(&secret(14), &[("KILN_STANDIN_LOAD_FAIL", "warmup-export")]);
+    let report = check_worker(&worker.url, 14, Duration::from_secs(10), Duration::from_secs(30)).await;
+    println!("{report}");
+    assert!(!report.passed());
+    assert_eq!(report.verdicts.len(), 1, "nothing else is tried on a worker that is not ready: {report}");
+    let health = &report.verdicts[0];
+    assert!(
+        health.detail.starts_with(
+            "answered 503 with status `unhealthy`: the standin pipeline failed while warming up (rendering_preview)"
+        ),
+        "{report}"
+    );
 }
 
 #[tokio::test]

@@ -38,7 +38,7 @@ from . import PROTOCOL_VERSION, __version__
 from .callbacks import CallbackClient, RetryPolicy
 from .config import Settings
 from .jobs import AlreadyRunning, Busy, Job, Runner
-from .pipelines.base import Pipeline
+from .pipelines.base import Pipeline, PipelineUnavailable
 from .signing import SignatureError, Verifier
 
 log = logging.getLogger("kiln_worker.app")
@@ -136,8 +136,12 @@ def create_app(
             "worker": pipeline.name,
             "version": __version__,
         }
+        if status == "loading":
+            body["phase"] = pipeline.load_phase
         if error:
             body["error"] = error
+        if pipeline.warmup_report is not None and state.status == "healthy":
+            body["warmup"] = pipeline.warmup_report
         return JSONResponse(body, status_code=200 if status == "healthy" else 503)
 
     @app.post("/generate3d")
@@ -334,11 +338,21 @@ def _start_loading(pipeline: Pipeline, state: WorkerState, loop: asyncio.Abstrac
         try:
             pipeline.load()
         except BaseException as err:
-            log.exception("the %s pipeline failed to load", pipeline.name)
-            message = f"the model failed to load: {type(err).__name__}: {err}"
+            message = not_ready_reason(pipeline, err)
+            log.error("%s", message, exc_info=not isinstance(err, PipelineUnavailable))
+            log.error(
+                "the worker stays up and answers /health with 503 and this reason; "
+                "fix it and restart the worker"
+            )
             _set(state, "unhealthy", message)
         else:
-            log.info("the %s pipeline is ready (%.1f s)", pipeline.name, time.monotonic() - started)
+            report = pipeline.warmup_report
+            log.info(
+                "the %s pipeline is ready (%.1f s)%s",
+                pipeline.name,
+                time.monotonic() - started,
+                f"; warm-up: {json.dumps(report)}" if report else "",
+            )
             _set(state, "healthy", None)
 
     def _set(target: WorkerState, status: str, error: str | None) -> None:
@@ -353,6 +367,24 @@ def _start_loading(pipeline: Pipeline, state: WorkerState, loop: asyncio.Abstrac
             pass
 
     threading.Thread(target=load, name="kiln-load", daemon=True).start()
+
+
+#: Longest reason `/health` gives; the log has the whole of it.
+REASON_CHARS = 2000
+
+
+def not_ready_reason(pipeline: Pipeline, err: BaseException) -> str:
+    """The sentence `/health` gives for a load that failed: which step, and why.
+
+    `PipelineUnavailable` carries a message written for people (what is missing and
+    how to get it); anything else is shown as its type and message.
+    """
+    detail = str(err) if isinstance(err, PipelineUnavailable) else f"{type(err).__name__}: {err}"
+    detail = detail.strip() or type(err).__name__
+    message = f"the {pipeline.name} pipeline failed while {pipeline.load_phase}: {detail}"
+    if len(message) > REASON_CHARS:
+        message = message[: REASON_CHARS - 1] + "…"
+    return message
 
 
 def _remove_stale_job_dirs(root: Path) -> None:

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -218,11 +219,18 @@ class CallbackClient:
         )
 
     async def status(
-        self, base: str, task_id: str, status: str, error: str | None = None
+        self,
+        base: str,
+        task_id: str,
+        status: str,
+        error: str | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> Delivery:
-        payload: dict[str, str] = {"taskId": task_id, "status": status}
+        payload: dict[str, Any] = {"taskId": task_id, "status": status}
         if error is not None:
             payload["error"] = error
+        if metadata:
+            payload["metadata"] = metadata
         body = json.dumps(payload, separators=(",", ":")).encode()
         return await self.deliver(
             f"{base}/status", body, "application/json", what=f"task {task_id}: status {status}"

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ log = logging.getLogger("kiln_worker.jobs")
 OOM_MESSAGE = (
     "The GPU ran out of memory (CUDA out of memory), also on a second try after freeing "
     "its cache. Try a lower resolution or texture size, or a smaller picture."
+)
+OOM_NOTHING_LOWER = (
+    "The GPU ran out of memory (CUDA out of memory) at the lowest settings this worker "
+    "tries. Make sure nothing else uses the GPU (nvidia-smi), or use a card with more memory."
 )
 
 
@@ -77,6 +81,8 @@ class RunContext:
         self._cancel = threading.Event()
         self.cancel_reason = ""
         self.attempt = 0
+        #: Sent with the `completed` status (see pipelines/base.py, `JobContext.metadata`).
+        self.metadata: dict[str, Any] = {}
         #: Names emitted so far, across attempts: a retry does not send a file twice
         #: (kiln refuses the same name with different bytes with 409).
         self.emitted: list[str] = []
@@ -153,6 +159,7 @@ class Job:
 class FinalStatus:
     status: str  # "completed" | "failed"
     error: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class Runner:
@@ -341,7 +348,7 @@ class Runner:
                     time.monotonic() - job.accepted_at,
                     ", ".join(reporter.delivered) or "no files",
                 )
-                return FinalStatus("completed")
+                return FinalStatus("completed", metadata=dict(ctx.metadata) or None)
             if stopped in done:
                 ctx.cancel("kiln ended the task")
                 return self._after_stop(reporter)
@@ -381,7 +388,7 @@ class Runner:
 
     async def _send_status(self, job: Job, final: FinalStatus) -> None:
         delivery = await self.client.status(
-            job.callback_url, job.task_id, final.status, final.error
+            job.callback_url, job.task_id, final.status, final.error, final.metadata
         )
         if delivery.ok:
             log.info("task %s: status %s recorded by kiln", job.task_id, final.status)
@@ -412,7 +419,12 @@ class Runner:
     # -- the pipeline thread ---------------------------------------------------------
 
     def _work(self, job: JobInput, ctx: RunContext) -> list[Path]:
-        """Run the pipeline, retrying once after a CUDA out-of-memory error."""
+        """Run the pipeline, retrying once after a CUDA out-of-memory error.
+
+        The retry runs with the settings the pipeline chooses for it (lower ones, for
+        TRELLIS.2: the same settings would most likely run out of memory again), and the
+        change goes with the result's metadata.
+        """
         try:
             for attempt in (0, 1):
                 ctx.attempt = attempt
@@ -436,10 +448,29 @@ class Runner:
                 # cache would free nothing.
                 if oom:
                     self.pipeline.free_memory()
-                    if attempt == 0:
-                        ctx.progress(0, "retrying_after_out_of_memory")
-                        continue
-                    raise JobFailed(OOM_MESSAGE)
+                    if attempt == 1:
+                        raise JobFailed(OOM_MESSAGE)
+                    lower = self.pipeline.settings_after_oom(dict(job.params))
+                    if lower is None:
+                        raise JobFailed(OOM_NOTHING_LOWER)
+                    changed = {
+                        key: {"from": job.params.get(key), "to": value}
+                        for key, value in lower.items()
+                        if job.params.get(key) != value
+                    }
+                    ctx.metadata["out_of_memory_retry"] = {"changed": changed}
+                    log.warning(
+                        "task %s: retrying %s",
+                        job.task_id,
+                        "with " + ", ".join(
+                            f"{key} {change['from']} -> {change['to']}"
+                            for key, change in changed.items()
+                        )
+                        if changed
+                        else "with the same settings",
+                    )
+                    job = replace(job, params=lower)
+                    ctx.progress(0, "retrying_after_out_of_memory")
             raise AssertionError("unreachable")
         finally:
             try:

@@ -21,9 +21,16 @@ Dispatch `params` it understands (others are ignored, as a real pipeline would):
     fail_at       "sampling" (default) | "export": where `fail` strikes; "export" is after
                   the preview was emitted
     outputs       list of "cutout", "preview", "xyz", "glb", "zip" (default all five)
-Environment: KILN_STANDIN_LOAD_SECONDS (warm-up time, default 0), KILN_STANDIN_LOAD_FAIL=1
-(the model "fails to load": /health answers 503 unhealthy), KILN_STANDIN_LOAD_UNTIL_FILE=PATH
-(the warm-up lasts until PATH exists, so a test decides when the worker becomes ready).
+    resolution    512, 1024 (default) or 1536: does nothing but be lowered by the OOM
+                  retry, as TRELLIS.2's is (1536 -> 1024 -> 512; nothing below 512)
+Environment: KILN_STANDIN_LOAD_SECONDS (load time, default 0), KILN_STANDIN_LOAD_UNTIL_FILE=PATH
+(the load lasts until PATH exists, so a test decides when the worker becomes ready),
+KILN_STANDIN_LOAD_FAIL=PHASE (the load fails there, like TRELLIS.2's would, and /health
+answers 503 unhealthy with the reason): `modules` (a CUDA extension missing), `gpu` (no
+GPU), `weights` (a weight file missing offline), `model` or `1` (the model fails to
+load), `warmup-sampling`, `warmup-export` (the warm-up job fails in that stage),
+`warmup-glb` (the warm-up job makes no model.glb). KILN_STANDIN_WARMUP=0 skips the
+warm-up job, which otherwise runs the stand-in's own `run` once (kiln_worker/warmup.py).
 
 Tests in this directory can also hold the warm-up or every job at a gate (`hold_load`,
 `hold_runs`) and let them go when they have checked what they wanted: no timing guesses.
@@ -44,6 +51,26 @@ from kiln_worker.export import mesh_to_obj_zip
 from kiln_worker.pipelines import JobContext, JobInput, Pipeline, PipelineUnavailable
 
 OUTPUTS = ("cutout", "preview", "xyz", "glb", "zip")
+#: Where KILN_STANDIN_LOAD_FAIL can make the load fail, and the phase it names.
+LOAD_PHASES = {
+    "modules": "checking the Python modules",
+    "gpu": "checking the GPU",
+    "weights": "checking the weights",
+    "model": "loading the model",
+}
+LOAD_FAILURES = {
+    "modules": PipelineUnavailable(
+        "1 module cannot be imported:\n  - flash_attn: ImportError: No module named "
+        "'flash_attn' (stand-in)"
+    ),
+    "gpu": PipelineUnavailable("PyTorch sees no CUDA GPU (stand-in)"),
+    "weights": PipelineUnavailable(
+        "offline (HF_HUB_OFFLINE=1) and 1 file is not in the cache:\n  - "
+        "microsoft/TRELLIS.2-4B: ckpts/stand_in.safetensors (stand-in)"
+    ),
+    "model": RuntimeError("stand-in model failed to load (KILN_STANDIN_LOAD_FAIL)"),
+}
+RESOLUTIONS = (512, 1024, 1536)
 #: The preview's and, without a cut-out, the position map's side.
 PREVIEW_SIZE = 256
 
@@ -59,7 +86,9 @@ class StandInPipeline(Pipeline):
     def __init__(self, settings: Any = None) -> None:
         super().__init__(settings)
         self.load_seconds = float(os.environ.get("KILN_STANDIN_LOAD_SECONDS", "0") or 0)
-        self.fail_load = os.environ.get("KILN_STANDIN_LOAD_FAIL", "") not in ("", "0")
+        fail = os.environ.get("KILN_STANDIN_LOAD_FAIL", "").strip()
+        self.fail_load: str | None = {"": None, "0": None, "1": "model"}.get(fail, fail)
+        self.warmup = os.environ.get("KILN_STANDIN_WARMUP", "1") not in ("0", "false", "no")
         self.step_seconds = float(os.environ.get("KILN_STANDIN_STEP_SECONDS", "0.005") or 0)
         self.load_until_file = os.environ.get("KILN_STANDIN_LOAD_UNTIL_FILE", "") or None
         self.loaded = threading.Event()
@@ -71,6 +100,8 @@ class StandInPipeline(Pipeline):
         self.holding = threading.Event()
         #: What happened, for the tests: (task_id, attempt, outcome) per run.
         self.runs: list[tuple[str, int, str]] = []
+        #: The `resolution` param of each run (the OOM retry lowers it).
+        self.resolutions: list[int] = []
         self.free_memory_calls = 0
         self._lock = threading.Lock()
 
@@ -103,9 +134,24 @@ class StandInPipeline(Pipeline):
             while not os.path.exists(self.load_until_file) and time.monotonic() < deadline:
                 time.sleep(0.01)
         self._load_gate.wait(timeout=60)
-        if self.fail_load:
-            raise RuntimeError("stand-in model failed to load (KILN_STANDIN_LOAD_FAIL)")
+        for key, phase in LOAD_PHASES.items():
+            self.load_phase = phase
+            if self.fail_load == key:
+                raise LOAD_FAILURES[key]
+        if self.warmup or (self.fail_load or "").startswith("warmup-"):
+            self._warm_up()
         self.loaded.set()
+
+    def _warm_up(self) -> None:
+        from kiln_worker.warmup import run_warmup
+
+        params: dict[str, Any] = {"steps": 2, "step_seconds": 0}
+        if self.fail_load in ("warmup-sampling", "warmup-export"):
+            params.update(fail="error", fail_at=self.fail_load.removeprefix("warmup-"))
+        if self.fail_load == "warmup-glb":
+            params["outputs"] = ["cutout", "preview"]
+        report = run_warmup(self, self.validate_params(params))
+        self.warmup_report = {**report, "device": "stand-in (no GPU)"}
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -133,10 +179,22 @@ class StandInPipeline(Pipeline):
         if not isinstance(outputs, list) or any(o not in OUTPUTS for o in outputs):
             raise ValueError(f"outputs must be a list of {', '.join(OUTPUTS)}")
         out["outputs"] = outputs
+        resolution = params.get("resolution", 1024)
+        if resolution not in RESOLUTIONS:
+            raise ValueError("resolution must be 512, 1024 or 1536")
+        out["resolution"] = resolution
         return out
+
+    def settings_after_oom(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        lower = [r for r in RESOLUTIONS if r < params.get("resolution", 1024)]
+        if not lower:
+            return None
+        return {**params, "resolution": lower[-1]}
 
     def run(self, job: JobInput, ctx: JobContext) -> list[Path]:
         params = job.params or self.validate_params({})
+        if job.task_id != "warm-up":
+            self.resolutions.append(params["resolution"])
         try:
             files = self._run(job, ctx, params)
         except BaseException as err:
@@ -213,6 +271,8 @@ class StandInPipeline(Pipeline):
         gc.collect()
 
     def _record(self, task_id: str, attempt: int, outcome: str) -> None:
+        if task_id == "warm-up":  # the tests count dispatched jobs
+            return
         with self._lock:
             self.runs.append((task_id, attempt, outcome))
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kiln_worker.jobs import OOM_MESSAGE
+from kiln_worker.jobs import OOM_MESSAGE, OOM_NOTHING_LOWER
 from tests.conftest import Receiver, WorkerHandle, dispatch
 from tests.standin import StandInPipeline
 
@@ -165,8 +165,16 @@ def test_oom_frees_memory_and_retries_once(make_worker: Any, receiver: Receiver)
     pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
     dispatch(worker.url, callback_url=receiver.url, params={"fail": "oom_once"})
     status = receiver.wait_status()
-    assert status.json == {"taskId": TASK, "status": "completed"}
+    # The retry ran with a lower resolution, and the result's metadata says so.
+    assert status.json == {
+        "taskId": TASK,
+        "status": "completed",
+        "metadata": {
+            "out_of_memory_retry": {"changed": {"resolution": {"from": 1024, "to": 512}}}
+        },
+    }
     assert pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]
+    assert pipeline.resolutions == [1024, 512]
     # Once before the retry, once after the job.
     assert pipeline.free_memory_calls == 2
     values = [c.json["progress"] for c in receiver.of("progress")]  # type: ignore[index]
@@ -183,6 +191,15 @@ def test_oom_after_the_preview_does_not_send_it_twice(make_worker: Any, receiver
     assert status.json["status"] == "completed"  # type: ignore[index]
     assert names_sent(receiver) == ALL_RESULTS
     assert worker.pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]  # type: ignore[attr-defined]
+
+
+def test_oom_at_the_lowest_settings_fails_at_once(make_worker: Any, receiver: Receiver) -> None:
+    """Nothing lower to try: the same settings again would only run out of memory again."""
+    worker = make_worker()
+    dispatch(worker.url, callback_url=receiver.url, params={"fail": "oom", "resolution": 512})
+    status = receiver.wait_status()
+    assert status.json == {"taskId": TASK, "status": "failed", "error": OOM_NOTHING_LOWER}
+    assert worker.pipeline.runs == [(TASK, 0, "OutOfMemoryError")]  # type: ignore[attr-defined]
 
 
 def test_second_oom_fails_with_a_clear_error(make_worker: Any, receiver: Receiver) -> None:
@@ -307,6 +324,7 @@ class Stubborn(StandInPipeline):
 
     def __init__(self) -> None:
         super().__init__()
+        self.warmup = False  # its run would hold the warm-up too
         self.let_go = threading.Event()
 
     def run(self, job: Any, ctx: Any) -> list[Path]:

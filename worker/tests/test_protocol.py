@@ -47,7 +47,24 @@ def test_health_reports_ready_with_protocol_fields(make_worker: Any) -> None:
         "running": 0,
         "worker": "standin",
         "version": __version__,
+        "warmup": {
+            "seconds": response.json()["warmup"]["seconds"],
+            "stages": [
+                "preprocessing",
+                "sampling",
+                "rendering_preview",
+                "exporting_glb",
+                "exporting_obj",
+            ],
+            "files": response.json()["warmup"]["files"],
+            "device": "stand-in (no GPU)",
+        },
     }
+    files = response.json()["warmup"]["files"]
+    assert sorted(files) == sorted(
+        ["pixel_images.png", "preview.png", "xyz_images.png", "model.glb", "output3d.zip"]
+    )
+    assert all(size > 0 for size in files.values())
 
 
 def test_full_job_sends_progress_results_then_status(make_worker: Any, receiver: Receiver) -> None:
@@ -425,18 +442,57 @@ def test_loading_worker_answers_503(make_worker: Any, receiver: Receiver) -> Non
     receiver.wait_status()
 
 
-def test_failed_load_is_unhealthy(make_worker: Any, receiver: Receiver, monkeypatch: Any) -> None:
-    monkeypatch.setenv("KILN_STANDIN_LOAD_FAIL", "1")
-    worker = make_worker(StandInPipeline(), wait_ready=False)
-    deadline = time.monotonic() + 5
+def test_loading_health_names_the_phase(make_worker: Any) -> None:
+    pipeline = StandInPipeline()
+    pipeline.hold_load()
+    worker = make_worker(pipeline, wait_ready=False)
+    assert worker.health().json()["phase"] == "loading the model"
+    pipeline.release_load()
+    assert "phase" not in worker.wait_healthy()
+
+
+def wait_not_loading(worker: WorkerHandle) -> httpx.Response:
+    deadline = time.monotonic() + 10
     while worker.health().json()["status"] == "loading" and time.monotonic() < deadline:
         time.sleep(0.01)
-    health = worker.health()
+    return worker.health()
+
+
+@pytest.mark.parametrize(
+    ("phase", "reason"),
+    [
+        ("modules", "failed while checking the Python modules: 1 module cannot be imported"),
+        ("gpu", "failed while checking the GPU: PyTorch sees no CUDA GPU"),
+        ("weights", "failed while checking the weights: offline (HF_HUB_OFFLINE=1)"),
+        ("1", "failed while loading the model: RuntimeError: stand-in model failed to load"),
+        (
+            "warmup-sampling",
+            "failed while warming up (sampling): RuntimeError: the stand-in pipeline failed",
+        ),
+        (
+            "warmup-export",
+            "failed while warming up (rendering_preview): RuntimeError: the stand-in pipeline",
+        ),
+        ("warmup-glb", "failed while warming up (checking its files): RuntimeError: the warm-up"),
+    ],
+)
+def test_a_failed_load_or_warm_up_is_unhealthy_with_the_reason(
+    make_worker: Any, receiver: Receiver, monkeypatch: Any, phase: str, reason: str
+) -> None:
+    """Never healthy while broken: whatever step of the start fails, /health says 503 and
+    why, for as long as the worker runs, and no job is accepted."""
+    monkeypatch.setenv("KILN_STANDIN_LOAD_FAIL", phase)
+    worker = make_worker(StandInPipeline(), wait_ready=False)
+    health = wait_not_loading(worker)
     assert health.status_code == 503
     body = health.json()
     assert body["status"] == "unhealthy" and body["models_loaded"] is False
-    assert "failed to load" in body["error"]
-    assert dispatch(worker.url, callback_url=receiver.url).status_code == 503
+    assert body["error"].startswith("the standin pipeline " + reason), body["error"]
+    assert "warmup" not in body
+    refused = dispatch(worker.url, callback_url=receiver.url)
+    assert refused.status_code == 503 and reason in refused.json()["error"]
+    time.sleep(0.05)
+    assert worker.health().status_code == 503, "it stays unhealthy"
 
 
 def test_signature_is_checked_before_readiness(make_worker: Any) -> None:

@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import io
 import sys
+import time
 import types
 import zipfile
 from pathlib import Path
@@ -24,7 +25,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from kiln_worker.pipelines import position_map
-from kiln_worker.pipelines import JobCancelled, JobInput, PipelineUnavailable, load_pipeline
+from kiln_worker.pipelines import (
+    JobCancelled,
+    JobFailed,
+    JobInput,
+    PipelineUnavailable,
+    load_pipeline,
+)
 from kiln_worker.pipelines.trellis2 import SamplerProgress, Trellis2Pipeline
 from tests.conftest import png_bytes
 from tests.png16 import read_png16
@@ -35,6 +42,7 @@ class RecordingContext:
 
     def __init__(self, cancel_after: int | None = None) -> None:
         self.attempt = 0
+        self.metadata: dict[str, Any] = {}
         self.reports: list[tuple[float, str]] = []
         self.emitted: list[tuple[str, bytes]] = []
         #: For each emitted file, how many progress reports had been made.
@@ -128,13 +136,17 @@ def test_module_imports_without_torch() -> None:
 
 
 @pytest.mark.skipif(not NO_GPU_STACK, reason="TRELLIS.2 is installed here")
-def test_missing_trellis_is_a_clear_preflight_error() -> None:
+def test_missing_trellis_is_named_by_load_not_preflight() -> None:
+    """The start goes on (so /health can say it); the load names every missing module."""
     pipeline = load_pipeline("trellis2")
+    pipeline.preflight()
     with pytest.raises(PipelineUnavailable) as info:
-        pipeline.preflight()
+        pipeline.load()
     message = str(info.value)
-    assert "TRELLIS.2 is not installed" in message
-    assert "trellis2" in message and "README" in message
+    assert pipeline.load_phase == "checking the Python modules"
+    assert "missing or broken requirement(s) of TRELLIS.2" in message
+    assert "trellis2.pipelines: " in message and "worker/install.sh" in message
+    assert "flash_attn: " in message, "the lazily imported attention kernel is checked too"
 
 
 def test_params_defaults_and_mapping() -> None:
@@ -178,6 +190,37 @@ def test_params_defaults_and_mapping() -> None:
 def test_bad_params_are_refused(params: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Trellis2Pipeline().validate_params(params)
+
+
+def test_defaults_fit_a_24_gb_card(monkeypatch: pytest.MonkeyPatch) -> None:
+    p = Trellis2Pipeline().validate_params({})
+    assert p["pipeline_type"] == "1024_cascade" and p["max_num_tokens"] == 32768
+    monkeypatch.setenv("KILN_TRELLIS_MAX_NUM_TOKENS", "49152")
+    assert Trellis2Pipeline().validate_params({})["max_num_tokens"] == 49152
+
+
+@pytest.mark.parametrize(
+    ("params", "changed"),
+    [
+        ({"resolution": 1536}, {"pipeline_type": "1024_cascade"}),
+        ({"resolution": 1024}, {"pipeline_type": "512"}),
+        ({"pipeline_type": "1024"}, {"pipeline_type": "512"}),
+        ({"resolution": 512, "texture_size": 4096}, {"texture_size": 1024}),
+        ({"resolution": 512, "texture_size": 1024}, None),
+    ],
+)
+def test_the_oom_retry_lowers_the_settings(
+    params: dict[str, Any], changed: dict[str, Any] | None
+) -> None:
+    pipeline = Trellis2Pipeline()
+    before = pipeline.validate_params(params)
+    after = pipeline.settings_after_oom(before)
+    if changed is None:
+        assert after is None, "nothing lower: no second attempt with the same settings"
+        return
+    assert after is not None
+    assert {k: v for k, v in after.items() if before[k] != v} == changed
+    assert pipeline.validate_params({}) is not after
 
 
 def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -391,6 +434,9 @@ def fake_gpu_stack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         empty_cache=lambda: recorded.__setitem__("empty_cache", recorded["empty_cache"] + 1),
         ipc_collect=lambda: None,
         memory_reserved=lambda: 18.5e9,
+        synchronize=lambda: None,
+        reset_peak_memory_stats=lambda: recorded.__setitem__("peak_reset", True),
+        max_memory_reserved=lambda: 6 * 2**30,
     )
     torch.cuda = cuda  # type: ignore[attr-defined]
     torch.no_grad = contextlib.nullcontext  # type: ignore[attr-defined]
@@ -441,10 +487,41 @@ def fake_gpu_stack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     postprocess.to_glb = to_glb  # type: ignore[attr-defined]
     o_voxel.postprocess = postprocess  # type: ignore[attr-defined]
 
+    rembg = types.ModuleType("trellis2.pipelines.rembg")
+
+    class BiRefNet(FakeRembg):
+        def __init__(self, model_name: str = "ZhengPeng7/BiRefNet") -> None:
+            super().__init__()
+            self.model_name = model_name
+
+    rembg.BiRefNet = BiRefNet  # type: ignore[attr-defined]
+    pipelines.rembg = rembg  # type: ignore[attr-defined]
+    transformers = types.ModuleType("transformers")
+    transformers.__version__ = "4.57.3"  # type: ignore[attr-defined]
+    # What check_modules imports besides the modules faked above: present, empty.
+    for name in (
+        "torchvision",
+        "nvdiffrast",
+        "nvdiffrast.torch",
+        "nvdiffrec_render",
+        "utils3d",
+        "cumesh",
+        "flex_gemm",
+        "cv2",
+        "huggingface_hub",
+        "flash_attn",
+    ):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("ATTN_BACKEND", raising=False)
+    monkeypatch.delenv("SPARSE_ATTN_BACKEND", raising=False)
+
     for name, module in {
         "torch": torch,
+        "transformers": transformers,
         "trellis2": trellis2,
         "trellis2.pipelines": pipelines,
+        "trellis2.pipelines.rembg": rembg,
         "trellis2.renderers": renderers,
         "trellis2.utils": utils,
         "trellis2.utils.render_utils": render_utils,
@@ -483,6 +560,12 @@ def test_load_and_run_drive_trellis_as_documented(
     pipe = FakeTrellisPipeline.instances[0]
     assert pipe.path == "microsoft/TRELLIS.2-4B" and pipe.on_cuda and pipe.low_vram is False
     assert len(pipe.calls) == 1 and pipe.calls[0]["pipeline_type"] == "512", "warm-up ran"
+    pipe.rembg_model.calls.clear()
+    warm_glb = fake_gpu_stack["to_glb"].pop()
+    assert warm_glb["texture_size"] == 512 and fake_gpu_stack["exports"].pop() == {
+        "extension_webp": True
+    }
+    FakeMeshRenderer.instances[0].calls.clear()
 
     ctx = RecordingContext()
     params = pipeline.validate_params(
@@ -495,7 +578,16 @@ def test_load_and_run_drive_trellis_as_documented(
     assert call["sparse_structure_sampler_params"] == {"steps": 4}
     assert call["shape_slat_sampler_params"] == {"steps": 4}
     assert call["tex_slat_sampler_params"] == {"steps": 4}
-    assert call["preprocess_image"] is True and call["max_num_tokens"] == 49152
+    # The default cap on the 1536 cascade's tokens is the one for 24 GB cards.
+    assert call["preprocess_image"] is True and call["max_num_tokens"] == 32768
+    assert ctx.metadata["settings"] == {
+        "pipeline_type": "1024_cascade",
+        "resolution": 1024,
+        "max_num_tokens": 32768,
+        "texture_size": 1024,
+        "decimation_target": 200_000,
+        "seed": 42,
+    }
     glb_call = fake_gpu_stack["to_glb"][0]
     assert glb_call["texture_size"] == 1024 and glb_call["decimation_target"] == 200_000
     assert glb_call["aabb"] == [[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]] and glb_call["remesh"] is True
@@ -671,3 +763,161 @@ def test_no_cuda_is_a_load_error(fake_gpu_stack: dict[str, Any]) -> None:
     sys.modules["torch"].cuda.is_available = lambda: False  # type: ignore[attr-defined]
     with pytest.raises(PipelineUnavailable, match="no CUDA GPU"):
         Trellis2Pipeline().load()
+
+
+# -- never healthy while broken -----------------------------------------------------------
+
+
+def test_a_missing_attention_kernel_fails_the_load_named(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flash_attn is imported by TRELLIS.2 only at its first attention call: checked here."""
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # `import flash_attn` fails
+    pipeline = Trellis2Pipeline()
+    with pytest.raises(PipelineUnavailable) as info:
+        pipeline.load()
+    assert pipeline.load_phase == "checking the Python modules"
+    assert "flash_attn: ModuleNotFoundError" in str(info.value)
+    assert "flash-attn 2.7.3" in str(info.value)
+    assert FakeTrellisPipeline.instances == [], "nothing loaded"
+
+
+def test_the_attention_backend_decides_which_kernel_is_checked(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    monkeypatch.setitem(sys.modules, "xformers", types.ModuleType("xformers"))
+    monkeypatch.setitem(sys.modules, "xformers.ops", types.ModuleType("xformers.ops"))
+    monkeypatch.setenv("ATTN_BACKEND", "xformers")
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+    Trellis2Pipeline().load()  # flash_attn is not needed with xformers everywhere
+
+
+def test_transformers_5_and_a_pillow_without_webp_are_refused(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import features
+
+    sys.modules["transformers"].__version__ = "5.0.1"  # type: ignore[attr-defined]
+    real_check = features.check
+    monkeypatch.setattr(features, "check", lambda f: False if f == "webp" else real_check(f))
+    with pytest.raises(PipelineUnavailable) as info:
+        Trellis2Pipeline().load()
+    message = str(info.value)
+    assert "2 missing or broken requirement(s) of TRELLIS.2" in message
+    assert "transformers 5.0.1: TRELLIS.2 needs >=4.56,<5" in message
+    assert "no WebP support" in message and "pillow-simd" in message
+
+
+def test_the_warm_up_runs_the_whole_job_and_reports_time_and_vram(
+    fake_gpu_stack: dict[str, Any],
+) -> None:
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    pipe = FakeTrellisPipeline.instances[0]
+    # The background remover on its own, then one job: every stage, every file.
+    assert pipe.rembg_model.calls == [("RGB", (256, 256))]
+    assert pipe.calls[0]["pipeline_type"] == "512"
+    assert pipe.calls[0]["shape_slat_sampler_params"] == {"steps": 4}
+    assert fake_gpu_stack["peak_reset"] and fake_gpu_stack["exports"] == [{"extension_webp": True}]
+    report = pipeline.warmup_report
+    assert report is not None
+    assert report["peak_vram_mib"] == 6 * 1024 and report["total_vram_mib"] == 22888
+    assert report["device"] == "NVIDIA GeForce RTX 4090 (fake)"
+    assert report["settings"]["pipeline_type"] == "512"
+    assert report["settings"]["texture_size"] == 512
+    assert set(report["files"]) == {
+        "pixel_images.png",
+        "preview.png",
+        "xyz_images.png",
+        "model.glb",
+        "output3d.zip",
+    }
+    assert report["stages"][:2] == ["preprocessing", "sampling_structure"]
+    assert "exporting_glb" in report["stages"]
+
+
+def test_a_warm_up_failure_names_its_stage(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_to_glb(**kwargs: Any) -> Any:
+        raise RuntimeError("CuMesh: no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(sys.modules["o_voxel"].postprocess, "to_glb", broken_to_glb)
+    pipeline = Trellis2Pipeline()
+    with pytest.raises(RuntimeError, match="no kernel image"):
+        pipeline.load()
+    assert pipeline.load_phase == "warming up (exporting_glb)"
+    assert pipeline.warmup_report is None
+
+
+def test_health_is_503_with_the_reason_when_a_module_is_missing(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, make_worker: Any
+) -> None:
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    worker = make_worker(Trellis2Pipeline(), wait_ready=False)
+    deadline = time.monotonic() + 10
+    while worker.health().json()["status"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    health = worker.health()
+    assert health.status_code == 503
+    error = health.json()["error"]
+    assert error.startswith(
+        "the trellis2 pipeline failed while checking the Python modules: 1 missing or "
+        "broken requirement(s) of TRELLIS.2:"
+    )
+    assert "flash_attn: ModuleNotFoundError" in error
+
+
+def test_health_shows_the_warm_up_once_ready(
+    fake_gpu_stack: dict[str, Any], make_worker: Any
+) -> None:
+    worker = make_worker(Trellis2Pipeline())
+    body = worker.health().json()
+    assert body["status"] == "healthy" and body["worker"] == "trellis2"
+    assert body["warmup"]["peak_vram_mib"] == 6144 and body["warmup"]["seconds"] >= 0
+
+
+# -- the background remover ----------------------------------------------------------------
+
+
+def test_a_permissive_background_remover_replaces_pipeline_jsons(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KILN_TRELLIS_REMBG_MODEL is given to TRELLIS.2's own BiRefNet class while it loads
+    pipeline.json, so the gated remover named there is never fetched."""
+    built: list[dict[str, Any]] = []
+    rembg = sys.modules["trellis2.pipelines.rembg"]
+
+    def from_pretrained(cls: Any, path: str) -> FakeTrellisPipeline:
+        pipe = FakeTrellisPipeline()
+        pipe.rembg_model = rembg.BiRefNet(model_name="briaai/RMBG-2.0")  # as pipeline.json
+        built.append({"model_name": pipe.rembg_model.model_name})
+        FakeTrellisPipeline.instances.append(pipe)
+        return pipe
+
+    monkeypatch.setattr(FakeTrellisPipeline, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setenv("KILN_TRELLIS_REMBG_MODEL", "ZhengPeng7/BiRefNet")
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+    original = rembg.BiRefNet
+    Trellis2Pipeline().load()
+    assert built == [{"model_name": "ZhengPeng7/BiRefNet"}]
+    assert rembg.BiRefNet is original, "TRELLIS.2's class is left as it was"
+
+
+def test_no_background_remover_needs_pictures_with_alpha(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def from_pretrained(cls: Any, path: str) -> FakeTrellisPipeline:
+        pipe = FakeTrellisPipeline()
+        pipe.rembg_model = sys.modules["trellis2.pipelines.rembg"].BiRefNet()
+        FakeTrellisPipeline.instances.append(pipe)
+        return pipe
+
+    monkeypatch.setattr(FakeTrellisPipeline, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setenv("KILN_TRELLIS_REMBG_MODEL", "none")
+    pipeline = Trellis2Pipeline()
+    pipeline.load()  # the warm-up picture has alpha: nothing to remove
+    assert FakeTrellisPipeline.instances[0].rembg_model is None
+    with pytest.raises(JobFailed, match="removes no backgrounds"):
+        pipeline.run(job_for(tmp_path, pipeline.validate_params({})), RecordingContext())

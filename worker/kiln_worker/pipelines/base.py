@@ -61,6 +61,9 @@ class JobContext(Protocol):
 
     #: 0 for the first attempt, 1 for the retry after a CUDA out-of-memory error.
     attempt: int
+    #: What the pipeline wants kept with the result (the settings it really used); sent
+    #: with the `completed` status and kept by kiln as the task's `metadata.worker`.
+    metadata: dict[str, Any]
 
     def progress(self, percent: float, stage: str) -> None:
         """Report progress (0–100) and a snake_case stage name.
@@ -92,15 +95,27 @@ class Pipeline:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings
+        #: What `load` is doing now, as a phrase after "while" ("checking the GPU"):
+        #: `/health` shows it while loading, and names it when loading fails.
+        self.load_phase = "loading the model"
+        #: What the warm-up measured (seconds, peak VRAM …), shown by `/health` once ready.
+        self.warmup_report: dict[str, Any] | None = None
 
     def preflight(self) -> None:
         """Cheap checks before the server starts; raise `PipelineUnavailable` to refuse to start.
 
         Runs on the main thread before the port is bound, so it must not load models.
+        Only for mistakes in the configuration itself: what the machine lacks (packages,
+        GPU, weights) is found by `load`, so that `/health` can say it.
         """
 
     def load(self) -> None:
-        """Load the model and warm it up. Runs once, on a thread, while `/health` says `loading`."""
+        """Check the machine, load the model and warm it up. Runs once, on a thread, while
+        `/health` says `loading`; whatever it raises makes `/health` answer 503
+        `unhealthy` with the reason, for as long as the worker runs.
+
+        Set `load_phase` before each step so that the reason says which step failed.
+        """
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """Check a dispatch's `params`; raise `ValueError` (→ 400) for bad values.
@@ -112,6 +127,16 @@ class Pipeline:
     def run(self, job: JobInput, ctx: JobContext) -> list[Path]:
         """Run one job on the calling thread; return the result files not already emitted."""
         raise NotImplementedError
+
+    def settings_after_oom(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """The params of the second attempt after a GPU out-of-memory error.
+
+        A pipeline that knows which settings cost memory returns lower ones (the worker
+        records the change with the result); `None` means there is nothing lower to
+        try, and the job fails at once. By default: the same params, after the cache
+        was freed.
+        """
+        return dict(params)
 
     def free_memory(self) -> None:
         """Release cached memory: after every job, and before the retry after an OOM."""

@@ -2,8 +2,11 @@
 
 Nothing heavy is imported at module level: torch, trellis2, o_voxel and trimesh are
 imported in `load` and `run`, so that the worker package imports (and its tests run) on
-machines without a GPU, and so that a missing install is a clear start-up error
-(`preflight`) rather than an ImportError from deep inside the package.
+machines without a GPU. `load` imports every module the pipeline will need first
+(`check_modules`, flash_attn included: TRELLIS.2 imports it only at its first attention
+call), then checks the GPU and the weights, loads the model and runs a warm-up job
+through `run`; a failure at any step is the worker's 503 reason, named, rather than an
+ImportError in the first job.
 
 What this module assumes about TRELLIS.2 (its public code as of early 2026; the README of
 this worker says how to install it):
@@ -50,10 +53,11 @@ from __future__ import annotations
 
 import functools
 import gc
-import importlib.util
 import inspect
 import logging
 import os
+import re
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,30 +66,68 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..export import mesh_to_obj_zip
-from .base import JobContext, JobInput, Pipeline, PipelineUnavailable
+from .base import JobContext, JobFailed, JobInput, Pipeline, PipelineUnavailable
 
 if TYPE_CHECKING:
     from ..config import Settings
 
 log = logging.getLogger("kiln_worker.trellis2")
 
-#: Python modules the pipeline needs, and where each comes from.
+#: What the pipeline imports, checked by importing each at start (a compiled extension
+#: that is present but does not load — built for another torch or CUDA — counts as
+#: missing), and how to get it. The TRELLIS.2 install script is worker/install.sh.
 REQUIRED_MODULES = {
-    "torch": "PyTorch 2.6 built for CUDA 12.4 (pip install torch==2.6.0 "
-    "--index-url https://download.pytorch.org/whl/cu124)",
-    "trellis2": "the TRELLIS.2 checkout (git clone --recursive "
-    "https://github.com/microsoft/TRELLIS.2, then put it on PYTHONPATH)",
-    "o_voxel": "TRELLIS.2's o-voxel extension (setup.sh --o-voxel)",
-    "nvdiffrast": "nvdiffrast (setup.sh --nvdiffrast)",
-    "nvdiffrec_render": "nvdiffrec's renderer, for the preview (setup.sh --nvdiffrec)",
-    "utils3d": "utils3d (setup.sh --basic)",
-    "cumesh": "CuMesh (setup.sh --cumesh)",
-    "flex_gemm": "FlexGEMM (setup.sh --flexgemm)",
+    "torch": "PyTorch 2.6 built for CUDA 12.4 (worker/install.sh installs it)",
+    "torchvision": "torchvision 0.21 for CUDA 12.4 (worker/install.sh)",
+    "transformers": "transformers>=4.56,<5 (worker/install.sh)",
+    "trellis2.pipelines": "the TRELLIS.2 checkout on PYTHONPATH (worker/install.sh clones it)",
+    "trellis2.renderers": "the TRELLIS.2 checkout on PYTHONPATH, and its renderers' "
+    "dependencies (worker/install.sh)",
+    "o_voxel": "TRELLIS.2's o-voxel extension (worker/install.sh)",
+    "nvdiffrast.torch": "nvdiffrast 0.4.0 (worker/install.sh)",
+    "nvdiffrec_render": "nvdiffrec's renderer, for the preview (worker/install.sh)",
+    "utils3d": "utils3d (worker/install.sh)",
+    "cumesh": "CuMesh (worker/install.sh)",
+    "flex_gemm": "FlexGEMM (worker/install.sh)",
+    "cv2": "opencv-python-headless (worker/install.sh)",
     "trimesh": "trimesh (pip install -e 'worker[gpu]')",
+    "huggingface_hub": "huggingface_hub (pip install -e 'worker[gpu]')",
 }
+#: The module each attention backend of TRELLIS.2 imports at its first attention call
+#: (`ATTN_BACKEND`, `SPARSE_ATTN_BACKEND`; both default to flash_attn). Imported at
+#: start here, so that a missing one is not found by the first job.
+ATTENTION_MODULES = {
+    "flash_attn": ("flash_attn", "flash-attn 2.7.3 (worker/install.sh builds it)"),
+    "flash_attn_3": ("flash_attn_interface", "FlashAttention 3 (hopper build)"),
+    "xformers": ("xformers.ops", "xformers for this torch"),
+}
+#: transformers 5 removed what TRELLIS.2's DINOv3 feature extractor reads; 4.56 is the
+#: first with DINOv3.
+TRANSFORMERS_RANGE = ((4, 56), (5, 0))
 
 #: `resolution` param → TRELLIS.2 pipeline type (as TRELLIS.2's own app maps them).
 PIPELINE_TYPES = {512: "512", 1024: "1024_cascade", 1536: "1536_cascade"}
+#: The resolution each pipeline type ends at (before TRELLIS.2's own token cap).
+PIPELINE_RESOLUTIONS = {"512": 512, "1024": 1024, "1024_cascade": 1024, "1536_cascade": 1536}
+#: The default cap on the 1536 cascade's tokens, for a 24 GB card. TRELLIS.2 lowers a
+#: 1536 job's resolution by 128 at a time (not below 1024) while the shape has more
+#: tokens than this; its own default, 49152, was set on A100/H100 (40–80 GB), and users
+#: report the 1536 cascade running out of memory on 24 GB cards. Only the 1536 cascade
+#: reads it. Not measured on an RTX 4090 yet: raise it with KILN_TRELLIS_MAX_NUM_TOKENS
+#: on a bigger card.
+MAX_NUM_TOKENS_24GB = 32768
+#: Cards with less memory than this get a warning at start (TRELLIS.2 asks for 24 GB;
+#: a "24 GB" card reports about 23.6 GiB).
+MIN_VRAM_BYTES = 22 * 2**30
+#: The warm-up job's params (`KILN_TRELLIS_WARMUP=1`): the 512 pipeline with few steps
+#: and a small texture, through every stage of `run`.
+WARMUP_PARAMS = {
+    "resolution": 512,
+    "steps": 4,
+    "texture_size": 512,
+    "decimation_target": 20_000,
+    "seed": 0,
+}
 ALL_PIPELINE_TYPES = ("512", "1024", "1024_cascade", "1536_cascade")
 TEXTURE_SIZES = (512, 1024, 2048, 4096)
 
@@ -117,14 +159,23 @@ class Trellis2Pipeline(Pipeline):
         super().__init__(settings)
         env = os.environ
         self.model = settings.model if settings is not None else "microsoft/TRELLIS.2-4B"
-        self.warmup = env.get("KILN_TRELLIS_WARMUP", "1") not in ("0", "false", "no")
+        warmup = env.get("KILN_TRELLIS_WARMUP", "1").strip().lower()
+        #: "tiny" (WARMUP_PARAMS), "full" (the default params: a real job's peak VRAM)
+        #: or "off".
+        self.warmup = {"0": "off", "false": "off", "no": "off", "full": "full"}.get(
+            warmup, "tiny"
+        )
         self.envmap_path = env.get("KILN_TRELLIS_ENVMAP", "").strip() or None
+        #: Replaces the background remover pipeline.json names (a BiRefNet checkpoint:
+        #: a Hugging Face id or a directory), or "none"; README.md, "Licences".
+        self.rembg_model = env.get("KILN_TRELLIS_REMBG_MODEL", "").strip() or None
         low_vram = env.get("KILN_TRELLIS_LOW_VRAM", "").strip().lower()
         self.low_vram: bool | None = None if not low_vram else low_vram not in ("0", "false", "no")
         self.defaults = {
             "resolution": _env_int("KILN_TRELLIS_RESOLUTION", 1024),
             "texture_size": _env_int("KILN_TRELLIS_TEXTURE_SIZE", 2048),
             "decimation_target": _env_int("KILN_TRELLIS_DECIMATION_TARGET", 500_000),
+            "max_num_tokens": _env_int("KILN_TRELLIS_MAX_NUM_TOKENS", MAX_NUM_TOKENS_24GB),
         }
         self.progress = SamplerProgress()
         self._pipe: Any = None
@@ -134,37 +185,49 @@ class Trellis2Pipeline(Pipeline):
     # -- start-up ------------------------------------------------------------------
 
     def preflight(self) -> None:
-        missing = [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
-        if missing:
-            lines = "\n".join(f"  - {name}: {REQUIRED_MODULES[name]}" for name in missing)
-            raise PipelineUnavailable(
-                "TRELLIS.2 is not installed in this Python environment; missing modules:\n"
-                f"{lines}\n"
-                'See worker/README.md ("Install on Ubuntu 22.04 + CUDA 12.4"), or select '
-                "another pipeline with KILN_WORKER_PIPELINE."
-            )
-        # The defaults from the environment must themselves be valid params.
+        """Only the configuration: what the machine lacks is found by `load`, so that
+        `/health` answers 503 with it (and `kiln worker-check` shows it)."""
         try:
             self.validate_params({})
         except ValueError as err:
             raise PipelineUnavailable(f"bad KILN_TRELLIS_* default: {err}") from err
 
     def load(self) -> None:
+        """Check the modules, the GPU and the weights, load the model, warm it up.
+
+        Each step sets `load_phase`, so that a failure is reported as "failed while
+        checking the GPU: …" and the like; nothing here is caught and logged away.
+        """
         # Both must be set before torch / cv2 are imported (TRELLIS.2's example does the same).
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+
+        self.load_phase = "checking the Python modules"
+        check_modules()
         import torch
 
+        self.load_phase = "checking the GPU"
         if not torch.cuda.is_available():
             raise PipelineUnavailable(
                 "PyTorch sees no CUDA GPU: check the NVIDIA driver (nvidia-smi) and that torch "
-                "is the CUDA 12.4 build"
+                "is the CUDA 12.4 build (python -c 'import torch; print(torch.version.cuda)')"
             )
-        from trellis2.pipelines import Trellis2ImageTo3DPipeline
-
         device = torch.cuda.get_device_properties(0)
-        log.info("loading %s on %s (%.1f GB)…", self.model, device.name, device.total_memory / 1e9)
-        pipe = Trellis2ImageTo3DPipeline.from_pretrained(self.model)
+        if device.total_memory < MIN_VRAM_BYTES:
+            log.warning(
+                "%s has %.1f GiB: TRELLIS.2 needs a 24 GB card; expect out-of-memory failures",
+                device.name,
+                device.total_memory / 2**30,
+            )
+
+        self.load_phase = "checking the weights"
+        self._check_weights()
+
+        self.load_phase = "loading the model"
+        log.info(
+            "loading %s on %s (%.1f GiB)…", self.model, device.name, device.total_memory / 2**30
+        )
+        pipe = self._from_pretrained()
         if self.low_vram is not None:
             pipe.low_vram = self.low_vram
         pipe.cuda()
@@ -175,13 +238,62 @@ class Trellis2Pipeline(Pipeline):
         ):
             self.progress.instrument(getattr(pipe, attr), key)
         self._pipe = pipe
+        self.load_phase = "making the preview's lighting"
         self._envmap = self._make_envmap(torch)
-        if self.warmup:
-            self._warm_up(torch)
+        if self.warmup == "off":
+            log.warning(
+                "KILN_TRELLIS_WARMUP=0: no warm-up job, so the first real job is the first "
+                "to use the attention kernels, decoders and GLB export"
+            )
+        else:
+            self._warm_up(torch, device)
         log.info(
-            "TRELLIS.2 ready; %.1f GB of GPU memory reserved",
-            torch.cuda.memory_reserved() / 1e9,
+            "TRELLIS.2 ready; %.1f GiB of GPU memory reserved",
+            torch.cuda.memory_reserved() / 2**30,
         )
+
+    def _check_weights(self) -> None:
+        """Offline (`HF_HUB_OFFLINE=1`), every file TRELLIS.2 will read must be here:
+        name the missing ones now. Online they are downloaded on load (logged)."""
+        from . import weights
+
+        missing = weights.missing_files(self.model, self.rembg_model)
+        if not missing:
+            return
+        lines = "\n".join(f"  - {m}" for m in missing)
+        if weights.offline():
+            raise PipelineUnavailable(
+                f"offline (HF_HUB_OFFLINE=1) and {len(missing)} file(s) TRELLIS.2 reads are "
+                f"not in the Hugging Face cache ({weights.hub_cache()}) or the model "
+                f"directory:\n{lines}\nFetch them on a connected machine as worker/README.md "
+                '("Weights") says, then copy the cache here.'
+            )
+        log.info("not cached yet, downloaded now from Hugging Face:\n%s", lines)
+
+    def _from_pretrained(self) -> Any:
+        """`Trellis2ImageTo3DPipeline.from_pretrained`, with the background remover of
+        KILN_TRELLIS_REMBG_MODEL instead of pipeline.json's when it is set: the one in
+        pipeline.json is then never downloaded nor loaded."""
+        from trellis2.pipelines import Trellis2ImageTo3DPipeline
+        from trellis2.pipelines import rembg as rembg_module
+
+        choice = self.rembg_model
+        if choice is None:
+            return Trellis2ImageTo3DPipeline.from_pretrained(self.model)
+        original = rembg_module.BiRefNet
+
+        def replacement(**kwargs: Any) -> Any:
+            if choice.lower() == "none":
+                return None
+            return original(**{**kwargs, "model_name": choice})
+
+        rembg_module.BiRefNet = replacement
+        try:
+            pipe = Trellis2ImageTo3DPipeline.from_pretrained(self.model)
+        finally:
+            rembg_module.BiRefNet = original
+        log.info("background remover: %s (KILN_TRELLIS_REMBG_MODEL)", choice)
+        return pipe
 
     def _make_envmap(self, torch: Any) -> Any:
         """The lighting of the preview render: an HDR file if configured, else uniform light."""
@@ -197,33 +309,46 @@ class Trellis2Pipeline(Pipeline):
             return EnvMap(torch.tensor(pixels, dtype=torch.float32, device="cuda"))
         return EnvMap(torch.full((256, 512, 3), 1.0, dtype=torch.float32, device="cuda"))
 
-    def _warm_up(self, torch: Any) -> None:
-        """One tiny generation, so that the first real job does not pay for CUDA/Triton set-up.
+    def _warm_up(self, torch: Any, device: Any) -> None:
+        """One tiny real job through `run` — cut-out, the three samplers (attention
+        kernels, sparse convolutions), the decoders, preview, position map, `to_glb`,
+        the GLB with WebP textures, the OBJ archive — so that a broken install fails now,
+        named, instead of with the first job. Its time and peak VRAM go to `/health`.
 
-        The picture has an alpha channel, so TRELLIS.2 skips background removal for it.
-        A failed warm-up is logged, not fatal: the weights are loaded, and a real job
-        will say what is wrong.
+        The background remover runs once on its own first: the warm-up picture has
+        alpha (so that the job does not depend on what a remover makes of a drawing).
         """
-        from PIL import Image, ImageDraw
+        from ..warmup import run_warmup, warmup_picture
 
-        picture = Image.new("RGBA", (512, 512), (0, 0, 0, 0))
-        ImageDraw.Draw(picture).ellipse((96, 96, 416, 416), fill=(180, 120, 60, 255))
-        few = {"steps": 2}
+        if self._pipe.rembg_model is not None:
+            self.load_phase = "warming up (background removal)"
+            removed = self._remove_background(warmup_picture().convert("RGB"))
+            if getattr(removed, "mode", None) != "RGBA":
+                raise RuntimeError("the background remover did not return an RGBA picture")
+        params = self.validate_params({} if self.warmup == "full" else dict(WARMUP_PARAMS))
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
         try:
-            self._pipe.run(
-                picture,
-                seed=0,
-                pipeline_type="512",
-                sparse_structure_sampler_params=few,
-                shape_slat_sampler_params=few,
-                tex_slat_sampler_params=few,
-            )
-            log.info("warm-up generation done")
-        except Exception:
-            log.exception("the warm-up generation failed (the model stays loaded)")
+            report = run_warmup(self, params, expect=("model.glb", "output3d.zip"))
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_reserved()
         finally:
-            gc.collect()
-            torch.cuda.empty_cache()
+            self.free_memory()
+        settings = dict(self._settings_used(params, None))
+        self.warmup_report = {
+            **report,
+            "settings": settings,
+            "peak_vram_mib": int(peak // 2**20),
+            "device": device.name,
+            "total_vram_mib": int(device.total_memory // 2**20),
+        }
+        log.info(
+            "warm-up job done in %.1f s at %s, peak %.1f GiB of GPU memory (PyTorch's; the "
+            "CUDA context adds about 0.5 GiB)",
+            report["seconds"],
+            settings,
+            peak / 2**30,
+        )
 
     # -- params --------------------------------------------------------------------
 
@@ -263,10 +388,53 @@ class Trellis2Pipeline(Pipeline):
         out["decimation_target"] = _int(
             p, "decimation_target", self.defaults["decimation_target"], 10_000, 2_000_000
         )
-        out["max_num_tokens"] = _int(p, "max_num_tokens", 49152, 1024, 262_144)
+        out["max_num_tokens"] = _int(
+            p, "max_num_tokens", self.defaults["max_num_tokens"], 1024, 262_144
+        )
         for flag in ("remesh", "preprocess_image", "preview", "xyz", "obj", "webp"):
             out[flag] = _bool(p, flag, True)
         return out
+
+    def settings_after_oom(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """One step down, on what costs the memory: 1536 → 1024 (cascade), 1024 → 512,
+        then at 512 a texture above 1024 → 1024; `None` below that.
+
+        The retry never runs the settings that just ran out of memory again: freeing
+        the cache only helps against fragmentation, which `expandable_segments` already
+        limits. Halving `max_num_tokens` instead would do nothing to a 1024 job (TRELLIS.2
+        reads it only in the 1536 cascade).
+        """
+        lower = dict(params)
+        pipeline_type = params.get("pipeline_type", "1024_cascade")
+        if pipeline_type == "1536_cascade":
+            lower["pipeline_type"] = "1024_cascade"
+        elif pipeline_type in ("1024", "1024_cascade"):
+            lower["pipeline_type"] = "512"
+        elif params.get("texture_size", 0) > 1024:
+            lower["texture_size"] = 1024
+        else:
+            return None
+        return lower
+
+    @staticmethod
+    def _settings_used(p: dict[str, Any], mesh: Any) -> dict[str, Any]:
+        """The settings a job ran with, for its result's metadata. `resolution` is the
+        one TRELLIS.2 decoded at, read from the mesh (its voxels are 1/resolution wide):
+        the 1536 cascade lowers it itself when the shape has more than `max_num_tokens`."""
+        resolution = PIPELINE_RESOLUTIONS.get(p["pipeline_type"])
+        try:
+            if mesh is not None:
+                resolution = round(1 / float(mesh.voxel_size))
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError):
+            pass
+        return {
+            "pipeline_type": p["pipeline_type"],
+            "resolution": resolution,
+            "max_num_tokens": p["max_num_tokens"],
+            "texture_size": p["texture_size"],
+            "decimation_target": p["decimation_target"],
+            "seed": p["seed"],
+        }
 
     # -- one job ---------------------------------------------------------------------
 
@@ -313,6 +481,7 @@ class Trellis2Pipeline(Pipeline):
             ctx.check_cancelled()
             mesh = meshes[0]
             del meshes
+            ctx.metadata["settings"] = self._settings_used(p, mesh)
             mesh.simplify(16777216)  # nvdiffrast's limit, as TRELLIS.2's example does
 
             if p["preview"]:
@@ -361,6 +530,11 @@ class Trellis2Pipeline(Pipeline):
         mode, as `preprocess_image` does; it returns the picture with alpha added."""
         pipe = self._pipe
         rembg = pipe.rembg_model
+        if rembg is None:
+            raise JobFailed(
+                "This worker removes no backgrounds (KILN_TRELLIS_REMBG_MODEL=none): send a "
+                "picture with a transparent background, or preprocess_image=false."
+            )
         low_vram = getattr(pipe, "low_vram", False)
         if low_vram:
             rembg.to(getattr(pipe, "device", "cuda"))
@@ -457,8 +631,6 @@ class Trellis2Pipeline(Pipeline):
         moved back here so that the retry starts from a clean card.
         """
         gc.collect()
-        import sys
-
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_available():
             return
@@ -575,6 +747,61 @@ class SamplerProgress:
         sampler.sample = sample_with_progress
         sampler.sample_once = sample_once_with_progress
         sampler._kiln_progress = True
+
+
+# -- the modules ------------------------------------------------------------------------
+
+
+def attention_modules(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The modules TRELLIS.2's attention backends will import, with how to get each."""
+    env = dict(os.environ) if env is None else env
+    dense = env.get("ATTN_BACKEND") or "flash_attn"
+    sparse = env.get("SPARSE_ATTN_BACKEND") or env.get("ATTN_BACKEND") or "flash_attn"
+    if sparse not in ATTENTION_MODULES:  # TRELLIS.2 ignores other values for sparse
+        sparse = "flash_attn"
+    return dict(ATTENTION_MODULES[b] for b in (dense, sparse) if b in ATTENTION_MODULES)
+
+
+def check_modules() -> None:
+    """Import everything the pipeline will use; `PipelineUnavailable` listing every
+    module that does not import (with why, and how to get it), a transformers outside
+    TRELLIS.2's range, and a Pillow without WebP (the GLB's textures)."""
+    import importlib
+
+    problems: list[str] = []
+    for name, how in {**REQUIRED_MODULES, **attention_modules()}.items():
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # ImportError, or an OSError/RuntimeError from a .so
+            text = " ".join(str(err).split())[:300]
+            problems.append(f"{name}: {type(err).__name__}: {text} — {how}")
+    transformers = sys.modules.get("transformers")
+    version = getattr(transformers, "__version__", None)
+    if version is not None:
+        parts = tuple(int(x) for x in re.findall(r"\d+", version)[:2])
+        low, high = TRANSFORMERS_RANGE
+        if not low <= parts < high:
+            problems.append(
+                f"transformers {version}: TRELLIS.2 needs >=4.56,<5 (5 removed what its "
+                "DINOv3 feature extractor reads) — pip install 'transformers>=4.56,<5'"
+            )
+    from PIL import __version__ as pillow_version
+    from PIL import features
+
+    if not features.check("webp"):
+        problems.append(
+            f"Pillow {pillow_version} has no WebP support (TRELLIS.2's setup.sh installs "
+            "pillow-simd, which can lose it), and the GLB's textures are WebP — "
+            "pip uninstall -y pillow-simd pillow && pip install 'pillow>=10,<13' "
+            "(worker/install.sh does this)"
+        )
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise PipelineUnavailable(
+            f"{len(problems)} missing or broken requirement(s) of TRELLIS.2:\n{lines}\n"
+            "Run worker/install.sh (worker/README.md), or select another pipeline with "
+            "KILN_WORKER_PIPELINE."
+        )
 
 
 # -- param helpers ----------------------------------------------------------------------
