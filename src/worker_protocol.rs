@@ -45,7 +45,7 @@ pub struct StatusReport {
     pub error: Option<String>,
     /// With `completed`: what the worker wants kept with the result (the settings it
     /// really used, say, when it had to lower them); kiln keeps it as the task's
-    /// `metadata.worker`.
+    /// `metadata.provider.worker` in the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,

@@ -151,12 +151,17 @@ fi
 step "importing every extension"
 export PYTHONPATH=$trellis${PYTHONPATH:+:$PYTHONPATH}
 for module in torch flash_attn nvdiffrast.torch nvdiffrec_render cumesh flex_gemm o_voxel \
-    utils3d transformers trellis2.pipelines; do
+    utils3d transformers trellis2.pipelines trellis2.renderers; do
     if ! "$venv/bin/python" -c "import $module"; then
         echo "install.sh: \`import $module\` fails in $venv (the error is above)" >&2
         false
     fi
 done
+
+# trellis2's packages load their submodules lazily: import what the worker will use, so
+# that DINOv3, the sparse convolution backend and CuMesh's bindings are reached now.
+step "importing TRELLIS.2's pipeline and renderers"
+"$venv/bin/python" -c 'from trellis2.pipelines import Trellis2ImageTo3DPipeline; from trellis2.renderers import EnvMap, MeshRenderer'
 
 step "running the worker's own start-up check"
 "$venv/bin/python" -c 'from kiln_worker.pipelines.trellis2 import check_modules; check_modules()'

@@ -156,7 +156,10 @@ def test_a_full_run_with_the_heavy_steps_stubbed(stubs: dict[str, str]) -> None:
         "utils3d",
         "transformers",
         "trellis2.pipelines",
+        "trellis2.renderers",
     ]
+    # trellis2's lazily loaded classes, reached the way the worker reaches them.
+    assert any("from trellis2.pipelines import Trellis2ImageTo3DPipeline" in c for c in calls)
     assert "check_modules()" in calls[-1]
     # CUDA_HOME lasts: for the service and for every shell that activates the venv.
     prefix = Path(stubs["KILN_PREFIX"])

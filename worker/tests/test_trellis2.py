@@ -851,6 +851,41 @@ def test_a_warm_up_failure_names_its_stage(
     assert pipeline.warmup_report is None
 
 
+def test_a_preview_render_that_fails_fails_the_warm_up(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job carries on without its preview; the warm-up must not.
+    def broken_snapshot(mesh: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("nvdiffrast: cudaErrorNoKernelImageForDevice")
+
+    render_utils = sys.modules["trellis2.utils.render_utils"]
+    monkeypatch.setattr(render_utils, "render_snapshot", broken_snapshot)
+    pipeline = Trellis2Pipeline()
+    with pytest.raises(RuntimeError, match="without preview.png"):
+        pipeline.load()
+    assert pipeline.warmup_report is None
+
+
+def test_a_position_map_render_that_fails_fails_the_warm_up_but_a_missing_coord_does_not(
+    fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: Any, mesh: Any, extrinsics: Any, intrinsics: Any, **kw: Any) -> Any:
+        raise RuntimeError("rasterize failed")
+
+    monkeypatch.setattr(FakeMeshRenderer, "render", broken)
+    with pytest.raises(RuntimeError, match="no xyz_images.png"):
+        Trellis2Pipeline().load()
+
+    def without_coord(self: Any, mesh: Any, extrinsics: Any, intrinsics: Any, **kw: Any) -> Any:
+        return {"mask": FakeTensor(np.ones((4, 4)))}
+
+    monkeypatch.setattr(FakeMeshRenderer, "render", without_coord)
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    report = pipeline.warmup_report
+    assert report is not None and "xyz_images.png" not in report["files"]
+
+
 def test_health_is_503_with_the_reason_when_a_module_is_missing(
     fake_gpu_stack: dict[str, Any], monkeypatch: pytest.MonkeyPatch, make_worker: Any
 ) -> None:

@@ -62,7 +62,7 @@ class JobContext(Protocol):
     #: 0 for the first attempt, 1 for the retry after a CUDA out-of-memory error.
     attempt: int
     #: What the pipeline wants kept with the result (the settings it really used); sent
-    #: with the `completed` status and kept by kiln as the task's `metadata.worker`.
+    #: with the `completed` status and kept by kiln as the result's `metadata.provider.worker`.
     metadata: dict[str, Any]
 
     def progress(self, percent: float, stage: str) -> None:

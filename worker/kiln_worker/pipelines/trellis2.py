@@ -160,6 +160,8 @@ class Trellis2Pipeline(Pipeline):
         env = os.environ
         self.model = settings.model if settings is not None else "microsoft/TRELLIS.2-4B"
         warmup = env.get("KILN_TRELLIS_WARMUP", "1").strip().lower()
+        #: Set when the renderer has no `coord` output: no position maps, by design.
+        self.position_map_unsupported = False
         #: "tiny" (WARMUP_PARAMS), "full" (the default params: a real job's peak VRAM)
         #: or "off".
         self.warmup = {"0": "off", "false": "off", "no": "off", "full": "full"}.get(
@@ -329,7 +331,14 @@ class Trellis2Pipeline(Pipeline):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         try:
-            report = run_warmup(self, params, expect=("model.glb", "output3d.zip"))
+            # The renders are proven too: a renderer that imports but fails when it
+            # runs would otherwise leave every job without its preview (and position
+            # map, unless this TRELLIS.2's renderer has no `coord` output at all).
+            report = run_warmup(self, params, expect=("preview.png", "model.glb", "output3d.zip"))
+            if "xyz_images.png" not in report["files"] and not self.position_map_unsupported:
+                raise RuntimeError(
+                    "the warm-up job made no xyz_images.png: the position-map render failed"
+                )
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_reserved()
         finally:
@@ -608,6 +617,7 @@ class Trellis2Pipeline(Pipeline):
             )
             if rendered.get("coord") is None or rendered.get("mask") is None:
                 log.info("TRELLIS.2's MeshRenderer gave no `coord`: sending no position map")
+                self.position_map_unsupported = True
                 return False
             # (3, H, W) and (H, W) on the GPU; rows top to bottom (OpenCV's y is down).
             coords = rendered["coord"].permute(1, 2, 0).float().cpu().numpy()
