@@ -458,7 +458,12 @@ class Runner:
                         for key, value in lower.items()
                         if job.params.get(key) != value
                     }
-                    ctx.metadata["out_of_memory_retry"] = {"changed": changed}
+                    # Files the first attempt already sent stay as they are (kiln keeps
+                    # the first of a name): they show the first attempt's model.
+                    ctx.metadata["out_of_memory_retry"] = {
+                        "changed": changed,
+                        "kept_from_first_attempt": list(ctx.emitted),
+                    }
                     log.warning(
                         "task %s: retrying %s",
                         job.task_id,

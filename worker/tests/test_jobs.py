@@ -170,7 +170,11 @@ def test_oom_frees_memory_and_retries_once(make_worker: Any, receiver: Receiver)
         "taskId": TASK,
         "status": "completed",
         "metadata": {
-            "out_of_memory_retry": {"changed": {"resolution": {"from": 1024, "to": 512}}}
+            "out_of_memory_retry": {
+                "changed": {"resolution": {"from": 1024, "to": 512}},
+                # Sent before the OOM: not sent again, and said so.
+                "kept_from_first_attempt": ["pixel_images.png"],
+            }
         },
     }
     assert pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]
