@@ -65,7 +65,8 @@ if [ ! -x "$cuda_home/bin/nvcc" ]; then
     echo "install.sh: no nvcc in $cuda_home/bin: install cuda-toolkit-12-4 (README.md step 1) or set CUDA_HOME" >&2
     false
 fi
-if ! "$cuda_home/bin/nvcc" --version | grep -q "release 12.4"; then
+# Not `nvcc --version | grep -q`: under pipefail, grep leaving early can fail nvcc.
+if ! grep -q "release 12.4" <<<"$("$cuda_home/bin/nvcc" --version)"; then
     echo "install.sh: $cuda_home/bin/nvcc is not CUDA 12.4; torch 2.6 (cu124) and the extensions must agree" >&2
     false
 fi
@@ -131,7 +132,8 @@ pip install -e "${worker_dir}[gpu]"
 
 step "making CUDA_HOME and PYTHONPATH last ($venv/bin/activate, $prefix/worker.env)"
 # The service reads worker.env (systemd EnvironmentFile=); a shell gets the same from
-# the venv's activate script. Both are rewritten, not appended to, on every run.
+# the venv's activate script. Both are rewritten on every run, not appended to, so a run
+# with another CUDA_HOME or prefix leaves no stale values.
 cat >"$prefix/worker.env" <<EOF
 CUDA_HOME=$cuda_home
 PYTHONPATH=$trellis
@@ -139,14 +141,15 @@ PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 EOF
 activate=$venv/bin/activate
 marker="# kiln worker environment (install.sh)"
-if ! grep -qF "$marker" "$activate"; then
-    {
-        echo "$marker"
-        echo "export CUDA_HOME=$cuda_home"
-        echo "export PATH=$cuda_home/bin:\$PATH"
-        echo "export PYTHONPATH=$trellis\${PYTHONPATH:+:\$PYTHONPATH}"
-    } >>"$activate"
-fi
+block=$(printf '%s\n' "$marker" \
+    "export CUDA_HOME=$cuda_home" \
+    "export PATH=$cuda_home/bin:\$PATH" \
+    "export PYTHONPATH=$trellis\${PYTHONPATH:+:\$PYTHONPATH}" \
+    "# end of the kiln worker environment")
+# Drop the block an earlier run added (from the marker to its end line; one from before
+# the end line existed runs to the end of the file, where it was added), then add this one.
+sed -i "/^$marker\$/,/^# end of the kiln worker environment\$/d" "$activate"
+printf '%s\n' "$block" >>"$activate"
 
 step "importing every extension"
 export PYTHONPATH=$trellis${PYTHONPATH:+:$PYTHONPATH}

@@ -175,6 +175,16 @@ def test_a_full_run_with_the_heavy_steps_stubbed(stubs: dict[str, str]) -> None:
     assert again.returncode == 0, again.stderr
     assert (prefix / "venv" / "bin" / "activate").read_text() == activate
 
+    # A run with another CUDA toolkit replaces the values; none of the old ones stay.
+    other = Path(stubs["CUDA_HOME"]).with_name("cuda-12.4-other")
+    shutil.copytree(stubs["CUDA_HOME"], other)
+    moved, _ = run(stubs, CUDA_HOME=str(other))
+    assert moved.returncode == 0, moved.stderr
+    after = (prefix / "venv" / "bin" / "activate").read_text()
+    assert f"export CUDA_HOME={other}\n" in after
+    assert f"export CUDA_HOME={stubs['CUDA_HOME']}\n" not in after
+    assert after.count("# kiln worker environment (install.sh)") == 1
+
 
 def test_a_pillow_without_webp_is_replaced(stubs: dict[str, str]) -> None:
     done, calls = run(stubs, FAKE_WEBP="no")
