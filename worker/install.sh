@@ -87,9 +87,11 @@ pip install --upgrade pip setuptools wheel
 step "installing PyTorch 2.6.0 for CUDA 12.4"
 pip install torch==2.6.0 torchvision==0.21.0 --index-url https://download.pytorch.org/whl/cu124
 
+# einops, kornia and timm: the background removers' own model code (BiRefNet, RMBG-2.0,
+# loaded with trust_remote_code) imports them.
 step "installing TRELLIS.2's Python dependencies (transformers>=4.56,<5)"
 pip install imageio imageio-ffmpeg tqdm easydict opencv-python-headless ninja trimesh \
-    "transformers>=4.56,<5" zstandard kornia timm lpips pandas psutil packaging
+    "transformers>=4.56,<5" zstandard kornia timm lpips pandas psutil packaging einops
 pip install "git+https://github.com/EasternJournalist/utils3d.git@9a4eb15e4021b67b12c460c7057d642626897ec8"
 
 step "checking that Pillow writes WebP (the GLB's textures)"
