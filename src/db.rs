@@ -226,6 +226,8 @@ pub trait TaskRepo: Send + Sync {
     /// least `deadline`. `first`: only if nobody began finishing it (a worker's
     /// `completed` callback, which may come twice); otherwise only if `owner` holds its
     /// lease (the run that claimed it). False when refused, or the task no longer runs.
+    /// The task leaves its worker (`placement`): the job is done there, and a worker
+    /// found lost meanwhile must not hand the task to another dispatcher.
     async fn claim_finishing(
         &self,
         id: TaskId,
@@ -278,7 +280,9 @@ pub trait TaskRepo: Send + Sync {
 
     async fn list_events(&self, id: TaskId, after: i64) -> DbResult<Vec<TaskEvent>>;
     async fn list_artifacts(&self, id: TaskId) -> DbResult<Vec<Artifact>>;
-    /// Running tasks whose deadline has passed, with their channels.
+    /// Running tasks whose deadline has passed, with their channels — but not a task
+    /// being finished under a live lease: its model exists, and each file it still
+    /// makes is under a conversion's own time ceiling.
     async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<(TaskId, String)>>;
 
     async fn channel_loads(&self) -> DbResult<Vec<ChannelLoad>>;
@@ -488,7 +492,58 @@ mod tests {
     use super::*;
     use crate::db::scratch::{Scratch, on_every_backend};
 
-    on_every_backend!(a_singleton_is_held_by_one_holder_until_its_lease_lapses);
+    on_every_backend!(
+        a_singleton_is_held_by_one_holder_until_its_lease_lapses,
+        a_finishing_task_leaves_its_worker_and_is_not_overdue_while_its_lease_lives,
+    );
+
+    /// A running task placed on worker `gpu-1`, past its deadline, for `finishing`.
+    async fn placed_task(db: &Scratch) -> TaskId {
+        let id = TaskId::new();
+        let new = crate::tasks::NewTask {
+            id,
+            kind: crate::tasks::TaskKind::ImageTo3d,
+            model: "trellis2".into(),
+            channel: "gpu".into(),
+            prompt: None,
+            picture_id: None,
+            params: serde_json::json!({}),
+            client_secret: None,
+            owner_id: None,
+            token_id: None,
+            webhook_url: None,
+        };
+        assert!(matches!(
+            db.enqueue(&new, 100, None, &Default::default()).await.expect("enqueue"),
+            Enqueued::Created(..)
+        ));
+        let terms = ClaimTerms { lease: Duration::from_secs(60), deadline: Duration::ZERO, window: 0, max_running: 4 };
+        let claimed = db.claim("gpu", "dispatcher", &terms).await.expect("claim").expect("a task");
+        assert_eq!(claimed.task.id, id);
+        db.place(id, "gpu-1").await.expect("placed");
+        id
+    }
+
+    async fn a_finishing_task_leaves_its_worker_and_is_not_overdue_while_its_lease_lives(db: &Scratch) {
+        let id = placed_task(db).await;
+        let later = Utc::now() + chrono::Duration::seconds(5);
+        assert_eq!(db.placement_loads("gpu").await.expect("loads"), [("gpu-1".to_owned(), 1)]);
+        assert_eq!(db.overdue(later).await.expect("overdue").len(), 1, "past its (zero) deadline");
+
+        // The worker said `completed`; this process finishes the task, the deadline
+        // given for that already passed (a busy converter).
+        let metadata = serde_json::json!({ "files": 1 });
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        let lease = Duration::from_secs(60);
+        assert!(db.claim_finishing(id, true, "finisher", lease, past, &metadata).await.expect("finishing"));
+        assert!(!db.claim_finishing(id, true, "another", lease, past, &metadata).await.expect("twice"), "once");
+        assert!(db.placement_loads("gpu").await.expect("loads").is_empty(), "the worker's slot is free");
+        assert_eq!(db.release_placement("gpu", "gpu-1").await.expect("release"), 0, "a lost worker takes it nowhere");
+        assert!(db.overdue(later).await.expect("overdue").is_empty(), "finishing under a live lease");
+        // Its process died: the lease lapses and the deadline counts again.
+        let lapsed = Utc::now() + chrono::Duration::seconds(61);
+        assert_eq!(db.overdue(lapsed).await.expect("overdue"), [(id, "gpu".to_owned())]);
+    }
 
     async fn a_singleton_is_held_by_one_holder_until_its_lease_lapses(db: &Scratch) {
         let ttl = Duration::from_secs(10);

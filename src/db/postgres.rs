@@ -537,7 +537,7 @@ impl TaskRepo for PostgresDatabase {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE tasks SET finishing_at = COALESCE(finishing_at, $1), lease_owner = $2, lease_expires_at = $3, \
-                 deadline_at = GREATEST(COALESCE(deadline_at, 0), $4), metadata = $5 \
+                 placement = NULL, deadline_at = GREATEST(COALESCE(deadline_at, 0), $4), metadata = $5 \
              WHERE id = $6 AND status = 'running' \
                  AND (($7 = 1 AND finishing_at IS NULL) OR ($7 = 0 AND lease_owner = $2))",
         )
@@ -733,10 +733,13 @@ impl TaskRepo for PostgresDatabase {
     }
 
     async fn overdue(&self, now: DateTime<Utc>) -> DbResult<Vec<(TaskId, String)>> {
-        let rows = sqlx::query("SELECT id, channel FROM tasks WHERE status = 'running' AND deadline_at < $1")
-            .bind(now.timestamp_millis())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, channel FROM tasks WHERE status = 'running' AND deadline_at < $1 \
+                 AND NOT (finishing_at IS NOT NULL AND lease_expires_at > $1)",
+        )
+        .bind(now.timestamp_millis())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(rows::task_and_channel).collect()
     }
 
