@@ -20,6 +20,7 @@ use crate::{
     gateway::{Gateway, NewOutput, OutputBody, Recorded},
     input::{self, Upload},
     providers::worker::WorkerProvider,
+    queue::Scheduler,
     tasks::{Artifact, Task, TaskId, TaskStatus},
     webhooks::{self, SigningKey, Verifier, WebhookError},
     worker_protocol::{ProgressReport, StatusReport, valid_file_name},
@@ -172,10 +173,16 @@ pub async fn result(gateway: &Gateway, task: Option<Task>, name: &str, file: Upl
 /// `POST {callback_url}/status`: ends the task.
 ///
 /// A 3D task's success first goes through the finishing step (preview, compressed GLB,
-/// formats asked for), in the background under a lease of this process: the answer is
-/// then `running`, and the task succeeds when the step is done. A repeated `completed`
-/// while the step runs changes nothing.
-pub async fn status(gateway: &Arc<Gateway>, task: Option<Task>, report: &StatusReport) -> ApiResult<TaskStatus> {
+/// formats asked for), run by `scheduler` in the background under a lease of this
+/// process: the answer is then `running`, and the task succeeds when the step is done.
+/// A repeated `completed` while the step runs changes nothing; a `failed` after it is
+/// refused.
+pub async fn status(
+    gateway: &Arc<Gateway>,
+    scheduler: &Arc<Scheduler>,
+    task: Option<Task>,
+    report: &StatusReport,
+) -> ApiResult<TaskStatus> {
     let task = task.ok_or_else(|| ApiError::new(Code::TaskNotFound))?;
     let finish = match report.status.as_str() {
         "completed" => {
@@ -191,7 +198,14 @@ pub async fn status(gateway: &Arc<Gateway>, task: Option<Task>, report: &StatusR
                     metadata["worker"] = serde_json::Value::Object(worker.clone());
                 }
                 if role == "model" && task.status == TaskStatus::Running {
-                    return finish_in_background(gateway, task, metadata).await;
+                    // kiln makes the model's own files before the task succeeds; the
+                    // worker hears `running` and goes on with its next job.
+                    let id = task.id;
+                    if scheduler.finish_detached(task, metadata).await? {
+                        return Ok(TaskStatus::Running);
+                    }
+                    // Another process finishes it already, or it ended meanwhile.
+                    return Ok(gateway.db().get_task(id).await?.map_or(TaskStatus::Running, |t| t.status));
                 }
                 Finish::Succeeded { metadata }
             } else {
@@ -204,6 +218,14 @@ pub async fn status(gateway: &Arc<Gateway>, task: Option<Task>, report: &StatusR
         "failed" => {
             if task.status == TaskStatus::Failed && task.error_code.as_deref() == Some("worker_failed") {
                 return Ok(task.status);
+            }
+            // The worker said `completed` before: its model stands, and kiln is making
+            // the task's files from it.
+            if task.finishing_at.is_some() {
+                return Err(ApiError::with_message(
+                    Code::TaskAlreadyFinished,
+                    "The task was reported completed already; stop working on it.",
+                ));
             }
             let message = report
                 .error
@@ -229,51 +251,6 @@ pub async fn status(gateway: &Arc<Gateway>, task: Option<Task>, report: &StatusR
         )),
         Transition::NotFound => Err(ApiError::new(Code::TaskNotFound)),
     }
-}
-
-/// Claims the finishing step of a worker's task for this process and runs it in the
-/// background, renewing the lease while it works. An interrupted step leaves the task
-/// running under a lease that lapses: the queue then claims it and finishes it.
-async fn finish_in_background(
-    gateway: &Arc<Gateway>,
-    task: Task,
-    metadata: serde_json::Value,
-) -> ApiResult<TaskStatus> {
-    let owner = gateway.instance().to_owned();
-    let lease = gateway.config().tasks.lease;
-    let deadline = crate::queue::finishing_deadline(gateway);
-    if !gateway.db().claim_finishing(task.id, true, &owner, lease, deadline, &metadata).await? {
-        // Another process finishes it already, or it ended meanwhile.
-        let now = gateway.db().get_task(task.id).await?.map_or(task.status, |t| t.status);
-        return Ok(now);
-    }
-    let gateway = Arc::clone(gateway);
-    tokio::spawn(async move {
-        let renewing = tokio_util::sync::CancellationToken::new();
-        let _stop_renewing = renewing.clone().drop_guard();
-        tokio::spawn({
-            let (gateway, owner, id) = (Arc::clone(&gateway), owner.clone(), task.id);
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(lease / 3) => {}
-                        _ = renewing.cancelled() => return,
-                    }
-                    if !matches!(gateway.db().renew_lease(id, &owner, lease).await, Ok(true)) {
-                        return;
-                    }
-                }
-            }
-        });
-        let stop = gateway.conversions().stop_token();
-        let finished = crate::outputs::finish_outputs(&gateway, &task, metadata, &stop).await;
-        if let crate::outputs::Finished::Done(metadata) = finished
-            && let Err(err) = gateway.finish(task.id, Finish::Succeeded { metadata }).await
-        {
-            tracing::error!(task_id = %task.id, error = %err.message, "cannot record the end of a finished task");
-        }
-    });
-    Ok(TaskStatus::Running)
 }
 
 #[cfg(test)]

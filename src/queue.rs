@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::{
     channels::Channel,
     config::Secret,
-    db::{ClaimTerms, Claimed, Finish},
+    db::{ClaimTerms, Claimed, DbResult, Finish},
     gateway::{Gateway, NewOutput, OutputBody, Recorded},
     providers::{ChannelRuntime, InputImage, Job, JobContext, JobSink, Outcome, Output, Upstream},
     tasks::{Task, TaskId},
@@ -221,10 +221,12 @@ impl Scheduler {
             self.execute(&channel, &task, cancel.clone()).await
         };
         let outcome = match outcome {
-            RunEnd::Provider(Ok(Outcome::Completed { metadata })) => match self.finishing(&task, metadata).await {
-                Some(metadata) => RunEnd::Provider(Ok(Outcome::Completed { metadata })),
-                None => RunEnd::Abandoned,
-            },
+            RunEnd::Provider(Ok(Outcome::Completed { metadata })) => {
+                match self.finishing(&task, metadata, &cancel).await {
+                    Some(metadata) => RunEnd::Provider(Ok(Outcome::Completed { metadata })),
+                    None => RunEnd::Abandoned,
+                }
+            }
             other => other,
         };
         heartbeat.abort();
@@ -273,7 +275,16 @@ impl Scheduler {
     /// The finishing step (`outputs::finish_outputs`) under this run's lease: `None` when
     /// the task is no longer this run's or the step was interrupted; then the task is
     /// left running, for the next claim to finish.
-    async fn finishing(&self, task: &Task, metadata: serde_json::Value) -> Option<serde_json::Value> {
+    async fn finishing(
+        &self,
+        task: &Task,
+        metadata: serde_json::Value,
+        cancel: &CancellationToken,
+    ) -> Option<serde_json::Value> {
+        // Only a 3D task has files of its own to make: an image task needs no mark.
+        if task.kind.main_role() != "model" {
+            return Some(metadata);
+        }
         let gw = &self.gateway;
         let claimed = gw
             .db()
@@ -287,11 +298,62 @@ impl Scheduler {
                 return None;
             }
         }
-        // Stopped when the drain gives up on this run, like the provider's part.
-        match crate::outputs::finish_outputs(gw, task, metadata, &self.abandon).await {
+        self.finish_step(task, metadata, cancel).await
+    }
+
+    /// Makes the task's own files, stopped when the drain gives up on this run (like
+    /// the provider's part) or when the heartbeat fires `cancel` (the task was canceled
+    /// or taken over).
+    async fn finish_step(
+        &self,
+        task: &Task,
+        metadata: serde_json::Value,
+        cancel: &CancellationToken,
+    ) -> Option<serde_json::Value> {
+        let stop = self.abandon.child_token();
+        let watch = tokio::spawn({
+            let (stop, cancel) = (stop.clone(), cancel.clone());
+            async move {
+                cancel.cancelled().await;
+                stop.cancel();
+            }
+        });
+        let finished = crate::outputs::finish_outputs(&self.gateway, task, metadata, &stop).await;
+        watch.abort();
+        match finished {
             crate::outputs::Finished::Done(metadata) => Some(metadata),
             crate::outputs::Finished::Interrupted => None,
         }
+    }
+
+    /// A push worker's `completed` for a 3D task: claims the finishing step for this
+    /// process (`false` when another process has it or the task has ended) and runs it
+    /// in the background as one of this scheduler's runs — its lease renewed by the
+    /// heartbeat, waited for by the drain within the shutdown grace and handed back when
+    /// the grace ends, stopped when the task is canceled. A process that dies leaves
+    /// the mark: whoever claims the task next finishes it.
+    pub async fn finish_detached(self: &Arc<Self>, task: Task, metadata: serde_json::Value) -> DbResult<bool> {
+        let gw = &self.gateway;
+        let lease = gw.config().tasks.lease;
+        if !gw.db().claim_finishing(task.id, true, &self.owner, lease, finishing_deadline(gw), &metadata).await? {
+            return Ok(false);
+        }
+        let me = Arc::clone(self);
+        self.tracker.spawn(async move {
+            let id = task.id;
+            let cancel = me.gateway.runs().register(id);
+            let heartbeat = me.spawn_heartbeat(id, cancel.clone());
+            let finished = me.finish_step(&task, metadata, &cancel).await;
+            heartbeat.abort();
+            me.gateway.runs().unregister(id);
+            if let Some(metadata) = finished
+                && let Err(err) = me.gateway.finish(id, Finish::Succeeded { metadata }).await
+            {
+                // The lease lapses and the next claim finishes the task again.
+                tracing::error!(task_id = %id, error = %err, "cannot record the end of a finished task");
+            }
+        });
+        Ok(true)
     }
 
     async fn execute(&self, channel: &Arc<Channel>, task: &Task, cancel: CancellationToken) -> RunEnd {

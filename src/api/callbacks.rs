@@ -123,7 +123,7 @@ pub async fn progress_callback(State(state): State<AppState>, request: Request) 
 pub async fn status_callback(State(state): State<AppState>, request: Request) -> ApiResult<Json<CallbackAnswer>> {
     let (headers, body) = split(request);
     let (report, task) = read_json::<StatusReport>(&state.gateway, &headers, body).await?;
-    let status = callbacks::status(&state.gateway, task, &report).await?;
+    let status = callbacks::status(&state.gateway, &state.scheduler, task, &report).await?;
     Ok(Json(CallbackAnswer { status: Some(status.as_str().to_owned()), ..CallbackAnswer::ok() }))
 }
 

@@ -570,6 +570,47 @@ async fn callbacks_are_authenticated_checked_and_idempotent() {
 }
 
 #[tokio::test]
+async fn while_kiln_finishes_a_completed_task_the_worker_is_free_and_a_late_failure_is_refused() {
+    let fake = FakeWorker::start(key(8), true).await;
+    let app = TestApp::spawn_with(&worker_channel("gpu", "trellis2", &secret(8), &[&fake.url], 5)).await;
+    wait_available(&app, "trellis2").await;
+    let task = app.submit_image(&[("model", "trellis2")]).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let task_id: kiln::tasks::TaskId = id.parse().unwrap();
+    let (_, base) = fake.wait_dispatched(1).await[0].clone();
+    app.wait_task(&id, "dispatched", |t| t["stage"] == "dispatched").await;
+    let client = &app.client;
+    let (content_type, form) =
+        Form::new().text("name", "model.glb").file("file", "model.glb", "model/gltf-binary", &glb()).finish();
+    let (status, _) =
+        send(client, &format!("{base}/result/{id}"), &content_type, form.clone(), &key(8).sign(&form).headers()).await;
+    assert_eq!(status, 200);
+    let db = app.gateway.db();
+    assert_eq!(db.placement_loads("gpu").await.unwrap().len(), 1, "the job is on the worker");
+
+    // Another process took the worker's `completed` and is making the task's files.
+    let deadline = chrono::Utc::now() + chrono::Duration::minutes(5);
+    let said = json!({});
+    let marked = db.claim_finishing(task_id, true, "another-process", Duration::from_secs(600), deadline, &said);
+    assert!(marked.await.unwrap());
+    assert!(db.placement_loads("gpu").await.unwrap().is_empty(), "the worker's slot is free for the next job");
+
+    // A `failed` now contradicts the model that stands: refused, and nothing changes.
+    let failed = json!({ "taskId": id, "status": "failed", "error": "late" });
+    let (status, answer) = callback(client, &key(8), &format!("{base}/status"), failed).await;
+    assert_eq!((status, answer["error"]["code"].clone()), (409, json!("task_already_finished")), "{answer}");
+    // `completed` again: the step is under way elsewhere; the task runs on.
+    let done = json!({ "taskId": id, "status": "completed" });
+    let (status, answer) = callback(client, &key(8), &format!("{base}/status"), done).await;
+    assert_eq!((status, answer["status"].clone()), (200, json!("running")), "{answer}");
+    let task = db.get_task(task_id).await.unwrap().unwrap();
+    assert_eq!(task.status.as_str(), "running");
+    assert!(task.finishing_at.is_some() && task.placement.is_none(), "{task:?}");
+    app.stop().await;
+    fake.stop.cancel();
+}
+
+#[tokio::test]
 async fn a_lost_workers_task_is_dispatched_again_to_another_worker() {
     let first = FakeWorker::start(key(7), true).await;
     let second = FakeWorker::start(key(7), true).await;
