@@ -68,11 +68,6 @@ impl Conversions {
         self.stop.cancel();
     }
 
-    /// Fires at shutdown.
-    pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
-    }
-
     pub(super) fn converter(&self) -> &Converter {
         &self.converter
     }
@@ -296,9 +291,18 @@ pub(super) async fn fly(gateway: &Gateway, task: &Task, model: &Artifact, making
                     _ = tokio::time::sleep(lease / 3) => {}
                     _ = renewing.cancelled() => return,
                 }
-                if !matches!(db.renew_conversion(id, name, &holder, lease).await, Ok(true)) {
-                    tracing::warn!(task_id = %id, format = name, "lost the lease of a conversion");
-                    return;
+                match db.renew_conversion(id, name, &holder, lease).await {
+                    Ok(true) => {}
+                    // Taken over after a lapse: the other holder's file or this one's,
+                    // whichever is recorded first, is kept (each has a fixed name).
+                    Ok(false) => {
+                        tracing::warn!(task_id = %id, format = name, "lost the lease of a conversion");
+                        return;
+                    }
+                    // One failed renewal is not a lost lease: the next try may hold it.
+                    Err(err) => {
+                        tracing::warn!(task_id = %id, format = name, error = %err, "cannot renew a conversion's lease")
+                    }
                 }
             }
         }
