@@ -377,13 +377,18 @@ impl Job {
 /// The preview picture as PNG: `formats` renders it, `image` encodes it.
 fn preview<W: Write>(
     model: &formats::Model,
-    out: W,
+    mut out: W,
     cancel: &formats::Cancel,
 ) -> Result<formats::write::Summary, formats::FormatError> {
     let picture = formats::preview(model, &formats::PreviewOptions::default(), cancel)?;
-    image::codecs::png::PngEncoder::new(out)
+    // Encoded in memory (a 512-pixel picture), then written: the PNG encoder turns a
+    // writer's error into text, which would hide a full disk or the output cap as an
+    // encoding failure remembered for good.
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
         .write_image(picture.as_raw(), picture.width(), picture.height(), image::ExtendedColorType::Rgba8)
         .map_err(|e| formats::FormatError::Encode(e.to_string()))?;
+    out.write_all(&png)?;
     Ok(formats::write::Summary { triangles: model.triangles(), vertices: model.vertices(), notes: Vec::new() })
 }
 
@@ -476,6 +481,24 @@ mod tests {
         assert!(converter.admit(FormatId::Ply).is_ok(), "an ended conversion frees its place");
         let text = metrics.render(&[], &[], &[]);
         assert!(text.contains(r#"kiln_conversions_total{format="ply",outcome="busy"} 1"#), "{text}");
+    }
+
+    #[test]
+    fn a_preview_over_the_output_cap_is_too_large_not_a_kept_encoding_failure() {
+        let model = formats::Model {
+            parts: vec![formats::Part {
+                positions: vec![[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+                indices: vec![0, 1, 2],
+                ..formats::Part::default()
+            }],
+            ..formats::Model::default()
+        };
+        let cancel = formats::Cancel::default();
+        assert!(preview(&model, std::io::sink(), &cancel).is_ok(), "the model renders");
+        let refused = preview(&model, Capped::new(std::io::Cursor::new(Vec::new()), 16), &cancel)
+            .expect_err("a PNG is longer than 16 bytes");
+        let failure = Failure::from_format(refused);
+        assert_eq!((failure.code, failure.permanent), (Code::ModelTooLarge, true), "{}", failure.message);
     }
 
     #[test]
