@@ -95,14 +95,22 @@ pub async fn finish_outputs(gateway: &Gateway, task: &Task, metadata: Value, sto
             plan.push(*format);
         }
     }
-    plan.retain(|format| !artifacts.iter().any(|a| a.name == format.format().file));
+    // Made by an earlier run of this step that was interrupted: listed, not made again.
+    let mut made: Vec<String> = Vec::new();
+    plan.retain(|format| {
+        let file = format.format().file;
+        let stored = artifacts.iter().any(|a| a.name == file);
+        if stored {
+            made.push(file.to_owned());
+        }
+        !stored
+    });
 
     if !plan.is_empty()
         && let Err(err) = gateway.record_progress(task.id, 95, "finishing").await
     {
         tracing::warn!(task_id = %task.id, error = %err.message, "cannot record progress");
     }
-    let mut made = Vec::new();
     let mut failed = Vec::new();
     for format in plan {
         let making = Making { format, budget, glb: Some(glb.clone()), running: true, stop: stop.clone() };

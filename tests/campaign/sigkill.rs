@@ -720,6 +720,19 @@ async fn check(shared: &Shared, dir: &ServerDir) -> Vec<String> {
             problems.push(format!("task {id} succeeded without its preview.png and model.meshopt.glb"));
         }
     }
+    // The metadata lists what the step made, a resumed step's earlier files included.
+    let finished: Vec<(String, String)> = sqlx::query_as("SELECT id, metadata FROM tasks WHERE status = 'succeeded'")
+        .fetch_all(&db)
+        .await
+        .expect("metadata");
+    for (id, metadata) in &finished {
+        let metadata: serde_json::Value = serde_json::from_str(metadata).unwrap_or_default();
+        let listed =
+            metadata["outputs"]["made"].as_array().is_some_and(|made| made.iter().any(|f| f == "model.meshopt.glb"));
+        if compressed.contains(id.as_str()) && !listed {
+            problems.push(format!("task {id}: model.meshopt.glb is not in outputs.made: {metadata}"));
+        }
+    }
     // The API agrees with the database, and SSE replays exactly the stored log.
     let sse = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
     let mismatches: Vec<String> = futures::stream::iter(by_id.iter())
