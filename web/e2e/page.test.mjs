@@ -13,7 +13,14 @@ mkdirSync(OUTPUT, { recursive: true })
 // params: about 2 s each instead of 0.5 s) keep it waiting in line long enough to be
 // watched, and reloaded, while it waits. The page's own tasks use the defaults: light
 // models that SwiftShader draws quickly even on a busy machine.
+// A short shutdown grace: a restart hands the slow task that runs back at once instead of
+// letting it (and its finishing step, seconds of conversions in a debug build) run for up
+// to 30 s while the page's stream is down; that long, the page gives up on the stream and
+// polls, which is not what the reconnection test watches for.
 const CONFIG = `
+[server]
+shutdown_grace = "2s"
+
 [[channels]]
 name = "relief"
 type = "relief"
