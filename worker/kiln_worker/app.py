@@ -264,7 +264,10 @@ async def _job_from_form(form: FormData, settings: Settings, pipeline: Pipeline)
     if parts.query or parts.fragment:
         raise BadRequest("`callback_url` must not have a query or a fragment")
 
-    params: dict[str, Any] = {}
+    # Validated even when absent (kiln leaves the field out when the params are empty):
+    # a job's params are always the pipeline's complete settings, which the OOM retry
+    # lowers and the metadata compares.
+    raw: Any = {}
     params_text = await _text(form, "params")
     if params_text.strip():
         try:
@@ -273,10 +276,10 @@ async def _job_from_form(form: FormData, settings: Settings, pipeline: Pipeline)
             raise BadRequest(f"`params` is not valid JSON: {err}") from None
         if not isinstance(raw, dict):
             raise BadRequest("`params` must be a JSON object")
-        try:
-            params = pipeline.validate_params(raw)
-        except ValueError as err:
-            raise BadRequest(f"invalid params: {err}") from None
+    try:
+        params = pipeline.validate_params(raw)
+    except ValueError as err:
+        raise BadRequest(f"invalid params: {err}") from None
 
     timeout = settings.timeout
     timeout_text = (await _text(form, "timeout_seconds")).strip()

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kiln_worker.jobs import OOM_MESSAGE, OOM_NOTHING_LOWER
 from tests.conftest import Receiver, WorkerHandle, dispatch
 from tests.standin import StandInPipeline
@@ -183,6 +185,43 @@ def test_oom_frees_memory_and_retries_once(make_worker: Any, receiver: Receiver)
     assert pipeline.free_memory_calls == 2
     values = [c.json["progress"] for c in receiver.of("progress")]  # type: ignore[index]
     assert values == sorted(values), "the retry does not make progress go backwards"
+    assert names_sent(receiver) == ALL_RESULTS
+
+
+class OutOfMemoryOnce(StandInPipeline):
+    """Runs out of memory on its first attempt whatever the dispatch says, so that a
+    dispatch without `params` (kiln leaves the field out when they are empty) can reach
+    the retry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warmup = False  # the warm-up job would run out of memory too
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return super().validate_params({"fail": "oom_once", **params})
+
+
+@pytest.mark.parametrize("params", [None, "", "  "], ids=["absent", "empty", "blank"])
+def test_oom_retry_of_a_dispatch_without_params(
+    make_worker: Any, receiver: Receiver, params: str | None
+) -> None:
+    """The retry starts from complete settings: the defaults, validated at dispatch."""
+    worker = make_worker(OutOfMemoryOnce())
+    pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
+    assert dispatch(worker.url, callback_url=receiver.url, params=params).status_code == 202
+    status = receiver.wait_status()
+    assert status.json == {
+        "taskId": TASK,
+        "status": "completed",
+        "metadata": {
+            "out_of_memory_retry": {
+                "changed": {"resolution": {"from": 1024, "to": 512}},
+                "kept_from_first_attempt": ["pixel_images.png"],
+            }
+        },
+    }
+    assert pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]
+    assert pipeline.resolutions == [1024, 512]
     assert names_sent(receiver) == ALL_RESULTS
 
 

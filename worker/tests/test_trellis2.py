@@ -223,6 +223,26 @@ def test_the_oom_retry_lowers_the_settings(
     assert pipeline.validate_params({}) is not after
 
 
+@pytest.mark.parametrize(
+    ("default", "changed"),
+    [
+        ("512", {"texture_size": 1024}),
+        ("1024", {"pipeline_type": "512"}),
+        ("1536", {"pipeline_type": "1024_cascade"}),
+    ],
+)
+def test_the_oom_retry_lowers_the_default_settings(
+    monkeypatch: pytest.MonkeyPatch, default: str, changed: dict[str, Any]
+) -> None:
+    """A dispatch without params runs the defaults: the retry lowers those, whole."""
+    monkeypatch.setenv("KILN_TRELLIS_RESOLUTION", default)
+    pipeline = Trellis2Pipeline()
+    before = pipeline.validate_params({})
+    after = pipeline.settings_after_oom(dict(before))
+    assert after is not None and after.keys() == before.keys()
+    assert {k: v for k, v in after.items() if before[k] != v} == changed
+
+
 def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KILN_TRELLIS_RESOLUTION", "512")
     monkeypatch.setenv("KILN_TRELLIS_TEXTURE_SIZE", "1024")

@@ -406,7 +406,9 @@ class Trellis2Pipeline(Pipeline):
 
     def settings_after_oom(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """One step down, on what costs the memory: 1536 → 1024 (cascade), 1024 → 512,
-        then at 512 a texture above 1024 → 1024; `None` below that.
+        then at 512 a texture above 1024 → 1024; `None` below that. `params` are what
+        `validate_params` returned (complete), and so is the result: it is not validated
+        again, which would lose the per-stage steps.
 
         The retry never runs the settings that just ran out of memory again: freeing
         the cache only helps against fragmentation, which `expandable_segments` already
@@ -414,12 +416,12 @@ class Trellis2Pipeline(Pipeline):
         reads it only in the 1536 cascade).
         """
         lower = dict(params)
-        pipeline_type = params.get("pipeline_type", "1024_cascade")
+        pipeline_type = params["pipeline_type"]
         if pipeline_type == "1536_cascade":
             lower["pipeline_type"] = "1024_cascade"
         elif pipeline_type in ("1024", "1024_cascade"):
             lower["pipeline_type"] = "512"
-        elif params.get("texture_size", 0) > 1024:
+        elif params["texture_size"] > 1024:
             lower["texture_size"] = 1024
         else:
             return None
@@ -456,7 +458,7 @@ class Trellis2Pipeline(Pipeline):
 
         if self._pipe is None:
             raise RuntimeError("the TRELLIS.2 pipeline is not loaded")
-        p = job.params or self.validate_params({})
+        p = job.params  # complete: app.py validates a dispatch's params even when absent
         ctx.progress(0, "preprocessing")
         with Image.open(job.image_path) as opened:
             image = normalise_mode(opened.copy())
