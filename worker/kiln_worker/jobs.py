@@ -474,7 +474,11 @@ class Runner:
                         if changed
                         else "with the same settings",
                     )
-                    job = replace(job, params=lower)
+                    # A directory of its own: files of the first attempt may still wait
+                    # to be sent under the names the retry writes (and drops, as sent).
+                    retry_dir = job.workdir / "retry"
+                    retry_dir.mkdir(exist_ok=True)
+                    job = replace(job, params=lower, workdir=retry_dir)
                     ctx.progress(0, "retrying_after_out_of_memory")
             raise AssertionError("unreachable")
         finally:

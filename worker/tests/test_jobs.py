@@ -236,6 +236,31 @@ def test_oom_after_the_preview_does_not_send_it_twice(make_worker: Any, receiver
     assert worker.pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]  # type: ignore[attr-defined]
 
 
+def test_a_file_still_waiting_to_be_sent_survives_the_retry(
+    make_worker: Any, receiver: Receiver
+) -> None:
+    """The retry makes its own pixel_images.png and drops it (already sent, by name): that
+    must not delete the first attempt's, which kiln has not had yet."""
+    worker = make_worker()
+    pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
+    original = receiver._scripted
+    retried = threading.Event()
+
+    def scripted(call: Any) -> int:
+        if call.kind == "progress":
+            # Hold the callbacks (and the cut-out behind them) until the retry has run.
+            retried.wait(timeout=5)
+        return original(call)
+
+    receiver._scripted = scripted  # type: ignore[method-assign]
+    dispatch(worker.url, callback_url=receiver.url, params={"fail": "oom_once"})
+    wait_until(lambda: len(pipeline.runs) == 2)
+    retried.set()
+    status = receiver.wait_status()
+    assert status.json["status"] == "completed"  # type: ignore[index]
+    assert names_sent(receiver) == ALL_RESULTS
+
+
 def test_oom_at_the_lowest_settings_fails_at_once(make_worker: Any, receiver: Receiver) -> None:
     """Nothing lower to try: the same settings again would only run out of memory again."""
     worker = make_worker()

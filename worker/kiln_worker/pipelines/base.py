@@ -49,7 +49,8 @@ class JobInput:
     image_format: str
     #: The validated options (what `Pipeline.validate_params` returned).
     params: dict[str, Any]
-    #: A directory of the job's own, removed when the job ends.
+    #: A directory of the job's own (the retry after an out-of-memory error gets another
+    #: inside it), removed when the job ends.
     workdir: Path
     #: Seconds the job may take; the worker stops it then.
     timeout: float = 180.0
