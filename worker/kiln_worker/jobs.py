@@ -450,7 +450,11 @@ class Runner:
                     self.pipeline.free_memory()
                     if attempt == 1:
                         raise JobFailed(OOM_MESSAGE)
-                    lower = self.pipeline.settings_after_oom(dict(job.params))
+                    # What the first attempt recorded tells the pipeline what it really
+                    # ran; the result's metadata is the retry's own.
+                    first_attempt = dict(ctx.metadata)
+                    ctx.metadata.clear()
+                    lower = self.pipeline.settings_after_oom(dict(job.params), first_attempt)
                     if lower is None:
                         raise JobFailed(OOM_NOTHING_LOWER)
                     changed = {

@@ -225,6 +225,27 @@ def test_oom_retry_of_a_dispatch_without_params(
     assert names_sent(receiver) == ALL_RESULTS
 
 
+class RecordsWhatItReached(StandInPipeline):
+    """Notes in the job's metadata what it reached before running out of memory, as
+    TRELLIS.2 does with the resolution its 1536 cascade came down to."""
+
+    def run(self, job: Any, ctx: Any) -> list[Path]:
+        ctx.metadata["settings"] = {"attempt": ctx.attempt}
+        return super().run(job, ctx)
+
+
+def test_the_oom_retry_is_told_what_the_first_attempt_recorded(
+    make_worker: Any, receiver: Receiver
+) -> None:
+    worker = make_worker(RecordsWhatItReached())
+    pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
+    dispatch(worker.url, callback_url=receiver.url, params={"fail": "oom_once"})
+    status = receiver.wait_status()
+    assert pipeline.first_attempts == [{"settings": {"attempt": 0}}]
+    # The result's metadata is the retry's own.
+    assert status.json["metadata"]["settings"] == {"attempt": 1}  # type: ignore[index]
+
+
 def test_oom_after_the_preview_does_not_send_it_twice(make_worker: Any, receiver: Receiver) -> None:
     worker = make_worker()
     dispatch(
