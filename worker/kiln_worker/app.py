@@ -258,7 +258,11 @@ async def _job_from_form(form: FormData, settings: Settings, pipeline: Pipeline)
     callback_url = (await _text(form, "callback_url")).rstrip("/")
     if not callback_url:
         raise BadRequest("missing `callback_url`")
-    parts = urlsplit(callback_url)
+    try:
+        parts = urlsplit(callback_url)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not one
+    except ValueError as err:
+        raise BadRequest(f"`callback_url` is not a valid URL: {err}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadRequest("`callback_url` must be an absolute http or https URL")
     if parts.query or parts.fragment:
