@@ -258,13 +258,20 @@ async def _job_from_form(form: FormData, settings: Settings, pipeline: Pipeline)
     callback_url = (await _text(form, "callback_url")).rstrip("/")
     if not callback_url:
         raise BadRequest("missing `callback_url`")
-    parts = urlsplit(callback_url)
+    try:
+        parts = urlsplit(callback_url)
+        parts.port  # noqa: B018  # raises ValueError for a port that is not one
+    except ValueError as err:
+        raise BadRequest(f"`callback_url` is not a valid URL: {err}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadRequest("`callback_url` must be an absolute http or https URL")
     if parts.query or parts.fragment:
         raise BadRequest("`callback_url` must not have a query or a fragment")
 
-    params: dict[str, Any] = {}
+    # Validated even when absent (kiln leaves the field out when the params are empty):
+    # a job's params are always the pipeline's complete settings, which the OOM retry
+    # lowers and the metadata compares.
+    raw: Any = {}
     params_text = await _text(form, "params")
     if params_text.strip():
         try:
@@ -273,10 +280,10 @@ async def _job_from_form(form: FormData, settings: Settings, pipeline: Pipeline)
             raise BadRequest(f"`params` is not valid JSON: {err}") from None
         if not isinstance(raw, dict):
             raise BadRequest("`params` must be a JSON object")
-        try:
-            params = pipeline.validate_params(raw)
-        except ValueError as err:
-            raise BadRequest(f"invalid params: {err}") from None
+    try:
+        params = pipeline.validate_params(raw)
+    except ValueError as err:
+        raise BadRequest(f"invalid params: {err}") from None
 
     timeout = settings.timeout
     timeout_text = (await _text(form, "timeout_seconds")).strip()

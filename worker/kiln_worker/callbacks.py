@@ -172,7 +172,14 @@ class CallbackClient:
                 response = await self._http.post(url, content=body, headers=headers)
             except httpx.HTTPError as err:  # connection refused, reset, timeout, …
                 status = None
-                detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                detail = _error_text(err)
+            except Exception as err:
+                # Not the network: a URL httpx refuses (InvalidURL is no HTTPError), or a
+                # bug. Every attempt would fail alike, and raising would end the job's
+                # reporter without a word.
+                detail = _error_text(err)
+                log.error("%s: giving up: %s", what, detail)
+                return Delivery(Outcome.GAVE_UP, None, detail, attempt + 1)
             else:
                 status = response.status_code
                 detail = _describe(response)
@@ -237,6 +244,10 @@ class CallbackClient:
         )
 
 
+def _error_text(err: Exception) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
 def _describe(response: httpx.Response) -> str:
     """`HTTP 503: <kiln's error message>`, short enough for a log line."""
     text = ""
@@ -244,7 +255,9 @@ def _describe(response: httpx.Response) -> str:
         payload = response.json()
         if isinstance(payload, dict) and "error" in payload:
             error = payload["error"]
-            text = error.get("message", "") if isinstance(error, dict) else str(error)
+            message = error.get("message") if isinstance(error, dict) else error
+            # Whatever a proxy or another version put there: text, for the log line.
+            text = "" if message is None else str(message)
     except ValueError:
         text = response.text
     text = " ".join(text.split())[:200]

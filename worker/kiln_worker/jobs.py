@@ -450,7 +450,11 @@ class Runner:
                     self.pipeline.free_memory()
                     if attempt == 1:
                         raise JobFailed(OOM_MESSAGE)
-                    lower = self.pipeline.settings_after_oom(dict(job.params))
+                    # What the first attempt recorded tells the pipeline what it really
+                    # ran; the result's metadata is the retry's own.
+                    first_attempt = dict(ctx.metadata)
+                    ctx.metadata.clear()
+                    lower = self.pipeline.settings_after_oom(dict(job.params), first_attempt)
                     if lower is None:
                         raise JobFailed(OOM_NOTHING_LOWER)
                     changed = {
@@ -474,7 +478,11 @@ class Runner:
                         if changed
                         else "with the same settings",
                     )
-                    job = replace(job, params=lower)
+                    # A directory of its own: files of the first attempt may still wait
+                    # to be sent under the names the retry writes (and drops, as sent).
+                    retry_dir = job.workdir / "retry"
+                    retry_dir.mkdir(exist_ok=True)
+                    job = replace(job, params=lower, workdir=retry_dir)
                     ctx.progress(0, "retrying_after_out_of_memory")
             raise AssertionError("unreachable")
         finally:

@@ -42,6 +42,7 @@ import gc
 import os
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ class StandInPipeline(Pipeline):
         #: The `resolution` param of each run (the OOM retry lowers it).
         self.resolutions: list[int] = []
         self.free_memory_calls = 0
+        #: What `settings_after_oom` was told the first attempt recorded, per retry.
+        self.first_attempts: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def preflight(self) -> None:
@@ -185,14 +188,17 @@ class StandInPipeline(Pipeline):
         out["resolution"] = resolution
         return out
 
-    def settings_after_oom(self, params: dict[str, Any]) -> dict[str, Any] | None:
+    def settings_after_oom(
+        self, params: dict[str, Any], first_attempt: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        self.first_attempts.append(dict(first_attempt))
         lower = [r for r in RESOLUTIONS if r < params.get("resolution", 1024)]
         if not lower:
             return None
         return {**params, "resolution": lower[-1]}
 
     def run(self, job: JobInput, ctx: JobContext) -> list[Path]:
-        params = job.params or self.validate_params({})
+        params = job.params  # validated, as the worker always does
         if job.task_id != "warm-up":
             self.resolutions.append(params["resolution"])
         try:

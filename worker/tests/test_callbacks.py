@@ -142,6 +142,38 @@ def test_progress_has_fewer_attempts() -> None:
     }
 
 
+def test_a_url_httpx_refuses_gives_up_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """httpx.InvalidURL is no httpx.HTTPError: it must end the delivery, not the reporter."""
+    script = Script(200)
+    delivery, sleeps = run(
+        script, lambda c: c.status("http://kiln.test:0x/cb", "t-1", "completed")
+    )
+    assert delivery.outcome is Outcome.GAVE_UP and delivery.attempts == 1
+    assert delivery.status_code is None and "InvalidURL" in delivery.detail
+    assert script.requests == [] and sleeps == []
+    assert "InvalidURL" in caplog.text and "giving up" in caplog.text
+
+
+def test_an_unexpected_error_gives_up_at_once() -> None:
+    script = Script(ValueError, 200)
+    delivery, sleeps = run(script, status_call)
+    assert delivery.outcome is Outcome.GAVE_UP and delivery.attempts == 1
+    assert "ValueError: scripted network failure" in delivery.detail
+    assert len(script.requests) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("message", [42, {"detail": "busy"}, None, ["a", "b"]])
+def test_an_error_message_that_is_not_text_is_described(message: Any) -> None:
+    answers = [httpx.Response(503, json={"error": {"code": "x", "message": message}})]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return answers.pop(0) if answers else httpx.Response(200, json={"ok": True})
+
+    delivery, _ = run(handler, status_call, attempts=1)  # type: ignore[arg-type]
+    assert delivery.outcome is Outcome.GAVE_UP and delivery.status_code == 503
+    assert delivery.detail.startswith("HTTP 503")
+
+
 def test_result_is_multipart_name_and_file() -> None:
     script = Script(200)
     data = bytes(range(256))

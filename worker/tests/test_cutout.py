@@ -118,3 +118,20 @@ def test_a_square_filled_by_the_object_goes_in_as_rgb_without_preprocessing() ->
 def test_nothing_opaque_is_a_clear_failure() -> None:
     with pytest.raises(JobFailed, match="No object"):
         frame_square(Image.new("RGBA", (16, 16), (0, 0, 0, 100)))
+
+
+@pytest.mark.parametrize("pixels", [[(5, 5)], [(5, 5), (6, 5)], [(5, 5), (6, 6)]])
+def test_a_speck_is_no_object(pixels: list[tuple[int, int]]) -> None:
+    """A pixel or two above the threshold would frame an empty square."""
+    picture = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    for xy in pixels:
+        picture.putpixel(xy, (200, 100, 50, 255))
+    with pytest.raises(JobFailed, match="No object"):
+        cut_out(picture, Rembg())
+
+
+def test_the_smallest_object_is_framed() -> None:
+    picture = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    for xy in ((5, 5), (7, 5)):
+        picture.putpixel(xy, (200, 100, 50, 255))
+    assert cut_out(picture, Rembg()).image.size == (2, 2)

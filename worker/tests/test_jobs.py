@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kiln_worker.jobs import OOM_MESSAGE, OOM_NOTHING_LOWER
 from tests.conftest import Receiver, WorkerHandle, dispatch
 from tests.standin import StandInPipeline
@@ -186,6 +188,64 @@ def test_oom_frees_memory_and_retries_once(make_worker: Any, receiver: Receiver)
     assert names_sent(receiver) == ALL_RESULTS
 
 
+class OutOfMemoryOnce(StandInPipeline):
+    """Runs out of memory on its first attempt whatever the dispatch says, so that a
+    dispatch without `params` (kiln leaves the field out when they are empty) can reach
+    the retry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warmup = False  # the warm-up job would run out of memory too
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return super().validate_params({"fail": "oom_once", **params})
+
+
+@pytest.mark.parametrize("params", [None, "", "  "], ids=["absent", "empty", "blank"])
+def test_oom_retry_of_a_dispatch_without_params(
+    make_worker: Any, receiver: Receiver, params: str | None
+) -> None:
+    """The retry starts from complete settings: the defaults, validated at dispatch."""
+    worker = make_worker(OutOfMemoryOnce())
+    pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
+    assert dispatch(worker.url, callback_url=receiver.url, params=params).status_code == 202
+    status = receiver.wait_status()
+    assert status.json == {
+        "taskId": TASK,
+        "status": "completed",
+        "metadata": {
+            "out_of_memory_retry": {
+                "changed": {"resolution": {"from": 1024, "to": 512}},
+                "kept_from_first_attempt": ["pixel_images.png"],
+            }
+        },
+    }
+    assert pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]
+    assert pipeline.resolutions == [1024, 512]
+    assert names_sent(receiver) == ALL_RESULTS
+
+
+class RecordsWhatItReached(StandInPipeline):
+    """Notes in the job's metadata what it reached before running out of memory, as
+    TRELLIS.2 does with the resolution its 1536 cascade came down to."""
+
+    def run(self, job: Any, ctx: Any) -> list[Path]:
+        ctx.metadata["settings"] = {"attempt": ctx.attempt}
+        return super().run(job, ctx)
+
+
+def test_the_oom_retry_is_told_what_the_first_attempt_recorded(
+    make_worker: Any, receiver: Receiver
+) -> None:
+    worker = make_worker(RecordsWhatItReached())
+    pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
+    dispatch(worker.url, callback_url=receiver.url, params={"fail": "oom_once"})
+    status = receiver.wait_status()
+    assert pipeline.first_attempts == [{"settings": {"attempt": 0}}]
+    # The result's metadata is the retry's own.
+    assert status.json["metadata"]["settings"] == {"attempt": 1}  # type: ignore[index]
+
+
 def test_oom_after_the_preview_does_not_send_it_twice(make_worker: Any, receiver: Receiver) -> None:
     worker = make_worker()
     dispatch(
@@ -195,6 +255,31 @@ def test_oom_after_the_preview_does_not_send_it_twice(make_worker: Any, receiver
     assert status.json["status"] == "completed"  # type: ignore[index]
     assert names_sent(receiver) == ALL_RESULTS
     assert worker.pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]  # type: ignore[attr-defined]
+
+
+def test_a_file_still_waiting_to_be_sent_survives_the_retry(
+    make_worker: Any, receiver: Receiver
+) -> None:
+    """The retry makes its own pixel_images.png and drops it (already sent, by name): that
+    must not delete the first attempt's, which kiln has not had yet."""
+    worker = make_worker()
+    pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
+    original = receiver._scripted
+    retried = threading.Event()
+
+    def scripted(call: Any) -> int:
+        if call.kind == "progress":
+            # Hold the callbacks (and the cut-out behind them) until the retry has run.
+            retried.wait(timeout=5)
+        return original(call)
+
+    receiver._scripted = scripted  # type: ignore[method-assign]
+    dispatch(worker.url, callback_url=receiver.url, params={"fail": "oom_once"})
+    wait_until(lambda: len(pipeline.runs) == 2)
+    retried.set()
+    status = receiver.wait_status()
+    assert status.json["status"] == "completed"  # type: ignore[index]
+    assert names_sent(receiver) == ALL_RESULTS
 
 
 def test_oom_at_the_lowest_settings_fails_at_once(make_worker: Any, receiver: Receiver) -> None:

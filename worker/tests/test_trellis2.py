@@ -33,8 +33,9 @@ from kiln_worker.pipelines import (
     load_pipeline,
 )
 from kiln_worker.pipelines.trellis2 import SamplerProgress, Trellis2Pipeline
-from tests.conftest import png_bytes
+from tests.conftest import Receiver, dispatch, png_bytes
 from tests.png16 import read_png16
+from tests.standin import OutOfMemoryError
 
 
 class RecordingContext:
@@ -77,6 +78,8 @@ class FlowEulerSampler:
         self, model: Any, x_t: Any, t: float, t_prev: float, cond: Any = None, **kwargs: Any
     ) -> Any:
         self.steps_run += 1
+        if callable(model):  # a fake flow model that can fail (FakeTrellisPipeline)
+            model(x_t)
         return types.SimpleNamespace(pred_x_prev=x_t)
 
     def sample(
@@ -214,13 +217,33 @@ def test_the_oom_retry_lowers_the_settings(
 ) -> None:
     pipeline = Trellis2Pipeline()
     before = pipeline.validate_params(params)
-    after = pipeline.settings_after_oom(before)
+    after = pipeline.settings_after_oom(before, {})
     if changed is None:
         assert after is None, "nothing lower: no second attempt with the same settings"
         return
     assert after is not None
     assert {k: v for k, v in after.items() if before[k] != v} == changed
     assert pipeline.validate_params({}) is not after
+
+
+@pytest.mark.parametrize(
+    ("default", "changed"),
+    [
+        ("512", {"texture_size": 1024}),
+        ("1024", {"pipeline_type": "512"}),
+        ("1536", {"pipeline_type": "1024_cascade"}),
+    ],
+)
+def test_the_oom_retry_lowers_the_default_settings(
+    monkeypatch: pytest.MonkeyPatch, default: str, changed: dict[str, Any]
+) -> None:
+    """A dispatch without params runs the defaults: the retry lowers those, whole."""
+    monkeypatch.setenv("KILN_TRELLIS_RESOLUTION", default)
+    pipeline = Trellis2Pipeline()
+    before = pipeline.validate_params({})
+    after = pipeline.settings_after_oom(dict(before), {})
+    assert after is not None and after.keys() == before.keys()
+    assert {k: v for k, v in after.items() if before[k] != v} == changed
 
 
 def test_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -313,11 +336,11 @@ MESH_LOWER, MESH_UPPER = (-0.3, -0.2, -0.4), (0.3, 0.2, 0.4)
 
 
 class FakeMesh:
-    def __init__(self) -> None:
+    def __init__(self, resolution: int = 1024) -> None:
         self.vertices = FakeTensor([MESH_LOWER, MESH_UPPER])
         self.faces, self.attrs, self.coords = "F", "A", "C"
         self.layout = {"base_color": slice(0, 3)}
-        self.voxel_size = 1 / 1024
+        self.voxel_size = 1 / resolution
         self.simplified_to: int | None = None
 
     def simplify(self, target: int) -> None:
@@ -377,8 +400,20 @@ class FakeMeshRenderer:
         return {"coord": FakeTensor(coord.astype(np.float32)), "mask": FakeTensor(mask)}
 
 
+def sparse_noise(tokens: int) -> Any:
+    """The shape of TRELLIS.2's SparseTensor noise as far as the pipeline looks: one row
+    of `coords` per token."""
+    return types.SimpleNamespace(coords=np.zeros((tokens, 4), dtype=np.int32))
+
+
 class FakeTrellisPipeline:
     instances: ClassVar[list[FakeTrellisPipeline]] = []
+    #: The high-resolution shape's tokens at each resolution the 1536 cascade tries
+    #: (fewer than any cap when not given).
+    tokens_at: ClassVar[dict[int, int]] = {}
+    #: Where the first run's flow model runs out of memory: "shape_lr", "shape_hr" (the
+    #: cascade's two shape passes) or "texture"; None: nowhere.
+    oom_in: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.rembg_model = FakeRembg()
@@ -389,6 +424,9 @@ class FakeTrellisPipeline:
         self.models = {"flow": types.SimpleNamespace(cpu=lambda: None)}
         self.calls: list[dict[str, Any]] = []
         self.on_cuda = False
+        self.ran_out_of_memory = False
+        #: What sample_shape_slat_cascade returned, per call.
+        self.cascades: list[int] = []
 
     @classmethod
     def from_pretrained(cls, path: str) -> FakeTrellisPipeline:
@@ -409,15 +447,74 @@ class FakeTrellisPipeline:
         self.sparse_structure_sampler.sample(
             "m", 0, cond="c", neg_cond="n", steps=steps("sparse_structure_sampler_params")
         )
-        passes = 2 if kwargs.get("pipeline_type", "1024_cascade").endswith("cascade") else 1
-        for _ in range(passes):
+        pipeline_type = kwargs.get("pipeline_type", "1024_cascade")
+        shape_params = kwargs.get("shape_slat_sampler_params", {})
+        if pipeline_type.endswith("cascade"):
+            _, resolution = self.sample_shape_slat_cascade(
+                {"cond": "c", "neg_cond": "n"},
+                {"cond": "c", "neg_cond": "n"},
+                self.flow_model("shape_lr"),
+                self.flow_model("shape_hr"),
+                512,
+                {"1024_cascade": 1024, "1536_cascade": 1536}[pipeline_type],
+                "coords",
+                shape_params,
+                kwargs.get("max_num_tokens", 49152),
+            )
+        else:
+            resolution = int(pipeline_type)
             self.shape_slat_sampler.sample(
-                "m", 0, cond="c", neg_cond="n", steps=steps("shape_slat_sampler_params")
+                "m",
+                sparse_noise(1000),
+                cond="c",
+                neg_cond="n",
+                steps=steps("shape_slat_sampler_params"),
             )
         self.tex_slat_sampler.sample(
-            "m", 0, cond="c", neg_cond="n", steps=steps("tex_slat_sampler_params")
+            self.flow_model("texture"),
+            0,
+            cond="c",
+            neg_cond="n",
+            steps=steps("tex_slat_sampler_params"),
         )
-        return [FakeMesh()]
+        return [FakeMesh(resolution)]
+
+    def sample_shape_slat_cascade(
+        self,
+        lr_cond: dict[str, Any],
+        cond: dict[str, Any],
+        flow_model_lr: Any,
+        flow_model: Any,
+        lr_resolution: int,
+        resolution: int,
+        coords: Any,
+        sampler_params: dict[str, Any],
+        max_num_tokens: int = 49152,
+    ) -> tuple[Any, int]:
+        """TRELLIS.2's: the shape at 512, then at `resolution`, lowered by 128 (not below
+        1024) while the shape has `max_num_tokens` tokens or more."""
+        params = {"steps": 3, **sampler_params}
+        self.shape_slat_sampler.sample(flow_model_lr, sparse_noise(1000), **lr_cond, **params)
+        hr_resolution = resolution
+        while True:
+            tokens = self.tokens_at.get(hr_resolution, 1000)
+            if tokens < max_num_tokens or hr_resolution == 1024:
+                break
+            hr_resolution -= 128
+        self.shape_slat_sampler.sample(flow_model, sparse_noise(tokens), **cond, **params)
+        self.cascades.append(hr_resolution)
+        return "slat", hr_resolution
+
+    def flow_model(self, where: str) -> Any:
+        """A flow model that runs out of memory at its first step where `oom_in` says,
+        once per pipeline."""
+
+        def step(x_t: Any) -> None:
+            if self.oom_in == where and not self.ran_out_of_memory:
+                self.ran_out_of_memory = True
+                raise OutOfMemoryError(f"CUDA out of memory (fake, in {where})")
+
+        return step
 
 
 @pytest.fixture
@@ -763,6 +860,82 @@ def test_no_cuda_is_a_load_error(fake_gpu_stack: dict[str, Any]) -> None:
     sys.modules["torch"].cuda.is_available = lambda: False  # type: ignore[attr-defined]
     with pytest.raises(PipelineUnavailable, match="no CUDA GPU"):
         Trellis2Pipeline().load()
+
+
+# -- the retry of a 1536 job ---------------------------------------------------------------
+
+#: A shape with more tokens than the 24 GB cap (32768) at every resolution the cascade tries.
+OVER_THE_CAP = {1536: 90_000, 1408: 70_000, 1280: 55_000, 1152: 40_000, 1024: 33_000}
+
+
+@pytest.mark.parametrize(
+    ("oom_in", "tokens_at", "known", "retry"),
+    [
+        # The cascade had returned: the resolution it ended at is known.
+        ("texture", OVER_THE_CAP, 1024, "512"),
+        ("texture", {1536: 90_000, 1408: 40_000, 1280: 20_000}, 1280, "1024_cascade"),
+        # Inside the high-resolution pass, with the cap's tokens or more: TRELLIS.2 goes
+        # on with that many only at 1024.
+        ("shape_hr", OVER_THE_CAP, 1024, "512"),
+        # Under the cap: it stopped lowering, at 1536 here; one step down.
+        ("shape_hr", {}, None, "1024_cascade"),
+        # Under the cap at 1024 itself: not told apart from the case above (README.md,
+        # "24 GB cards"), so the retry repeats the 1024 shape.
+        ("shape_hr", {**OVER_THE_CAP, 1024: 20_000}, None, "1024_cascade"),
+        ("shape_lr", OVER_THE_CAP, None, "1024_cascade"),
+    ],
+)
+def test_the_retry_of_a_1536_job_steps_below_the_resolution_it_reached(
+    fake_gpu_stack: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    oom_in: str,
+    tokens_at: dict[int, int],
+    known: int | None,
+    retry: str,
+) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+    monkeypatch.setattr(FakeTrellisPipeline, "tokens_at", tokens_at)
+    monkeypatch.setattr(FakeTrellisPipeline, "oom_in", oom_in)
+    pipeline = Trellis2Pipeline()
+    pipeline.load()
+    params = pipeline.validate_params({"resolution": 1536, "steps": 5})
+    ctx = RecordingContext()
+    with pytest.raises(OutOfMemoryError):
+        pipeline.run(job_for(tmp_path, params), ctx)
+    settings = ctx.metadata.get("settings", {})
+    assert settings.get("resolution") == known
+    if known is not None:
+        assert settings["pipeline_type"] == "1536_cascade"
+    after = pipeline.settings_after_oom(dict(params), ctx.metadata)
+    assert after == {**params, "pipeline_type": retry}
+    assert after["shape_sampler_params"] == {"steps": 5}
+
+
+def test_the_worker_retries_a_1536_job_that_came_down_to_1024_at_512(
+    fake_gpu_stack: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    make_worker: Any,
+    receiver: Receiver,
+) -> None:
+    monkeypatch.setenv("KILN_TRELLIS_WARMUP", "0")
+    monkeypatch.setattr(FakeTrellisPipeline, "tokens_at", OVER_THE_CAP)
+    monkeypatch.setattr(FakeTrellisPipeline, "oom_in", "texture")
+    worker = make_worker(Trellis2Pipeline())
+    response = dispatch(worker.url, callback_url=receiver.url, params={"resolution": 1536})
+    assert response.status_code == 202
+    status = receiver.wait_status()
+    assert status.json is not None and status.json["status"] == "completed"
+    metadata = status.json["metadata"]
+    assert metadata["out_of_memory_retry"] == {
+        "changed": {"pipeline_type": {"from": "1536_cascade", "to": "512"}},
+        "kept_from_first_attempt": ["pixel_images.png"],
+    }
+    assert metadata["settings"]["pipeline_type"] == "512"
+    assert metadata["settings"]["resolution"] == 512
+    pipe = FakeTrellisPipeline.instances[0]
+    assert [call["pipeline_type"] for call in pipe.calls] == ["1536_cascade", "512"]
+    assert pipe.cascades == [1024]
 
 
 # -- never healthy while broken -----------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -49,7 +50,8 @@ class JobInput:
     image_format: str
     #: The validated options (what `Pipeline.validate_params` returned).
     params: dict[str, Any]
-    #: A directory of the job's own, removed when the job ends.
+    #: A directory of the job's own (the retry after an out-of-memory error gets another
+    #: inside it), removed when the job ends.
     workdir: Path
     #: Seconds the job may take; the worker stops it then.
     timeout: float = 180.0
@@ -128,12 +130,18 @@ class Pipeline:
         """Run one job on the calling thread; return the result files not already emitted."""
         raise NotImplementedError
 
-    def settings_after_oom(self, params: dict[str, Any]) -> dict[str, Any] | None:
+    def settings_after_oom(
+        self, params: dict[str, Any], first_attempt: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
         """The params of the second attempt after a GPU out-of-memory error.
 
-        A pipeline that knows which settings cost memory returns lower ones (the worker
-        records the change with the result); `None` means there is nothing lower to
-        try, and the job fails at once. By default: the same params, after the cache
+        `params` are the first attempt's, as `validate_params` returned them (complete);
+        `first_attempt` is what that attempt had put in `JobContext.metadata` when it ran
+        out of memory — where a model that adapts its own settings while it runs (TRELLIS.2's
+        1536 cascade) says what it had come down to. A pipeline that knows which settings
+        cost memory returns lower ones, complete (they are not validated again; the
+        worker records the change with the result); `None` means there is nothing lower
+        to try, and the job fails at once. By default: the same params, after the cache
         was freed.
         """
         return dict(params)

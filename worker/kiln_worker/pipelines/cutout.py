@@ -27,6 +27,10 @@ from .base import JobFailed
 MAX_SIDE = 1024
 #: TRELLIS.2 frames the pixels whose alpha is above this fraction of opaque.
 FRAME_ALPHA = 0.8
+NO_OBJECT = (
+    "No object was found in the picture: the background removal left nothing opaque, "
+    "or only a pixel or two."
+)
 
 
 @dataclass
@@ -86,13 +90,13 @@ def frame_square(rgba: Image.Image) -> Image.Image:
     alpha = np.asarray(rgba.getchannel("A"))
     found = np.argwhere(alpha > FRAME_ALPHA * 255)
     if found.size == 0:
-        raise JobFailed(
-            "No object was found in the picture: the background removal left nothing opaque."
-        )
+        raise JobFailed(NO_OBJECT)
     left, top = np.min(found[:, 1]), np.min(found[:, 0])
     right, bottom = np.max(found[:, 1]), np.max(found[:, 0])
     center = (left + right) / 2, (top + bottom) / 2
     size = int(max(right - left, bottom - top))
+    if size < 2:  # the square would be empty (its half side rounds to 0)
+        raise JobFailed(NO_OBJECT)
     box = (
         center[0] - size // 2,
         center[1] - size // 2,

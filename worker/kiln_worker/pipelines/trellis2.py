@@ -28,6 +28,13 @@ this worker says how to install it):
   so the wrapper sees every step without patching TRELLIS.2's classes. Should a later
   version stop calling `sample_once`, progress only gets coarser (one report per
   stage); nothing breaks.
+- `sample_shape_slat_cascade(…, lr_resolution, resolution, coords, sampler_params,
+  max_num_tokens)` samples the shape at 512, then lowers `resolution` by 128 (not below
+  1024) while the high-resolution shape has `max_num_tokens` tokens or more, samples it
+  there with `shape_slat_sampler.sample(model, noise, …)` (`noise` a SparseTensor, one
+  row of `coords` per token) and returns `(slat, resolution)`; wrapping it on the
+  pipeline instance and watching the second shape pass tell which resolution a 1536 job
+  really runs at (`CascadeResolution`), which the retry after an out-of-memory error needs.
 - The step hook is also where a stopped job (timeout, or kiln said the task ended)
   leaves the GPU: `JobContext.progress` raises `JobCancelled` there.
 - `o_voxel.postprocess.to_glb(vertices, faces, attr_volume, coords, attr_layout,
@@ -59,7 +66,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +187,7 @@ class Trellis2Pipeline(Pipeline):
             "max_num_tokens": _env_int("KILN_TRELLIS_MAX_NUM_TOKENS", MAX_NUM_TOKENS_24GB),
         }
         self.progress = SamplerProgress()
+        self.cascade = CascadeResolution(self._settings_used)
         self._pipe: Any = None
         self._envmap: Any = None
         self._position_renderer: Any = None
@@ -239,6 +247,7 @@ class Trellis2Pipeline(Pipeline):
             ("texture", "tex_slat_sampler"),
         ):
             self.progress.instrument(getattr(pipe, attr), key)
+        self.cascade.instrument(pipe)
         self._pipe = pipe
         self.load_phase = "making the preview's lighting"
         self._envmap = self._make_envmap(torch)
@@ -404,33 +413,45 @@ class Trellis2Pipeline(Pipeline):
             out[flag] = _bool(p, flag, True)
         return out
 
-    def settings_after_oom(self, params: dict[str, Any]) -> dict[str, Any] | None:
+    def settings_after_oom(
+        self, params: dict[str, Any], first_attempt: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
         """One step down, on what costs the memory: 1536 → 1024 (cascade), 1024 → 512,
-        then at 512 a texture above 1024 → 1024; `None` below that.
+        then at 512 a texture above 1024 → 1024; `None` below that. `params` are what
+        `validate_params` returned (complete), and so is the result: it is not validated
+        again, which would lose the per-stage steps.
 
         The retry never runs the settings that just ran out of memory again: freeing
         the cache only helps against fragmentation, which `expandable_segments` already
-        limits. Halving `max_num_tokens` instead would do nothing to a 1024 job (TRELLIS.2
-        reads it only in the 1536 cascade).
+        limits. So a 1536 job that the token cap had already brought down to 1024
+        (`first_attempt["settings"]["resolution"]`, see `CascadeResolution`) goes to 512:
+        as `1024_cascade` it would run the same. Halving `max_num_tokens` instead would do
+        nothing to a 1024 job (TRELLIS.2 reads it only in the 1536 cascade).
         """
         lower = dict(params)
-        pipeline_type = params.get("pipeline_type", "1024_cascade")
+        pipeline_type = params["pipeline_type"]
         if pipeline_type == "1536_cascade":
-            lower["pipeline_type"] = "1024_cascade"
+            reached = (first_attempt.get("settings") or {}).get("resolution")
+            at_1024 = isinstance(reached, int) and reached <= 1024
+            lower["pipeline_type"] = "512" if at_1024 else "1024_cascade"
         elif pipeline_type in ("1024", "1024_cascade"):
             lower["pipeline_type"] = "512"
-        elif params.get("texture_size", 0) > 1024:
+        elif params["texture_size"] > 1024:
             lower["texture_size"] = 1024
         else:
             return None
         return lower
 
     @staticmethod
-    def _settings_used(p: dict[str, Any], mesh: Any) -> dict[str, Any]:
+    def _settings_used(
+        p: dict[str, Any], mesh: Any, resolution: int | None = None
+    ) -> dict[str, Any]:
         """The settings a job ran with, for its result's metadata. `resolution` is the
         one TRELLIS.2 decoded at, read from the mesh (its voxels are 1/resolution wide):
-        the 1536 cascade lowers it itself when the shape has more than `max_num_tokens`."""
-        resolution = PIPELINE_RESOLUTIONS.get(p["pipeline_type"])
+        the 1536 cascade lowers it itself when the shape has more than `max_num_tokens`.
+        Before there is a mesh, `resolution` is what the cascade is known to run at."""
+        if resolution is None:
+            resolution = PIPELINE_RESOLUTIONS.get(p["pipeline_type"])
         try:
             if mesh is not None:
                 resolution = round(1 / float(mesh.voxel_size))
@@ -456,7 +477,7 @@ class Trellis2Pipeline(Pipeline):
 
         if self._pipe is None:
             raise RuntimeError("the TRELLIS.2 pipeline is not loaded")
-        p = job.params or self.validate_params({})
+        p = job.params  # complete: app.py validates a dispatch's params even when absent
         ctx.progress(0, "preprocessing")
         with Image.open(job.image_path) as opened:
             image = normalise_mode(opened.copy())
@@ -476,7 +497,7 @@ class Trellis2Pipeline(Pipeline):
 
         cascade = p["pipeline_type"].endswith("_cascade")
         with torch.no_grad():
-            with self.progress.job(ctx, shape_passes=2 if cascade else 1):
+            with self.progress.job(ctx, shape_passes=2 if cascade else 1), self.cascade.job(ctx, p):
                 meshes = self._pipe.run(
                     model_input,
                     seed=p["seed"],
@@ -757,6 +778,116 @@ class SamplerProgress:
         sampler.sample = sample_with_progress
         sampler.sample_once = sample_once_with_progress
         sampler._kiln_progress = True
+
+
+# -- the resolution a cascade really runs at ---------------------------------------------
+
+
+@dataclass
+class _CascadeJob:
+    ctx: JobContext
+    params: dict[str, Any]
+    shape_passes: int = 0
+
+
+class CascadeResolution:
+    """Records in the job's metadata (`settings`, with its `resolution`) the resolution a
+    1536 job's shape is sampled at, as soon as it is known, for `settings_after_oom`.
+
+    TRELLIS.2 lowers it by 128 while the shape has `max_num_tokens` tokens or more, down
+    to 1024; a first attempt that came down to 1024 and then ran out of memory would run
+    the same again as `1024_cascade`. It is known
+    - when `sample_shape_slat_cascade` returns it (an out-of-memory error in the texture
+      pass, the decoders or the export);
+    - when the second shape pass starts with `max_num_tokens` tokens or more: TRELLIS.2
+      stops lowering above 1024 only for fewer tokens, so it stopped at 1024.
+    An error inside the second shape pass of a shape with fewer tokens leaves it unknown:
+    the loop stopped at the first resolution under the cap, which may be 1024 too
+    (README.md, "24 GB cards").
+
+    Like `SamplerProgress`, the job is kept per thread; outside a job nothing is recorded.
+    """
+
+    def __init__(self, settings_used: Callable[..., dict[str, Any]]) -> None:
+        self._settings_used = settings_used
+        self._local = threading.local()
+
+    @contextmanager
+    def job(self, ctx: JobContext, params: dict[str, Any]) -> Iterator[None]:
+        self._local.current = _CascadeJob(ctx, params)
+        try:
+            yield
+        finally:
+            self._local.current = None
+
+    def _current(self) -> _CascadeJob | None:
+        return getattr(self._local, "current", None)
+
+    def known(self, resolution: int) -> None:
+        state = self._current()
+        if state is None:
+            return
+        state.ctx.metadata["settings"] = self._settings_used(
+            state.params, None, resolution=resolution
+        )
+
+    def shape_pass(self, noise: Any) -> None:
+        state = self._current()
+        if state is None:
+            return
+        state.shape_passes += 1
+        if state.shape_passes != 2 or state.params["pipeline_type"] != "1536_cascade":
+            return
+        tokens = _token_count(noise)
+        if tokens is not None and tokens >= state.params["max_num_tokens"]:
+            self.known(1024)
+
+    def instrument(self, pipe: Any) -> None:
+        """Wrap `sample_shape_slat_cascade` and the shape sampler's `sample` on these
+        instances (after `SamplerProgress.instrument`, whose wrapper keeps the signature)."""
+        if getattr(pipe, "_kiln_cascade", False):
+            return
+        cascade = getattr(pipe, "sample_shape_slat_cascade", None)
+        if cascade is not None:
+
+            @functools.wraps(cascade)
+            def cascade_with_resolution(*args: Any, **kwargs: Any) -> Any:
+                result = cascade(*args, **kwargs)
+                try:
+                    resolution = int(result[1])
+                except (TypeError, ValueError, IndexError):
+                    log.info("sample_shape_slat_cascade returned no resolution")
+                else:
+                    self.known(resolution)
+                return result
+
+            pipe.sample_shape_slat_cascade = cascade_with_resolution
+
+        sampler = pipe.shape_slat_sampler
+        sample = sampler.sample
+        signature = inspect.signature(sample)
+
+        @functools.wraps(sample)
+        def sample_seen(*args: Any, **kwargs: Any) -> Any:
+            try:
+                noise = signature.bind_partial(*args, **kwargs).arguments.get("noise")
+            except TypeError:
+                noise = args[1] if len(args) > 1 else kwargs.get("noise")
+            self.shape_pass(noise)
+            return sample(*args, **kwargs)
+
+        sampler.sample = sample_seen
+        pipe._kiln_cascade = True
+
+
+def _token_count(noise: Any) -> int | None:
+    """The rows of a SparseTensor (one per token), or None for anything else."""
+    for attr in ("coords", "feats"):
+        try:
+            return int(getattr(noise, attr).shape[0])
+        except (AttributeError, IndexError, TypeError, ValueError):
+            continue
+    return None
 
 
 # -- the modules ------------------------------------------------------------------------
