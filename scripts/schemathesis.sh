@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # schemathesis against kiln's own OpenAPI document, with every check (`make schemathesis`).
 #
-# Starts target/debug/kiln (or $KILN_BIN) with a temporary configuration and data
+# Starts target/debug/kiln under CARGO_TARGET_DIR (or $KILN_BIN) with a temporary configuration and data
 # directory on a free loopback port, with `relief` (the built-in CPU engine, which takes
 # real pictures) and a worker channel whose callbacks tools/schemathesis/kiln_hooks.py
 # signs, and a first admin whose API token every request carries; waits for /ready;
@@ -17,7 +17,9 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-kiln=${KILN_BIN:-$root/target/debug/kiln}
+target=${CARGO_TARGET_DIR:-$root/target}
+case $target in /*) ;; *) target=$root/$target ;; esac
+kiln=${KILN_BIN:-$target/debug/kiln}
 tool=$root/tools/schemathesis
 examples=${SCHEMATHESIS_EXAMPLES:-100}
 seed=${SCHEMATHESIS_SEED:-20261201}
