@@ -499,24 +499,7 @@ mod tests {
 
     /// A running task placed on worker `gpu-1`, past its deadline, for `finishing`.
     async fn placed_task(db: &Scratch) -> TaskId {
-        let id = TaskId::new();
-        let new = crate::tasks::NewTask {
-            id,
-            kind: crate::tasks::TaskKind::ImageTo3d,
-            model: "trellis2".into(),
-            channel: "gpu".into(),
-            prompt: None,
-            picture_id: None,
-            params: serde_json::json!({}),
-            client_secret: None,
-            owner_id: None,
-            token_id: None,
-            webhook_url: None,
-        };
-        assert!(matches!(
-            db.enqueue(&new, 100, None, &Default::default()).await.expect("enqueue"),
-            Enqueued::Created(..)
-        ));
+        let id = db.enqueue_task("gpu", "trellis2", None).await;
         let terms = ClaimTerms { lease: Duration::from_secs(60), deadline: Duration::ZERO, window: 0, max_running: 4 };
         let claimed = db.claim("gpu", "dispatcher", &terms).await.expect("claim").expect("a task");
         assert_eq!(claimed.task.id, id);

@@ -279,15 +279,10 @@ pub trait ChannelRepo: Send + Sync {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
     use crate::{
-        db::{
-            Enqueued,
-            scratch::{Scratch, on_every_backend},
-        },
-        tasks::{EventKind, NewTask, TaskKind},
+        db::scratch::{Scratch, on_every_backend},
+        tasks::EventKind,
     };
 
     on_every_backend!(
@@ -295,27 +290,6 @@ mod tests {
         a_channels_last_hour_counts_outcomes_run_times_and_its_latest_error,
         waiting_tasks_move_in_order_up_to_each_destinations_room_and_the_rest_fail,
     );
-
-    async fn enqueue(db: &Scratch, channel: &str, model: &str, client_secret: Option<&str>) -> TaskId {
-        let id = TaskId::new();
-        let new = NewTask {
-            id,
-            kind: TaskKind::ImageTo3d,
-            model: model.into(),
-            channel: channel.into(),
-            prompt: None,
-            picture_id: None,
-            params: json!({}),
-            client_secret: client_secret.map(str::to_owned),
-            owner_id: None,
-            token_id: None,
-            webhook_url: None,
-        };
-        let Enqueued::Created(..) = db.enqueue(&new, 100, None, &Default::default()).await.expect("enqueue") else {
-            panic!("created")
-        };
-        id
-    }
 
     fn load(loads: &[ChannelLoad], channel: &str) -> (u64, u64) {
         loads.iter().find(|l| l.channel == channel).map_or((0, 0), |l| (l.queued, l.running))
@@ -381,21 +355,21 @@ mod tests {
     async fn a_channels_last_hour_counts_outcomes_run_times_and_its_latest_error(db: &Scratch) {
         const MIN: i64 = 60_000;
         for seconds in 1..=10 {
-            let id = enqueue(db, "c", "m", None).await;
+            let id = db.enqueue_task("c", "m", None).await;
             ended(db, id, "succeeded", seconds * 1000, (seconds + 1) * MIN, None).await;
         }
-        let older = enqueue(db, "c", "m", None).await;
+        let older = db.enqueue_task("c", "m", None).await;
         ended(db, older, "failed", 500, 30 * MIN, Some("upstream_error")).await;
-        let latest = enqueue(db, "c", "m", None).await;
+        let latest = db.enqueue_task("c", "m", None).await;
         ended(db, latest, "failed", 500, 10 * MIN, Some("upstream_auth")).await;
-        let canceled = enqueue(db, "c", "m", None).await;
+        let canceled = db.enqueue_task("c", "m", None).await;
         ended(db, canceled, "canceled", 100, 5 * MIN, None).await;
-        let outside = enqueue(db, "c", "m", None).await;
+        let outside = db.enqueue_task("c", "m", None).await;
         ended(db, outside, "succeeded", 3_600_000, 120 * MIN, None).await;
-        enqueue(db, "c", "m", None).await;
-        let running = enqueue(db, "c", "m", None).await;
+        db.enqueue_task("c", "m", None).await;
+        let running = db.enqueue_task("c", "m", None).await;
         db.execute(format!("UPDATE tasks SET status = 'running' WHERE id = '{running}'")).await;
-        enqueue(db, "idle", "m", None).await;
+        db.enqueue_task("idle", "m", None).await;
 
         let since = chrono::Utc::now() - chrono::Duration::hours(1);
         let stats = db.channel_stats(since).await.expect("stats");
@@ -415,12 +389,13 @@ mod tests {
     }
 
     async fn waiting_tasks_move_in_order_up_to_each_destinations_room_and_the_rest_fail(db: &Scratch) {
-        let early = enqueue(db, "target", "m", None).await;
-        let moved: Vec<TaskId> = [enqueue(db, "gone", "m", None).await, enqueue(db, "gone", "m", None).await].into();
-        let late = enqueue(db, "target", "m", None).await;
-        let spill = enqueue(db, "gone", "m", None).await;
-        let keyed = enqueue(db, "gone", "m", Some("v1:sealed")).await;
-        let stays = enqueue(db, "gone", "kept", None).await;
+        let early = db.enqueue_task("target", "m", None).await;
+        let moved: Vec<TaskId> =
+            [db.enqueue_task("gone", "m", None).await, db.enqueue_task("gone", "m", None).await].into();
+        let late = db.enqueue_task("target", "m", None).await;
+        let spill = db.enqueue_task("gone", "m", None).await;
+        let keyed = db.enqueue_task("gone", "m", Some("v1:sealed")).await;
+        let stays = db.enqueue_task("gone", "kept", None).await;
         // Room for two more on `target` (it holds two), one on `spare`.
         let route = |task: &crate::tasks::Task, client_key: bool| match task.model.as_str() {
             "kept" => Rehome::Stay,

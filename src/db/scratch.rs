@@ -7,7 +7,8 @@ use std::ops::Deref;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection, SqliteConnection};
 
-use super::{Database, Db};
+use super::{Database, Db, Enqueued};
+use crate::tasks::{NewTask, TaskId, TaskKind};
 
 /// A fresh, migrated database of one backend.
 pub(crate) struct Scratch {
@@ -28,6 +29,28 @@ impl Scratch {
     pub(crate) async fn postgres() -> Option<Self> {
         let url = postgres_url().await?;
         Some(Self { db: super::connect(&url, 4).await.expect("PostgreSQL database"), url, _dir: None })
+    }
+
+    /// Submits an image-to-3D task to `channel` (room for 100 waiting) and returns its id.
+    pub(crate) async fn enqueue_task(&self, channel: &str, model: &str, client_secret: Option<&str>) -> TaskId {
+        let id = TaskId::new();
+        let new = NewTask {
+            id,
+            kind: TaskKind::ImageTo3d,
+            model: model.into(),
+            channel: channel.into(),
+            prompt: None,
+            picture_id: None,
+            params: serde_json::json!({}),
+            client_secret: client_secret.map(str::to_owned),
+            owner_id: None,
+            token_id: None,
+            webhook_url: None,
+        };
+        let Enqueued::Created(..) = self.enqueue(&new, 100, None, &Default::default()).await.expect("enqueue") else {
+            panic!("created")
+        };
+        id
     }
 
     /// Runs SQL text that both dialects read alike, on a connection of its own: for a
