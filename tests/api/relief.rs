@@ -36,6 +36,25 @@ async fn fetch(app: &TestApp, url: &str, content_type: &str) -> Vec<u8> {
     response.bytes().await.expect("the file's body").to_vec()
 }
 
+/// Seed 004's status table of a completed task: every file's URL filled under the task's
+/// reconstruction folder, and the cut-out, position map and archive fetched and checked
+/// ([`assert_seed_004_files`]). Returns the table.
+pub async fn assert_seed_004_status(app: &TestApp, task_id: &str) -> Value {
+    let (_, status) = app.get_json(&format!("/api/reconstruction/status/{task_id}")).await;
+    assert_eq!(status["status"], "COMPLETED", "{status}");
+    let url = |field: &str| status[field].as_str().unwrap_or_else(|| panic!("{field} is empty: {status}")).to_owned();
+    for (field, file) in [
+        ("pixelImagesUrl", "pixel_images.png"),
+        ("xyzImagesUrl", "xyz_images.png"),
+        ("outputZipUrl", "output3d.zip"),
+        ("modelUrl", "model.glb"),
+    ] {
+        assert!(url(field).ends_with(&format!("reconstruction/{task_id}/{file}")), "{field}: {status}");
+    }
+    assert_seed_004_files(app, &url("pixelImagesUrl"), &url("xyzImagesUrl"), &url("outputZipUrl")).await;
+    status
+}
+
 /// Fetches seed 004's three pictures-and-archive files and checks each is what its name
 /// promises: the cut-out an 8-bit RGBA PNG with a transparent background and an opaque
 /// object; the position map a 16-bit RGBA PNG of the same size, alpha only 0 or 65535,
@@ -369,19 +388,8 @@ async fn seed_004s_status_table_points_at_every_file_relief_made() {
     let (_, name, last) = events.last().expect("events");
     assert_eq!((name.as_str(), last["status"].as_str()), ("status", Some("COMPLETED")));
 
-    let (_, status) = app.get_json(&format!("/api/reconstruction/status/{task_id}")).await;
-    assert_eq!(status["status"], "COMPLETED", "{status}");
-    let url = |field: &str| status[field].as_str().unwrap_or_else(|| panic!("{field} is empty: {status}")).to_owned();
-    for (field, file) in [
-        ("pixelImagesUrl", "pixel_images.png"),
-        ("xyzImagesUrl", "xyz_images.png"),
-        ("outputZipUrl", "output3d.zip"),
-        ("modelUrl", "model.glb"),
-    ] {
-        assert!(url(field).ends_with(&format!("reconstruction/{task_id}/{file}")), "{field}: {status}");
-    }
-    assert_seed_004_files(&app, &url("pixelImagesUrl"), &url("xyzImagesUrl"), &url("outputZipUrl")).await;
-    assert_glb(&fetch(&app, &url("modelUrl"), "model/gltf-binary").await);
+    let status = assert_seed_004_status(&app, task_id).await;
+    assert_glb(&fetch(&app, status["modelUrl"].as_str().expect("modelUrl"), "model/gltf-binary").await);
     // relief makes no preview picture itself; kiln's own, when it makes one, has role
     // `preview`, never the cut-out.
     match status["previewUrl"].as_str() {

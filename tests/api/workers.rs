@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, fixture, read_events};
-use crate::relief::{SEED_004_FILES, assert_seed_004_files};
+use crate::relief::{SEED_004_FILES, assert_seed_004_files, assert_seed_004_status};
 
 const KILN: &str = env!("CARGO_BIN_EXE_kiln");
 
@@ -284,18 +284,7 @@ async fn every_face_runs_on_kiln_worker() {
     assert!(results.iter().all(|d| d["taskId"] == task_id));
     let (_, name, last) = events.last().unwrap();
     assert_eq!((name.as_str(), last["status"].as_str()), ("status", Some("COMPLETED")));
-    let (_, status) = app.get_json(&format!("/api/reconstruction/status/{task_id}")).await;
-    assert_eq!(status["status"], "COMPLETED");
-    let url = |field: &str| status[field].as_str().unwrap_or_else(|| panic!("{field} is empty: {status}")).to_owned();
-    for (field, file) in [
-        ("pixelImagesUrl", "pixel_images.png"),
-        ("xyzImagesUrl", "xyz_images.png"),
-        ("outputZipUrl", "output3d.zip"),
-        ("modelUrl", "model.glb"),
-    ] {
-        assert!(url(field).ends_with(&format!("reconstruction/{task_id}/{file}")), "{field}: {status}");
-    }
-    assert_seed_004_files(&app, &url("pixelImagesUrl"), &url("xyzImagesUrl"), &url("outputZipUrl")).await;
+    let status = assert_seed_004_status(&app, task_id).await;
     assert_eq!(status["originalImageUrl"], picture["url"]);
     assert!(status["errorMessage"].is_null());
     app.stop().await;
