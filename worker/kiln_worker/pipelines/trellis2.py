@@ -67,10 +67,10 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..export import mesh_to_obj_zip
 from .base import JobContext, JobFailed, JobInput, Pipeline, PipelineUnavailable
@@ -681,6 +681,31 @@ class Trellis2Pipeline(Pipeline):
         torch.cuda.ipc_collect()
 
 
+# -- the job a wrapper on the shared pipeline works for ------------------------------------
+
+_State = TypeVar("_State")
+
+
+class _PerJob(Generic[_State]):
+    """The state of the job that the wrappers installed on the pipeline serve, kept per
+    thread: the pipeline and its samplers outlive jobs, and outside a job (the warm-up)
+    the wrappers find none and do nothing."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @contextmanager
+    def _running(self, state: _State) -> Iterator[None]:
+        self._local.current = state
+        try:
+            yield
+        finally:
+            self._local.current = None
+
+    def _current(self) -> _State | None:
+        return getattr(self._local, "current", None)
+
+
 # -- progress from the samplers' steps ---------------------------------------------------
 
 
@@ -696,7 +721,7 @@ class _JobProgress:
     end: float = 0.0
 
 
-class SamplerProgress:
+class SamplerProgress(_PerJob[_JobProgress]):
     """Turns sampler steps into `JobContext.progress` calls.
 
     One instance serves the pipeline for its lifetime; the job it reports for is kept
@@ -704,19 +729,8 @@ class SamplerProgress:
     during the warm-up, which runs outside any job).
     """
 
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    @contextmanager
-    def job(self, ctx: JobContext, *, shape_passes: int = 1) -> Iterator[None]:
-        self._local.current = _JobProgress(ctx, shape_passes)
-        try:
-            yield
-        finally:
-            self._local.current = None
-
-    def _current(self) -> _JobProgress | None:
-        return getattr(self._local, "current", None)
+    def job(self, ctx: JobContext, *, shape_passes: int = 1) -> AbstractContextManager[None]:
+        return self._running(_JobProgress(ctx, shape_passes))
 
     def started(self, key: str, steps: int) -> None:
         state = self._current()
@@ -790,7 +804,7 @@ class _CascadeJob:
     shape_passes: int = 0
 
 
-class CascadeResolution:
+class CascadeResolution(_PerJob[_CascadeJob]):
     """Records in the job's metadata (`settings`, with its `resolution`) the resolution a
     1536 job's shape is sampled at, as soon as it is known, for `settings_after_oom`.
 
@@ -805,23 +819,15 @@ class CascadeResolution:
     the loop stopped at the first resolution under the cap, which may be 1024 too
     (README.md, "24 GB cards").
 
-    Like `SamplerProgress`, the job is kept per thread; outside a job nothing is recorded.
+    Outside a job nothing is recorded.
     """
 
     def __init__(self, settings_used: Callable[..., dict[str, Any]]) -> None:
+        super().__init__()
         self._settings_used = settings_used
-        self._local = threading.local()
 
-    @contextmanager
-    def job(self, ctx: JobContext, params: dict[str, Any]) -> Iterator[None]:
-        self._local.current = _CascadeJob(ctx, params)
-        try:
-            yield
-        finally:
-            self._local.current = None
-
-    def _current(self) -> _CascadeJob | None:
-        return getattr(self._local, "current", None)
+    def job(self, ctx: JobContext, params: dict[str, Any]) -> AbstractContextManager[None]:
+        return self._running(_CascadeJob(ctx, params))
 
     def known(self, resolution: int) -> None:
         state = self._current()
