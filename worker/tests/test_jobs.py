@@ -162,23 +162,27 @@ def test_pipeline_error_fails_the_task(make_worker: Any, receiver: Receiver) -> 
     assert names_sent(receiver) == ["pixel_images.png"]
 
 
+#: The final status of a stand-in job that ran out of memory once at the default 1024
+#: and was retried at 512: the change and the file sent before the error (not sent again).
+COMPLETED_AT_512 = {
+    "taskId": TASK,
+    "status": "completed",
+    "metadata": {
+        "out_of_memory_retry": {
+            "changed": {"resolution": {"from": 1024, "to": 512}},
+            "kept_from_first_attempt": ["pixel_images.png"],
+        }
+    },
+}
+
+
 def test_oom_frees_memory_and_retries_once(make_worker: Any, receiver: Receiver) -> None:
     worker = make_worker()
     pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
     dispatch(worker.url, callback_url=receiver.url, params={"fail": "oom_once"})
     status = receiver.wait_status()
     # The retry ran with a lower resolution, and the result's metadata says so.
-    assert status.json == {
-        "taskId": TASK,
-        "status": "completed",
-        "metadata": {
-            "out_of_memory_retry": {
-                "changed": {"resolution": {"from": 1024, "to": 512}},
-                # Sent before the OOM: not sent again, and said so.
-                "kept_from_first_attempt": ["pixel_images.png"],
-            }
-        },
-    }
+    assert status.json == COMPLETED_AT_512
     assert pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]
     assert pipeline.resolutions == [1024, 512]
     # Once before the retry, once after the job.
@@ -210,16 +214,7 @@ def test_oom_retry_of_a_dispatch_without_params(
     pipeline: StandInPipeline = worker.pipeline  # type: ignore[assignment]
     assert dispatch(worker.url, callback_url=receiver.url, params=params).status_code == 202
     status = receiver.wait_status()
-    assert status.json == {
-        "taskId": TASK,
-        "status": "completed",
-        "metadata": {
-            "out_of_memory_retry": {
-                "changed": {"resolution": {"from": 1024, "to": 512}},
-                "kept_from_first_attempt": ["pixel_images.png"],
-            }
-        },
-    }
+    assert status.json == COMPLETED_AT_512
     assert pipeline.runs == [(TASK, 0, "OutOfMemoryError"), (TASK, 1, "ok")]
     assert pipeline.resolutions == [1024, 512]
     assert names_sent(receiver) == ALL_RESULTS
